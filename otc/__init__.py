@@ -1,0 +1,1 @@
+"""otc: institutional OTC quote and slippage engine."""

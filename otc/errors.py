@@ -1,0 +1,84 @@
+"""The one error tree of ``otc``.
+
+Every error the engine raises on purpose derives from :class:`OtcError`, so a caller can catch
+the whole family at a boundary (the CLI, a bus handler) and nothing else::
+
+    OtcError
+    ├── ConfigError          a config file or book file is malformed; names the file and the path
+    ├── ValueParseError      a price/size/fee text is not an exact, finite, allowed number
+    ├── FeedError            a venue feed lost integrity (sequence gap, checksum, staleness)
+    └── QuoteError           a request cannot be priced
+        ├── InsufficientDepth    visible depth cannot cover the size (and no impact model)
+        └── MarketUnavailable    no venue is fit to price from (all stale, crossed or out of sync)
+
+Each error carries the data a caller needs as attributes, and its message is one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FeedError",
+    "InsufficientDepth",
+    "MarketUnavailable",
+    "OtcError",
+    "QuoteError",
+    "ValueParseError",
+]
+
+
+class OtcError(Exception):
+    """Base of every error raised by ``otc`` on purpose."""
+
+
+class ConfigError(OtcError):
+    """A configuration (or book) file is malformed.
+
+    Raised at start-up, before anything runs. ``source`` is the file, ``path`` the location
+    inside it in JSON-path form (``$.venues[0].taker_fee_bps``).
+    """
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{source}: {path}: {problem}")
+
+
+class ValueParseError(OtcError, ValueError):
+    """A decimal text could not be turned into an exact fixed-point value.
+
+    Raised for non-numeric text, NaN, infinities, negative sizes and values finer than the
+    resolution they must be stored at (which would otherwise be rounded silently).
+    """
+
+
+class FeedError(OtcError):
+    """A venue feed lost integrity; the venue must resync before it is used again."""
+
+    def __init__(self, venue: str, problem: str) -> None:
+        self.venue = venue
+        self.problem = problem
+        super().__init__(f"{venue}: {problem}")
+
+
+class QuoteError(OtcError):
+    """A request cannot be priced."""
+
+
+class InsufficientDepth(QuoteError):
+    """Visible depth on the included venues cannot cover the requested size."""
+
+    def __init__(self, requested: str, available: str) -> None:
+        self.requested = requested
+        self.available = available
+        super().__init__(f"visible depth {available} cannot cover {requested}")
+
+
+class MarketUnavailable(QuoteError):
+    """No venue is fit to price from; ``reasons`` maps each venue to why it is excluded."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = dict(reasons)
+        detail = ", ".join(f"{v}: {r}" for v, r in sorted(reasons.items())) or "no venues"
+        super().__init__(f"no venue fit to price from ({detail})")

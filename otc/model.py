@@ -1,0 +1,198 @@
+"""Value types shared by every layer: sides, fixed-point scales, instrument ids.
+
+Representation
+--------------
+Inside the engine, prices and sizes are Python ``int`` s in fixed point: a price of
+``64000.15`` at ``price_decimals = 8`` is ``6400015000000``. Integer arithmetic is exact, hashes
+fast, and compares in one instruction; a ``Decimal`` appears only at the edges (config, files,
+the wire), and a ``float`` never touches a price or a size.
+
+* price: quote currency per one unit of base, scaled by ``10**price_decimals``
+* size: base units, scaled by ``10**size_decimals``
+* notional = price x size: quote currency, scaled by ``10**(price_decimals + size_decimals)``
+* fee: basis points, scaled by ``10**FEE_DECIMALS`` (so 2.5 bps is ``25_000``)
+
+Parsing refuses what it cannot represent exactly (NaN, infinities, more decimals than the scale)
+instead of rounding it away: a book that silently rounds is not an exact book.
+"""
+
+from __future__ import annotations
+
+import enum
+from decimal import Decimal, InvalidOperation
+
+import msgspec
+
+from otc.errors import ValueParseError
+
+__all__ = [
+    "BPS_DENOMINATOR",
+    "FEE_DECIMALS",
+    "FEE_DENOMINATOR",
+    "InstrumentId",
+    "Scale",
+    "Side",
+    "decimal_text",
+    "decimals_of",
+    "parse_fee_bps",
+    "parse_fixed",
+    "plain",
+    "to_decimal",
+]
+
+#: Fees are stored in units of 1e-4 bps: enough for any venue's fee schedule.
+FEE_DECIMALS = 4
+#: 1 + fee is ``(FEE_DENOMINATOR + fee) / FEE_DENOMINATOR`` (1e4 bps per unit x 1e4 sub-units).
+FEE_DENOMINATOR = 10_000 * 10**FEE_DECIMALS
+BPS_DENOMINATOR = 10_000
+
+
+class Side(enum.Enum):
+    """The side a taker is on: ``BUY`` lifts asks, ``SELL`` hits bids."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class InstrumentId(msgspec.Struct, frozen=True, order=True):
+    """One instrument on one venue, e.g. ``InstrumentId("BTC-USDT", "binance")``."""
+
+    symbol: str
+    venue: str
+
+    def __str__(self) -> str:
+        return f"{self.symbol}.{self.venue}"
+
+
+class Scale(msgspec.Struct, frozen=True):
+    """Fixed-point resolution of a book: how many decimals prices and sizes keep."""
+
+    price_decimals: int
+    size_decimals: int
+
+    @property
+    def notional_decimals(self) -> int:
+        return self.price_decimals + self.size_decimals
+
+    def price(self, text: str | Decimal) -> int:
+        """Parse a price (must be > 0) to ticks of ``10**-price_decimals``."""
+        value = parse_fixed(text, self.price_decimals, what="price")
+        if value <= 0:
+            raise ValueParseError(f"price must be positive, got {text!r}")
+        return value
+
+    def size(self, text: str | Decimal) -> int:
+        """Parse a size (must be >= 0; 0 deletes a level) to lots of ``10**-size_decimals``."""
+        value = parse_fixed(text, self.size_decimals, what="size")
+        if value < 0:
+            raise ValueParseError(f"size must not be negative, got {text!r}")
+        return value
+
+    def price_text(self, ticks: int) -> Decimal:
+        return to_decimal(ticks, self.price_decimals)
+
+    def size_text(self, lots: int) -> Decimal:
+        return to_decimal(lots, self.size_decimals)
+
+
+def decimals_of(text: str) -> int:
+    """Decimal places a plain decimal text needs (``"64000.10"`` -> 2; exponents honoured)."""
+    try:
+        exponent = Decimal(text).as_tuple().exponent
+    except InvalidOperation:
+        raise ValueParseError(f"not a number: {text!r}") from None
+    if not isinstance(exponent, int):
+        raise ValueParseError(f"not a finite number: {text!r}")
+    return max(0, -exponent)
+
+
+def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> int:
+    """Exact fixed-point value of ``text`` at ``decimals`` places.
+
+    The fast path handles the plain ``"123.456"`` form every venue sends, without building a
+    ``Decimal`` (which costs several times a whole JSON decode); anything else (exponents,
+    ``Decimal`` instances) goes through ``Decimal``. Raises :class:`ValueParseError` for
+    non-numbers, NaN/infinity, and values that need more than ``decimals`` places.
+    """
+    if isinstance(text, str):
+        whole, dot, frac = text.partition(".")
+        if (
+            whole
+            and (whole.isdigit() or (whole[0] == "-" and whole[1:].isdigit()))
+            and (not dot or frac.isdigit())
+            and whole.isascii()
+            and frac.isascii()
+        ):
+            if len(frac) > decimals:
+                stripped = frac.rstrip("0")
+                if len(stripped) > decimals:
+                    raise ValueParseError(
+                        f"{what} {text!r} has more than {decimals} decimal places"
+                    )
+                frac = stripped
+            return int(whole + frac + "0" * (decimals - len(frac)))
+        try:
+            value = Decimal(text.strip())
+        except InvalidOperation:
+            raise ValueParseError(f"{what} is not a number: {text!r}") from None
+    elif isinstance(text, Decimal):
+        value = text
+    else:
+        raise ValueParseError(f"{what} must be a decimal string, got {type(text).__name__}")
+    if not value.is_finite():
+        raise ValueParseError(f"{what} must be finite, got {text!r}")
+    scaled = value.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise ValueParseError(f"{what} {text!r} has more than {decimals} decimal places")
+    return int(scaled)
+
+
+def to_decimal(value: int, decimals: int) -> Decimal:
+    """The exact ``Decimal`` of a fixed-point int (``6400015, 2`` -> ``Decimal('64000.15')``)."""
+    return Decimal(value).scaleb(-decimals)
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain positional text of a decimal, trailing zeros dropped: never ``"6.4E+4"``.
+
+    ``str(Decimal)`` switches to exponent notation for small and normalized values; every number
+    a client or operator reads goes through this function instead.
+    """
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def plain(obj: object) -> object:
+    """``obj`` as JSON-ready builtins with every ``Decimal`` as plain decimal text.
+
+    msgspec encodes a ``Decimal`` with ``str()``, which may print ``"8E+1"`` or ``"5E-8"``; every
+    document a client or operator reads is built with this function instead.
+    """
+    return _plain(msgspec.to_builtins(obj, builtin_types=(Decimal,)))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_fee_bps(text: str | Decimal) -> int:
+    """A taker fee in bps (``"2.5"``) as an int in units of ``10**-FEE_DECIMALS`` bps.
+
+    Fees must lie in ``[0, 10000)`` bps: a fee of 100 % or more makes every price meaningless.
+    """
+    value = parse_fixed(text if isinstance(text, str) else Decimal(text), FEE_DECIMALS, what="fee")
+    if not 0 <= value < FEE_DENOMINATOR:
+        raise ValueParseError(f"fee must be in [0, 10000) bps, got {text!r}")
+    return value
