@@ -138,12 +138,12 @@ class SlippageEstimate(msgspec.Struct, frozen=True):
 
 
 class MaxQty(msgspec.Struct, frozen=True):
-    """Result of :func:`max_qty_within`: the quantity and whether depth, not the bound, capped it."""
+    """Result of :func:`max_qty_within`: the qty, and whether visible depth (not bps) capped it."""
 
     qty: Decimal
     bps: Decimal
     limit_price_all_in: Decimal
-    depth_exhausted: bool
+    capped_by_depth: bool
 
 
 def _ratio(num: int, den: int, places: int) -> Decimal:
@@ -239,16 +239,21 @@ def estimate(
     places = pd + PRICE_PLACES_EXTRA
     mid2 = view.mid2
     touch = view.touch(side)
-    fees_num = (all_in_num - notional_num * FEE_DENOMINATOR) if buy else (
-        notional_num * FEE_DENOMINATOR - all_in_num
+    fees_num = (
+        (all_in_num - notional_num * FEE_DENOMINATOR)
+        if buy
+        else (notional_num * FEE_DENOMINATOR - all_in_num)
     )
+    # Nothing filled: nothing to average, so no price (``None``) rather than a sentinel.
+    vwap: Decimal | None = None
+    all_in: Decimal | None = None
+    worst: Decimal | None = None
     if qty_num:
         vwap = _ratio(notional_num, qty_num * 10**pd, places)
         all_in = _ratio(all_in_num, qty_num * FEE_DENOMINATOR * 10**pd, places)
-        worst: Decimal | None = to_decimal(ladder.worst[levels], pd)
-    else:
-        vwap = all_in = worst = None
-    slip_mid = slip_touch = None
+        worst = to_decimal(ladder.worst[levels], pd)
+    slip_mid: Decimal | None = None
+    slip_touch: Decimal | None = None
     if qty_num and mid2 is not None:
         base = qty_num * FEE_DENOMINATOR * mid2
         diff = 2 * all_in_num - base if buy else base - 2 * all_in_num
@@ -276,9 +281,7 @@ def estimate(
 
     extrapolation = None
     if impact is not None and qty is not None and shortfall_lots and mid2 is not None:
-        extrapolation = _extrapolate(
-            impact, ladder, side, lots, qty_num, all_in_num, mid2, pd, sd
-        )
+        extrapolation = _extrapolate(impact, ladder, side, lots, qty_num, all_in_num, mid2, pd, sd)
 
     return SlippageEstimate(
         symbol=view.symbol,
@@ -309,7 +312,7 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
 
     Within means ``slippage_bps_mid <= bps`` as :func:`estimate` defines it, computed exactly,
     including the partial last level. If the whole visible side satisfies the bound, the answer
-    is the visible depth and ``depth_exhausted`` is true.
+    is the visible depth and ``capped_by_depth`` is true.
 
     Raises:
         QuoteError: there is no mid (a side of the included book is empty).
@@ -331,8 +334,8 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
     cum_qty, cum_all_in = ladder.cum_qty, ladder.cum_all_in
 
     def within(k: int) -> bool:  # the first k levels, taken whole, stay within the bound
-        lhs = cum_all_in[k] * lim_den
-        rhs = lim_num * cum_qty[k]
+        lhs: int = cum_all_in[k] * lim_den
+        rhs: int = lim_num * cum_qty[k]
         return lhs <= rhs if buy else lhs >= rhs
 
     n = len(ladder)
@@ -344,8 +347,11 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
         else:
             hi = mid - 1
     k = lo
-    limit = _ratio(lim_num, lim_den * FEE_DENOMINATOR * 10**scale.price_decimals,
-                   scale.price_decimals + PRICE_PLACES_EXTRA)
+    limit = _ratio(
+        lim_num,
+        lim_den * FEE_DENOMINATOR * 10**scale.price_decimals,
+        scale.price_decimals + PRICE_PLACES_EXTRA,
+    )
     if k == n:
         return MaxQty(to_decimal(cum_qty[n], scale.size_decimals), bps, limit, True)
     a = ladder.adjusted[k]
@@ -407,7 +413,7 @@ def _extrapolate(
         avg_price_all_in=marginal.quantize(places, context=ctx).normalize(ctx),
         impact_bps=model.impact_bps(total_q).quantize(bps_places, context=ctx).normalize(ctx),
         total_avg_price_all_in=total_avg.quantize(places, context=ctx).normalize(ctx),
-        total_slippage_bps_mid=(slip * BPS_DENOMINATOR).quantize(bps_places, context=ctx).normalize(
-            ctx
-        ),
+        total_slippage_bps_mid=(slip * BPS_DENOMINATOR)
+        .quantize(bps_places, context=ctx)
+        .normalize(ctx),
     )

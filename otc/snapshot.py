@@ -49,7 +49,15 @@ class BookFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     venues: dict[str, VenueLevels]
 
 
-_decoder = msgspec.json.Decoder(BookFile)
+class _RawBookFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """First decoding stage: venues kept raw so that errors can name the venue in the path."""
+
+    symbol: str
+    venues: dict[str, msgspec.Raw]
+
+
+_decoder = msgspec.json.Decoder(_RawBookFile)
+_venue_decoder = msgspec.json.Decoder(VenueLevels)
 
 
 def load_book(path: str | Path) -> ConsolidatedBook:
@@ -65,11 +73,19 @@ def load_book(path: str | Path) -> ConsolidatedBook:
 def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
     """Parse the bytes of a book file; ``source`` names it in errors."""
     try:
-        doc = _decoder.decode(data)
+        raw = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise config_error(source, exc) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid JSON: {exc}") from None
+    venues: dict[str, VenueLevels] = {}
+    for name, body in raw.venues.items():
+        try:
+            venues[name] = _venue_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            err = config_error(source, exc)
+            raise ConfigError(source, f"$.venues.{name}{err.path[1:]}", err.problem) from None
+    doc = BookFile(symbol=raw.symbol, venues=venues)
     if not doc.venues:
         raise ConfigError(source, "$.venues", "no venues")
 
@@ -81,11 +97,15 @@ def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
                 try:
                     price_decimals = max(price_decimals, decimals_of(price))
                 except ValueParseError:
-                    raise ConfigError(source, f"{at}[0]", f"price is not a number: {price!r}")
+                    raise ConfigError(
+                        source, f"{at}[0]", f"price is not a number: {price!r}"
+                    ) from None
                 try:
                     size_decimals = max(size_decimals, decimals_of(size))
                 except ValueParseError:
-                    raise ConfigError(source, f"{at}[1]", f"size is not a number: {size!r}")
+                    raise ConfigError(
+                        source, f"{at}[1]", f"size is not a number: {size!r}"
+                    ) from None
     if price_decimals > _MAX_DECIMALS or size_decimals > _MAX_DECIMALS:
         raise ConfigError(source, "$.venues", f"more than {_MAX_DECIMALS} decimal places")
     scale = Scale(price_decimals, size_decimals)
@@ -128,15 +148,21 @@ def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
 
 
 def dump_book(book: ConsolidatedBook) -> bytes:
-    """The book file of a consolidated book (every venue, included or not), levels from the touch."""
+    """The book file of a consolidated book (all venues, included or not), levels from the touch."""
     scale = book.scale
     venues: dict[str, VenueLevels] = {}
     for name, state in sorted(book.venues.items()):
         l2 = state.book
         venues[name] = VenueLevels(
             taker_fee_bps=Decimal(_text(state.fee, 4)),
-            bids=[(_text(p, scale.price_decimals), _text(s, scale.size_decimals)) for p, s in l2.bids()],
-            asks=[(_text(p, scale.price_decimals), _text(s, scale.size_decimals)) for p, s in l2.asks()],
+            bids=[
+                (_text(p, scale.price_decimals), _text(s, scale.size_decimals))
+                for p, s in l2.bids()
+            ],
+            asks=[
+                (_text(p, scale.price_decimals), _text(s, scale.size_decimals))
+                for p, s in l2.asks()
+            ],
             sequence=l2.sequence,
             ts_event_ns=l2.ts_event_ns,
             ts_recv_ns=l2.ts_recv_ns,
@@ -147,4 +173,3 @@ def dump_book(book: ConsolidatedBook) -> bytes:
 
 def _text(value: int, decimals: int) -> str:
     return decimal_text(to_decimal(value, decimals))
-

@@ -1,0 +1,269 @@
+"""A seeded synthetic market: several venues quoting one symbol around a shared, moving mid.
+
+Used by ``make demo`` and by load tests. Deterministic for a given seed: the same seed gives the
+same books and the same stream of deltas, on every machine (``random.Random``, integer ticks).
+
+Model:
+
+* a common mid follows a Gaussian random walk (``volatility_bps_per_step``); each venue's own
+  mid is the common mid plus a small persistent offset (venues disagree by a few bps);
+* each venue quotes ``levels`` levels per side from ``half_spread_bps`` outward; level ``i``'s
+  size grows linearly with distance (``touch_size x (1 + depth_growth x i)``) with log-normal
+  noise, and gaps between levels are a random number of ticks;
+* :meth:`SyntheticMarket.step` moves the mid and emits realistic deltas: mostly size changes
+  near the touch, some levels inserted and deleted, and the touch re-priced when the mid moves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from decimal import Decimal
+
+import msgspec
+
+from otc.book import ConsolidatedBook, L2Book
+from otc.model import Scale, Side, parse_fee_bps, parse_fixed
+
+__all__ = ["SimDelta", "SimVenue", "SyntheticMarket", "default_venues"]
+
+
+class SimVenue(msgspec.Struct, frozen=True, kw_only=True):
+    """How one synthetic venue quotes: fee, spread, depth profile, price tick (quote units)."""
+
+    name: str
+    taker_fee_bps: Decimal
+    half_spread_bps: float = 0.5
+    touch_size: float = 0.4
+    depth_growth: float = 0.02
+    levels: int = 200
+    level_spacing_bps: float = 0.4
+    tick: Decimal = Decimal("0.1")
+    offset_bps: float = 0.0
+
+
+class SimDelta(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One level change on one venue: ``side`` is the book side (``SELL``: bids)."""
+
+    venue: str
+    side: Side
+    price: int
+    size: int
+
+
+def default_venues() -> list[SimVenue]:
+    """Six venues with fee schedules and depth of the shape big spot venues show."""
+    return [
+        SimVenue(
+            name="binance",
+            taker_fee_bps=Decimal("10"),
+            touch_size=0.9,
+            tick=Decimal("0.01"),
+            half_spread_bps=0.05,
+            levels=400,
+            level_spacing_bps=0.2,
+        ),
+        SimVenue(
+            name="okx",
+            taker_fee_bps=Decimal("8"),
+            touch_size=0.5,
+            tick=Decimal("0.1"),
+            half_spread_bps=0.3,
+            offset_bps=0.4,
+        ),
+        SimVenue(
+            name="bybit",
+            taker_fee_bps=Decimal("10"),
+            touch_size=0.4,
+            tick=Decimal("0.1"),
+            half_spread_bps=0.4,
+            offset_bps=-0.3,
+        ),
+        SimVenue(
+            name="coinbase",
+            taker_fee_bps=Decimal("6"),
+            touch_size=0.25,
+            tick=Decimal("0.01"),
+            half_spread_bps=0.8,
+            offset_bps=0.8,
+            depth_growth=0.015,
+        ),
+        SimVenue(
+            name="kraken",
+            taker_fee_bps=Decimal("2.6"),
+            touch_size=0.15,
+            tick=Decimal("0.1"),
+            half_spread_bps=1.2,
+            offset_bps=-0.6,
+            depth_growth=0.015,
+            levels=150,
+            level_spacing_bps=0.6,
+        ),
+        SimVenue(
+            name="bitget",
+            taker_fee_bps=Decimal("6"),
+            touch_size=0.3,
+            tick=Decimal("0.01"),
+            half_spread_bps=0.6,
+            offset_bps=0.2,
+        ),
+    ]
+
+
+class SyntheticMarket:
+    """A seeded multi-venue market for one symbol.
+
+    Args:
+        symbol: instrument symbol, e.g. ``"BTC-USDT"``.
+        scale: fixed-point resolution of the books produced.
+        mid: starting mid price (quote currency).
+        venues: venue profiles; :func:`default_venues` when omitted.
+        seed: random seed; the same seed gives the same market.
+        volatility_bps_per_step: standard deviation of the common mid's move per step.
+        lot: size granularity of generated levels (base units).
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        scale: Scale,
+        *,
+        mid: Decimal = Decimal("64000"),
+        venues: list[SimVenue] | None = None,
+        seed: int = 1,
+        volatility_bps_per_step: float = 0.3,
+        lot: Decimal = Decimal("0.0001"),
+    ) -> None:
+        self.symbol = symbol
+        self.scale = scale
+        self.venues = venues if venues is not None else default_venues()
+        self._rng = random.Random(seed)
+        self._mid = float(mid)
+        self._vol = volatility_bps_per_step / 1e4
+        self._lot = parse_fixed(lot, scale.size_decimals, what="lot")
+        self._ticks = {
+            v.name: parse_fixed(v.tick, scale.price_decimals, what="tick") for v in self.venues
+        }
+        self._books: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
+        for venue in self.venues:
+            self._books[venue.name] = self._fresh_sides(venue)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _venue_mid(self, venue: SimVenue) -> float:
+        return self._mid * (1 + venue.offset_bps / 1e4)
+
+    def _size(self, venue: SimVenue, level: int) -> int:
+        base = venue.touch_size * (1 + venue.depth_growth * level)
+        size = base * math.exp(self._rng.gauss(0.0, 0.5))
+        lots = int(size * 10**self.scale.size_decimals) // self._lot * self._lot
+        return max(lots, self._lot)
+
+    def _gap(self, venue: SimVenue) -> int:
+        """Ticks between two levels: exponential around ``level_spacing_bps`` of the mid."""
+        tick = self._ticks[venue.name]
+        spacing = self._mid * 10**self.scale.price_decimals * venue.level_spacing_bps / 1e4
+        ticks: int = round(self._rng.expovariate(1.0) * spacing / tick)
+        return tick * max(1, ticks)
+
+    def _fresh_sides(self, venue: SimVenue) -> tuple[dict[int, int], dict[int, int]]:
+        tick = self._ticks[venue.name]
+        one = 10**self.scale.price_decimals
+        mid = self._venue_mid(venue)
+        best_bid = int(mid * (1 - venue.half_spread_bps / 1e4) * one) // tick * tick
+        best_ask = -(-int(mid * (1 + venue.half_spread_bps / 1e4) * one) // tick) * tick
+        if best_ask <= best_bid:
+            best_ask = best_bid + tick
+        bids: dict[int, int] = {}
+        asks: dict[int, int] = {}
+        bid, ask = best_bid, best_ask
+        for i in range(venue.levels):
+            bids[bid] = self._size(venue, i)
+            asks[ask] = self._size(venue, i)
+            bid -= self._gap(venue)
+            ask += self._gap(venue)
+        return bids, asks
+
+    def step(self) -> list[SimDelta]:
+        """Advance one step: move the mid and return the deltas every venue publishes."""
+        rng = self._rng
+        self._mid *= 1 + rng.gauss(0.0, self._vol)
+        out: list[SimDelta] = []
+        for venue in self.venues:
+            out.extend(self._venue_step(venue))
+        return out
+
+    def _venue_step(self, venue: SimVenue) -> Iterator[SimDelta]:
+        rng = self._rng
+        tick = self._ticks[venue.name]
+        one = 10**self.scale.price_decimals
+        bids, asks = self._books[venue.name]
+        mid = self._venue_mid(venue) * one
+        fair_bid = int(mid * (1 - venue.half_spread_bps / 1e4)) // tick * tick
+        fair_ask = -(-int(mid * (1 + venue.half_spread_bps / 1e4)) // tick) * tick
+        name = venue.name
+        # Re-price the touch: remove levels through the fair price, fill in from the fair price
+        # to the old touch, and replenish the far end so each side keeps its depth.
+        for sizes, side, fair, direction in (
+            (bids, Side.SELL, fair_bid, -1),
+            (asks, Side.BUY, fair_ask, 1),
+        ):
+            for price in [p for p in sizes if (p - fair) * direction < 0]:
+                del sizes[price]
+                yield SimDelta(name, side, price, 0)
+            old_touch = (
+                (max(sizes) if direction < 0 else min(sizes)) if sizes else fair + direction * tick
+            )
+            price, level = fair, 0
+            while (old_touch - price) * direction > 0:
+                sizes[price] = self._size(venue, level)
+                yield SimDelta(name, side, price, sizes[price])
+                price += direction * self._gap(venue)
+                level += 1
+            far = min(sizes) if direction < 0 else max(sizes)
+            while len(sizes) < venue.levels:
+                far += direction * self._gap(venue)
+                sizes[far] = self._size(venue, len(sizes))
+                yield SimDelta(name, side, far, sizes[far])
+            while len(sizes) > venue.levels:
+                far = min(sizes) if direction < 0 else max(sizes)
+                del sizes[far]
+                yield SimDelta(name, side, far, 0)
+        if fair_ask <= max(bids):
+            return
+        # A burst of activity now and then; otherwise a few changes near the touch.
+        changes = rng.randint(8, 30) if rng.random() < 0.05 else rng.randint(1, 4)
+        for _ in range(changes):
+            side = Side.SELL if rng.random() < 0.5 else Side.BUY
+            sizes = bids if side is Side.SELL else asks
+            distance = min(int(rng.expovariate(0.15)), venue.levels - 1)
+            direction = -1 if side is Side.SELL else 1
+            touch = max(sizes) if side is Side.SELL else min(sizes)
+            price = touch + direction * distance * tick
+            roll = rng.random()
+            if roll < 0.1 and price in sizes and len(sizes) > venue.levels // 2 and price != touch:
+                del sizes[price]
+                yield SimDelta(name, side, price, 0)
+            else:
+                sizes[price] = self._size(venue, distance)
+                yield SimDelta(name, side, price, sizes[price])
+
+    # -- books ---------------------------------------------------------------------------------
+
+    def levels(self, venue: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The current (bids, asks) of ``venue`` as (ticks, lots) lists."""
+        bids, asks = self._books[venue]
+        return sorted(bids.items(), reverse=True), sorted(asks.items())
+
+    def consolidated(
+        self, *, ts_recv_ns: int = 0, max_book_age_ms: int | None = None
+    ) -> ConsolidatedBook:
+        """A consolidated book holding the current books of every venue."""
+        book = ConsolidatedBook(self.symbol, self.scale, max_book_age_ms=max_book_age_ms)
+        for venue in self.venues:
+            l2 = L2Book(venue.name, self.symbol, self.scale)
+            bids, asks = self.levels(venue.name)
+            l2.apply_snapshot(bids, asks, sequence=0, ts_recv_ns=ts_recv_ns)
+            book.add_venue(l2, parse_fee_bps(venue.taker_fee_bps))
+        return book

@@ -1,0 +1,201 @@
+"""The ``otc`` command.
+
+Subcommands::
+
+    otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
+                 [--config PATH]
+    otc demo [--seed S] [--symbol SYM] [--config PATH] [--dump-book PATH]
+    otc bench book [--deltas N] [--levels N] [--json]
+
+Errors in input (a malformed book or config file, a bad number) print one line
+``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import msgspec
+
+from otc.config import Config, load_config
+from otc.errors import OtcError
+from otc.model import Scale, Side, decimal_text, plain
+from otc.report import estimate_json, format_estimate, format_max_qty
+from otc.slippage import ImpactModel, estimate, max_qty_within
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "otc.toml"
+
+
+class UsageError(OtcError):
+    """A command-line argument is invalid."""
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otc", description="OTC quote and slippage engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    est = sub.add_parser(
+        "estimate",
+        help="price a block against a book file",
+        description="Walk a consolidated book file and print what a block would cost.",
+    )
+    est.add_argument("--book", required=True, type=Path, help="book file (JSON)")
+    est.add_argument("--side", required=True, choices=["buy", "sell"], help="taker side")
+    size = est.add_mutually_exclusive_group(required=True)
+    size.add_argument("--qty", type=_decimal, help="base quantity")
+    size.add_argument("--notional", type=_decimal, help="quote notional (price x qty, pre-fee)")
+    size.add_argument(
+        "--max-bps", type=_decimal, help="largest qty whose all-in average is within B bps of mid"
+    )
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    est.add_argument(
+        "--config",
+        type=Path,
+        help="engine config: enables the instrument's impact model beyond visible depth "
+        "when its estimator.use_impact_model is true",
+    )
+
+    demo = sub.add_parser("demo", help="run the engine on a synthetic multi-venue market")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--symbol", default="BTC-USDT")
+    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    demo.add_argument("--dump-book", type=Path, help="also write the book file used")
+
+    bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    book = bench_sub.add_parser("book", help="book updates, walks, inverse query, memory")
+    book.add_argument("--deltas", type=int, default=1_000_000)
+    book.add_argument("--levels", type=int, default=1_000)
+    book.add_argument("--seed", type=int, default=7)
+    book.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    return parser
+
+
+def _impact_for(config_path: Path | None, symbol: str) -> ImpactModel | None:
+    if config_path is None:
+        return None
+    config = load_config(config_path)
+    if not config.estimator.use_impact_model:
+        return None
+    try:
+        return config.instrument(symbol).impact
+    except KeyError:
+        raise UsageError(f"{config_path}: instrument {symbol} is not configured") from None
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from otc.snapshot import load_book
+
+    book = load_book(args.book)
+    impact = _impact_for(args.config, book.symbol)
+    view = book.view()
+    side = Side(args.side)
+    out = sys.stdout
+    if args.max_bps is not None:
+        result = max_qty_within(view, side, args.max_bps)
+        est = estimate(view, side, qty=result.qty) if result.qty > 0 else None
+        if args.json:
+            doc = plain(result)
+            assert isinstance(doc, dict)
+            doc["estimate"] = None if est is None else estimate_json(est)
+            out.write(msgspec.json.encode(doc).decode() + "\n")
+        else:
+            out.write(format_max_qty(result, est) + "\n")
+        return 0
+    if args.qty is not None:
+        est = estimate(view, side, qty=args.qty, impact=impact)
+    else:
+        est = estimate(view, side, notional=args.notional, impact=impact)
+    if args.json:
+        out.write(msgspec.json.encode(estimate_json(est)).decode() + "\n")
+    else:
+        out.write(format_estimate(est) + "\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from feeds.sim import SyntheticMarket
+    from otc.snapshot import dump_book
+
+    config: Config = load_config(args.config)
+    try:
+        inst = config.instrument(args.symbol)
+    except KeyError:
+        raise UsageError(f"{args.config}: instrument {args.symbol} is not configured") from None
+    scale = Scale(inst.price_decimals, inst.size_decimals)
+    market = SyntheticMarket(inst.symbol, scale, seed=args.seed)
+    for _ in range(200):  # let the market move away from its initial shape
+        market.step()
+    book = market.consolidated()
+    view = book.view()
+    out = sys.stdout
+    venues = ", ".join(
+        f"{s.book.venue} ({s.book.depth(Side.SELL)}x{s.book.depth(Side.BUY)} levels, "
+        f"fee {s.fee / 10_000:g} bps)"
+        for s in book.venues.values()
+    )
+    out.write(
+        f"otc demo: synthetic market for {inst.symbol}, seed {args.seed}\n"
+        f"venues: {venues}\n"
+        "(the quoting service over MQTT is not built yet; this prices blocks on the "
+        "consolidated book)\n\n"
+    )
+    impact = inst.impact
+    for side in (Side.BUY, Side.SELL):
+        for qty in ("1", "25", "250"):
+            est = estimate(view, side, qty=Decimal(qty), impact=impact)
+            out.write(format_estimate(est, base=inst.base, quote=inst.quote) + "\n\n")
+    for bps in ("10", "25"):
+        result = max_qty_within(view, Side.BUY, Decimal(bps))
+        qty_text = decimal_text(result.qty)
+        out.write(f"largest buy within {bps} bps of mid (all-in): {qty_text} {inst.base}\n")
+    if args.dump_book is not None:
+        args.dump_book.write_bytes(dump_book(book))
+        out.write(f"\nbook written to {args.dump_book}\n")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from otc.bench import book as bench_book
+
+    figures = bench_book.run(deltas=args.deltas, levels=args.levels, seed=args.seed)
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(figures).decode() + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"estimate": _cmd_estimate, "demo": _cmd_demo, "bench": _cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except (OtcError, ValueError) as exc:
+        sys.stderr.write(f"otc: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `otc demo | head`: the reader left, nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
