@@ -63,8 +63,10 @@ __all__ = [
     "MaxQty",
     "SlippageEstimate",
     "VenueFill",
+    "Walk",
     "estimate",
     "max_qty_within",
+    "walk",
 ]
 
 PRICE_PLACES_EXTRA = 6
@@ -155,6 +157,120 @@ def _ratio(num: int, den: int, places: int) -> Decimal:
     return Decimal(q).scaleb(-places).normalize(_CTX)
 
 
+class Walk:
+    """The exact result of walking a ladder, in integers; what :func:`estimate` renders.
+
+    Totals are numerators over the common denominator ``den`` (1 for a quantity request; the
+    price of the partial level for a notional request, whose last fill is ``remaining / price``
+    lots): ``qty`` in lots, ``notional`` in ticks x lots, ``all_in`` in ticks x lots x
+    ``FEE_DENOMINATOR`` (fees included). ``full`` levels were taken whole, then ``partial / den``
+    lots of level ``full`` when ``partial`` is non-zero; ``levels`` counts both. Hot paths (the
+    pricing of a quote) use this directly: no ``Decimal`` is built.
+    """
+
+    __slots__ = (
+        "all_in",
+        "den",
+        "full",
+        "ladder",
+        "levels",
+        "mid2",
+        "notional",
+        "partial",
+        "qty",
+        "requested_lots",
+        "requested_notional",
+        "touch",
+    )
+
+    def __init__(
+        self,
+        view: BookView,
+        side: Side,
+        *,
+        lots: int | None = None,
+        notional: int | None = None,
+    ) -> None:
+        ladder = view.ladder(side)
+        n = len(ladder)
+        self.ladder = ladder
+        self.mid2 = view.mid2
+        self.touch = view.touch(side)
+        self.requested_lots = lots
+        self.requested_notional = notional
+        den = 1
+        if lots is not None:
+            cum_qty = ladder.cum_qty
+            if lots >= cum_qty[n]:
+                j, partial = n, 0
+            else:
+                j = bisect_left(cum_qty, lots)
+                partial = lots - cum_qty[j - 1]
+        else:
+            assert notional is not None
+            cum_notional = ladder.cum_notional
+            if notional >= cum_notional[n]:
+                j, partial = n, 0
+            else:
+                j = bisect_left(cum_notional, notional)
+                partial = notional - cum_notional[j - 1]
+                den = ladder.prices[j - 1]
+        self.levels = j
+        self.den = den
+        self.partial = partial
+        if partial:
+            full = j - 1
+            if den == 1:
+                self.qty = ladder.cum_qty[full] + partial
+                self.notional = ladder.cum_notional[full] + ladder.prices[full] * partial
+                self.all_in = ladder.cum_all_in[full] + ladder.adjusted[full] * partial
+            else:
+                self.qty = ladder.cum_qty[full] * den + partial
+                self.notional = (ladder.cum_notional[full] + partial) * den
+                self.all_in = ladder.cum_all_in[full] * den + ladder.adjusted[full] * partial
+        else:
+            full = j
+            self.qty = ladder.cum_qty[j]
+            self.notional = ladder.cum_notional[j]
+            self.all_in = ladder.cum_all_in[j]
+        self.full = full
+
+    @property
+    def worst(self) -> int | None:
+        """Worst raw price taken (ticks), ``None`` when nothing was taken."""
+        return self.ladder.worst[self.levels] if self.levels else None
+
+    def allocation(self) -> dict[str, tuple[int, int]]:
+        """Per venue (qty, notional) numerators over ``den``; O(venues x log n)."""
+        ladder, den = self.ladder, self.den
+        route = ladder.allocation(self.full)
+        if den != 1:
+            route = {v: (q * den, nt * den) for v, (q, nt) in route.items()}
+        if self.partial:
+            venue = ladder.venues[self.full]
+            q, nt = route.get(venue, (0, 0))
+            if den == 1:
+                route[venue] = (q + self.partial, nt + ladder.prices[self.full] * self.partial)
+            else:
+                route[venue] = (q + self.partial, nt + self.partial * den)
+        return route
+
+
+def walk(
+    view: BookView, side: Side, *, lots: int | None = None, notional: int | None = None
+) -> Walk:
+    """Walk ``view`` for ``lots`` (size units) or ``notional`` (ticks x lots), exactly one > 0.
+
+    O(log n + venues) on a cached ladder. See :class:`Walk`.
+    """
+    if (lots is None) == (notional is None):
+        raise ValueError("give exactly one of lots and notional")
+    size = lots if lots is not None else notional
+    if size is None or size <= 0:
+        raise ValueError(f"the requested size must be positive, got {size}")
+    return Walk(view, side, lots=lots, notional=notional)
+
+
 def estimate(
     view: BookView,
     side: Side,
@@ -171,74 +287,33 @@ def estimate(
     """
     scale = view.scale
     pd, sd = scale.price_decimals, scale.size_decimals
-    ladder = view.ladder(side)
-    n = len(ladder)
     buy = side is Side.BUY
-    prices = ladder.prices
     if (qty is None) == (notional is None):
         raise ValueError("give exactly one of qty and notional")
     if qty is not None:
         lots = _positive(qty, sd, "qty")
-        cum_qty = ladder.cum_qty
-        total = cum_qty[n]
-        if lots >= total:
-            j, partial, partial_den = n, 0, 1
-        else:
-            j = bisect_left(cum_qty, lots)
-            partial, partial_den = lots - cum_qty[j - 1], 1
-        den = 1
+        w = Walk(view, side, lots=lots)
     else:
         assert notional is not None
         want = _positive(notional, pd + sd, "notional")
-        cum_notional = ladder.cum_notional
-        if want >= cum_notional[n]:
-            j, partial, partial_den = n, 0, 1
-            den = 1
-        else:
-            j = bisect_left(cum_notional, want)
-            # The partial level takes ``remaining / price`` lots: keep it as a fraction whose
-            # denominator is that price, and carry every total over the same denominator.
-            partial = want - cum_notional[j - 1]
-            partial_den = den = prices[j - 1]
+        w = Walk(view, side, notional=want)
+    ladder = w.ladder
+    n = len(ladder)
+    den = w.den
+    qty_num, notional_num, all_in_num, levels = w.qty, w.notional, w.all_in, w.levels
 
-    if partial:
-        full = j - 1
-        if den == 1:
-            qty_num = ladder.cum_qty[full] + partial
-            notional_num = ladder.cum_notional[full] + prices[full] * partial
-            all_in_num = ladder.cum_all_in[full] + ladder.adjusted[full] * partial
-        else:
-            qty_num = ladder.cum_qty[full] * den + partial
-            notional_num = ladder.cum_notional[full] * den + partial * den
-            all_in_num = ladder.cum_all_in[full] * den + ladder.adjusted[full] * partial
-    else:
-        full = j
-        qty_num = ladder.cum_qty[j]
-        notional_num = ladder.cum_notional[j]
-        all_in_num = ladder.cum_all_in[j]
-    levels = j
-
-    # Route: full levels from the per-venue cumulative arrays, plus the partial level.
-    route = ladder.allocation(full)
     allocation: dict[str, VenueFill] = {}
-    partial_venue = ladder.venues[full] if partial else None
-    for venue in sorted(set(route) | ({partial_venue} if partial_venue else set())):
-        vq, vn = route.get(venue, (0, 0))
-        if venue == partial_venue:
-            if partial_den == 1:
-                vq, vn = vq + partial, vn + prices[full] * partial
-                allocation[venue] = VenueFill(to_decimal(vq, sd), to_decimal(vn, pd + sd))
-            else:
-                allocation[venue] = VenueFill(
-                    _ratio(vq * partial_den + partial, partial_den * 10**sd, sd + QTY_PLACES_EXTRA),
-                    to_decimal(vn + partial, pd + sd),
-                )
-            continue
-        allocation[venue] = VenueFill(to_decimal(vq, sd), to_decimal(vn, pd + sd))
+    for venue, (vq, vn) in sorted(w.allocation().items()):
+        if den == 1:
+            allocation[venue] = VenueFill(to_decimal(vq, sd), to_decimal(vn, pd + sd))
+        else:
+            allocation[venue] = VenueFill(
+                _ratio(vq, den * 10**sd, sd + QTY_PLACES_EXTRA), to_decimal(vn // den, pd + sd)
+            )
 
     places = pd + PRICE_PLACES_EXTRA
-    mid2 = view.mid2
-    touch = view.touch(side)
+    mid2 = w.mid2
+    touch = w.touch
     fees_num = (
         (all_in_num - notional_num * FEE_DENOMINATOR)
         if buy
