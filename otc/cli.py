@@ -5,6 +5,7 @@ Subcommands::
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
     otc demo [--seed S] [--symbol SYM] [--config PATH] [--dump-book PATH]
+    otc feeds verify --venue V FILE... [--json]
     otc bench book [--deltas N] [--levels N] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
@@ -76,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--symbol", default="BTC-USDT")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     demo.add_argument("--dump-book", type=Path, help="also write the book file used")
+
+    feeds = sub.add_parser("feeds", help="venue feeds: verify recordings")
+    feeds_sub = feeds.add_subparsers(dest="feeds", required=True)
+    ver = feeds_sub.add_parser(
+        "verify",
+        help="replay a recording through a venue adapter and report integrity",
+        description="Replay derived-JSONL recordings through the venue's adapter: messages "
+        "applied, checksums checked and failed, gaps, resyncs, final top of book per symbol.",
+    )
+    ver.add_argument("--venue", required=True, help="binance, bitget, bybit, coinbase, kraken, okx")
+    ver.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ver.add_argument("--json", action="store_true", help="print one JSON object")
 
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -171,6 +184,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_feeds(args: argparse.Namespace) -> int:
+    from feeds.verify import verify
+
+    try:
+        report = verify(args.venue, args.files)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    out = sys.stdout
+    if args.json:
+        doc = {
+            "applied": report.applied,
+            "checksums_ok": report.checksums_ok,
+            "checksums_failed": report.checksums_failed,
+            "gaps": report.gaps,
+            "resyncs": report.resyncs,
+            "malformed": report.malformed,
+            "messages": report.messages,
+            "books": {s: {"bid": t.bid, "ask": t.ask} for s, t in report.books.items()},
+        }
+        out.write(msgspec.json.encode(doc).decode() + "\n")
+    else:
+        out.write(
+            f"{report.venue}: {report.messages} messages, {report.applied} applied, "
+            f"{report.malformed} malformed\n"
+            f"checksums: {report.checksums_ok} ok, {report.checksums_failed} failed\n"
+            f"gaps: {report.gaps}, resyncs: {report.resyncs}\n"
+        )
+        for line in report.errors:
+            out.write(f"  {line}\n")
+        width = max((len(s) for s in report.books), default=0)
+        for symbol, top in report.books.items():
+            out.write(f"  {symbol:<{width}}  bid {top.bid or '-'}  ask {top.ask or '-'}\n")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from otc.bench import book as bench_book
 
@@ -182,7 +230,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"estimate": _cmd_estimate, "demo": _cmd_demo, "bench": _cmd_bench}
+    handlers = {
+        "estimate": _cmd_estimate,
+        "demo": _cmd_demo,
+        "feeds": _cmd_feeds,
+        "bench": _cmd_bench,
+    }
     try:
         return handlers[args.command](args)
     except (OtcError, ValueError) as exc:

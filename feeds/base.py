@@ -1,0 +1,262 @@
+"""What every venue adapter shares: normalized book events, sync bookkeeping, checksums.
+
+Data flow
+---------
+A venue adapter (:class:`VenueBookFeed` subclass, one module per venue) receives the venue's raw
+messages (bytes, exactly as they came off the websocket or out of a recording), decodes them with
+msgspec Structs straight to integer ticks and lots, applies them to one :class:`~otc.book.L2Book`
+per symbol, and checks the venue's integrity rules after each message (sequence continuity,
+CRC32 checksums). It returns the normalized :data:`BookEvent` s it applied, which the recorder
+writes and the engine forwards.
+
+Integrity failures raise :class:`SequenceGap` or :class:`ChecksumMismatch` (both
+:class:`~otc.errors.FeedError`); before raising, the adapter marks the symbol out of sync and
+counts the failure. The connection layer answers by resyncing (resubscribe, or a new REST
+snapshot); until a fresh snapshot arrives, further deltas for that symbol are dropped and the
+book is excluded from the consolidated view.
+
+Symbols: adapters key books by *our* instrument symbol. ``symbols`` maps the venue's name
+(``XBT/USD``) to ours (``BTC-USD``); a venue symbol missing from the map is used as is, which is
+what ``otc feeds verify`` does on recordings of arbitrary pairs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar
+
+import msgspec
+
+from otc.book import L2Book
+from otc.errors import FeedError, ValueParseError
+from otc.model import Scale, parse_fixed
+
+__all__ = [
+    "DEFAULT_SCALE",
+    "BookDelta",
+    "BookEvent",
+    "BookSnapshot",
+    "ChecksumMismatch",
+    "FeedStats",
+    "SequenceGap",
+    "VenueBookFeed",
+    "crc32_signed",
+    "crc32_unsigned",
+    "parse_levels",
+]
+
+#: Resolution of books for symbols without configuration (enough for every recorded venue).
+DEFAULT_SCALE = Scale(price_decimals=12, size_decimals=12)
+
+Levels = list[tuple[int, int]]
+
+
+class BookSnapshot(msgspec.Struct, frozen=True, gc=False, tag="snapshot", array_like=True):
+    """A full book: replaces everything known about ``symbol`` on ``venue``.
+
+    Prices in ticks, sizes in lots at the symbol's scale; ``ts_*_ns`` in ns since the epoch
+    (``ts_event_ns`` from the venue, 0 when it gives none; ``ts_recv_ns`` local).
+    """
+
+    venue: str
+    symbol: str
+    bids: Levels
+    asks: Levels
+    sequence: int | None
+    ts_event_ns: int
+    ts_recv_ns: int
+
+
+class BookDelta(msgspec.Struct, frozen=True, gc=False, tag="delta", array_like=True):
+    """Level changes: each (price, size) sets an absolute size; size 0 deletes the level."""
+
+    venue: str
+    symbol: str
+    bids: Levels
+    asks: Levels
+    sequence: int | None
+    ts_event_ns: int
+    ts_recv_ns: int
+
+
+BookEvent = BookSnapshot | BookDelta
+
+
+class SequenceGap(FeedError):
+    """A message does not follow the previous one: updates were lost; the book must resync."""
+
+    def __init__(self, venue: str, symbol: str, expected: object, received: object) -> None:
+        self.symbol = symbol
+        self.expected = expected
+        self.received = received
+        super().__init__(venue, f"{symbol}: sequence gap, expected {expected}, got {received}")
+
+
+class ChecksumMismatch(FeedError):
+    """Our book disagrees with the venue's checksum after a message; the book must resync."""
+
+    def __init__(self, venue: str, symbol: str, expected: int, computed: int) -> None:
+        self.symbol = symbol
+        self.expected = expected
+        self.computed = computed
+        super().__init__(
+            venue, f"{symbol}: checksum mismatch, venue sent {expected}, book gives {computed}"
+        )
+
+
+class FeedStats(msgspec.Struct):
+    """Counters of one adapter; what ``otc feeds verify`` prints and health reports."""
+
+    applied: int = 0
+    snapshots: int = 0
+    checksums_ok: int = 0
+    checksums_failed: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    dropped: int = 0
+    ignored: int = 0
+
+
+def parse_levels(levels: Iterable[Iterable[str]], scale: Scale) -> Levels:
+    """Venue ``[[price, size, ...], ...]`` decimal strings to (ticks, lots), without Decimal.
+
+    Raises:
+        ValueParseError: a price or size that is not a plain decimal within the scale, negative,
+            or a non-positive price.
+    """
+    pd, sd = scale.price_decimals, scale.size_decimals
+    out: Levels = []
+    append = out.append
+    for level in levels:
+        it = iter(level)
+        price_text = next(it)
+        size_text = next(it)
+        whole, _, frac = price_text.partition(".")
+        if len(frac) <= pd and whole.isdigit() and (not frac or frac.isdigit()):
+            price = int(whole + frac + "0" * (pd - len(frac)))
+        else:
+            price = parse_fixed(price_text, pd, what="price")
+        whole, _, frac = size_text.partition(".")
+        if len(frac) <= sd and whole.isdigit() and (not frac or frac.isdigit()):
+            size = int(whole + frac + "0" * (sd - len(frac)))
+        else:
+            size = parse_fixed(size_text, sd, what="size")
+        if price <= 0 or size < 0:
+            raise ValueParseError(f"bad level [{price_text!r}, {size_text!r}]")
+        append((price, size))
+    return out
+
+
+def crc32_unsigned(text: str) -> int:
+    return zlib.crc32(text.encode("ascii")) & 0xFFFFFFFF
+
+
+def crc32_signed(text: str) -> int:
+    value = zlib.crc32(text.encode("ascii")) & 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class VenueBookFeed:
+    """Base of the venue adapters: books per symbol, sync state, counters.
+
+    Subclasses declare the venue by class attributes and implement :meth:`on_message`.
+
+    Args:
+        symbols: venue symbol -> our symbol (missing ones are used unchanged).
+        scales: our symbol -> book scale (missing ones get :data:`DEFAULT_SCALE`).
+    """
+
+    venue: ClassVar[str]
+    #: Public websocket endpoint.
+    url: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        symbols: Mapping[str, str] | None = None,
+        scales: Mapping[str, Scale] | None = None,
+    ) -> None:
+        self.symbols = dict(symbols or {})
+        self.scales = dict(scales or {})
+        self.books: dict[str, L2Book] = {}
+        self.in_sync: dict[str, bool] = {}
+        self.stats = FeedStats()
+        #: Called with (symbol, in_sync, detail) whenever a symbol enters or leaves sync.
+        self.on_sync_change: Callable[[str, bool, str], None] | None = None
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+
+    def our_symbol(self, venue_symbol: str) -> str:
+        return self.symbols.get(venue_symbol, venue_symbol)
+
+    def book(self, symbol: str) -> L2Book:
+        """The book of our ``symbol``, created empty (and out of sync) on first use."""
+        book = self.books.get(symbol)
+        if book is None:
+            book = L2Book(self.venue, symbol, self.scales.get(symbol, DEFAULT_SCALE))
+            self.books[symbol] = book
+            self.in_sync[symbol] = False
+        return book
+
+    def mark(self, symbol: str, in_sync: bool, detail: str = "") -> None:
+        if self.in_sync.get(symbol) != in_sync:
+            self.in_sync[symbol] = in_sync
+            if self.on_sync_change is not None:
+                self.on_sync_change(symbol, in_sync, detail)
+
+    def fail(self, error: SequenceGap | ChecksumMismatch) -> SequenceGap | ChecksumMismatch:
+        """Count ``error``, mark its symbol out of sync, and hand it back to be raised."""
+        if isinstance(error, SequenceGap):
+            self.stats.gaps += 1
+        else:
+            self.stats.checksums_failed += 1
+        self.stats.resyncs += 1
+        self.mark(error.symbol, False, str(error))
+        return error
+
+    def apply_snapshot(self, event: BookSnapshot) -> None:
+        book = self.book(event.symbol)
+        book.apply_snapshot(
+            event.bids,
+            event.asks,
+            sequence=event.sequence,
+            ts_event_ns=event.ts_event_ns,
+            ts_recv_ns=event.ts_recv_ns,
+        )
+        self.stats.snapshots += 1
+        self.stats.applied += 1
+        self.mark(event.symbol, True)
+
+    def apply_delta(self, event: BookDelta) -> None:
+        book = self.book(event.symbol)
+        update_bid, update_ask = book.update_bid, book.update_ask
+        for price, size in event.bids:
+            update_bid(price, size)
+        for price, size in event.asks:
+            update_ask(price, size)
+        book.set_meta(
+            sequence=event.sequence, ts_event_ns=event.ts_event_ns, ts_recv_ns=event.ts_recv_ns
+        )
+        self.stats.applied += 1
+
+    # -- the adapter's job ---------------------------------------------------------------------
+
+    def subscribe_messages(self, venue_symbols: Iterable[str]) -> list[bytes]:
+        """The messages to send after connecting to subscribe to ``venue_symbols``' books."""
+        raise NotImplementedError
+
+    def on_rest(self, url: str, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
+        """A REST response (a depth snapshot) for venues that sync from one; others ignore it."""
+        self.stats.ignored += 1
+        return []
+
+    def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
+        """Decode, apply and check one raw message; return the events applied.
+
+        Raises:
+            SequenceGap: continuity broken; the symbol is marked out of sync first.
+            ChecksumMismatch: book disagrees with the venue's checksum; marked out of sync first.
+            msgspec.DecodeError / ValidationError: the message is malformed.
+        """
+        raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Reading venue recordings in the derived JSONL format of ``../shared/data``.
+
+One record a line, ``{"recv_ts": <epoch s>, ["conn": "<endpoint | WS | REST <url>>",] "msg": <venue
+JSON, verbatim>}``; a line without ``msg`` is a bare venue message (Bybit's historical dumps),
+timed by its own ``ts`` (ms) when it has one. Files may be gzip-compressed (``.gz``).
+
+The venue message is handed on as the exact bytes of its JSON text (``msgspec.Raw``), so adapters
+decode recorded and live traffic with the very same code.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from otc.errors import ConfigError
+
+__all__ = ["RecordedMessage", "read_recording"]
+
+
+class RecordedMessage(msgspec.Struct, frozen=True):
+    """One venue message from a recording: where it came from, when, and its raw bytes."""
+
+    conn: str
+    ts_recv_ns: int
+    data: bytes
+    line: int
+
+
+class _Record(msgspec.Struct, gc=False):
+    msg: msgspec.Raw = msgspec.Raw()
+    recv_ts: float | None = None
+    conn: str = ""
+    ts: int | None = None
+
+
+_decode = msgspec.json.Decoder(_Record).decode
+
+
+def read_recording(path: str | Path) -> Iterator[RecordedMessage]:
+    """Yield the messages of a derived-JSONL recording in file order.
+
+    Raises:
+        ConfigError: a line is not JSON; the message names the file and line.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = _decode(line)
+            except msgspec.DecodeError as exc:
+                raise ConfigError(
+                    str(path), f"line {number}", f"not a JSON record: {exc}"
+                ) from None
+            if len(record.msg):
+                data = bytes(record.msg)
+                ts_ns = round(record.recv_ts * 1e9) if record.recv_ts is not None else 0
+            else:
+                data = line.rstrip(b"\r\n")
+                ts_ns = record.ts * 1_000_000 if record.ts is not None else 0
+            yield RecordedMessage(record.conn, ts_ns, data, number)
