@@ -170,6 +170,8 @@ class VenueBookFeed:
     venue: ClassVar[str]
     #: Public websocket endpoint.
     url: ClassVar[str]
+    #: Seconds between application-level heartbeats (see :meth:`heartbeat_message`).
+    heartbeat_interval_s: ClassVar[float] = 20.0
 
     def __init__(
         self,
@@ -189,6 +191,13 @@ class VenueBookFeed:
 
     def our_symbol(self, venue_symbol: str) -> str:
         return self.symbols.get(venue_symbol, venue_symbol)
+
+    def venue_symbol(self, symbol: str) -> str:
+        """The venue's name for our ``symbol`` (inverse of :meth:`our_symbol`)."""
+        for venue_name, ours in self.symbols.items():
+            if ours == symbol:
+                return venue_name
+        return symbol
 
     def book(self, symbol: str) -> L2Book:
         """The book of our ``symbol``, created empty (and out of sync) on first use."""
@@ -245,6 +254,27 @@ class VenueBookFeed:
     def subscribe_messages(self, venue_symbols: Iterable[str]) -> list[bytes]:
         """The messages to send after connecting to subscribe to ``venue_symbols``' books."""
         raise NotImplementedError
+
+    def heartbeat_message(self) -> bytes | None:
+        """Application-level ping the venue expects every ``heartbeat_interval_s`` (or None)."""
+        return None
+
+    def resubscribe_messages(self, venue_symbol: str) -> list[bytes] | None:
+        """Messages that make the venue send a fresh snapshot of one symbol.
+
+        ``None`` (the default) means the venue cannot resync a single symbol that way; the
+        connection is reopened instead (or a REST snapshot fetched, see
+        :meth:`pending_snapshots`).
+        """
+        return None
+
+    def pending_snapshots(self) -> list[str]:
+        """Venue symbols waiting for a REST snapshot (venues that sync from one)."""
+        return []
+
+    def snapshot_url(self, venue_symbol: str, *, base: str | None = None) -> str:
+        """The REST URL of a depth snapshot of ``venue_symbol`` (``base`` overrides the host)."""
+        raise NotImplementedError(f"{self.venue} does not sync from REST snapshots")
 
     def on_rest(self, url: str, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
         """A REST response (a depth snapshot) for venues that sync from one; others ignore it."""

@@ -62,6 +62,16 @@ class BybitBookFeed(VenueBookFeed):
         args = [f"orderbook.{self.depth}.{s}" for s in venue_symbols]
         return [_encode({"op": "subscribe", "args": args})]
 
+    def heartbeat_message(self) -> bytes | None:
+        return b'{"op":"ping"}'
+
+    def resubscribe_messages(self, venue_symbol: str) -> list[bytes] | None:
+        topic = f"orderbook.{self.depth}.{venue_symbol}"
+        return [
+            _encode({"op": "unsubscribe", "args": [topic]}),
+            _encode({"op": "subscribe", "args": [topic]}),
+        ]
+
     def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
         msg = _decode(data)
         body = msg.data

@@ -32,5 +32,6 @@ def adapter_class(venue: str) -> type[VenueBookFeed]:
         raise KeyError(f"unknown venue {venue!r}; known: {', '.join(sorted(VENUES))}") from None
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    assert issubclass(cls, VenueBookFeed)
+    if not (isinstance(cls, type) and issubclass(cls, VenueBookFeed)):
+        raise TypeError(f"{target} is not a VenueBookFeed")
     return cls

@@ -1,0 +1,289 @@
+"""Keeping one venue adapter connected: subscribe, heartbeat, reconnect, resync, staleness.
+
+:class:`FeedConnection` owns a websocket to one venue and drives a
+:class:`~feeds.base.VenueBookFeed` with what arrives. Everything venue-specific (messages to
+send, how to resync a symbol) is asked of the adapter; this module holds the one copy of the
+connection logic:
+
+* connect with ``websockets``, send the adapter's subscribe messages, and send its application
+  heartbeat every ``heartbeat_interval_s`` (protocol pings are on as well);
+* every message goes to ``feed.on_message``; a :class:`~feeds.base.SequenceGap` or
+  :class:`~feeds.base.ChecksumMismatch` triggers a resync of that symbol: the adapter's
+  resubscribe messages when it has them, a REST snapshot when it syncs from one (Binance), or
+  else a reconnect;
+* a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
+  connection is reopened after a capped, jittered exponential backoff (reset once data flows);
+* malformed messages are counted and skipped, never fatal;
+* :meth:`FeedConnection.health` reports state, age of the last update and the counters, for the
+  quoting service and the console.
+
+All tasks live in one named :class:`asyncio.TaskGroup`; cancelling :meth:`FeedConnection.run`
+closes the socket and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from feeds.base import BookEvent, ChecksumMismatch, SequenceGap, VenueBookFeed
+from otc.errors import ValueParseError
+
+__all__ = ["Backoff", "FeedConnection", "FeedHealth"]
+
+log = logging.getLogger(__name__)
+
+FeedState = Literal["connecting", "syncing", "live", "stale", "down"]
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``.
+
+    Args:
+        base_s: first ceiling, seconds.
+        cap_s: largest ceiling, seconds.
+        rng: random source (seed it in tests).
+    """
+
+    def __init__(
+        self, *, base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None
+    ) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
+        self.attempt += 1
+        return self._rng.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class FeedHealth(msgspec.Struct, frozen=True):
+    """One venue feed's health, as the quoting service and the console see it."""
+
+    venue: str
+    state: FeedState
+    age_ms: int | None
+    symbols_in_sync: int
+    symbols: int
+    gaps: int
+    checksum_failures: int
+    resyncs: int
+    reconnects: int
+    malformed: int
+    last_error: str
+
+
+class FeedConnection:
+    """Keeps ``feed`` subscribed to ``venue_symbols`` over a websocket.
+
+    Args:
+        feed: the venue adapter (it owns the books).
+        venue_symbols: the venue's own symbol names to subscribe to.
+        url: websocket endpoint; the adapter's public ``url`` when omitted.
+        rest_url: base of the venue's REST API for snapshot-synced venues (tests point it at a
+            loopback exchange).
+        stale_after_ms: a connection quiet for this long is reopened; health says ``stale``.
+        backoff: reconnect policy.
+        on_events: called with the events each message applied (recorder, engine).
+        clock_ns: wall clock in ns (a test clock in tests).
+    """
+
+    def __init__(
+        self,
+        feed: VenueBookFeed,
+        venue_symbols: list[str],
+        *,
+        url: str | None = None,
+        rest_url: str | None = None,
+        stale_after_ms: int = 10_000,
+        backoff: Backoff | None = None,
+        on_events: Callable[[list[BookEvent]], None] | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.feed = feed
+        self.venue_symbols = list(venue_symbols)
+        self.url = url or feed.url
+        self.rest_url = rest_url
+        self.stale_after_ms = stale_after_ms
+        self.backoff = backoff or Backoff()
+        self.on_events = on_events
+        self.clock_ns = clock_ns
+        self.state: FeedState = "down"
+        self.reconnects = 0
+        self.malformed = 0
+        self.last_error = ""
+        self.last_message_ns = 0
+        self.connected = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._fetching: set[str] = set()
+
+    # -- public --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and keep connected until cancelled."""
+        first = True
+        while True:
+            if not first:
+                self.reconnects += 1
+                delay = self.backoff.next_delay()
+                log.info("%s: reconnecting in %.2f s", self.feed.venue, delay)
+                await asyncio.sleep(delay)
+            first = False
+            self.state = "connecting"
+            try:
+                await self._session()
+            except* (
+                OSError,
+                TimeoutError,
+                websockets.ConnectionClosed,
+                websockets.InvalidHandshake,
+            ) as group:
+                exc = group.exceptions[0]
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: connection lost: %s", self.feed.venue, self.last_error)
+            finally:
+                self.connected.clear()
+                self._ws = None
+                self.state = "down"
+                for symbol in list(self.feed.in_sync):
+                    self.feed.mark(symbol, False, "disconnected")
+
+    def health(self, now_ns: int | None = None) -> FeedHealth:
+        now = self.clock_ns() if now_ns is None else now_ns
+        age = (now - self.last_message_ns) // 1_000_000 if self.last_message_ns else None
+        state = self.state
+        if state == "live" and age is not None and age > self.stale_after_ms:
+            state = "stale"
+        stats = self.feed.stats
+        return FeedHealth(
+            venue=self.feed.venue,
+            state=state,
+            age_ms=age,
+            symbols_in_sync=sum(self.feed.in_sync.values()),
+            symbols=len(self.venue_symbols),
+            gaps=stats.gaps,
+            checksum_failures=stats.checksums_failed,
+            resyncs=stats.resyncs,
+            reconnects=self.reconnects,
+            malformed=self.malformed,
+            last_error=self.last_error,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        async with connect(self.url, open_timeout=10, max_size=2**24, compression=None) as ws:
+            self._ws = ws
+            self.state = "syncing"
+            for message in self.feed.subscribe_messages(self.venue_symbols):
+                await ws.send(message.decode())
+            self.connected.set()
+            async with asyncio.TaskGroup() as tg:
+                helpers = [
+                    tg.create_task(self._heartbeat(ws), name=f"{self.feed.venue}-heartbeat"),
+                    tg.create_task(self._watchdog(ws), name=f"{self.feed.venue}-watchdog"),
+                ]
+                try:
+                    await self._receive(ws, tg)
+                finally:
+                    for task in helpers:
+                        task.cancel()
+
+    async def _receive(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
+        feed = self.feed
+        async for message in ws:
+            now = self.clock_ns()
+            self.last_message_ns = now
+            data = message.encode() if isinstance(message, str) else message
+            try:
+                events = feed.on_message(data, now)
+            except (SequenceGap, ChecksumMismatch) as exc:
+                self.last_error = str(exc)
+                await self._resync(ws, tg, exc.symbol)
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
+                self.malformed += 1
+                self.last_error = f"malformed message: {exc}"
+                continue
+            if events:
+                if self.on_events is not None:
+                    self.on_events(events)
+                if self.state == "syncing" and all(feed.in_sync.values()):
+                    self.state = "live"
+                    self.backoff.reset()
+            for venue_symbol in feed.pending_snapshots():
+                if venue_symbol not in self._fetching:
+                    self._fetching.add(venue_symbol)
+                    tg.create_task(self._fetch_snapshot(venue_symbol), name=f"rest-{venue_symbol}")
+
+    async def _resync(self, ws: ClientConnection, tg: asyncio.TaskGroup, symbol: str) -> None:
+        feed = self.feed
+        self.state = "syncing"
+        venue_symbol = feed.venue_symbol(symbol)
+        messages = feed.resubscribe_messages(venue_symbol)
+        if messages is not None:
+            for message in messages:
+                await ws.send(message.decode())
+            return
+        if feed.pending_snapshots():
+            return  # the receive loop schedules the REST snapshot
+        await ws.close(reason="resync")
+
+    async def _fetch_snapshot(self, venue_symbol: str) -> None:
+        url = self.feed.snapshot_url(venue_symbol, base=self.rest_url)
+        try:
+            body = await asyncio.to_thread(_http_get, url)
+            events = self.feed.on_rest(url, body, self.clock_ns())
+            if events and self.on_events is not None:
+                self.on_events(events)
+        except OSError as exc:
+            self.last_error = f"snapshot {venue_symbol}: {exc}"
+        except (SequenceGap, ChecksumMismatch) as exc:
+            self.last_error = str(exc)
+        finally:
+            self._fetching.discard(venue_symbol)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        message = self.feed.heartbeat_message()
+        interval = self.feed.heartbeat_interval_s
+        if message is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await ws.send(message.decode())
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        period = self.stale_after_ms / 1e3
+        while True:
+            await asyncio.sleep(period / 4)
+            quiet_ms = (self.clock_ns() - self.last_message_ns) // 1_000_000
+            if self.last_message_ns and quiet_ms > self.stale_after_ms:
+                self.last_error = f"no data for {quiet_ms} ms"
+                self.state = "stale"
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.close(reason="stale")
+                return
+
+
+def _http_get(url: str) -> bytes:
+    """Blocking GET (run in a thread): REST snapshots are rare and small enough."""
+    if not url.startswith(("http://", "https://")):
+        raise OSError(f"refusing non-HTTP snapshot url {url!r}")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - scheme checked
+        body: bytes = response.read()
+        return body
