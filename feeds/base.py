@@ -30,7 +30,7 @@ import msgspec
 
 from otc.book import L2Book
 from otc.errors import FeedError, ValueParseError
-from otc.model import Scale, parse_fixed
+from otc.model import Scale, decimal_text, parse_fixed, to_decimal
 
 __all__ = [
     "DEFAULT_SCALE",
@@ -43,6 +43,7 @@ __all__ = [
     "VenueBookFeed",
     "crc32_signed",
     "crc32_unsigned",
+    "level_texts",
     "parse_levels",
 ]
 
@@ -146,6 +147,12 @@ def parse_levels(levels: Iterable[Iterable[str]], scale: Scale) -> Levels:
             raise ValueParseError(f"bad level [{price_text!r}, {size_text!r}]")
         append((price, size))
     return out
+
+
+def level_texts(levels: Iterable[tuple[int, int]], scale: Scale) -> list[list[str]]:
+    """(ticks, lots) back to ``[[price, size], ...]`` plain decimal strings (for encoders)."""
+    pd, sd = scale.price_decimals, scale.size_decimals
+    return [[decimal_text(to_decimal(p, pd)), decimal_text(to_decimal(s, sd))] for p, s in levels]
 
 
 def crc32_unsigned(text: str) -> int:
@@ -274,6 +281,18 @@ class VenueBookFeed:
 
     def snapshot_url(self, venue_symbol: str, *, base: str | None = None) -> str:
         """The REST URL of a depth snapshot of ``venue_symbol`` (``base`` overrides the host)."""
+        raise NotImplementedError(f"{self.venue} does not sync from REST snapshots")
+
+    def snapshot_message(self, symbol: str) -> bytes:
+        """The venue's own snapshot message for our ``symbol``'s current book.
+
+        The loopback exchange answers (re)subscriptions with it, so it must be what the venue
+        would send: same format, same sequence fields, and a checksum the adapter accepts.
+        """
+        raise NotImplementedError(f"{self.venue}: no snapshot encoder")
+
+    def rest_snapshot_body(self, symbol: str) -> bytes:
+        """The venue's REST depth snapshot body for our ``symbol`` (snapshot-synced venues)."""
         raise NotImplementedError(f"{self.venue} does not sync from REST snapshots")
 
     def on_rest(self, url: str, data: bytes, ts_recv_ns: int) -> list[BookEvent]:

@@ -24,7 +24,15 @@ from typing import ClassVar
 
 import msgspec
 
-from feeds.base import BookDelta, BookEvent, BookSnapshot, SequenceGap, VenueBookFeed, parse_levels
+from feeds.base import (
+    BookDelta,
+    BookEvent,
+    BookSnapshot,
+    SequenceGap,
+    VenueBookFeed,
+    level_texts,
+    parse_levels,
+)
 
 __all__ = ["BybitBookFeed"]
 
@@ -72,6 +80,26 @@ class BybitBookFeed(VenueBookFeed):
             _encode({"op": "subscribe", "args": [topic]}),
         ]
 
+    def snapshot_message(self, symbol: str) -> bytes:
+        book = self.books[symbol]
+        venue_symbol = self.venue_symbol(symbol)
+        ts_ms = book.ts_event_ns // 1_000_000
+        return _encode(
+            {
+                "topic": f"orderbook.{self.depth}.{venue_symbol}",
+                "type": "snapshot",
+                "ts": ts_ms,
+                "data": {
+                    "s": venue_symbol,
+                    "b": level_texts(book.bids(), book.scale),
+                    "a": level_texts(book.asks(), book.scale),
+                    "u": book.sequence or 0,
+                    "seq": 0,
+                },
+                "cts": ts_ms,
+            }
+        )
+
     def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
         msg = _decode(data)
         body = msg.data
@@ -98,6 +126,9 @@ class BybitBookFeed(VenueBookFeed):
             return [snap]
         if not self.in_sync.get(symbol):
             self.stats.dropped += 1
+            return []
+        if book.sequence is not None and body.u <= book.sequence:
+            self.stats.ignored += 1  # a repeat of what the book already has
             return []
         if book.sequence is not None and body.u != book.sequence + 1:
             raise self.fail(SequenceGap(self.venue, symbol, book.sequence + 1, body.u))
