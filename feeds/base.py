@@ -23,8 +23,8 @@ what ``otc feeds verify`` does on recordings of arbitrary pairs.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping
-from typing import ClassVar
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -34,6 +34,8 @@ from otc.model import Scale, decimal_text, parse_fixed, to_decimal
 
 __all__ = [
     "DEFAULT_SCALE",
+    "Feed",
+    "apply_event",
     "BookDelta",
     "BookEvent",
     "BookSnapshot",
@@ -82,6 +84,37 @@ class BookDelta(msgspec.Struct, frozen=True, gc=False, tag="delta", array_like=T
 
 
 BookEvent = BookSnapshot | BookDelta
+
+
+@runtime_checkable
+class Feed(Protocol):
+    """Anything that produces normalized book events: a live venue connection, a replay of a
+    recording, the synthetic market. The engine and the backtester consume only this."""
+
+    def events(self) -> AsyncIterator[BookEvent]:
+        """Events in order; the iterator ends when the source is exhausted (replays)."""
+        ...
+
+
+def apply_event(book: L2Book, event: BookEvent) -> None:
+    """Apply a normalized event to ``book`` (a snapshot replaces it, a delta sets levels)."""
+    if isinstance(event, BookSnapshot):
+        book.apply_snapshot(
+            event.bids,
+            event.asks,
+            sequence=event.sequence,
+            ts_event_ns=event.ts_event_ns,
+            ts_recv_ns=event.ts_recv_ns,
+        )
+        return
+    update_bid, update_ask = book.update_bid, book.update_ask
+    for price, size in event.bids:
+        update_bid(price, size)
+    for price, size in event.asks:
+        update_ask(price, size)
+    book.set_meta(
+        sequence=event.sequence, ts_event_ns=event.ts_event_ns, ts_recv_ns=event.ts_recv_ns
+    )
 
 
 class SequenceGap(FeedError):
@@ -245,15 +278,7 @@ class VenueBookFeed:
         self.mark(event.symbol, True)
 
     def apply_delta(self, event: BookDelta) -> None:
-        book = self.book(event.symbol)
-        update_bid, update_ask = book.update_bid, book.update_ask
-        for price, size in event.bids:
-            update_bid(price, size)
-        for price, size in event.asks:
-            update_ask(price, size)
-        book.set_meta(
-            sequence=event.sequence, ts_event_ns=event.ts_event_ns, ts_recv_ns=event.ts_recv_ns
-        )
+        apply_event(self.book(event.symbol), event)
         self.stats.applied += 1
 
     # -- the adapter's job ---------------------------------------------------------------------
