@@ -125,13 +125,14 @@ class L2Book:
         sizes = self._bid_sizes
         self.bid_version += 1
         if size:
-            n = len(sizes)
+            if price in sizes:  # the common case: a size change at an existing level
+                sizes[price] = size
+                return
             sizes[price] = size
-            if len(sizes) != n:
-                self._bid_prices.add(price)
-                best = self.best_bid
-                if best is None or price > best:
-                    self.best_bid = price
+            self._bid_prices.add(price)
+            best = self.best_bid
+            if best is None or price > best:
+                self.best_bid = price
         elif sizes.pop(price, None) is not None:
             prices = self._bid_prices
             prices.remove(price)
@@ -143,13 +144,14 @@ class L2Book:
         sizes = self._ask_sizes
         self.ask_version += 1
         if size:
-            n = len(sizes)
+            if price in sizes:  # the common case: a size change at an existing level
+                sizes[price] = size
+                return
             sizes[price] = size
-            if len(sizes) != n:
-                self._ask_prices.add(price)
-                best = self.best_ask
-                if best is None or price < best:
-                    self.best_ask = price
+            self._ask_prices.add(price)
+            best = self.best_ask
+            if best is None or price < best:
+                self.best_ask = price
         elif sizes.pop(price, None) is not None:
             prices = self._ask_prices
             prices.remove(price)
@@ -199,7 +201,9 @@ class L2Book:
     def crossed(self) -> bool:
         """True when the best bid is at or above the best ask (a locked book counts too)."""
         return (
-            self.best_bid is not None and self.best_ask is not None and self.best_bid >= self.best_ask
+            self.best_bid is not None
+            and self.best_ask is not None
+            and self.best_bid >= self.best_ask
         )
 
     def bids(self) -> Iterator[tuple[int, int]]:
@@ -259,7 +263,7 @@ class L2Book:
             ("bid", self._bid_sizes, self._bid_prices, self.best_bid, max),
             ("ask", self._ask_sizes, self._ask_prices, self.best_ask, min),
         ):
-            prices._check()
+            prices._check()  # type: ignore[attr-defined]  # not in the stubs
             assert list(prices) == sorted(sizes), f"{name} price index out of step with sizes"
             assert all(type(p) is int and p > 0 for p in sizes), f"{name} bad price"
             assert all(type(s) is int and s > 0 for s in sizes.values()), f"{name} bad size"

@@ -1,0 +1,5 @@
+"""Benchmarks behind ``otc bench``: ours next to a baseline, in one process, ratios printed.
+
+Each module is one benchmark with a ``run()`` that prints a report and returns its figures as
+JSON-ready builtins. :mod:`otc.bench.book`: book updates, walks and memory.
+"""
