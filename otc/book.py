@@ -23,8 +23,10 @@ estimates on an unchanged book cost O(log n + venues) each (see :mod:`otc.slippa
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import accumulate, islice
+from operator import itemgetter, mul
 
 import msgspec
 from sortedcontainers import SortedList
@@ -317,10 +319,9 @@ class VenueState:
 class Ladder:
     """The levels a taker on ``side`` can take, across venues, ordered by fee-adjusted price.
 
-    Immutable once built. Level ``i`` has ``venues[i]``, raw ``prices[i]`` (ticks),
-    ``sizes[i]`` (lots) and fee-adjusted ``adjusted[i] = price x (FEE_DENOMINATOR +/- fee)``.
-    The cumulative arrays have a leading 0, so ``cum_qty[k]`` is the quantity of the first
-    ``k`` levels:
+    Level ``i`` has ``venues[i]``, raw ``prices[i]`` (ticks), ``sizes[i]`` (lots) and
+    fee-adjusted ``adjusted[i] = price x (FEE_DENOMINATOR +/- fee)``. The cumulative arrays have
+    a leading 0, so ``cum_qty[k]`` is the quantity of the first ``k`` levels:
 
     * ``cum_qty``: lots; ``cum_notional``: price x size before fees;
     * ``cum_all_in``: adjusted price x size (notional x FEE_DENOMINATOR, fees included);
@@ -329,10 +330,23 @@ class Ladder:
     For per-venue allocation, ``venue_index[v]`` lists the level indices of venue ``v`` in
     ladder order and ``venue_cum_qty[v]`` / ``venue_cum_notional[v]`` their running sums.
     Ties in adjusted price are broken by venue name, so equal books give equal ladders.
+
+    Built lazily, best levels first: a walk that needs the top 200 of 6,000 levels only pays for
+    about 200 (:meth:`ensure_qty`, :meth:`ensure_notional`, :meth:`extend`). Each extension
+    pulls the next ``chunk`` levels of every venue (each venue's book is already sorted), sorts
+    them together and keeps those no unpulled level can precede: C-speed sorting and cumulative
+    sums (``itertools.accumulate``) instead of a Python-level merge. ``len()`` is the number of
+    levels built so far; ``complete`` tells whether that is all of them. A ladder reads the
+    venue books it was built from: extending it after one of them changed raises
+    ``RuntimeError`` (the consolidated book hands out a new ladder instead).
     """
 
     __slots__ = (
+        "_pending",
+        "_sources",
+        "_versions",
         "adjusted",
+        "complete",
         "cum_all_in",
         "cum_notional",
         "cum_qty",
@@ -347,65 +361,124 @@ class Ladder:
         "worst",
     )
 
+    #: Levels pulled per venue by the first extension (later ones double).
+    chunk = 64
+
     def __init__(self, side: Side, scale: Scale, states: Mapping[str, VenueState]) -> None:
         self.side = side
         self.scale = scale
-        rows: list[tuple[int, str, int, int]] = []
-        if side is Side.BUY:
-            for name, state in states.items():
-                factor = FEE_DENOMINATOR + state.fee
-                rows.extend((p * factor, name, p, s) for p, s in state.book.asks())
-            rows.sort()
-        else:
-            for name, state in states.items():
-                factor = FEE_DENOMINATOR - state.fee
-                # Negated so that one ascending sort gives best (highest) first, ties by name.
-                rows.extend((-p * factor, name, p, s) for p, s in state.book.bids())
-            rows.sort()
-        n = len(rows)
-        self.adjusted = [abs(r[0]) for r in rows]
-        self.venues = [r[1] for r in rows]
-        self.prices = [r[2] for r in rows]
-        self.sizes = [r[3] for r in rows]
-        cum_qty = [0] * (n + 1)
-        cum_notional = [0] * (n + 1)
-        cum_all_in = [0] * (n + 1)
-        worst = [0] * (n + 1)
-        q = notional = all_in = 0
-        w = 0
         buy = side is Side.BUY
-        venue_index: dict[str, list[int]] = {name: [] for name in states}
-        venue_cum_qty: dict[str, list[int]] = {name: [0] for name in states}
-        venue_cum_notional: dict[str, list[int]] = {name: [0] for name in states}
-        for i, (adj, venue, price, size) in enumerate(rows):
-            q += size
-            notional += price * size
-            all_in += abs(adj) * size
-            if i == 0 or (price > w if buy else price < w):
-                w = price
-            cum_qty[i + 1] = q
-            cum_notional[i + 1] = notional
-            cum_all_in[i + 1] = all_in
-            worst[i + 1] = w
-            venue_index[venue].append(i)
-            vq = venue_cum_qty[venue]
-            vq.append(vq[-1] + size)
-            vn = venue_cum_notional[venue]
-            vn.append(vn[-1] + price * size)
-        self.cum_qty = cum_qty
-        self.cum_notional = cum_notional
-        self.cum_all_in = cum_all_in
-        self.worst = worst
-        self.venue_index = venue_index
-        self.venue_cum_qty = venue_cum_qty
-        self.venue_cum_notional = venue_cum_notional
+        sources = [_ladder_rows(name, state, buy) for name, state in states.items()]
+        self._sources = sources
+        self._pending: list[tuple[int, str, int, int]] = []
+        self._versions = [(s.book, s.book.side_version(side)) for s in states.values()]
+        self.complete = not sources
+        self.adjusted: list[int] = []
+        self.venues: list[str] = []
+        self.prices: list[int] = []
+        self.sizes: list[int] = []
+        self.cum_qty = [0]
+        self.cum_notional = [0]
+        self.cum_all_in = [0]
+        self.worst = [0]
+        self.venue_index: dict[str, list[int]] = {name: [] for name in states}
+        self.venue_cum_qty: dict[str, list[int]] = {name: [0] for name in states}
+        self.venue_cum_notional: dict[str, list[int]] = {name: [0] for name in states}
 
     def __len__(self) -> int:
         return len(self.prices)
 
+    # -- building ------------------------------------------------------------------------------
+
+    def extend(self) -> int:
+        """Build the next batch of levels; returns how many were added (0 once complete)."""
+        if self.complete:
+            return 0
+        for book, version in self._versions:
+            if book.side_version(self.side) != version:
+                raise RuntimeError(f"{book.venue} book changed since this ladder was built")
+        chunk = max(self.chunk, len(self.prices))
+        pending = self._pending
+        active: list[Iterator[tuple[int, str, int, int]]] = []
+        threshold: int | None = None
+        for source in self._sources:
+            batch = list(islice(source, chunk))
+            pending.extend(batch)
+            if len(batch) == chunk:  # may have more: nothing beyond its last level is final
+                active.append(source)
+                last = batch[-1][0]
+                if threshold is None or last < threshold:
+                    threshold = last
+        self._sources = active
+        pending.sort()
+        if threshold is None:
+            rows, self._pending = pending, []
+            self.complete = True
+        else:
+            cut = bisect_right(pending, threshold, key=itemgetter(0))
+            rows, self._pending = pending[:cut], pending[cut:]
+        self._append(rows)
+        return len(rows)
+
+    def _append(self, rows: list[tuple[int, str, int, int]]) -> None:
+        if not rows:
+            return
+        start = len(self.prices)
+        adjusted = [abs(r[0]) for r in rows]
+        venues = [r[1] for r in rows]
+        prices = [r[2] for r in rows]
+        sizes = [r[3] for r in rows]
+        self.adjusted += adjusted
+        self.venues += venues
+        self.prices += prices
+        self.sizes += sizes
+        notionals = list(map(mul, prices, sizes))
+        # Running sums continue from the last built level; ``initial`` is dropped by islice.
+        self.cum_qty.extend(islice(accumulate(sizes, initial=self.cum_qty[-1]), 1, None))
+        self.cum_notional.extend(
+            islice(accumulate(notionals, initial=self.cum_notional[-1]), 1, None)
+        )
+        self.cum_all_in.extend(
+            islice(accumulate(map(mul, adjusted, sizes), initial=self.cum_all_in[-1]), 1, None)
+        )
+        pick = max if self.side is Side.BUY else min
+        first = prices[0] if start == 0 else self.worst[-1]
+        self.worst.extend(islice(accumulate(prices, pick, initial=first), 1, None))
+        for venue, index in self.venue_index.items():
+            mine = [i for i, v in enumerate(venues) if v == venue]
+            if not mine:
+                continue
+            index.extend([start + i for i in mine])
+            vq = self.venue_cum_qty[venue]
+            vq.extend(islice(accumulate([sizes[i] for i in mine], initial=vq[-1]), 1, None))
+            vn = self.venue_cum_notional[venue]
+            vn.extend(islice(accumulate([notionals[i] for i in mine], initial=vn[-1]), 1, None))
+
+    def ensure_qty(self, lots: int) -> None:
+        """Build until the levels cover ``lots`` or the book is exhausted."""
+        while self.cum_qty[-1] < lots and not self.complete:
+            self.extend()
+
+    def ensure_notional(self, notional: int) -> None:
+        """Build until the levels cover ``notional`` (ticks x lots) or the book is exhausted."""
+        while self.cum_notional[-1] < notional and not self.complete:
+            self.extend()
+
+    def ensure_levels(self, count: int) -> None:
+        """Build until at least ``count`` levels exist or the book is exhausted."""
+        while len(self.prices) < count and not self.complete:
+            self.extend()
+
+    def build_all(self) -> Ladder:
+        """Build every level (e.g. for a depth chart); returns ``self``."""
+        while not self.complete:
+            self.extend()
+        return self
+
     @property
     def total_qty(self) -> int:
-        return self.cum_qty[-1]
+        """Visible quantity over all levels (builds them all)."""
+        return self.build_all().cum_qty[-1]
 
     def allocation(self, full_levels: int) -> dict[str, tuple[int, int]]:
         """Per venue (qty, notional) of the first ``full_levels`` levels; O(venues x log n)."""
@@ -415,6 +488,19 @@ class Ladder:
             if k:
                 out[venue] = (self.venue_cum_qty[venue][k], self.venue_cum_notional[venue][k])
         return out
+
+
+def _ladder_rows(name: str, state: VenueState, buy: bool) -> Iterator[tuple[int, str, int, int]]:
+    """One venue's levels, best first, as ladder rows ``(sort key, venue, price, size)``."""
+    if buy:
+        factor = FEE_DENOMINATOR + state.fee
+        for price, size in state.book.asks():
+            yield price * factor, name, price, size
+    else:
+        factor = FEE_DENOMINATOR - state.fee
+        # Negated so that one ascending sort gives best (highest) first, ties by venue name.
+        for price, size in state.book.bids():
+            yield -price * factor, name, price, size
 
 
 class BookView:

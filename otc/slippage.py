@@ -192,6 +192,11 @@ class Walk:
         notional: int | None = None,
     ) -> None:
         ladder = view.ladder(side)
+        if lots is not None:
+            ladder.ensure_qty(lots)
+        else:
+            assert notional is not None
+            ladder.ensure_notional(notional)
         n = len(ladder)
         self.ladder = ladder
         self.mid2 = view.mid2
@@ -413,6 +418,9 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
         rhs: int = lim_num * cum_qty[k]
         return lhs <= rhs if buy else lhs >= rhs
 
+    # Build only as deep as the bound reaches: the all-in average only worsens with depth.
+    while not ladder.complete and within(len(ladder)):
+        ladder.extend()
     n = len(ladder)
     lo, hi = 0, n  # invariant: within(lo) (k = 0 is vacuously within), answer k in [lo, hi]
     while lo < hi:

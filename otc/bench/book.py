@@ -623,7 +623,7 @@ def _after_update_ns(book: ConsolidatedBook, qty: Decimal, samples: int) -> floa
 def _walk_figures(levels: int, seed: int, plan: _Plan) -> dict[str, Any]:
     book = consolidated_book(levels, seed)
     view = book.view()
-    ladder = view.ladder(Side.BUY)
+    ladder = view.ladder(Side.BUY).build_all()  # the baseline loop needs every level merged
     merged = list(zip(ladder.adjusted, ladder.prices, ladder.sizes, strict=True))
     sizes: list[dict[str, Any]] = []
     for target in WALK_LEVELS:  # on the unchanged book: the ladder is built once, then cached
