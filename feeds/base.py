@@ -28,21 +28,30 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
-from otc.book import L2Book
+from otc.book import L2Book, apply_event
 from otc.errors import FeedError, ValueParseError
-from otc.model import Scale, decimal_text, parse_fixed, to_decimal
+from otc.model import (
+    BookDelta,
+    BookEvent,
+    BookSnapshot,
+    Levels,
+    Scale,
+    decimal_text,
+    parse_fixed,
+    to_decimal,
+)
 
 __all__ = [
     "DEFAULT_SCALE",
-    "Feed",
-    "apply_event",
     "BookDelta",
     "BookEvent",
     "BookSnapshot",
     "ChecksumMismatch",
+    "Feed",
     "FeedStats",
     "SequenceGap",
     "VenueBookFeed",
+    "apply_event",
     "crc32_signed",
     "crc32_unsigned",
     "level_texts",
@@ -51,39 +60,6 @@ __all__ = [
 
 #: Resolution of books for symbols without configuration (enough for every recorded venue).
 DEFAULT_SCALE = Scale(price_decimals=12, size_decimals=12)
-
-Levels = list[tuple[int, int]]
-
-
-class BookSnapshot(msgspec.Struct, frozen=True, gc=False, tag="snapshot", array_like=True):
-    """A full book: replaces everything known about ``symbol`` on ``venue``.
-
-    Prices in ticks, sizes in lots at the symbol's scale; ``ts_*_ns`` in ns since the epoch
-    (``ts_event_ns`` from the venue, 0 when it gives none; ``ts_recv_ns`` local).
-    """
-
-    venue: str
-    symbol: str
-    bids: Levels
-    asks: Levels
-    sequence: int | None
-    ts_event_ns: int
-    ts_recv_ns: int
-
-
-class BookDelta(msgspec.Struct, frozen=True, gc=False, tag="delta", array_like=True):
-    """Level changes: each (price, size) sets an absolute size; size 0 deletes the level."""
-
-    venue: str
-    symbol: str
-    bids: Levels
-    asks: Levels
-    sequence: int | None
-    ts_event_ns: int
-    ts_recv_ns: int
-
-
-BookEvent = BookSnapshot | BookDelta
 
 
 @runtime_checkable
@@ -94,27 +70,6 @@ class Feed(Protocol):
     def events(self) -> AsyncIterator[BookEvent]:
         """Events in order; the iterator ends when the source is exhausted (replays)."""
         ...
-
-
-def apply_event(book: L2Book, event: BookEvent) -> None:
-    """Apply a normalized event to ``book`` (a snapshot replaces it, a delta sets levels)."""
-    if isinstance(event, BookSnapshot):
-        book.apply_snapshot(
-            event.bids,
-            event.asks,
-            sequence=event.sequence,
-            ts_event_ns=event.ts_event_ns,
-            ts_recv_ns=event.ts_recv_ns,
-        )
-        return
-    update_bid, update_ask = book.update_bid, book.update_ask
-    for price, size in event.bids:
-        update_bid(price, size)
-    for price, size in event.asks:
-        update_ask(price, size)
-    book.set_meta(
-        sequence=event.sequence, ts_event_ns=event.ts_event_ns, ts_recv_ns=event.ts_recv_ns
-    )
 
 
 class SequenceGap(FeedError):

@@ -16,17 +16,20 @@ Model:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 
 import msgspec
 
+from feeds.base import BookDelta, BookEvent, BookSnapshot
 from otc.book import ConsolidatedBook, L2Book
 from otc.model import Scale, Side, parse_fee_bps, parse_fixed
 
-__all__ = ["SimDelta", "SimVenue", "SyntheticMarket", "default_venues"]
+__all__ = ["SimDelta", "SimFeed", "SimVenue", "SyntheticMarket", "default_venues"]
 
 
 class SimVenue(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,6 +252,27 @@ class SyntheticMarket:
                 sizes[price] = self._size(venue, distance)
                 yield SimDelta(name, side, price, sizes[price])
 
+    # -- as a feed -----------------------------------------------------------------------------
+
+    def snapshot_events(self, ts_ns: int = 0) -> list[BookSnapshot]:
+        """One snapshot per venue of the current books."""
+        out = []
+        for venue in self.venues:
+            bids, asks = self.levels(venue.name)
+            out.append(BookSnapshot(venue.name, self.symbol, bids, asks, 0, ts_ns, ts_ns))
+        return out
+
+    def step_events(self, sequence: int, ts_ns: int = 0) -> list[BookDelta]:
+        """Advance one step; the deltas grouped into one event per venue that changed."""
+        per_venue: dict[str, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        for delta in self.step():
+            bids, asks = per_venue.setdefault(delta.venue, ([], []))
+            (bids if delta.side is Side.SELL else asks).append((delta.price, delta.size))
+        return [
+            BookDelta(venue, self.symbol, bids, asks, sequence, ts_ns, ts_ns)
+            for venue, (bids, asks) in per_venue.items()
+        ]
+
     # -- books ---------------------------------------------------------------------------------
 
     def levels(self, venue: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -267,3 +291,46 @@ class SyntheticMarket:
             l2.apply_snapshot(bids, asks, sequence=0, ts_recv_ns=ts_recv_ns)
             book.add_venue(l2, parse_fee_bps(venue.taker_fee_bps))
         return book
+
+
+class SimFeed:
+    """The synthetic market behind the :class:`~feeds.base.Feed` protocol.
+
+    Yields a snapshot per venue, then each step's deltas (one event per venue), ``steps`` times
+    (forever when ``None``), sleeping ``interval_s`` between steps. Event timestamps come from
+    ``clock_ns``; ``sleep`` is injectable so tests and load runs control time.
+
+    Args:
+        markets: one :class:`SyntheticMarket` per symbol.
+        interval_s: pause between steps (0: as fast as the consumer takes them).
+        steps: number of steps, or ``None`` for an endless feed.
+    """
+
+    def __init__(
+        self,
+        markets: list[SyntheticMarket],
+        *,
+        interval_s: float = 0.1,
+        steps: int | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.markets = markets
+        self.interval_s = interval_s
+        self.steps = steps
+        self.clock_ns = clock_ns
+        self.sleep = sleep
+
+    async def events(self) -> AsyncIterator[BookEvent]:
+        now = self.clock_ns()
+        for market in self.markets:
+            for snap in market.snapshot_events(now):
+                yield snap
+        step = 0
+        while self.steps is None or step < self.steps:
+            await self.sleep(self.interval_s)
+            step += 1
+            now = self.clock_ns()
+            for market in self.markets:
+                for delta in market.step_events(step, now):
+                    yield delta

@@ -32,7 +32,7 @@ import msgspec
 from sortedcontainers import SortedList
 
 from otc.errors import OtcError
-from otc.model import FEE_DENOMINATOR, Scale, Side
+from otc.model import FEE_DENOMINATOR, BookEvent, BookSnapshot, Scale, Side
 
 __all__ = [
     "BookView",
@@ -41,6 +41,7 @@ __all__ = [
     "L2Book",
     "Ladder",
     "VenueState",
+    "apply_event",
 ]
 
 
@@ -285,6 +286,27 @@ def _side_from_levels(levels: Iterable[tuple[int, int]], name: str) -> dict[int,
         if size:
             side[price] = size
     return side
+
+
+def apply_event(book: L2Book, event: BookEvent) -> None:
+    """Apply a normalized event to ``book`` (a snapshot replaces it, a delta sets levels)."""
+    if isinstance(event, BookSnapshot):
+        book.apply_snapshot(
+            event.bids,
+            event.asks,
+            sequence=event.sequence,
+            ts_event_ns=event.ts_event_ns,
+            ts_recv_ns=event.ts_recv_ns,
+        )
+        return
+    update_bid, update_ask = book.update_bid, book.update_ask
+    for price, size in event.bids:
+        update_bid(price, size)
+    for price, size in event.asks:
+        update_ask(price, size)
+    book.set_meta(
+        sequence=event.sequence, ts_event_ns=event.ts_event_ns, ts_recv_ns=event.ts_recv_ns
+    )
 
 
 # -- consolidation ---------------------------------------------------------------------------

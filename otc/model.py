@@ -29,7 +29,11 @@ __all__ = [
     "BPS_DENOMINATOR",
     "FEE_DECIMALS",
     "FEE_DENOMINATOR",
+    "BookDelta",
+    "BookEvent",
+    "BookSnapshot",
     "InstrumentId",
+    "Levels",
     "Scale",
     "Side",
     "decimal_text",
@@ -66,6 +70,41 @@ class InstrumentId(msgspec.Struct, frozen=True, order=True):
 
     def __str__(self) -> str:
         return f"{self.symbol}.{self.venue}"
+
+
+#: Book levels as (price ticks, size lots).
+Levels = list[tuple[int, int]]
+
+
+class BookSnapshot(msgspec.Struct, frozen=True, gc=False, tag="snapshot", array_like=True):
+    """A full book: replaces everything known about ``symbol`` on ``venue``.
+
+    Prices in ticks, sizes in lots at the symbol's scale; ``ts_*_ns`` in ns since the epoch
+    (``ts_event_ns`` from the venue, 0 when it gives none; ``ts_recv_ns`` local).
+    """
+
+    venue: str
+    symbol: str
+    bids: Levels
+    asks: Levels
+    sequence: int | None
+    ts_event_ns: int
+    ts_recv_ns: int
+
+
+class BookDelta(msgspec.Struct, frozen=True, gc=False, tag="delta", array_like=True):
+    """Level changes: each (price, size) sets an absolute size; size 0 deletes the level."""
+
+    venue: str
+    symbol: str
+    bids: Levels
+    asks: Levels
+    sequence: int | None
+    ts_event_ns: int
+    ts_recv_ns: int
+
+
+BookEvent = BookSnapshot | BookDelta
 
 
 class Scale(msgspec.Struct, frozen=True):

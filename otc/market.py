@@ -1,0 +1,98 @@
+"""The engine's books: one :class:`~otc.book.ConsolidatedBook` per configured instrument.
+
+:class:`Market` is built from the config (instruments with their book scale, venues with their
+fees and symbol names) and is where book events land, whatever produced them: a live venue
+adapter bound with :meth:`Market.bind`, or a :class:`~feeds.base.Feed` (replay, synthetic)
+whose events are passed to :meth:`Market.apply`. A venue's book is excluded from its
+consolidated view while it is out of sync, stale or crossed (see :mod:`otc.book`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from typing import Protocol
+
+from otc.book import ConsolidatedBook, L2Book, apply_event
+from otc.config import Config
+from otc.errors import OtcError
+from otc.model import BookEvent, BookSnapshot
+
+__all__ = ["BookSource", "Market"]
+
+
+class BookSource(Protocol):
+    """What :meth:`Market.bind` needs of a venue adapter: its books and sync notifications."""
+
+    venue: str
+    books: MutableMapping[str, L2Book]
+    in_sync: MutableMapping[str, bool]
+    on_sync_change: Callable[[str, bool, str], None] | None
+
+
+class Market:
+    """Consolidated books for every configured instrument, fed by venues.
+
+    Args:
+        config: instruments and venues; only enabled venues that list an instrument take part.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.books: dict[str, ConsolidatedBook] = {}
+        for inst in config.instruments:
+            consolidated = ConsolidatedBook(
+                inst.symbol, inst.scale, max_book_age_ms=config.estimator.max_book_age_ms
+            )
+            for venue in config.venues:
+                if venue.enabled and inst.symbol in venue.symbols:
+                    book = L2Book(venue.name, inst.symbol, inst.scale)
+                    consolidated.add_venue(book, venue.fee, in_sync=False)
+            self.books[inst.symbol] = consolidated
+
+    def l2(self, venue: str, symbol: str) -> L2Book:
+        """The book of ``symbol`` on ``venue``.
+
+        Raises:
+            OtcError: the instrument is not configured, or the venue does not list it.
+        """
+        try:
+            return self.books[symbol].venues[venue].book
+        except KeyError:
+            raise OtcError(f"no book for {symbol} on {venue}") from None
+
+    def venue_symbols(self, venue: str) -> dict[str, str]:
+        """The venue's names for our instruments it lists: venue symbol -> our symbol."""
+        for cfg in self.config.venues:
+            if cfg.name == venue:
+                return {theirs: ours for ours, theirs in cfg.symbols.items() if ours in self.books}
+        raise OtcError(f"venue {venue} is not configured")
+
+    def bind(self, source: BookSource) -> None:
+        """Make a venue adapter write into our books and report its sync state to them."""
+        for symbol, consolidated in self.books.items():
+            state = consolidated.venues.get(source.venue)
+            if state is not None:
+                source.books[symbol] = state.book
+                source.in_sync[symbol] = False
+
+        def on_sync_change(symbol: str, in_sync: bool, detail: str) -> None:
+            consolidated = self.books.get(symbol)
+            if consolidated is not None and source.venue in consolidated.venues:
+                consolidated.set_in_sync(source.venue, in_sync, detail)
+
+        source.on_sync_change = on_sync_change
+
+    def apply(self, event: BookEvent) -> None:
+        """Apply one event from a feed; a snapshot brings the venue's book into sync.
+
+        Events for instruments or venues that are not configured are ignored.
+        """
+        consolidated = self.books.get(event.symbol)
+        if consolidated is None:
+            return
+        state = consolidated.venues.get(event.venue)
+        if state is None:
+            return
+        apply_event(state.book, event)
+        if isinstance(event, BookSnapshot):
+            consolidated.set_in_sync(event.venue, True)
