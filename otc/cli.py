@@ -6,6 +6,7 @@ Subcommands::
                  [--config PATH]
     otc demo [--seed S] [--symbol SYM] [--config PATH] [--dump-book PATH]
     otc feeds verify --venue V FILE... [--json]
+    otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
     otc bench book [--deltas N] [--levels N] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
@@ -15,6 +16,7 @@ Errors in input (a malformed book or config file, a bad number) print one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -89,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--venue", required=True, help="binance, bitget, bybit, coinbase, kraken, okx")
     ver.add_argument("files", nargs="+", type=Path, metavar="FILE")
     ver.add_argument("--json", action="store_true", help="print one JSON object")
+
+    srv = feeds_sub.add_parser(
+        "serve-replay",
+        help="serve a recording as a loopback exchange (websocket + REST) with fault injection",
+    )
+    srv.add_argument("--venue", required=True)
+    srv.add_argument("file", type=Path, metavar="FILE")
+    srv.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
+    srv.add_argument("--interval-ms", type=float, default=0.0, help="pause between messages")
+    srv.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="INDEX:KIND",
+        help="inject a fault at a websocket message index: drop, duplicate, swap, corrupt, "
+        "disconnect (repeatable)",
+    )
 
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -184,8 +203,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_faults(specs: list[str]) -> dict[int, object]:
+    from feeds.loopback import Fault
+
+    faults: dict[int, object] = {}
+    for spec in specs:
+        index, _, kind = spec.partition(":")
+        try:
+            faults[int(index)] = Fault(kind)
+        except ValueError:
+            kinds = ", ".join(f.value for f in Fault)
+            raise UsageError(
+                f"--fault {spec!r}: expected INDEX:KIND with KIND in {kinds}"
+            ) from None
+    return faults
+
+
+def _cmd_serve_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from feeds.loopback import LoopbackExchange
+
+    faults = _parse_faults(args.fault)
+
+    async def serve() -> None:
+        exchange = LoopbackExchange(
+            args.venue,
+            args.file,
+            faults=faults,  # type: ignore[arg-type]
+            interval_s=args.interval_ms / 1e3,
+            port=args.port,
+        )
+        async with exchange:
+            sys.stdout.write(
+                f"serving {len(exchange.messages)} {args.venue} messages on {exchange.url} "
+                f"(REST {exchange.rest_url}); Ctrl-C to stop\n"
+            )
+            sys.stdout.flush()
+            await asyncio.Future()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
 def _cmd_feeds(args: argparse.Namespace) -> int:
     from feeds.verify import verify
+
+    if args.feeds == "serve-replay":
+        try:
+            return _cmd_serve_replay(args)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
 
     try:
         report = verify(args.venue, args.files)

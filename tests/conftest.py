@@ -1,4 +1,4 @@
-"""Shared fixtures for venue adapter tests: the recorded data of ``../shared/data``."""
+"""Fixtures shared by every test folder."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The recorded venue data folder; tests using it skip cleanly when it is absent."""
+    """The recorded venue data of ``../shared/data``; tests using it skip cleanly without it."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"recorded venue data not available at {SHARED_DATA}")
     return SHARED_DATA

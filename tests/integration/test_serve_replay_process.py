@@ -1,0 +1,80 @@
+"""`otc feeds serve-replay` as a real process; our websocket client syncs from it over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from feeds.bybit import BybitBookFeed
+from feeds.connection import Backoff, FeedConnection
+from feeds.recorded import read_recording
+
+NAME = "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
+
+
+@pytest.fixture
+def recording(shared_data: Path) -> Path:
+    return shared_data / "bybit" / NAME
+
+
+@pytest.fixture
+def server(recording: Path) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otc.cli",
+            "feeds",
+            "serve-replay",
+            "--venue",
+            "bybit",
+            str(recording),
+            "--fault",
+            "100:drop",
+            "--fault",
+            "300:disconnect",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "serving 550 bybit messages on ws://127.0.0.1:" in line, line
+        yield line.split(" on ")[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_client_syncs_from_a_served_recording_despite_faults(
+    server: str, recording: Path
+) -> None:
+    clean = BybitBookFeed()
+    for record in read_recording(recording):
+        clean.on_message(record.data, record.ts_recv_ns)
+    feed = BybitBookFeed()
+    conn = FeedConnection(
+        feed,
+        ["BTCUSDT", "ETHUSDT"],
+        url=server,
+        backoff=Backoff(base_s=0.01, cap_s=0.05, rng=random.Random(2)),
+    )
+    async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(), name="feed")
+        while feed.books != clean.books or not all(feed.in_sync.values()):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        task.cancel()
+    health = conn.health()
+    assert health.gaps >= 1
+    assert health.reconnects == 1
+    for book in feed.books.values():
+        book._check()
