@@ -186,6 +186,21 @@ class L2Book:
         if ts_recv_ns:
             self.ts_recv_ns = ts_recv_ns
 
+    def truncate(self, depth: int) -> tuple[list[int], list[int]]:
+        """Keep only the best ``depth`` levels per side; returns the (bid, ask) prices dropped.
+
+        For venues that stop sending deletes for levels beyond the subscribed depth. Costs
+        O(dropped x log n): the worst levels are read from the sorted index, not walked to.
+        """
+        bid_prices, ask_prices = self._bid_prices, self._ask_prices
+        dropped_bids = list(bid_prices[: max(0, len(bid_prices) - depth)])  # ascending: worst first
+        dropped_asks = list(ask_prices[depth:])
+        for price in dropped_bids:
+            self.update_bid(price, 0)
+        for price in dropped_asks:
+            self.update_ask(price, 0)
+        return dropped_bids, dropped_asks
+
     def clear(self) -> None:
         """Empty both sides (e.g. before a resync); keeps venue, symbol and scale."""
         self.apply_snapshot((), ())
