@@ -12,7 +12,7 @@ Tests run the real websocket client (:class:`~feeds.connection.FeedConnection`) 
 * serves REST depth snapshots (``GET /api/v3/depth?symbol=...``) from the same reference, for
   venues that sync from one;
 * injects faults at given message indices: drop, duplicate, swap with the next message,
-  corrupt (change a size, so a checksum or book check fails), disconnect.
+  corrupt the checksum (carried to the next message that has one), disconnect.
 
 Snapshots are encoded by the adapter's :meth:`~feeds.base.VenueBookFeed.snapshot_message`.
 """
@@ -51,20 +51,20 @@ class Fault(enum.Enum):
     DISCONNECT = "disconnect"
 
 
-_SIZE = re.compile(rb'("[0-9]+\.[0-9]*[1-9][0-9]*")')
+_CHECKSUM = re.compile(rb'("(?:checksum|c)"\s*:\s*"?)(-?[0-9]+)')
 
 
-def corrupt(data: bytes) -> bytes:
-    """Change the last digit of the last non-zero decimal string in ``data`` (a size, usually)."""
-    matches = list(_SIZE.finditer(data))
-    if not matches:
-        return data
-    m = matches[-1]
-    text = m.group(1)
-    digit = text[-2:-1]
-    replacement = b"1" if digit != b"1" else b"2"
-    new = text[:-2] + replacement + b'"'
-    return data[: m.start()] + new + data[m.end() :]
+def corrupt_checksum(data: bytes) -> bytes | None:
+    """``data`` with its checksum field changed (plus one), or None if it carries none (or 0).
+
+    Covers the venues' spellings: ``"checksum": -123`` (OKX, Bitget, Kraken v2) and
+    ``"c": "123"`` (Kraken v1).
+    """
+    m = _CHECKSUM.search(data)
+    if m is None or int(m.group(2)) == 0:
+        return None
+    wrong = str(int(m.group(2)) + 1).encode()
+    return data[: m.start(2)] + wrong + data[m.end(2) :]
 
 
 class LoopbackExchange:
@@ -210,7 +210,13 @@ class LoopbackExchange:
                     await ws.send(record.data.decode())
                     self.sent += 2
                     continue
-                payload = corrupt(record.data) if fault is Fault.CORRUPT else record.data
+                payload = record.data
+                if fault is Fault.CORRUPT:
+                    corrupted = corrupt_checksum(record.data)
+                    if corrupted is None:  # no checksum here: corrupt the next one that has
+                        self.faults.setdefault(index + 1, Fault.CORRUPT)
+                    else:
+                        payload = corrupted
                 await ws.send(payload.decode())
                 self.sent += 1
                 if fault is Fault.DUPLICATE:
