@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -203,6 +204,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (the default loop elsewhere).
+
+    SIGINT and SIGTERM cancel ``main`` so that its ``finally`` blocks and task groups unwind.
+    """
+    import asyncio
+    import signal
+
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - Windows
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop = runner.get_loop()
+        task = loop.create_task(main, name="main")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            runner.run(_await(task))
+
+
+async def _await(task: Awaitable[None]) -> None:
+    await task
+
+
 def _parse_faults(specs: list[str]) -> dict[int, object]:
     from feeds.loopback import Fault
 
@@ -242,8 +271,7 @@ def _cmd_serve_replay(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             await asyncio.Future()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    run_async(serve())
     return 0
 
 
