@@ -1,0 +1,346 @@
+"""Recordings (``otc-book-events``): round trips, the documented layout, the header, corrupt
+files, and venue recordings converted through their adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from feeds.bybit import BybitBookFeed
+from feeds.record import (
+    ConversionReport,
+    RecordHeader,
+    RecordWriter,
+    read_events,
+    read_header,
+    record_from_venue,
+)
+from feeds.recorded import read_recording
+from feeds.sim import SyntheticMarket, default_venues
+from otc.book import L2Book, apply_event
+from otc.errors import ConfigError
+from otc.model import BookDelta, BookEvent, BookSnapshot, Scale
+
+SCALE = Scale(price_decimals=2, size_decimals=4)
+SPOT = "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
+
+
+def sim_events(steps: int = 40) -> list[BookEvent]:
+    venues = [msgspec.structs.replace(v, levels=25) for v in default_venues()[:3]]
+    market = SyntheticMarket("BTC-USDT", SCALE, venues=venues, seed=7)
+    events: list[BookEvent] = list(market.snapshot_events(ts_ns=1_000))
+    for step in range(1, steps + 1):
+        events += market.step_events(step, 1_000 + step)
+    return events
+
+
+def write(
+    path: Path,
+    events: list[BookEvent],
+    *,
+    created_ns: int | None = None,
+    flush_bytes: int | None = 1 << 20,
+) -> Path:
+    with RecordWriter(
+        path,
+        scales={"BTC-USDT": SCALE},
+        source="test",
+        created_ns=created_ns,
+        flush_bytes=flush_bytes,
+    ) as writer:
+        writer.write(events)
+    return path
+
+
+def gzip_members(data: bytes) -> int:
+    members = 0
+    while data:
+        inflater = zlib.decompressobj(wbits=31)
+        inflater.decompress(data)
+        assert inflater.eof
+        data = inflater.unused_data
+        members += 1
+    return members
+
+
+def test_synthetic_market_events_round_trip(tmp_path: Path) -> None:
+    events = sim_events()
+    assert any(isinstance(e, BookSnapshot) for e in events)
+    assert any(isinstance(e, BookDelta) and any(s == 0 for _, s in e.bids + e.asks) for e in events)
+    path = write(tmp_path / "sim.otc.gz", events, created_ns=123)
+    header, read = read_events(path)
+    assert list(read) == events
+    assert header == RecordHeader(
+        format="otc-book-events",
+        version=1,
+        scales={"BTC-USDT": (2, 4)},
+        created_ns=123,
+        source="test",
+    )
+    assert header.scale("BTC-USDT") == SCALE
+    assert read_header(path) == header
+
+
+def test_file_is_gzip_json_lines_as_documented(tmp_path: Path) -> None:
+    snap = BookSnapshot("okx", "BTC-USDT", [(6400015, 10000)], [(6400100, 5000)], 7, 1, 2)
+    delta = BookDelta("okx", "BTC-USDT", [], [(6400100, 0)], None, 3, 4)
+    path = write(tmp_path / "doc.otc.gz", [snap, delta], created_ns=5)
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    assert lines == [
+        b'{"format":"otc-book-events","version":1,"scales":{"BTC-USDT":[2,4]},'
+        b'"created_ns":5,"source":"test"}',
+        b'["snapshot","okx","BTC-USDT",[[6400015,10000]],[[6400100,5000]],7,1,2]',
+        b'["delta","okx","BTC-USDT",[],[[6400100,0]],null,3,4]',
+        b"",
+    ]
+    decoder = msgspec.json.Decoder(BookSnapshot | BookDelta)
+    assert [decoder.decode(line) for line in lines[1:3]] == [snap, delta]
+
+
+def test_plain_lines_with_blank_lines_are_read_too(tmp_path: Path) -> None:
+    events = sim_events(5)
+    packed = write(tmp_path / "a.otc.gz", events)
+    plain = tmp_path / "a.otc.jsonl"
+    plain.write_bytes(gzip.decompress(packed.read_bytes()).replace(b"\n", b"\n\n", 3))
+    assert list(read_events(plain)[1]) == events
+
+
+def test_each_flush_appends_a_gzip_member_and_a_flushed_prefix_is_readable(
+    tmp_path: Path,
+) -> None:
+    events = sim_events()
+    path = tmp_path / "flush.otc.gz"
+    with RecordWriter(path, scales={"BTC-USDT": SCALE}, source="test", flush_bytes=None) as writer:
+        writer.write(events[:10])
+        assert path.read_bytes() == b""
+        writer.flush()
+        # What a crash here would leave: a valid recording of what was flushed.
+        assert list(read_events(path)[1]) == events[:10]
+        writer.write(events[10:])
+    assert writer.events_written == len(events)
+    assert gzip_members(path.read_bytes()) == 2
+    assert list(read_events(path)[1]) == events
+
+    auto = tmp_path / "auto.otc.gz"
+    with RecordWriter(auto, scales={"BTC-USDT": SCALE}, source="test", flush_bytes=4096) as writer:
+        for event in events:
+            writer.write([event])
+            assert writer.pending_bytes < 4096
+    assert gzip_members(auto.read_bytes()) > 2
+    assert list(read_events(auto)[1]) == events
+
+
+async def test_async_writer_flushes_in_a_thread_in_order(tmp_path: Path) -> None:
+    events = sim_events()
+    path = tmp_path / "async.otc.gz"
+    async with RecordWriter(
+        path, scales={"BTC-USDT": SCALE}, source="test", flush_bytes=None
+    ) as writer:
+        writer.write(events[:5])
+        flushing = asyncio.create_task(writer.flush_async())
+        await asyncio.sleep(0)  # the task has taken the lines and waits for its thread
+        writer.write(events[5:20])
+        with pytest.raises(RuntimeError, match="flush_async"):
+            writer.flush()
+        second = asyncio.create_task(writer.flush_async())
+        await asyncio.gather(flushing, second)
+        writer.write(events[20:])
+    assert gzip_members(path.read_bytes()) == 3
+    assert list(read_events(path)[1]) == events
+
+
+def test_a_batch_with_an_unknown_symbol_is_refused_whole(tmp_path: Path) -> None:
+    good = BookDelta("okx", "BTC-USDT", [(1, 1)], [], 1, 0, 0)
+    bad = BookDelta("okx", "ETH-USDT", [(1, 1)], [], 2, 0, 0)
+    path = tmp_path / "x.otc.gz"
+    with RecordWriter(path, scales={"BTC-USDT": SCALE}, source="test") as writer:
+        with pytest.raises(ValueError, match="'ETH-USDT' has no scale"):
+            writer.write([good, bad])
+        writer.write([good])
+        assert writer.events_written == 1
+    assert list(read_events(path)[1]) == [good]
+
+
+def test_writer_is_single_use(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "x.otc.gz", scales={}, source="test")
+    with writer, pytest.raises(RuntimeError, match="single use"):
+        writer.open()
+    with pytest.raises(ValueError, match="closed"):
+        writer.write([])
+    with pytest.raises(RuntimeError, match="single use"), writer:
+        pass
+
+
+def raw_file(path: Path, *lines: bytes) -> Path:
+    path.write_bytes(gzip.compress(b"".join(line + b"\n" for line in lines)))
+    return path
+
+
+HEADER = (
+    b'{"format":"otc-book-events","version":1,"scales":{"BTC-USDT":[2,4]},'
+    b'"created_ns":1,"source":"t"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "problem"),
+    [
+        (HEADER.replace(b"otc-book-events", b"otc-book"), "format is 'otc-book'"),
+        (HEADER.replace(b'"version":1', b'"version":2'), "version 2 is not supported"),
+        (HEADER.replace(b'"scales":{"BTC-USDT":[2,4]},', b""), "bad header"),
+        (HEADER.replace(b'"source"', b'"sauce"'), "bad header"),
+        (HEADER.replace(b"[2,4]", b"[-2,4]"), "bad header"),
+        (HEADER.replace(b"[2,4]", b"[2]"), "bad header"),
+        (b'["snapshot","okx","BTC-USDT",[],[],null,0,0]', "not an otc-book-events header"),
+        (b"exchange,symbol,timestamp", "not an otc-book-events header"),
+    ],
+)
+def test_bad_headers_are_refused_naming_file_and_line_1(
+    tmp_path: Path, first: bytes, problem: str
+) -> None:
+    path = raw_file(tmp_path / "bad.otc.gz", first)
+    with pytest.raises(ConfigError, match=problem) as info:
+        read_events(path)
+    assert info.value.source == str(path)
+    assert info.value.path == "line 1"
+
+
+def test_an_empty_file_has_no_header(tmp_path: Path) -> None:
+    path = raw_file(tmp_path / "empty.otc.gz")
+    with pytest.raises(ConfigError, match="empty file") as info:
+        read_header(path)
+    assert info.value.path == "line 1"
+
+
+GOOD = b'["delta","okx","BTC-USDT",[[6400015,10000]],[],1,0,0]'
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b'["delta","okx","BTC-USDT",[[6400015,10000]],[],1,0', "not a book event"),
+        (b"garbage", "not a book event"),
+        (b'["trade","okx","BTC-USDT",[],[],1,0,0]', "not a book event"),
+        (b'["delta","okx","BTC-USDT",[[6400015.5,10000]],[],1,0,0]', "not a book event"),
+        (b'["delta","okx","BTC-USDT",[[6400015,10000,1]],[],1,0,0]', "not a book event"),
+        (b'{"format":"otc-book-events"}', "not a book event"),
+        (b'["delta","okx","ETH-USDT",[],[],1,0,0]', "'ETH-USDT' has no scale in the header"),
+    ],
+)
+def test_a_corrupt_line_is_named_by_file_and_line(
+    tmp_path: Path, line: bytes, problem: str
+) -> None:
+    path = raw_file(tmp_path / "corrupt.otc.gz", HEADER, GOOD, line, GOOD)
+    _, events = read_events(path)  # the header is fine: lines are checked as they are read
+    assert next(events) == msgspec.json.decode(GOOD, type=BookDelta)
+    with pytest.raises(ConfigError, match=problem) as info:
+        next(events)
+    assert info.value.source == str(path)
+    assert info.value.path == "line 3"
+
+
+def test_a_truncated_file_is_an_error_after_its_last_good_line(tmp_path: Path) -> None:
+    events = sim_events()
+    path = write(tmp_path / "cut.otc.gz", events)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _, read = read_events(path)
+    got: list[BookEvent] = []
+    with pytest.raises(ConfigError, match="corrupt or truncated") as info:
+        got.extend(read)
+    assert info.value.source == str(path)
+    assert got == events[: len(got)]
+    assert info.value.path == f"line {len(got) + 2}"
+
+
+# -- venue recordings through their adapter ---------------------------------------------------
+
+
+def live_events(path: Path) -> tuple[BybitBookFeed, list[BookEvent]]:
+    feed = BybitBookFeed()
+    events: list[BookEvent] = []
+    for record in read_recording(path):
+        events += feed.on_message(record.data, record.ts_recv_ns)
+    return feed, events
+
+
+def test_bybit_recording_converts_and_replays_to_the_live_books(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    source = shared_data / "bybit" / SPOT
+    live, emitted = live_events(source)
+    out = tmp_path / "spot.otc.gz"
+    report = record_from_venue("bybit", [source], out, created_ns=9)
+    assert report == ConversionReport(
+        venue="bybit",
+        messages=report.messages,
+        events=550,
+        snapshots=2,
+        deltas=548,
+        gaps=0,
+        checksums_failed=0,
+        malformed=0,
+        scales={"BTCUSDT": (12, 12), "ETHUSDT": (12, 12)},
+        errors=[],
+    )
+    header, read = read_events(out)
+    assert header.source == f"bybit: {SPOT}"
+    assert header.created_ns == 9
+    events = list(read)
+    assert events == emitted
+    books: dict[str, L2Book] = {}
+    for event in events:
+        book = books.setdefault(
+            event.symbol, L2Book(event.venue, event.symbol, header.scale(event.symbol))
+        )
+        apply_event(book, event)
+    assert books == live.books
+    for symbol, book in books.items():
+        book._check()
+        assert len(book) > 100
+        assert (book.best_bid, book.best_ask, book.sequence) == (
+            live.books[symbol].best_bid,
+            live.books[symbol].best_ask,
+            live.books[symbol].sequence,
+        )
+
+
+def test_conversion_maps_symbols_and_scales(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "bybit" / "bybit_histdata_linear_XRPUSDT_ob500_2024-12-01.data.jsonl"
+    out = tmp_path / "xrp.otc.gz"
+    report = record_from_venue(
+        "bybit", [source], out, symbols={"XRPUSDT": "XRP-USDT"}, scales={"XRP-USDT": Scale(4, 0)}
+    )
+    assert (report.snapshots, report.deltas, report.malformed) == (1, 49, 0)
+    header, read = read_events(out)
+    assert header.scales == {"XRP-USDT": (4, 0)}
+    first = next(read)
+    assert first.symbol == "XRP-USDT"
+    assert first.bids[0] == (19531, 6203)  # "1.9531", "6203"
+
+
+def test_conversion_counts_gaps_and_malformed_messages_as_verify_does(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    lines = (shared_data / "bybit" / SPOT).read_bytes().splitlines(keepends=True)
+    # Drop the 10th message (a delta: a gap follows), and break the 20th.
+    lines[19] = b'{"recv_ts": 1.0, "msg": {"topic": "orderbook.200.BTCUSDT", "data": 5}}\n'
+    del lines[9]
+    source = tmp_path / "holes.jsonl"
+    source.write_bytes(b"".join(lines))
+    report = record_from_venue("bybit", [source], tmp_path / "holes.otc.gz")
+    assert report.gaps == 1
+    assert report.malformed == 1
+    assert report.messages == len(lines)
+    assert len(report.errors) == 2
+    assert report.errors[0].startswith(f"{source}:10: ")
+    assert "sequence gap" in report.errors[0]
+    assert report.errors[1].startswith(f"{source}:19: malformed message")
+    # The gap's symbol waits for a snapshot that never comes: fewer events, none after the gap.
+    assert report.events == len(list(read_events(tmp_path / "holes.otc.gz")[1]))
+    assert report.events < 550 - 2
