@@ -7,6 +7,8 @@ Subcommands::
     otc demo [--seed S] [--symbol SYM] [--config PATH] [--dump-book PATH]
     otc feeds verify --venue V FILE... [--json]
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
+    otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
+               [--from FILE...] [--steps N] [--seed S]
     otc bench book [--deltas N] [--levels N] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
@@ -109,6 +111,31 @@ def _parser() -> argparse.ArgumentParser:
         help="inject a fault at a websocket message index: drop, duplicate, swap, corrupt, "
         "disconnect (repeatable)",
     )
+
+    rec = sub.add_parser(
+        "record",
+        help="record normalized book events (snapshots + deltas) to a file",
+        description="Record book events from the synthetic market, a live venue (or a loopback "
+        "exchange via --url), or convert a venue recording (--from), into our gzip JSON-lines "
+        "format (see feeds/record.py).",
+    )
+    rec.add_argument("--source", required=True, help="sim, or a venue name")
+    rec.add_argument("--out", required=True, type=Path, help="output file")
+    rec.add_argument("--symbols", default="", help="venue symbols, comma-separated (live venue)")
+    rec.add_argument("--url", help="websocket endpoint (default: the venue's public one)")
+    rec.add_argument("--rest-url", help="REST base for snapshot-synced venues")
+    rec.add_argument("--duration", type=float, default=10.0, help="seconds to record live")
+    rec.add_argument(
+        "--from",
+        dest="from_files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="convert these derived-JSONL venue recordings instead of connecting",
+    )
+    rec.add_argument("--steps", type=int, default=1_000, help="synthetic market steps (sim)")
+    rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
+    rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
 
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -316,6 +343,105 @@ def _cmd_feeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from feeds.record import RecordWriter, record_from_venue
+
+    out = sys.stdout
+    if args.source == "sim":
+        from feeds.sim import SimFeed, SyntheticMarket
+
+        config = load_config(args.config)
+        inst = config.instrument("BTC-USDT")
+        sim = SyntheticMarket(inst.symbol, inst.scale, seed=args.seed)
+        feed = SimFeed([sim], interval_s=0.0, steps=args.steps)
+
+        async def record_sim() -> int:
+            count = 0
+            async with RecordWriter(
+                args.out,
+                scales={inst.symbol: inst.scale},
+                source=f"sim seed={args.seed}",
+                flush_bytes=None,
+            ) as writer:
+                async for event in feed.events():
+                    writer.write([event])
+                    count += 1
+                    if writer.pending_bytes > 1 << 20:
+                        await writer.flush_async()
+            return count
+
+        import asyncio
+
+        count = asyncio.run(record_sim())
+        out.write(f"recorded {count} events from the synthetic market to {args.out}\n")
+        return 0
+    if args.from_files:
+        report = record_from_venue(args.source, args.from_files, args.out)
+        out.write(
+            f"converted {report.messages} {report.venue} messages into {report.events} events "
+            f"({report.snapshots} snapshots, {report.deltas} deltas; {report.gaps} gaps, "
+            f"{report.checksums_failed} checksum failures, {report.malformed} malformed) "
+            f"-> {args.out}\n"
+        )
+        return 0
+    symbols = [s for s in args.symbols.split(",") if s]
+    if not symbols:
+        raise UsageError("--symbols is required to record a live venue")
+    counts = _record_live(args, symbols)
+    out.write(
+        f"recorded {counts[0]} events ({counts[1]} snapshots) from {args.source} to {args.out}\n"
+    )
+    return 0
+
+
+def _record_live(args: argparse.Namespace, symbols: list[str]) -> tuple[int, int]:
+    """Connect to a venue, write every applied event until --duration elapses or a signal."""
+    import asyncio
+
+    from feeds.base import DEFAULT_SCALE
+    from feeds.connection import FeedConnection
+    from feeds.record import RecordWriter
+    from feeds.registry import adapter_class
+    from otc.model import BookEvent, BookSnapshot
+
+    try:
+        feed = adapter_class(args.source)()
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    counts = [0, 0]
+
+    async def record() -> None:
+        writer = RecordWriter(
+            args.out,
+            scales={s: feed.scales.get(s, DEFAULT_SCALE) for s in symbols},
+            source=f"{args.source} {args.url or feed.url}",
+            flush_bytes=None,
+        )
+        async with writer:
+
+            def on_events(events: list[BookEvent]) -> None:
+                writer.write(events)
+                counts[0] += len(events)
+                counts[1] += sum(isinstance(e, BookSnapshot) for e in events)
+
+            conn = FeedConnection(
+                feed, symbols, url=args.url, rest_url=args.rest_url, on_events=on_events
+            )
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(conn.run(), name=f"record-{args.source}")
+                try:
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + args.duration
+                    while loop.time() < deadline:
+                        await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))
+                        await writer.flush_async()
+                finally:
+                    task.cancel()
+
+    run_async(record())
+    return counts[0], counts[1]
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from otc.bench import book as bench_book
 
@@ -331,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "estimate": _cmd_estimate,
         "demo": _cmd_demo,
         "feeds": _cmd_feeds,
+        "record": _cmd_record,
         "bench": _cmd_bench,
     }
     try:

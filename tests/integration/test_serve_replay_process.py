@@ -13,7 +13,9 @@ import pytest
 
 from feeds.bybit import BybitBookFeed
 from feeds.connection import Backoff, FeedConnection
+from feeds.record import read_events
 from feeds.recorded import read_recording
+from otc.book import L2Book, apply_event
 
 NAME = "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
 
@@ -78,3 +80,47 @@ async def test_client_syncs_from_a_served_recording_despite_faults(
     assert health.reconnects == 1
     for book in feed.books.values():
         book._check()
+
+
+def test_record_a_live_session_then_replay_it_losslessly(
+    server: str, recording: Path, tmp_path: Path
+) -> None:
+    """`otc record` connects to the served session (a second real process), writes our format,
+    and the books rebuilt from the file equal the books of the clean recording."""
+    out = tmp_path / "session.rec.gz"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otc.cli",
+            "record",
+            "--source",
+            "bybit",
+            "--url",
+            server,
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+            "--duration",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded" in proc.stdout
+    clean = BybitBookFeed()
+    for record in read_recording(recording):
+        clean.on_message(record.data, record.ts_recv_ns)
+    header, events = read_events(out)
+    assert set(header.scales) == {"BTCUSDT", "ETHUSDT"}
+    books: dict[str, L2Book] = {}
+    for event in events:
+        book = books.setdefault(
+            event.symbol, L2Book("bybit", event.symbol, header.scale(event.symbol))
+        )
+        apply_event(book, event)
+    assert books == clean.books
