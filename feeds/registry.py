@@ -15,6 +15,7 @@ VENUES: dict[str, str] = {
     "bitget": "feeds.bitget:BitgetBookFeed",
     "bybit": "feeds.bybit:BybitBookFeed",
     "coinbase": "feeds.coinbase:CoinbaseBookFeed",
+    "coinbase_legacy": "feeds.coinbase:CoinbaseLegacyBookFeed",
     "kraken": "feeds.kraken:KrakenBookFeed",
     "okx": "feeds.okx:OkxBookFeed",
 }
