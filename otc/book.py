@@ -32,7 +32,7 @@ import msgspec
 from sortedcontainers import SortedList
 
 from otc.errors import OtcError
-from otc.model import FEE_DENOMINATOR, BookEvent, BookSnapshot, Scale, Side
+from otc.model import FEE_DENOMINATOR, BookEvent, BookSnapshot, Scale, Side, decimal_text
 
 __all__ = [
     "BookView",
@@ -291,15 +291,18 @@ class L2Book:
 
 def _side_from_levels(levels: Iterable[tuple[int, int]], name: str) -> dict[int, int]:
     side: dict[int, int] = {}
+    zeros: set[int] = set()  # size-0 levels are not kept, but still count as given
     for price, size in levels:
         if size < 0:
             raise ValueError(f"negative {name} size {size} at price {price}")
         if price <= 0:
             raise ValueError(f"non-positive {name} price {price}")
-        if price in side:
+        if price in side or price in zeros:
             raise ValueError(f"{name} price {price} given twice")
         if size:
             side[price] = size
+        else:
+            zeros.add(price)
     return side
 
 
@@ -636,8 +639,8 @@ class ConsolidatedBook:
             return Exclusion(
                 venue,
                 "crossed",
-                f"best bid {book.scale.price_text(book.best_bid or 0)} >= "
-                f"best ask {book.scale.price_text(book.best_ask or 0)}",
+                f"best bid {decimal_text(book.scale.price_text(book.best_bid or 0))} >= "
+                f"best ask {decimal_text(book.scale.price_text(book.best_ask or 0))}",
             )
         return None
 

@@ -19,7 +19,7 @@ instead of rounding it away: a book that silently rounds is not an exact book.
 from __future__ import annotations
 
 import enum
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
 import msgspec
 
@@ -49,6 +49,11 @@ FEE_DECIMALS = 4
 #: 1 + fee is ``(FEE_DENOMINATOR + fee) / FEE_DENOMINATOR`` (1e4 bps per unit x 1e4 sub-units).
 FEE_DENOMINATOR = 10_000 * 10**FEE_DECIMALS
 BPS_DENOMINATOR = 10_000
+#: Fixed-point values have at most this many digits (integer part + scale): far beyond any price,
+#: size or notional, and a bound that keeps absurd input ("1e999999") from building huge ints.
+_MAX_DIGITS = 64
+#: Scales decimals without rounding: the default context keeps only 28 significant digits.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class Side(enum.Enum):
@@ -155,7 +160,8 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
     The fast path handles the plain ``"123.456"`` form every venue sends, without building a
     ``Decimal`` (which costs several times a whole JSON decode); anything else (exponents,
     ``Decimal`` instances) goes through ``Decimal``. Raises :class:`ValueParseError` for
-    non-numbers, NaN/infinity, and values that need more than ``decimals`` places.
+    non-numbers, NaN/infinity, values that need more than ``decimals`` places, and values of
+    more than ``_MAX_DIGITS`` digits at that scale.
     """
     if isinstance(text, str):
         whole, dot, frac = text.partition(".")
@@ -166,6 +172,11 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
             and whole.isascii()
             and frac.isascii()
         ):
+            if (
+                len(whole) + decimals > _MAX_DIGITS
+                and len(whole.lstrip("-0")) + decimals > _MAX_DIGITS
+            ):
+                raise ValueParseError(f"{what} {text!r} is out of range")
             if len(frac) > decimals:
                 stripped = frac.rstrip("0")
                 if len(stripped) > decimals:
@@ -174,8 +185,12 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
                     )
                 frac = stripped
             return int(whole + frac + "0" * (decimals - len(frac)))
+        stripped = text.strip()
+        # Decimal() also takes Python literal syntax ("1_000") and non-ASCII digits: not numbers.
+        if not stripped.isascii() or "_" in stripped:
+            raise ValueParseError(f"{what} is not a number: {text!r}")
         try:
-            value = Decimal(text.strip())
+            value = Decimal(stripped)
         except InvalidOperation:
             raise ValueParseError(f"{what} is not a number: {text!r}") from None
     elif isinstance(text, Decimal):
@@ -184,7 +199,11 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
         raise ValueParseError(f"{what} must be a decimal string, got {type(text).__name__}")
     if not value.is_finite():
         raise ValueParseError(f"{what} must be finite, got {text!r}")
-    scaled = value.scaleb(decimals)
+    if not value:
+        return 0
+    if value.adjusted() + 1 + decimals > _MAX_DIGITS:
+        raise ValueParseError(f"{what} {text!r} is out of range")
+    scaled = value.scaleb(decimals, _EXACT)
     if scaled != scaled.to_integral_value():
         raise ValueParseError(f"{what} {text!r} has more than {decimals} decimal places")
     return int(scaled)
@@ -192,7 +211,7 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
 
 def to_decimal(value: int, decimals: int) -> Decimal:
     """The exact ``Decimal`` of a fixed-point int (``6400015, 2`` -> ``Decimal('64000.15')``)."""
-    return Decimal(value).scaleb(-decimals)
+    return Decimal(value).scaleb(-decimals, _EXACT)
 
 
 def decimal_text(value: Decimal) -> str:
@@ -221,7 +240,7 @@ def _plain(value: object) -> object:
         return decimal_text(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # msgspec.to_builtins keeps tuples as tuples
         return [_plain(v) for v in value]
     return value
 

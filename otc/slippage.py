@@ -154,7 +154,7 @@ def _ratio(num: int, den: int, places: int) -> Decimal:
     twice = 2 * r
     if twice > den or (twice == den and q & 1):
         q += 1
-    return Decimal(q).scaleb(-places).normalize(_CTX)
+    return to_decimal(q, places).normalize(_CTX)  # exact: Decimal.scaleb would round to 28 digits
 
 
 class Walk:

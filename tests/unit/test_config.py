@@ -1,0 +1,262 @@
+"""otc.config: good files load; every broken one fails naming the file and the key's path."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from otc.config import Config, load_config
+from otc.errors import ConfigError, OtcError
+from otc.model import Scale
+
+REPO_CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+
+GOOD = """\
+[estimator]
+max_book_age_ms = 1500
+
+[[instruments]]
+symbol = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.00001"
+price_decimals = 8
+size_decimals = 8
+
+[instruments.impact]
+coefficient = "0.7"
+daily_volatility_bps = "250"
+daily_volume = "25000"
+
+[[instruments]]
+symbol = "ETH-USDT"
+base = "ETH"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.0001"
+
+[[venues]]
+name = "binance"
+taker_fee_bps = "10"
+symbols = { "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETHUSDT" }
+
+[[venues]]
+name = "kraken"
+taker_fee_bps = "2.6"
+symbols = { "BTC-USDT" = "XBT/USDT" }
+enabled = false
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "otc.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def broken(tmp_path: Path, old: str, new: str) -> Path:
+    assert old in GOOD, old  # the edit must apply, or the test proves nothing
+    return write(tmp_path, GOOD.replace(old, new, 1))
+
+
+def test_a_good_file_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert isinstance(config, Config)
+    assert config.estimator.max_book_age_ms == 1_500
+    assert config.estimator.use_impact_model is False  # the default
+    btc = config.instrument("BTC-USDT")
+    assert btc.tick_size == Decimal("0.01")
+    assert btc.scale == Scale(8, 8)
+    assert btc.impact is not None
+    assert btc.impact.daily_volume == Decimal(25_000)
+    assert btc.impact.coefficient == Decimal("0.7")
+    eth = config.instrument("ETH-USDT")
+    assert eth.impact is None
+    assert eth.scale == Scale(8, 8)  # default resolution
+    binance, kraken = config.venues
+    assert binance.fee == 100_000
+    assert kraken.fee == 26_000
+    assert kraken.enabled is False
+    assert binance.symbols == {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT"}
+    with pytest.raises(KeyError):
+        config.instrument("DOGE-USDT")
+
+
+def test_config_is_immutable(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    with pytest.raises(AttributeError):
+        config.estimator.max_book_age_ms = 5  # type: ignore[misc]
+
+
+def test_the_repository_config_loads() -> None:
+    config = load_config(REPO_CONFIG)
+    assert config.instruments
+    assert config.venues
+    symbols = {inst.symbol for inst in config.instruments}
+    for venue in config.venues:
+        assert set(venue.symbols) <= symbols
+
+
+def test_toml_numbers_are_accepted_for_decimals(tmp_path: Path) -> None:
+    path = broken(tmp_path, 'taker_fee_bps = "2.6"', "taker_fee_bps = 2.6")
+    assert load_config(path).venues[1].fee == 26_000
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "problem"),
+    [
+        (
+            "max_book_age_ms = 1500",
+            "max_book_agee_ms = 1500",
+            "$.estimator.max_book_agee_ms",
+            "unknown field",
+        ),
+        ('base = "ETH"', 'base = "ETH"\nbsae = "ETH"', "$.instruments[1].bsae", "unknown field"),
+        ("enabled = false", "enabeld = false", "$.venues[1].enabeld", "unknown field"),
+        (
+            "max_book_age_ms = 1500",
+            'max_book_age_ms = "1500"',
+            "$.estimator.max_book_age_ms",
+            "Expected `int`, got `str`",
+        ),
+        ("enabled = false", 'enabled = "no"', "$.venues[1].enabled", "Expected `bool`"),
+        (
+            "max_book_age_ms = 1500",
+            "max_book_age_ms = 0",
+            "$.estimator.max_book_age_ms",
+            "Expected `int` >= 1",
+        ),
+        (
+            "price_decimals = 8",
+            "price_decimals = 19",
+            "$.instruments[0].price_decimals",
+            "Expected `int` <= 18",
+        ),
+        (
+            'tick_size = "0.01"',
+            'tick_size = "-0.01"',
+            "$.instruments[0].tick_size",
+            "must be a positive number, got -0.01",
+        ),
+        (
+            'lot_size = "0.0001"',
+            'lot_size = "0"',
+            "$.instruments[1].lot_size",
+            "must be a positive number, got 0",
+        ),
+        (
+            'tick_size = "0.01"',
+            'tick_size = "0.000000001"',
+            "$.instruments[0].tick_size",
+            "finer than price_decimals = 8",
+        ),
+        (
+            'daily_volume = "25000"',
+            'daily_volume = "-1"',
+            "$.instruments[0].impact",
+            "daily_volume must be a positive number",
+        ),
+        (
+            'taker_fee_bps = "10"',
+            'taker_fee_bps = "10000"',
+            "$.venues[0].taker_fee_bps",
+            r"fee must be in [0, 10000) bps",
+        ),
+        (
+            'taker_fee_bps = "10"',
+            'taker_fee_bps = "-0.5"',
+            "$.venues[0].taker_fee_bps",
+            r"fee must be in [0, 10000) bps",
+        ),
+        (
+            'taker_fee_bps = "2.6"',
+            'taker_fee_bps = "2.60001"',
+            "$.venues[1].taker_fee_bps",
+            "more than 4 decimal places",
+        ),
+        (
+            'name = "kraken"',
+            'name = "Kraken"',
+            "$.venues[1].name",
+            "is not a lower-case identifier",
+        ),
+        (
+            'base = "ETH"\n',
+            "",
+            "$.instruments[1]",
+            "Object missing required field `base`",
+        ),
+    ],
+)
+def test_a_broken_value_names_the_file_and_the_path(
+    tmp_path: Path, old: str, new: str, path: str, problem: str
+) -> None:
+    file = broken(tmp_path, old, new)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    error = info.value
+    assert error.source == str(file)
+    assert error.path == path
+    assert problem in error.problem
+    assert str(error).startswith(f"{file}: {path}: ")
+
+
+def test_unknown_key_message_reads_as_documented(tmp_path: Path) -> None:
+    file = broken(tmp_path, "max_book_age_ms = 1500", "max_book_agee_ms = 1500")
+    with pytest.raises(ConfigError, match=r"otc\.toml") as info:
+        load_config(file)
+    assert str(info.value) == f"{file}: $.estimator.max_book_agee_ms: unknown field"
+
+
+def test_duplicate_symbol(tmp_path: Path) -> None:
+    file = broken(tmp_path, 'symbol = "ETH-USDT"', 'symbol = "BTC-USDT"')
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.instruments[1].symbol"
+    assert info.value.problem == "BTC-USDT given twice"
+
+
+def test_duplicate_venue(tmp_path: Path) -> None:
+    file = broken(tmp_path, 'name = "kraken"', 'name = "binance"')
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.venues[1].name"
+    assert info.value.problem == "binance given twice"
+
+
+def test_venue_symbol_must_be_a_configured_instrument(tmp_path: Path) -> None:
+    file = broken(tmp_path, '"BTC-USDT" = "XBT/USDT"', '"SOL-USDT" = "SOL/USDT"')
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.venues[1].symbols.SOL-USDT"
+    assert info.value.problem == "not a configured instrument"
+
+
+def test_bad_toml_syntax(tmp_path: Path) -> None:
+    file = broken(tmp_path, "[estimator]", "[estimator")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.source == str(file)
+    assert info.value.path == "$"
+    assert info.value.problem.startswith("not valid TOML")
+    assert "line 1" in info.value.problem
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(info.value) == f"{missing}: $: cannot read: No such file or directory"
+    with pytest.raises(OtcError):  # one error tree
+        load_config(missing)
+
+
+def test_missing_section(tmp_path: Path) -> None:
+    file = write(tmp_path, '[estimator]\nmax_book_age_ms = 100\n\n[[instruments]]\nsymbol = "X"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.instruments[0]"
+    assert "missing required field" in info.value.problem
