@@ -101,6 +101,7 @@ class FeedConnection:
         backoff: reconnect policy.
         on_events: called with the events each message applied (recorder, engine).
         clock_ns: wall clock in ns (a test clock in tests).
+        snapshot_retry_s: least time between two REST snapshot requests for one symbol.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class FeedConnection:
         backoff: Backoff | None = None,
         on_events: Callable[[list[BookEvent]], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        snapshot_retry_s: float = 1.0,
     ) -> None:
         self.feed = feed
         self.venue_symbols = list(venue_symbols)
@@ -123,6 +125,7 @@ class FeedConnection:
         self.backoff = backoff or Backoff()
         self.on_events = on_events
         self.clock_ns = clock_ns
+        self.snapshot_retry_s = snapshot_retry_s
         self.state: FeedState = "down"
         self.reconnects = 0
         self.malformed = 0
@@ -255,7 +258,12 @@ class FeedConnection:
             self.last_error = f"snapshot {venue_symbol}: {exc}"
         except (SequenceGap, ChecksumMismatch) as exc:
             self.last_error = str(exc)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
+            self.malformed += 1
+            self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
         finally:
+            # Space out retries: a deep REST snapshot is expensive in the venue's rate limits.
+            await asyncio.sleep(self.snapshot_retry_s)
             self._fetching.discard(venue_symbol)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:

@@ -90,6 +90,15 @@ class LoopbackExchange:
         self.venue = venue
         records = list(read_recording(recording))
         self.messages: list[RecordedMessage] = [r for r in records if not r.conn.startswith("REST")]
+        # REST snapshots of the recording, keyed by the websocket message they came before:
+        # the reference adapter syncs from them at the same point of the session.
+        self._rest: dict[int, list[RecordedMessage]] = {}
+        seen = 0
+        for record in records:
+            if record.conn.startswith("REST"):
+                self._rest.setdefault(seen, []).append(record)
+            else:
+                seen += 1
         self.faults = dict(faults or {})
         self.interval_s = interval_s
         self.port = port
@@ -133,19 +142,27 @@ class LoopbackExchange:
 
     # -- clean reference -----------------------------------------------------------------------
 
-    def _advance_reference(self, record: RecordedMessage) -> None:
-        """Feed the clean message to the reference adapter (it must never fail)."""
+    def _advance_reference(self, index: int) -> None:
+        """Feed clean message ``index`` (and REST snapshots recorded before it) to the reference."""
+        record = self.messages[index]
         try:
+            for rest in self._rest.pop(index, ()):
+                self.reference.on_rest(rest.conn.removeprefix("REST "), rest.data, rest.ts_recv_ns)
             self.reference.on_message(record.data, record.ts_recv_ns)
         except (SequenceGap, ChecksumMismatch) as exc:  # the recording itself is broken
             log.warning("loopback reference: %s", exc)
 
     def _snapshots(self) -> list[bytes]:
-        return [
-            self.reference.snapshot_message(symbol)
-            for symbol, in_sync in sorted(self.reference.in_sync.items())
-            if in_sync
-        ]
+        """Fresh snapshot messages of every synced symbol (none for REST-synced venues)."""
+        out = []
+        for symbol, in_sync in sorted(self.reference.in_sync.items()):
+            if not in_sync:
+                continue
+            try:
+                out.append(self.reference.snapshot_message(symbol))
+            except NotImplementedError:  # the venue resyncs from a REST snapshot instead
+                return []
+        return out
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -196,7 +213,7 @@ class LoopbackExchange:
                 record = self.messages[index]
                 self.cursor += 1
                 fault = self.faults.pop(index, None)
-                self._advance_reference(record)
+                self._advance_reference(index)
                 if fault is Fault.DISCONNECT:
                     await ws.close(reason="fault injection")
                     return
@@ -204,8 +221,8 @@ class LoopbackExchange:
                     continue
                 if fault is Fault.SWAP and self.cursor < len(self.messages):
                     following = self.messages[self.cursor]
+                    self._advance_reference(self.cursor)
                     self.cursor += 1
-                    self._advance_reference(following)
                     await ws.send(following.data.decode())
                     await ws.send(record.data.decode())
                     self.sent += 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from feeds.base import ChecksumMismatch, SequenceGap, VenueBookFeed
+from feeds.base import VenueBookFeed
 from feeds.connection import Backoff, FeedConnection
 from feeds.loopback import Fault, LoopbackExchange
 from feeds.recorded import read_recording
@@ -25,16 +25,21 @@ SESSIONS = {
     "okx": ("okx/okx_v5_books400_3inst_2022-05-13.jsonl", ["BTC-USDT", "UNI-USD-SWAP"], True),
     "bitget": ("bitget/bitget_v1_mix_books_2022-04-07.jsonl", ["DASHUSDT", "UNIUSDT"], True),
     "kraken": ("kraken/kraken_v1_book1000_10pairs_2021-04-17.jsonl", ["XBT/CHF"], True),
+    "binance": (
+        "binance/binance_spot_depth_4sym_with_rest_snapshots_2021-10-12.jsonl",
+        ["NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"],
+        False,
+    ),
 }
 
 
 def clean_books(venue: str, path: Path) -> dict[str, object]:
     feed = adapter_class(venue)()
     for record in read_recording(path):
-        try:
+        if record.conn.startswith("REST"):
+            feed.on_rest(record.conn.removeprefix("REST "), record.data, record.ts_recv_ns)
+        else:
             feed.on_message(record.data, record.ts_recv_ns)
-        except (SequenceGap, ChecksumMismatch):  # pragma: no cover - recordings are clean
-            raise
     return dict(feed.books)
 
 
@@ -45,6 +50,8 @@ async def run_against(
         feed,
         symbols,
         url=exchange.url,
+        rest_url=exchange.rest_url,
+        snapshot_retry_s=0.01,
         backoff=Backoff(base_s=0.01, cap_s=0.05, rng=random.Random(1)),
         stale_after_ms=5_000,
     )
@@ -92,8 +99,9 @@ async def test_client_recovers_and_matches_clean_books(
         book._check()
     health = conn.health()
     assert health.reconnects == sum(f is Fault.DISCONNECT for f in faults.values())
-    if not faults:
+    if not faults and venue != "binance":  # Binance drops buffered events its snapshot covers
         assert feed.stats.dropped == 0
+    if not faults:
         assert health.gaps == 0
         assert health.checksum_failures == 0
     if case == "corrupt":
