@@ -1,0 +1,784 @@
+"""Durable event log: every RFQ, quote, reject, accept and fill, one row per event.
+
+The engine records through the :class:`Journal` protocol; :meth:`Journal.append` returns only
+once the event is committed, which is what lets the engine publish a fill *after* it is on disk.
+:class:`SqliteJournal` is the production implementation (SQLite in WAL mode), :class:`MemoryJournal`
+the one tests use. The CLI reads a journal file with :func:`recent` and :func:`export` and prints
+activity with :func:`format_blotter`.
+
+Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
+
+    id           INTEGER PRIMARY KEY   commit order
+    ts_ns        INTEGER               when the event happened (the engine's clock)
+    recorded_ns  INTEGER               when the journal accepted it (``clock_ns`` at append)
+    kind         TEXT                  one of KINDS: rfq, quote, reject, accept, fill, ...
+    client       TEXT
+    symbol       TEXT                  from the payload ("" when it names none, e.g. an accept)
+    rfq_id, quote_id, trade_id  TEXT   "" when not applicable
+    payload      TEXT                  JSON; every Decimal as plain decimal text, never a float
+
+``symbol`` is not in the shared interface: it is derived from the payload at append time so the
+blotter can filter by symbol without parsing JSON. Readers resolve the symbol of rows that name
+none (accepts, rejects) through the quote or RFQ they refer to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import csv
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, Protocol, Self, TextIO
+
+import msgspec
+
+from otc.errors import OtcError
+from otc.model import decimal_text, plain
+
+__all__ = [
+    "KINDS",
+    "Journal",
+    "JournalClosed",
+    "JournalError",
+    "JournalEvent",
+    "JournalRow",
+    "MemoryJournal",
+    "SqliteJournal",
+    "export",
+    "format_blotter",
+    "recent",
+]
+
+#: Every kind of event the journal records.
+KINDS: Final = frozenset({"rfq", "quote", "reject", "accept", "fill", "accept_reject", "control"})
+
+
+class JournalEvent(msgspec.Struct, frozen=True):
+    kind: str  # "rfq" | "quote" | "reject" | "accept" | "fill" | "accept_reject" | "control"
+    client: str
+    ts_ns: int
+    rfq_id: str = ""
+    quote_id: str = ""
+    trade_id: str = ""
+    # the wire message (as plain JSON builtins) or, for quotes, the quote + its explanation
+    payload: dict[str, object] = {}
+
+
+class Journal(Protocol):
+    async def append(self, event: JournalEvent) -> None:  # returns once durably committed
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class JournalError(OtcError):
+    """An event could not be recorded or a journal file could not be read.
+
+    Raised to every caller whose event was in a failed transaction (the cause is chained: the
+    ``sqlite3.Error``), when a journal file cannot be opened, and for a journal that is closed.
+    """
+
+
+class JournalClosed(JournalError):
+    """``append`` on a journal that is closed (or closing): the event was not recorded."""
+
+
+def _encode_payload(event: JournalEvent) -> bytes:
+    """Payload JSON with every Decimal as plain text; raises if the event is malformed."""
+    if event.kind not in KINDS:
+        raise ValueError(
+            f"unknown journal event kind {event.kind!r}; expected one of {sorted(KINDS)}"
+        )
+    return _payload_encoder.encode(_json_ready(event.payload))
+
+
+_payload_encoder: Final = msgspec.json.Encoder()
+_JSON_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _json_ready(value: object) -> object:
+    """``value`` with every Decimal as plain text (:func:`otc.model.plain`, but fast).
+
+    Payloads are JSON builtins and Decimals, walked here directly; anything else (a Struct, an
+    enum) goes through :func:`plain`, which also rejects what JSON cannot hold.
+    """
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return plain(value)
+
+
+def _lookup(payload: dict[str, object], kind: str, name: str) -> object:
+    """``payload[name]``, or ``payload[kind][name]`` for nested payloads (``{"quote": {...}}``)."""
+    if name in payload:
+        return payload[name]
+    nested = payload.get(kind)
+    if isinstance(nested, dict):
+        return nested.get(name)
+    return None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class MemoryJournal:
+    """In-memory :class:`Journal` for tests: ``events`` in append order.
+
+    It rejects what :class:`SqliteJournal` would reject (unknown kinds, payloads that cannot be
+    encoded, appends after ``aclose``). Set ``error`` to make every ``append`` raise it without
+    recording, as a failing disk would.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[JournalEvent] = []
+        self.error: Exception | None = None
+        self.closed = False
+
+    async def append(self, event: JournalEvent) -> None:
+        if self.closed:
+            raise JournalClosed("journal is closed")
+        _encode_payload(event)
+        if self.error is not None:
+            raise self.error
+        self.events.append(event)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+_SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    ts_ns       INTEGER NOT NULL,
+    recorded_ns INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    symbol      TEXT NOT NULL DEFAULT '',
+    rfq_id      TEXT NOT NULL DEFAULT '',
+    quote_id    TEXT NOT NULL DEFAULT '',
+    trade_id    TEXT NOT NULL DEFAULT '',
+    payload     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_client_ts ON events (client, ts_ns);
+CREATE INDEX IF NOT EXISTS events_quote_id ON events (quote_id);
+CREATE INDEX IF NOT EXISTS events_client_rfq_id ON events (client, rfq_id);
+"""
+_INSERT: Final = (
+    "INSERT INTO events (ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id,"
+    " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_BUSY_TIMEOUT_MS: Final = 5_000
+
+Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
+_Row = tuple[int, int, str, str, str, str, str, str, str]
+
+
+class _Pending(msgspec.Struct, frozen=True):
+    """An event on its way to the writer thread and the future its caller awaits."""
+
+    row: _Row
+    done: asyncio.Future[None]
+
+
+_STOP: Final = object()  # queued by aclose(): the writer commits what precedes it, then exits
+
+
+class SqliteJournal:
+    """A :class:`Journal` in one SQLite file in WAL mode, written by one dedicated thread.
+
+    ``append`` encodes the event on the caller's loop (so a malformed payload raises right
+    there), hands it to the writer thread and awaits a future that the thread completes after
+    ``COMMIT``. The thread commits in groups: it takes every event queued while the previous
+    transaction was committing, inserts them in one transaction and then completes all their
+    futures, so one fsync covers many events and throughput grows with load. At most
+    ``max_pending`` events are in flight; further appends wait, first come first served.
+
+    Durability: ``synchronous=FULL`` by default. In WAL mode, ``NORMAL`` syncs the log only at
+    checkpoints, so a power cut or OS crash can lose the last transactions *after* their
+    ``append`` returned; the engine publishes a fill once ``append`` returns, and a fill the
+    client holds but the journal lost is a trade nobody can account for. ``FULL`` syncs the log
+    on every commit; group commit shares that one fsync among all the events of a batch, which is
+    what keeps it affordable under load. (``NORMAL`` is still safe against a crash of the
+    process itself.)
+
+    A failed transaction fails every append of its batch with a :class:`JournalError` (the
+    ``sqlite3.Error`` chained as its cause); the journal carries on with later events. Cancelling
+    an ``append`` does not withdraw an event already handed to the writer. ``aclose`` commits
+    everything appended before it, then stops the thread; appends after it (or still waiting for
+    room) raise :class:`JournalClosed`.
+
+    Usage::
+
+        async with SqliteJournal("var/journal.db") as journal:
+            await journal.append(JournalEvent("rfq", "client-a", clock.now_ns(), rfq_id="r1"))
+
+    Args:
+        path: The database file; created (with its parent folder) when missing.
+        clock_ns: Stamps ``recorded_ns``, in ns since the epoch.
+        synchronous: SQLite's ``synchronous`` setting; see above.
+        max_pending: Events accepted but not yet committed, at most (back-pressure).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        synchronous: Synchronous = "FULL",
+        max_pending: int = 10_000,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self.path = Path(path)
+        self._clock_ns = clock_ns
+        self._synchronous = synchronous
+        self._max_pending = max_pending
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._closed = False
+        #: Transactions committed so far (group commit: usually far fewer than events).
+        self.commits = 0
+        #: Events committed so far.
+        self.committed = 0
+
+    @property
+    def pending(self) -> int:
+        """Appends holding a slot: handed to the writer and not yet settled."""
+        return self._in_flight
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._loop is not None or self._closed:
+            raise RuntimeError("a SqliteJournal is opened once")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        started: asyncio.Future[None] = loop.create_future()
+        self._stopped = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(started,), name=f"otc-journal {self.path.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            await started
+        except BaseException:  # failed to open, or cancelled while opening
+            self._closed = True
+            self._queue.put(_STOP)
+            await asyncio.shield(self._stopped)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Commit everything appended so far, then stop the writer thread. Idempotent."""
+        first = not self._closed
+        self._closed = True
+        if self._stopped is None:  # never opened
+            return
+        if first:
+            self._queue.put(_STOP)
+        await asyncio.shield(self._stopped)
+
+    # -- appending --------------------------------------------------------------------------
+
+    async def append(self, event: JournalEvent) -> None:
+        """Record ``event``; returns once it is committed. Raises :class:`JournalError`."""
+        if self._closed or self._loop is None:
+            raise JournalClosed(
+                f"journal {self.path} is {'closed' if self._closed else 'not open'}"
+            )
+        payload = _encode_payload(event)
+        await self._reserve()
+        if self._closed:  # closed while this append waited for room
+            self._release()
+            raise JournalClosed(f"journal {self.path} closed before the event was recorded")
+        row: _Row = (
+            event.ts_ns,
+            self._clock_ns(),
+            event.kind,
+            event.client,
+            _text(_lookup(event.payload, event.kind, "symbol")),
+            event.rfq_id,
+            event.quote_id,
+            event.trade_id,
+            payload.decode(),
+        )
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(_Pending(row, done))
+        await done
+
+    async def _reserve(self) -> None:
+        """Take one of ``max_pending`` slots, waiting in line when none is free."""
+        if self._in_flight < self._max_pending and not self._waiters:
+            self._in_flight += 1
+            return
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _release() hands its slot over: _in_flight already counts it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed to us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._in_flight -= 1
+
+    def _settle(self, batch: list[_Pending], errors: list[BaseException | None]) -> None:
+        """On the loop: complete the futures of a batch (``errors[i]`` is event i's failure)."""
+        committed = sum(error is None for error in errors)
+        self.committed += committed
+        self.commits += committed > 0
+        for pending, error in zip(batch, errors, strict=True):
+            self._release()
+            if pending.done.done():  # the caller was cancelled
+                continue
+            if error is None:
+                pending.done.set_result(None)
+            else:
+                failure = JournalError(f"journal {self.path}: write failed: {error}")
+                failure.__cause__ = error
+                pending.done.set_exception(failure)
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _call(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the loop; a no-op once the loop is gone."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise JournalError(f"journal {self.path}: WAL mode unavailable (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version not in (0, _SCHEMA_VERSION):
+                raise JournalError(
+                    f"journal {self.path}: schema version {version}, expected {_SCHEMA_VERSION}"
+                )
+            conn.executescript(  # all of the schema or none of it
+                f"BEGIN IMMEDIATE; {_SCHEMA}; PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;"
+            )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _run(self, started: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except JournalError as exc:
+            self._call(_resolve, started, exc)
+            self._call(_resolve, self._stopped, None)
+            return
+        except (OSError, sqlite3.Error) as exc:
+            error = JournalError(f"cannot open journal {self.path}: {exc}")
+            error.__cause__ = exc
+            self._call(_resolve, started, error)
+            self._call(_resolve, self._stopped, None)
+            return
+        self._call(_resolve, started, None)
+        close_error: JournalError | None = None
+        try:
+            self._serve(conn)
+        finally:
+            try:
+                conn.close()  # the last connection to close checkpoints the WAL into the file
+            except sqlite3.Error as exc:
+                close_error = JournalError(f"journal {self.path}: close failed: {exc}")
+            self._call(_resolve, self._stopped, close_error)
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        """Commit batches until the stop marker; every dequeued event's future is completed."""
+        while True:
+            batch: list[_Pending] = []
+            stop = False
+            item = self._queue.get()
+            while True:  # group commit: everything queued while the last COMMIT ran
+                if item is _STOP:
+                    stop = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                errors: list[BaseException | None]
+                try:
+                    errors = _write(conn, [pending.row for pending in batch])
+                except Exception as exc:  # noqa: BLE001  # whatever failed, every caller hears it
+                    errors = [exc] * len(batch)
+                self._call(self._settle, batch, errors)
+            if stop:
+                return
+
+
+#: Errors one event can cause on its own (a trigger, a constraint, an unencodable value).
+_EVENT_ERRORS: Final = (sqlite3.Error, ValueError, OverflowError)
+
+
+def _write(conn: sqlite3.Connection, rows: list[_Row]) -> list[BaseException | None]:
+    """Insert ``rows`` in one transaction; per row, the error that kept it out (None: committed).
+
+    The fast path inserts the whole batch at once. If that fails, the batch is retried with a
+    savepoint per row, so one bad event fails alone instead of taking its batch with it; if the
+    transaction itself cannot commit, every row gets that error.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+    except _EVENT_ERRORS:
+        _rollback(conn)
+    else:
+        return [None] * len(rows)
+    errors: list[BaseException | None] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            conn.execute("SAVEPOINT event")
+            try:
+                conn.execute(_INSERT, row)
+            except _EVENT_ERRORS as exc:
+                conn.execute("ROLLBACK TO event")
+                errors.append(exc)
+            else:
+                errors.append(None)
+            conn.execute("RELEASE event")
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        return [exc] * len(rows)
+    return errors
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        # the original error is what callers need; SQLite rolls back on its own if this fails
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _resolve(future: asyncio.Future[None] | None, error: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+class JournalRow(msgspec.Struct, frozen=True):
+    """One recorded event as read back; ``symbol`` resolved through its quote or RFQ if needed."""
+
+    id: int
+    ts_ns: int
+    recorded_ns: int
+    kind: str
+    client: str
+    symbol: str
+    rfq_id: str
+    quote_id: str
+    trade_id: str
+    payload: dict[str, object]
+
+    @property
+    def time_utc(self) -> str:
+        """``ts_ns`` as ISO 8601 UTC with all nine fraction digits (exact)."""
+        seconds, nanos = divmod(self.ts_ns, 1_000_000_000)
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
+#: Every column, with a row's own symbol or else that of the quote or RFQ it refers to.
+_SELECT: Final = """
+SELECT e.id, e.ts_ns, e.recorded_ns, e.kind, e.client,
+       COALESCE(
+           NULLIF(e.symbol, ''),
+           (SELECT q.symbol FROM events q
+             WHERE e.quote_id != '' AND q.quote_id = e.quote_id AND q.symbol != '' LIMIT 1),
+           (SELECT r.symbol FROM events r
+             WHERE e.rfq_id != '' AND r.client = e.client AND r.rfq_id = e.rfq_id
+               AND r.symbol != '' LIMIT 1),
+           '') AS sym,
+       e.rfq_id, e.quote_id, e.trade_id, e.payload
+  FROM events e"""
+_payload_decoder: Final = msgspec.json.Decoder(dict[str, object])
+
+
+def _open_read_only(path: str | Path) -> sqlite3.Connection:
+    file = Path(path)
+    if not file.is_file():
+        raise JournalError(f"no journal at {file}")
+    try:
+        conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = 1")
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {file}: {exc}") from exc
+    return conn
+
+
+def _rows(
+    conn: sqlite3.Connection, path: str | Path, where: list[str], params: list[object], tail: str
+) -> Iterator[JournalRow]:
+    sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + tail
+    try:
+        for row in conn.execute(sql, params):
+            id_, ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id, payload = row
+            yield JournalRow(
+                id_,
+                ts_ns,
+                recorded_ns,
+                kind,
+                client,
+                symbol,
+                rfq_id,
+                quote_id,
+                trade_id,
+                _payload_decoder.decode(payload),
+            )
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from exc
+
+
+def recent(
+    path: str | Path,
+    *,
+    limit: int = 50,
+    client: str | None = None,
+    symbol: str | None = None,
+    kinds: Iterable[str] | None = None,
+) -> list[JournalRow]:
+    """The last ``limit`` events matching the filters, oldest first (like ``tail``).
+
+    ``symbol`` also matches accepts, fills and rejects through the quote or RFQ they refer to.
+    Opens its own read-only connection; safe while a :class:`SqliteJournal` writes the file.
+    """
+    where: list[str] = []
+    params: list[object] = []
+    if client is not None:
+        where.append("e.client = ?")
+        params.append(client)
+    if symbol is not None:
+        where.append("sym = ?")
+        params.append(symbol)
+    if kinds is not None:
+        wanted = sorted(set(kinds))
+        where.append(f"e.kind IN ({', '.join('?' * len(wanted))})" if wanted else "0")
+        params.extend(wanted)
+    with contextlib.closing(_open_read_only(path)) as conn:
+        rows = list(_rows(conn, path, where, [*params, limit], " ORDER BY e.id DESC LIMIT ?"))
+    rows.reverse()
+    return rows
+
+
+_CSV_COLUMNS: Final = (
+    "id",
+    "ts_ns",
+    "time_utc",
+    "recorded_ns",
+    "kind",
+    "client",
+    "symbol",
+    "rfq_id",
+    "quote_id",
+    "trade_id",
+    "payload",
+)
+
+
+def export(
+    path: str | Path,
+    fmt: Literal["csv", "json"],
+    out: TextIO,
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    client: str | None = None,
+) -> int:
+    """Write the events with ``since_ns <= ts_ns < until_ns`` to ``out``; returns how many.
+
+    ``csv``: a header, then one line per event with ``payload`` as JSON text. ``json``: one
+    array of objects with ``payload`` as a nested object. Both in commit order, streamed (the
+    journal is never loaded whole), with ``time_utc`` next to the exact ``ts_ns``.
+    """
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"export format must be csv or json, got {fmt!r}")
+    where: list[str] = []
+    params: list[object] = []
+    if since_ns is not None:
+        where.append("e.ts_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        where.append("e.ts_ns < ?")
+        params.append(until_ns)
+    if client is not None:
+        where.append("e.client = ?")
+        params.append(client)
+    with contextlib.closing(_open_read_only(path)) as conn:
+        return _write_export(_rows(conn, path, where, params, " ORDER BY e.id"), fmt, out)
+
+
+def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(_CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                (
+                    row.id,
+                    row.ts_ns,
+                    row.time_utc,
+                    row.recorded_ns,
+                    row.kind,
+                    row.client,
+                    row.symbol,
+                    row.rfq_id,
+                    row.quote_id,
+                    row.trade_id,
+                    msgspec.json.encode(row.payload).decode(),
+                )
+            )
+            count += 1
+        return count
+    out.write("[")
+    for row in rows:
+        document = {name: getattr(row, name) for name in _CSV_COLUMNS}
+        out.write(("\n" if count == 0 else ",\n") + msgspec.json.encode(document).decode())
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+# -- the blotter ----------------------------------------------------------------------------------
+
+_BLOTTER_COLUMNS: Final = (
+    "time (UTC)",
+    "kind",
+    "client",
+    "symbol",
+    "side",
+    "qty",
+    "price",
+    "rfq_id",
+    "quote_id",
+    "trade_id",
+    "detail",
+)
+
+
+def _blotter_time(ts_ns: int) -> str:
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{nanos // 1_000_000:03d}"
+
+
+def _blotter_line(row: JournalRow) -> tuple[str, ...]:
+    def field(name: str) -> str:
+        value = _lookup(row.payload, row.kind, name)
+        return "" if value is None or isinstance(value, dict | list) else str(value)
+
+    qty = field("qty")
+    price = field("price")
+    detail = ""
+    if row.kind == "quote":
+        bid, ask = field("bid"), field("ask")
+        price = " / ".join(part for part in (bid and f"bid {bid}", ask and f"ask {ask}") if part)
+    if row.kind in ("reject", "accept_reject"):
+        detail = f"{field('code')}: {field('reason')}"
+    elif row.kind == "rfq" and not qty and field("notional"):
+        detail = f"notional {field('notional')}"
+    elif row.kind == "control":
+        detail = " ".join(
+            f"{key}={value}"
+            for key, value in sorted(row.payload.items())
+            if not isinstance(value, dict | list)
+        )
+    return (
+        _blotter_time(row.ts_ns),
+        row.kind,
+        row.client,
+        row.symbol,
+        field("side"),
+        qty,
+        price,
+        row.rfq_id,
+        row.quote_id,
+        row.trade_id,
+        detail,
+    )
+
+
+def format_blotter(rows: Iterable[JournalRow]) -> str:
+    """A table of ``rows``, one line each, columns aligned; ``"no events\\n"`` for none."""
+    lines = [_BLOTTER_COLUMNS, *(_blotter_line(row) for row in rows)]
+    if len(lines) == 1:
+        return "no events\n"
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_BLOTTER_COLUMNS))]
+    text = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
+    return "\n".join(text) + "\n"

@@ -1,0 +1,471 @@
+"""otc.journal: durable appends, group commit, errors reaching callers, readers and the blotter."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from otc.clock import FakeClock
+from otc.errors import OtcError
+from otc.journal import (
+    Journal,
+    JournalClosed,
+    JournalError,
+    JournalEvent,
+    JournalRow,
+    MemoryJournal,
+    SqliteJournal,
+    export,
+    format_blotter,
+    recent,
+)
+
+T0 = 1_700_000_000_000_000_000  # 2023-11-14 22:13:20 UTC
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "journal" / "otc.db"
+
+
+def rows_of(path: Path, sql: str = "SELECT * FROM events ORDER BY id") -> list[sqlite3.Row]:
+    """Rows read through a fresh connection of our own, not through the journal's readers."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(sql).fetchall()
+
+
+def session(t: int = T0) -> Iterator[JournalEvent]:
+    """One client's RFQ -> quote -> accept -> fill, another's rejected RFQ, and an operator act."""
+    yield JournalEvent(
+        "rfq",
+        "client-a",
+        t,
+        rfq_id="r1",
+        payload={"rfq_id": "r1", "symbol": "BTC-USDT", "side": "buy", "qty": "2.5"},
+    )
+    yield JournalEvent(
+        "quote",
+        "client-a",
+        t + 1_000_000,
+        rfq_id="r1",
+        quote_id="q1",
+        payload={
+            "quote": {
+                "type": "quote",
+                "rfq_id": "r1",
+                "quote_id": "q1",
+                "symbol": "BTC-USDT",
+                "side": "buy",
+                "qty": "2.5",
+                "bid": None,
+                "ask": Decimal("64010.50"),
+                "valid_until_ms": t // 1_000_000 + 2_000,
+            },
+            "explanation": {
+                "hedge_vwap": Decimal("6.4E+4"),
+                "spread_bps": Decimal("2.5"),
+                "route": [{"venue": "binance", "qty": "2.5", "sequence": 10**12}],
+            },
+        },
+    )
+    yield JournalEvent(
+        "accept", "client-a", t + 2_000_000, quote_id="q1", payload={"quote_id": "q1"}
+    )
+    yield JournalEvent(
+        "fill",
+        "client-a",
+        t + 3_000_000,
+        rfq_id="r1",
+        quote_id="q1",
+        trade_id="t1",
+        payload={
+            "type": "fill",
+            "quote_id": "q1",
+            "trade_id": "t1",
+            "side": "buy",
+            "qty": "2.5",
+            "price": "64010.5",
+            "ts_ms": t // 1_000_000 + 3,
+        },
+    )
+    yield JournalEvent(
+        "rfq",
+        "client-b",
+        t + 4_000_000,
+        rfq_id="r1",
+        payload={"rfq_id": "r1", "symbol": "ETH-USDT", "side": "sell", "notional": "5000000"},
+    )
+    yield JournalEvent(
+        "reject",
+        "client-b",
+        t + 5_000_000,
+        rfq_id="r1",
+        payload={
+            "type": "reject",
+            "rfq_id": "r1",
+            "code": "LIMIT_EXCEEDED",
+            "reason": 'daily notional 5000000 > 1000000, "client-b"',
+        },
+    )
+    yield JournalEvent(
+        "control",
+        "operator",
+        t + 6_000_000,
+        payload={"action": "halt", "symbol": "ETH-USDT", "halted": True},
+    )
+
+
+async def record(path: Path, events: list[JournalEvent]) -> None:
+    async with SqliteJournal(path, clock_ns=FakeClock(T0 + 10**9).now_ns) as journal:
+        for event in events:
+            await journal.append(event)
+
+
+# -- appending ------------------------------------------------------------------------------------
+
+
+async def test_append_then_read_back(path: Path) -> None:
+    clock = FakeClock(T0 + 5)
+    events = list(session())
+    async with SqliteJournal(path, clock_ns=clock.now_ns) as journal:
+        for event in events:
+            await journal.append(event)
+            clock.advance(ns=1)
+    rows = recent(path)
+    assert [(r.kind, r.client, r.rfq_id, r.quote_id, r.trade_id) for r in rows] == [
+        (e.kind, e.client, e.rfq_id, e.quote_id, e.trade_id) for e in events
+    ]
+    assert [r.ts_ns for r in rows] == [e.ts_ns for e in events]
+    assert [r.recorded_ns for r in rows] == [T0 + 5 + i for i in range(len(events))]
+    assert [r.id for r in rows] == list(range(1, len(events) + 1))
+    assert rows[0].payload == events[0].payload
+    # Decimals are stored as plain decimal text, never in exponent notation nor as floats.
+    quote = rows[1].payload
+    assert quote["quote"] == {**events[1].payload["quote"], "ask": "64010.5"}  # type: ignore[dict-item]
+    assert quote["explanation"] == {
+        "hedge_vwap": "64000",
+        "spread_bps": "2.5",
+        "route": [{"venue": "binance", "qty": "2.5", "sequence": 10**12}],
+    }
+    raw = rows_of(path)[1]["payload"]
+    assert '"hedge_vwap":"64000"' in raw
+    assert "E+" not in raw
+
+
+async def test_wal_mode_is_on(path: Path) -> None:
+    async with SqliteJournal(path) as journal:
+        await journal.append(JournalEvent("control", "operator", T0))
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+            indexes = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            }
+    assert {"events_client_ts", "events_quote_id"} <= indexes
+
+
+async def test_a_returned_append_is_visible_to_another_connection(path: Path) -> None:
+    async with SqliteJournal(path) as journal:
+        for i in range(20):
+            await journal.append(JournalEvent("rfq", "client-a", T0 + i, rfq_id=f"r{i}"))
+            # No close, no flush: once append returned, the row is committed.
+            assert [row["rfq_id"] for row in rows_of(path)] == [f"r{j}" for j in range(i + 1)]
+
+
+async def test_group_commit_of_1000_concurrent_appends(path: Path) -> None:
+    async with SqliteJournal(path) as journal:
+        # Hold the write lock so the writer cannot commit until every append is queued: then the
+        # 1000 events must share at most two transactions (whatever the writer took before it
+        # blocked, and all the rest).
+        with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")
+            appends = asyncio.gather(
+                *(
+                    journal.append(
+                        JournalEvent("rfq", f"client-{i % 10}", T0 + i, rfq_id=f"r{i // 10}")
+                    )
+                    for i in range(1000)
+                )
+            )
+            await asyncio.sleep(0)  # each append runs up to its wait for the commit
+            assert journal.pending == 1000
+            blocker.execute("COMMIT")
+        await appends
+        assert journal.pending == 0
+        assert journal.committed == 1000
+        assert journal.commits <= 2
+    rows = rows_of(path)
+    assert len({row["id"] for row in rows}) == 1000
+    for client in range(10):
+        mine = [row for row in rows if row["client"] == f"client-{client}"]
+        assert [row["rfq_id"] for row in mine] == [f"r{i}" for i in range(100)]
+    assert [row["ts_ns"] for row in rows] == [T0 + i for i in range(1000)]  # submission order
+
+
+@pytest.mark.parametrize("max_pending", [1, 7])
+async def test_back_pressure_keeps_submission_order(path: Path, max_pending: int) -> None:
+    async with SqliteJournal(path, max_pending=max_pending) as journal:
+        tasks = [
+            asyncio.create_task(journal.append(JournalEvent("rfq", "client-a", T0 + i)))
+            for i in range(300)
+        ]
+        await asyncio.sleep(0)  # every append has started: at most max_pending hold a slot
+        assert journal.pending <= max_pending
+        await asyncio.gather(*tasks)
+    assert [row["ts_ns"] for row in rows_of(path)] == [T0 + i for i in range(300)]
+
+
+async def test_a_cancelled_wait_for_room_records_nothing(path: Path) -> None:
+    async with SqliteJournal(path, max_pending=1) as journal:
+        with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")
+            first, second, third = (
+                asyncio.create_task(journal.append(JournalEvent("rfq", "client-a", T0 + i)))
+                for i in range(3)
+            )
+            await asyncio.sleep(0)
+            assert journal.pending == 1  # the first holds the only slot; the others wait
+            second.cancel()
+            await asyncio.sleep(0)
+            blocker.execute("COMMIT")
+        await asyncio.gather(first, third)
+        assert second.cancelled()
+    assert [row["ts_ns"] for row in rows_of(path)] == [T0, T0 + 2]
+
+
+async def test_aclose_commits_everything_queued_before_it(path: Path) -> None:
+    journal = SqliteJournal(path)
+    await journal.__aenter__()
+    tasks = [
+        asyncio.create_task(journal.append(JournalEvent("rfq", "client-a", T0 + i)))
+        for i in range(100)
+    ]
+    await asyncio.sleep(0)  # each append runs up to its wait for the commit
+    assert journal.pending == 100
+    await journal.aclose()
+    assert len(rows_of(path)) == 100  # committed before aclose returned
+    assert not path.with_name(path.name + "-wal").exists()  # and checkpointed on close
+    await asyncio.gather(*tasks)
+    await journal.aclose()  # idempotent
+
+
+async def test_the_journal_survives_close_and_reopen(path: Path) -> None:
+    events = list(session())
+    await record(path, events[:3])
+    await record(path, events[3:])
+    rows = recent(path)
+    assert [r.id for r in rows] == list(range(1, len(events) + 1))
+    assert [r.kind for r in rows] == [e.kind for e in events]
+
+
+# -- errors reach the caller ----------------------------------------------------------------------
+
+
+async def test_append_to_a_closed_or_unopened_journal_raises(path: Path) -> None:
+    journal = SqliteJournal(path)
+    with pytest.raises(JournalClosed, match="not open"):
+        await journal.append(JournalEvent("rfq", "client-a", T0))
+    async with journal:
+        await journal.append(JournalEvent("rfq", "client-a", T0))
+    with pytest.raises(JournalClosed, match="closed"):
+        await journal.append(JournalEvent("rfq", "client-a", T0 + 1))
+    assert isinstance(JournalClosed("x"), OtcError)
+    assert len(rows_of(path)) == 1
+
+
+async def test_a_failed_write_reaches_its_caller_and_only_its_caller(path: Path) -> None:
+    async with SqliteJournal(path) as journal:
+        await journal.append(JournalEvent("rfq", "client-a", T0))
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute(
+                "CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.client = 'boom'"
+                " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            )
+            conn.commit()
+        results = await asyncio.gather(
+            *(
+                journal.append(JournalEvent("rfq", "boom" if i == 2 else "client-a", T0 + i))
+                for i in range(5)
+            ),
+            return_exceptions=True,
+        )
+        failure = results.pop(2)
+        assert results == [None] * 4
+        assert isinstance(failure, JournalError)
+        assert "disk on fire" in str(failure)
+        assert isinstance(failure.__cause__, sqlite3.IntegrityError)
+        await journal.append(JournalEvent("rfq", "client-a", T0 + 9))  # the journal carries on
+    assert [row["ts_ns"] for row in rows_of(path)] == [T0, T0, T0 + 1, T0 + 3, T0 + 4, T0 + 9]
+
+
+async def test_malformed_events_raise_in_append_and_are_not_recorded(path: Path) -> None:
+    async with SqliteJournal(path) as journal:
+        with pytest.raises(ValueError, match="unknown journal event kind 'quotes'"):
+            await journal.append(JournalEvent("quotes", "client-a", T0))
+        with pytest.raises(TypeError):
+            await journal.append(JournalEvent("rfq", "client-a", T0, payload={"x": object()}))
+        assert journal.pending == 0
+    assert rows_of(path) == []
+
+
+async def test_opening_an_unusable_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot open journal"):
+        async with SqliteJournal(tmp_path):  # a directory
+            pass
+    newer = tmp_path / "newer.db"
+    with closing(sqlite3.connect(newer)) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    with pytest.raises(JournalError, match="schema version 7"):
+        async with SqliteJournal(newer):
+            pass
+
+
+def test_reading_a_missing_journal_raises(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="no journal at"):
+        recent(tmp_path / "absent.db")
+    with pytest.raises(JournalError, match="no journal at"):
+        export(tmp_path / "absent.db", "csv", io.StringIO())
+
+
+async def test_memory_journal_records_and_fails_like_the_real_one() -> None:
+    journal: Journal
+    async with MemoryJournal() as journal:
+        event = JournalEvent("fill", "client-a", T0, trade_id="t1")
+        await journal.append(event)
+        with pytest.raises(ValueError, match="unknown journal event kind"):
+            await journal.append(JournalEvent("fills", "client-a", T0))
+        journal.error = JournalError("disk full")
+        with pytest.raises(JournalError, match="disk full"):
+            await journal.append(event)
+        assert journal.events == [event]
+    with pytest.raises(JournalClosed):
+        await journal.append(event)
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+
+async def test_export_csv_round_trips(path: Path) -> None:
+    events = list(session())
+    await record(path, events)
+    out = io.StringIO()
+    assert export(path, "csv", out) == len(events)
+    parsed = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [int(p["id"]) for p in parsed] == list(range(1, len(events) + 1))
+    assert [int(p["ts_ns"]) for p in parsed] == [e.ts_ns for e in events]
+    assert [p["kind"] for p in parsed] == [e.kind for e in events]
+    assert [p["client"] for p in parsed] == [e.client for e in events]
+    assert [p["trade_id"] for p in parsed] == [e.trade_id for e in events]
+    assert [p["symbol"] for p in parsed] == [
+        "BTC-USDT", "BTC-USDT", "BTC-USDT", "BTC-USDT", "ETH-USDT", "ETH-USDT", "ETH-USDT"
+    ]  # fmt: skip
+    assert parsed[0]["time_utc"] == "2023-11-14T22:13:20.000000000Z"
+    assert [json.loads(p["payload"]) for p in parsed] == [r.payload for r in recent(path)]
+    assert json.loads(parsed[5]["payload"])["reason"] == events[5].payload["reason"]
+
+
+async def test_export_json_round_trips_with_filters(path: Path) -> None:
+    events = list(session())
+    await record(path, events)
+    out = io.StringIO()
+    assert export(path, "json", out) == len(events)
+    documents = json.loads(out.getvalue())
+    assert [d["payload"] for d in documents] == [r.payload for r in recent(path)]
+    assert [d["rfq_id"] for d in documents] == [e.rfq_id for e in events]
+    assert documents[1]["payload"]["explanation"]["route"][0]["sequence"] == 10**12
+
+    out = io.StringIO()
+    count = export(path, "json", out, since_ns=T0 + 1_000_000, until_ns=T0 + 5_000_000)
+    assert count == 4  # since is inclusive, until exclusive
+    assert [d["kind"] for d in json.loads(out.getvalue())] == ["quote", "accept", "fill", "rfq"]
+
+    out = io.StringIO()
+    assert export(path, "json", out, client="client-b") == 2
+    assert [d["kind"] for d in json.loads(out.getvalue())] == ["rfq", "reject"]
+
+    out = io.StringIO()
+    assert export(path, "json", out, client="nobody") == 0
+    assert json.loads(out.getvalue()) == []
+
+
+async def test_recent_filters(path: Path) -> None:
+    await record(path, list(session()))
+    assert [r.kind for r in recent(path, limit=2)] == ["reject", "control"]  # the last, in order
+    btc = recent(path, symbol="BTC-USDT")
+    assert [r.kind for r in btc] == ["rfq", "quote", "accept", "fill"]  # accept via its quote
+    assert {r.symbol for r in btc} == {"BTC-USDT"}
+    eth = recent(path, symbol="ETH-USDT")
+    assert [r.kind for r in eth] == ["rfq", "reject", "control"]  # the reject via its RFQ
+    assert [r.kind for r in recent(path, client="client-b")] == ["rfq", "reject"]
+    assert [r.kind for r in recent(path, kinds=["fill", "reject"])] == ["fill", "reject"]
+    assert recent(path, kinds=[]) == []
+    assert [r.kind for r in recent(path, client="client-a", symbol="ETH-USDT")] == []
+
+
+async def test_blotter(path: Path) -> None:
+    await record(path, list(session()))
+    table = format_blotter(recent(path, symbol="BTC-USDT"))
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "time", "(UTC)", "kind", "client", "symbol", "side", "qty", "price",
+        "rfq_id", "quote_id", "trade_id", "detail",
+    ]  # fmt: skip
+    assert len(lines) == 5
+    assert lines[1].split() == [
+        "2023-11-14", "22:13:20.000", "rfq", "client-a", "BTC-USDT", "buy", "2.5", "r1"
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "2023-11-14", "22:13:20.001", "quote", "client-a", "BTC-USDT", "buy", "2.5",
+        "ask", "64010.5", "r1", "q1",
+    ]  # fmt: skip
+    assert lines[3].split() == [
+        "2023-11-14",
+        "22:13:20.002",
+        "accept",
+        "client-a",
+        "BTC-USDT",
+        "q1",
+    ]
+    assert lines[4].split() == [
+        "2023-11-14", "22:13:20.003", "fill", "client-a", "BTC-USDT", "buy", "2.5", "64010.5",
+        "r1", "q1", "t1",
+    ]  # fmt: skip
+    # Columns line up: every row's kind starts where the header's does.
+    column = lines[0].index("kind")
+    assert all(
+        line[column:].startswith(("kind", "rfq", "quote", "accept", "fill")) for line in lines
+    )
+
+    other = format_blotter(recent(path, client="client-b")).splitlines()
+    assert other[1].endswith("notional 5000000")
+    assert other[2].endswith('LIMIT_EXCEEDED: daily notional 5000000 > 1000000, "client-b"')
+    control = format_blotter(recent(path, kinds=["control"])).splitlines()
+    assert control[1].endswith("action=halt halted=True symbol=ETH-USDT")
+    assert format_blotter(recent(path, client="nobody")) == "no events\n"
+
+
+def test_blotter_shows_both_sides_of_a_two_way_quote() -> None:
+    row = JournalRow(
+        id=1,
+        ts_ns=T0,
+        recorded_ns=T0,
+        kind="quote",
+        client="client-a",
+        symbol="BTC-USDT",
+        rfq_id="r1",
+        quote_id="q1",
+        trade_id="",
+        payload={"side": "two_way", "qty": "1", "bid": "63990", "ask": "64010"},
+    )
+    assert "bid 63990 / ask 64010" in format_blotter([row])
