@@ -1,0 +1,95 @@
+"""FeedConnection behaviour that the loopback replays do not show: backoff, staleness, health."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from feeds.bybit import BybitBookFeed
+from feeds.connection import Backoff, FeedConnection
+from feeds.loopback import LoopbackExchange
+
+
+def test_backoff_is_jittered_capped_and_resets() -> None:
+    backoff = Backoff(base_s=0.5, cap_s=4.0, rng=random.Random(5))
+    delays = [backoff.next_delay() for _ in range(12)]
+    ceilings = [min(4.0, 0.5 * 2**n) for n in range(12)]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert max(delays[6:]) <= 4.0
+    assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
+    backoff.reset()
+    assert backoff.attempt == 0
+    assert backoff.next_delay() <= 0.5
+
+
+async def test_quiet_connection_is_reported_stale_then_reopened(shared_data: Path) -> None:
+    """A venue that stops talking: health turns stale and the watchdog reconnects."""
+    path = shared_data / "bybit" / "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
+    feed = BybitBookFeed()
+    # One message per 2 s: after the first snapshot the line is quiet for longer than 200 ms.
+    async with LoopbackExchange("bybit", path, interval_s=2.0) as exchange:
+        conn = FeedConnection(
+            feed,
+            ["BTCUSDT"],
+            url=exchange.url,
+            stale_after_ms=200,
+            backoff=Backoff(base_s=0.01, cap_s=0.02, rng=random.Random(3)),
+        )
+        async with asyncio.timeout(20), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed")
+            while conn.reconnects == 0:  # noqa: ASYNC110 - polls state the feed task owns
+                await asyncio.sleep(0.02)
+            task.cancel()
+    health = conn.health()
+    assert health.reconnects >= 1
+    assert "no data" in health.last_error
+    assert exchange.connections >= 2
+    # Disconnected: every symbol is out of sync, so the consolidated view excludes the venue.
+    assert not any(feed.in_sync.values())
+
+
+def test_health_of_a_live_connection_goes_stale_with_age() -> None:
+    feed = BybitBookFeed()
+    now = [1_000_000_000_000]
+    conn = FeedConnection(feed, ["BTCUSDT"], stale_after_ms=500, clock_ns=lambda: now[0])
+    conn.state = "live"
+    conn.last_message_ns = now[0]
+    assert conn.health().state == "live"
+    assert conn.health().age_ms == 0
+    now[0] += 501 * 1_000_000
+    health = conn.health()
+    assert health.state == "stale"
+    assert health.age_ms == 501
+
+
+async def test_unreachable_venue_counts_reconnects_and_stays_down() -> None:
+    feed = BybitBookFeed()
+    conn = FeedConnection(
+        feed,
+        ["BTCUSDT"],
+        url="ws://127.0.0.1:9",  # discard port: nothing listens
+        backoff=Backoff(base_s=0.001, cap_s=0.002, rng=random.Random(1)),
+    )
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(), name="feed")
+        while conn.reconnects < 3:  # noqa: ASYNC110 - polls state the feed task owns
+            await asyncio.sleep(0.01)
+        task.cancel()
+    health = conn.health()
+    assert health.state == "down"
+    assert health.last_error
+    assert health.age_ms is None
+
+
+@pytest.mark.parametrize("venue", ["bybit", "okx", "kraken", "bitget", "binance", "coinbase"])
+def test_every_adapter_declares_a_public_endpoint_and_subscribes(venue: str) -> None:
+    from feeds.registry import adapter_class
+
+    feed = adapter_class(venue)()
+    assert feed.url.startswith("wss://")
+    messages = feed.subscribe_messages(["BTC-USDT"])
+    assert messages
+    assert all(isinstance(m, bytes) and m for m in messages)
