@@ -7,12 +7,20 @@ names the file and the JSON path of the offending key, e.g.::
 
 Units are in the names: ``*_bps`` basis points, ``*_ms`` milliseconds. Prices, sizes and fees are
 decimal strings (``"0.01"``); TOML floats are accepted but strings are exact by construction.
+
+Sections: ``[estimator]``, ``[[instruments]]``, ``[[venues]]`` (books and the estimator), and for
+the quoting service ``[quoting]`` (quote lifetime, last look, rate limit, ladder), ``[tiers]``
+(spread per client tier), ``[risk]`` (the risk premium), ``[inventory]`` (per-asset limits and
+skew), ``[[clients]]`` (who may trade what, and how much), ``[broker]`` and ``[journal]``. Every
+section but ``instruments`` and ``venues`` has defaults, so a book-only config stays valid.
+Cross-references are checked after decoding: a client's tier and symbols, an inventory asset,
+the ladder tier (``$.clients[1].tier: no such tier``).
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -23,15 +31,35 @@ from otc.model import Scale, decimals_of, parse_fee_bps
 from otc.slippage import ImpactModel
 
 __all__ = [
+    "BrokerConfig",
+    "ClientConfig",
     "Config",
     "EstimatorConfig",
     "InstrumentConfig",
+    "InventoryConfig",
+    "JournalConfig",
+    "QuotingConfig",
+    "RiskConfig",
+    "TierConfig",
     "VenueConfig",
     "config_error",
     "load_config",
 ]
 
 _Decimals = Annotated[int, msgspec.Meta(ge=0, le=18)]
+_PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+#: Enough digits for exact remainders of any configured size by a lot.
+_EXACT = Context(prec=120)
+#: Client ids are MQTT topic levels and broker usernames: no ``/``, ``+``, ``#`` or spaces.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_decimal(owner: object, key: str, *, positive: bool = False) -> None:
+    """Raise ``ValueError("key: ...")`` unless ``owner.key`` is finite and >= 0 (> 0)."""
+    value: Decimal = getattr(owner, key)
+    if not value.is_finite() or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{key}: must be a {kind} number, got {value}")
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +81,8 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
     price_decimals: _Decimals = 8
     size_decimals: _Decimals = 8
     impact: ImpactModel | None = None
+    #: Base quantities of the indicative ladder (``otc/v1/ladder/{symbol}``), increasing.
+    ladder_bands: list[Decimal] = []
 
     def __post_init__(self) -> None:
         for key in ("tick_size", "lot_size"):
@@ -68,6 +98,17 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
                 value = getattr(self.impact, key)
                 if not value.is_finite() or value <= 0:
                     raise ValueError(f"impact: {key} must be a positive number, got {value}")
+        previous = Decimal(0)
+        for i, band in enumerate(self.ladder_bands):
+            if not band.is_finite() or band <= 0 or band.adjusted() >= 30:
+                raise ValueError(
+                    f"ladder_bands[{i}]: must be a positive number below 1e30, got {band}"
+                )
+            if _EXACT.remainder(band, self.lot_size):
+                raise ValueError(f"ladder_bands[{i}]: {band} is not a multiple of lot_size")
+            if band <= previous:
+                raise ValueError(f"ladder_bands[{i}]: {band} is not larger than the band before")
+            previous = band
 
     @property
     def scale(self) -> Scale:
@@ -108,12 +149,146 @@ class EstimatorConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     use_impact_model: bool = False
 
 
+class QuotingConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The RFQ service.
+
+    ``quote_ttl_ms``: how long a quote is firm. ``last_look``: re-price at accept and refuse
+    (``LAST_LOOK``) when the hedge cost moved more than ``last_look_tolerance_bps`` against the
+    desk; off by default (firm means firm). ``rate_limit_per_s`` / ``rate_limit_burst``: a
+    token bucket per client for RFQs. ``ladder_interval_ms``: how often the indicative ladder
+    is refreshed while books move; ``ladder_tier``: the tier whose spread it shows (the widest
+    when unset). ``max_qty_depth_factor``: a request for more than this many times the visible
+    depth of its side is absurd, not big (``INVALID_QTY``), even with the impact model.
+    ``duplicate_window_ms``: how long an ``rfq_id`` is remembered (``DUPLICATE_RFQ_ID``);
+    ``quote_memory_ms``: how long a quote is remembered after it expires, so a late or repeated
+    accept gets ``EXPIRED`` or its fill again rather than ``UNKNOWN_QUOTE``.
+    """
+
+    quote_ttl_ms: Annotated[int, msgspec.Meta(gt=0, le=3_600_000)] = 3_000
+    last_look: bool = False
+    last_look_tolerance_bps: Decimal = Decimal(2)
+    rate_limit_per_s: _PositiveInt = 20
+    rate_limit_burst: _PositiveInt = 40
+    ladder_interval_ms: _PositiveInt = 250
+    ladder_tier: str | None = None
+    max_qty_depth_factor: Decimal = Decimal(10)
+    duplicate_window_ms: _PositiveInt = 600_000
+    quote_memory_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+
+    def __post_init__(self) -> None:
+        _check_decimal(self, "last_look_tolerance_bps")
+        if not self.max_qty_depth_factor.is_finite() or self.max_qty_depth_factor < 1:
+            raise ValueError(
+                f"max_qty_depth_factor: must be a number >= 1, got {self.max_qty_depth_factor}"
+            )
+
+
+class TierConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A client tier: the spread added to the hedge cost on each side, in bps (>= 0).
+
+    (Checked by :func:`load_config` rather than here, so that the error names the tier:
+    msgspec reports a dict key as ``[...]``.)
+    """
+
+    spread_bps: Decimal
+
+
+class RiskConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The risk premium added to the spread (see :mod:`otc.pricing`).
+
+    Volatility term: ``volatility_coefficient x daily_volatility_bps x sqrt(hedge_latency_ms /
+    86_400_000)``, the move to expect while the hedge is being done, with each instrument's
+    ``impact.daily_volatility_bps`` (``default_daily_volatility_bps`` for those without one).
+    Size term: ``size_premium_bps_per_million_notional x qty x mid / 1_000_000``.
+    """
+
+    volatility_coefficient: Decimal = Decimal(1)
+    hedge_latency_ms: Annotated[int, msgspec.Meta(ge=0)] = 250
+    default_daily_volatility_bps: Decimal = Decimal(300)
+    size_premium_bps_per_million_notional: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        for key in (
+            "volatility_coefficient",
+            "default_daily_volatility_bps",
+            "size_premium_bps_per_million_notional",
+        ):
+            _check_decimal(self, key)
+
+
+class InventoryConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-asset position limits and the price skew they drive.
+
+    ``limits``: asset -> the largest absolute position the desk may hold, in that asset's units
+    (``{"BTC" = "50"}``); a trade that would take a position beyond it is refused
+    (``LIMIT_EXCEEDED``) unless it reduces the position. Assets without a limit are not limited.
+    ``skew_bps_at_limit``: prices move by this much when the base position is at its limit
+    (long: both bid and ask lower; short: both higher), in proportion below it.
+    """
+
+    limits: dict[str, Decimal] = {}
+    skew_bps_at_limit: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        _check_decimal(self, "skew_bps_at_limit")
+        for asset, limit in self.limits.items():
+            if not limit.is_finite() or limit <= 0:
+                raise ValueError(f"limits.{asset}: must be a positive number, got {limit}")
+
+
+class ClientConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A client: its id (= broker username and topic level), tier, symbols and notional limits.
+
+    ``max_trade_notional`` and ``max_daily_notional`` are in the quote currency of the
+    instrument traded (qty x price), the daily one summed over the UTC day.
+    """
+
+    id: str
+    tier: str
+    enabled: bool = True
+    symbols: list[str] = []
+    max_trade_notional: Decimal
+    max_daily_notional: Decimal
+
+    def __post_init__(self) -> None:
+        if not _CLIENT_ID.fullmatch(self.id):
+            raise ValueError(
+                f"id: {self.id!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
+            )
+        _check_decimal(self, "max_trade_notional", positive=True)
+        _check_decimal(self, "max_daily_notional", positive=True)
+
+
+class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The MQTT broker the engine connects to."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    client_id: str = "otc-engine"
+
+
+class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the journal is written (SQLite); a relative path is relative to the working dir."""
+
+    path: str = "var/journal.sqlite"
+
+
 class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole engine configuration."""
 
     instruments: list[InstrumentConfig]
     venues: list[VenueConfig]
     estimator: EstimatorConfig = EstimatorConfig()
+    quoting: QuotingConfig = QuotingConfig()
+    tiers: dict[str, TierConfig] = {}
+    risk: RiskConfig = RiskConfig()
+    inventory: InventoryConfig = InventoryConfig()
+    clients: list[ClientConfig] = []
+    broker: BrokerConfig = BrokerConfig()
+    journal: JournalConfig = JournalConfig()
 
     def instrument(self, symbol: str) -> InstrumentConfig:
         for inst in self.instruments:
@@ -121,10 +296,19 @@ class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
                 return inst
         raise KeyError(symbol)
 
+    def client(self, client_id: str) -> ClientConfig:
+        for client in self.clients:
+            if client.id == client_id:
+                return client
+        raise KeyError(client_id)
+
 
 _AT = re.compile(r"^(?P<problem>.*) - at `(?P<path>\$[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
-_FIELD = re.compile(r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*): (?P<problem>.*)$")
+#: ``key: problem``, ``key[3]: problem`` or ``key.sub: problem`` from a ``__post_init__``.
+_FIELD = re.compile(
+    r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z0-9_-]+)*): (?P<problem>.*)$"
+)
 
 
 def _locate(message: str) -> tuple[str, str]:
@@ -182,4 +366,40 @@ def _cross_check(source: str, config: Config) -> None:
             if symbol not in symbols:
                 raise ConfigError(
                     source, f"$.venues[{i}].symbols.{symbol}", "not a configured instrument"
+                )
+    _cross_check_quoting(source, config, symbols)
+
+
+def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -> None:
+    """Cross-references of the quoting sections: tiers, client symbols, inventory assets."""
+    for name, tier in config.tiers.items():
+        try:
+            _check_decimal(tier, "spread_bps")
+        except ValueError as exc:
+            where, problem = _locate(str(exc))
+            raise ConfigError(source, f"$.tiers.{name}{where[1:]}", problem) from None
+    ladder_tier = config.quoting.ladder_tier
+    if ladder_tier is not None and ladder_tier not in config.tiers:
+        raise ConfigError(source, "$.quoting.ladder_tier", f"no such tier {ladder_tier!r}")
+    assets = {inst.base for inst in config.instruments} | {
+        inst.quote for inst in config.instruments
+    }
+    for asset in config.inventory.limits:
+        if asset not in assets:
+            raise ConfigError(
+                source, f"$.inventory.limits.{asset}", "not the base or quote of an instrument"
+            )
+    ids: set[str] = set()
+    for i, client in enumerate(config.clients):
+        if client.id in ids:
+            raise ConfigError(source, f"$.clients[{i}].id", f"{client.id} given twice")
+        ids.add(client.id)
+        if client.tier not in config.tiers:
+            raise ConfigError(source, f"$.clients[{i}].tier", f"no such tier {client.tier!r}")
+        for j, symbol in enumerate(client.symbols):
+            if symbol not in symbols:
+                raise ConfigError(
+                    source,
+                    f"$.clients[{i}].symbols[{j}]",
+                    f"{symbol} is not a configured instrument",
                 )

@@ -1,0 +1,1008 @@
+"""The RFQ service: requests for quote in, firm quotes out; accepts in, fills out, exactly once.
+
+:class:`QuoteEngine` is transport-free: the bus hands it ``(client, payload)`` pairs from
+``otc/v1/{client}/rfq`` and ``otc/v1/{client}/accept``, and publishes the :class:`Outgoing`
+messages it returns. Every reply goes to the asking client's own ``quotes`` or ``fills`` topic
+(the ``client`` argument is the only source of the topic), so no client ever sees another's
+traffic. It never raises for bad input: every malformed or refused message gets a reject with a
+code (:class:`otc.protocol.Code`) and a reason naming the problem.
+
+RFQ checks, in order (the first that fails decides the reject code):
+
+1. payload: JSON, types, fields, sizes (``INVALID_MESSAGE``, ``INVALID_SIDE``, ``INVALID_QTY``);
+2. client known (``UNKNOWN_CLIENT``) and enabled (``CLIENT_DISABLED``);
+3. rate limit, a token bucket per client (``RATE_LIMITED``);
+4. ``rfq_id`` not used by this client within ``duplicate_window_ms`` (``DUPLICATE_RFQ_ID``);
+   an id counts as used once its RFQ got this far, whatever the outcome;
+5. symbol configured (``UNKNOWN_SYMBOL``) and allowed for the client (``SYMBOL_NOT_ALLOWED``);
+   a ``qty`` must be a whole number of lots (``INVALID_QTY``);
+6. kill switch, global or for the symbol (``MARKET_HALTED``);
+7. market usable: at least one healthy venue (not stale, crossed or out of sync) and both sides
+   present (``MARKET_UNAVAILABLE``, with each venue's exclusion reason);
+8. size: more than ``max_qty_depth_factor`` x the visible depth is absurd (``INVALID_QTY``);
+   beyond visible depth is ``NO_LIQUIDITY`` unless the impact model is enabled and the
+   instrument has one;
+9. limits (``LIMIT_EXCEEDED``): per-trade notional, the client's daily notional (UTC day,
+   filled trades plus this one), the desk's inventory per asset (a trade may always reduce a
+   position). For a two-way quote, each side must pass.
+
+Accept checks: payload; the quote exists *for this client* (``UNKNOWN_QUOTE``: another client's
+quote is unknown too); a filled quote returns the same fill to the same accept (same quote,
+side and qty) and ``ALREADY_FILLED`` to any other; ``EXPIRED`` after ``valid_until``; side
+(required for two-way) and qty (at most the quoted, whole lots); client enabled, kill switch and
+limits again; the optional last look. A quote fills at most once: concurrent accepts of one quote
+queue on the quote's lock, and the fill is returned only after the journal committed it.
+
+Every RFQ, quote (with its :class:`~otc.pricing.PriceExplanation`), reject, accept, fill and
+accept reject is journaled, as are the runtime controls (``control``, with the operator). An RFQ
+and its outcome are handed to the journal together, so that a journal committing in groups
+syncs once for both; a reply is returned only once its events are committed. Journal errors
+propagate (durability lost is for the caller to handle); nothing is filled then. Controls are
+synchronous; their events are written by :meth:`QuoteEngine.flush_controls` (await it after a
+control) and at the latest before the next RFQ or accept is handled.
+
+Memory is bounded: quotes are forgotten ``quote_memory_ms`` after they expire and rfq ids after
+``duplicate_window_ms`` (:meth:`QuoteEngine.prune`, called on every RFQ); per-client state
+exists only for configured clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections import deque
+from decimal import Context, Decimal
+
+import msgspec
+
+from otc.book import BookView
+from otc.clock import Clock
+from otc.config import ClientConfig, Config, InstrumentConfig
+from otc.errors import InsufficientDepth, OtcError, QuoteError
+from otc.journal import Journal, JournalEvent
+from otc.market import Market
+from otc.model import BPS_DENOMINATOR, Side, decimal_text
+from otc.pricing import (
+    BookState,
+    PriceExplanation,
+    RiskPremium,
+    hedge_all_in,
+    inventory_skew_bps,
+    lots_down,
+    price_from_estimate,
+    size_premium_bps,
+    volatility_premium_bps,
+)
+from otc.protocol import (
+    FILLS_TOPIC,
+    LADDER_TOPIC,
+    MAX_PAYLOAD_BYTES,
+    QUOTES_TOPIC,
+    AcceptReject,
+    Code,
+    Fill,
+    Ladder,
+    LadderBand,
+    ParsedAccept,
+    ParsedRfq,
+    ProtocolError,
+    Quote,
+    Reject,
+    decode_accept,
+    decode_rfq,
+    encode,
+    parse_accept,
+    parse_rfq,
+)
+from otc.slippage import SlippageEstimate, estimate
+
+__all__ = ["Outgoing", "QuoteEngine"]
+
+log = logging.getLogger(__name__)
+
+_NS_PER_MS = 1_000_000
+_NS_PER_S = 1_000_000_000
+_NS_PER_DAY = 86_400 * _NS_PER_S
+_CTX = Context(prec=60)
+_ZERO = Decimal(0)
+_SIDES = {"buy": Side.BUY, "sell": Side.SELL}
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """A message for the bus to publish."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class _IdOnly(msgspec.Struct):
+    """What is salvaged from an invalid message to address its reject."""
+
+    rfq_id: object = None
+    quote_id: object = None
+
+
+_salvage_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def _salvage(payload: bytes, field: str) -> str:
+    """The ``rfq_id``/``quote_id`` of an invalid message when it has a usable one, else ``""``."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return ""
+    try:
+        value = getattr(_salvage_decoder.decode(payload), field)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        return ""
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else ""
+
+
+def _wire_payload(payload: bytes, decoder: str) -> dict[str, object]:
+    """A client message as journal builtins: its fields when it decodes, else its raw text."""
+    try:
+        message = decode_rfq(payload) if decoder == "rfq" else decode_accept(payload)
+    except ProtocolError as exc:
+        head = payload[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace")
+        return {"invalid": exc.reason, "raw": head, "size_bytes": len(payload)}
+    return {k: v for k, v in msgspec.structs.asdict(message).items() if v is not None}
+
+
+class _Quote:
+    """A quote the engine stands by until it expires, and its fill once accepted."""
+
+    __slots__ = (
+        "ask",
+        "bid",
+        "client",
+        "explanations",
+        "fill",
+        "fill_key",
+        "lock",
+        "notional",
+        "qty",
+        "quote_id",
+        "rfq_id",
+        "side",
+        "symbol",
+        "valid_until_ns",
+    )
+
+    def __init__(
+        self,
+        *,
+        quote_id: str,
+        client: str,
+        rfq_id: str,
+        symbol: str,
+        side: str,
+        qty: Decimal,
+        bid: Decimal | None,
+        ask: Decimal | None,
+        valid_until_ns: int,
+        explanations: dict[str, PriceExplanation],
+        notional: Decimal | None,
+    ) -> None:
+        self.quote_id = quote_id
+        self.client = client
+        self.rfq_id = rfq_id
+        self.symbol = symbol
+        self.side = side
+        self.qty = qty
+        self.bid = bid
+        self.ask = ask
+        self.valid_until_ns = valid_until_ns
+        self.explanations = explanations
+        self.notional = notional
+        self.fill: Fill | None = None
+        self.fill_key: tuple[str, Decimal] | None = None
+        self.lock: asyncio.Lock | None = None
+
+
+class _Client:
+    """Runtime state of a configured client: switch, rate-limit bucket, ids, daily notional."""
+
+    __slots__ = ("config", "daily_notional", "day", "enabled", "refilled_ns", "rfq_ids", "tokens")
+
+    def __init__(self, config: ClientConfig, tokens: int, now_ns: int) -> None:
+        self.config = config
+        self.enabled = config.enabled
+        #: Token bucket level in token-nanoseconds per second (one RFQ costs ``_NS_PER_S``).
+        self.tokens = tokens
+        self.refilled_ns = now_ns
+        #: rfq_id -> when it was first seen (insertion order = time order).
+        self.rfq_ids: dict[str, int] = {}
+        self.day = -1
+        self.daily_notional = _ZERO
+
+    def used_today(self, now_ns: int) -> Decimal:
+        return self.daily_notional if now_ns // _NS_PER_DAY == self.day else _ZERO
+
+    def add_notional(self, now_ns: int, notional: Decimal) -> None:
+        day = now_ns // _NS_PER_DAY
+        if day != self.day:
+            self.day, self.daily_notional = day, _ZERO
+        self.daily_notional += notional
+
+
+class _Trade(msgspec.Struct, frozen=True):
+    """An accept that passed every check, about to be booked."""
+
+    client: _Client
+    inst: InstrumentConfig
+    side: Side
+    qty: Decimal
+    price: Decimal
+
+
+class QuoteEngine:
+    """Prices RFQs into firm quotes and turns accepts into fills, exactly once.
+
+    Args:
+        config: instruments, tiers, risk, inventory, clients and quoting settings.
+        market: the consolidated books quotes are priced from.
+        journal: where every event is recorded; ``append`` must return once it is durable.
+        clock: decides staleness, expiry, rate limits and timestamps.
+        run_id: prefix of quote and trade ids (random by default), unique per run.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        market: Market,
+        journal: Journal,
+        clock: Clock,
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.market = market
+        self._journal = journal
+        self._clock = clock
+        self._run = run_id if run_id is not None else uuid.uuid4().hex[:10]
+        self._quote_ids = itertools.count(1)
+        self._trade_ids = itertools.count(1)
+        q = config.quoting
+        self._ttl_ns = q.quote_ttl_ms * _NS_PER_MS
+        self._memory_ns = q.quote_memory_ms * _NS_PER_MS
+        self._duplicate_ns = q.duplicate_window_ms * _NS_PER_MS
+        self._bucket_size = q.rate_limit_burst * _NS_PER_S
+        self._instruments = {inst.symbol: inst for inst in config.instruments}
+        self._tier_spread = {name: tier.spread_bps for name, tier in config.tiers.items()}
+        now = clock.now_ns()
+        self._clients = {c.id: _Client(c, self._bucket_size, now) for c in config.clients}
+        self._quotes: dict[str, _Quote] = {}
+        self._halted_all = False
+        self._halted: set[str] = set()
+        self._positions: dict[str, Decimal] = {}
+        risk = config.risk
+        #: The volatility part of the risk premium depends on the instrument only.
+        self._volatility_bps = {
+            inst.symbol: volatility_premium_bps(
+                risk.volatility_coefficient,
+                (
+                    inst.impact.daily_volatility_bps
+                    if inst.impact is not None
+                    else risk.default_daily_volatility_bps
+                ),
+                risk.hedge_latency_ms,
+            )
+            for inst in config.instruments
+        }
+        self._controls: deque[JournalEvent] = deque()
+        self._control_lock = asyncio.Lock()
+        self._ladder_keys: dict[str, object] = {}
+
+    # -- read-only state ----------------------------------------------------------------------
+
+    @property
+    def positions(self) -> dict[str, Decimal]:
+        """The desk's position per asset from client fills (a copy; positive: long)."""
+        return dict(self._positions)
+
+    def daily_notional(self, client: str) -> Decimal:
+        """Notional the client has traded today (UTC)."""
+        state = self._clients.get(client)
+        return _ZERO if state is None else state.used_today(self._clock.now_ns())
+
+    def halted(self, symbol: str | None = None) -> bool:
+        """Whether ``symbol`` (``None``: everything) is halted by a kill switch."""
+        return self._halted_all or (symbol is not None and symbol in self._halted)
+
+    @property
+    def open_quotes(self) -> int:
+        """Quotes remembered (live, filled or recently expired); bounded by :meth:`prune`."""
+        return len(self._quotes)
+
+    # -- RFQ ----------------------------------------------------------------------------------
+
+    async def on_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
+        """Handle a message from ``otc/v1/{client}/rfq``: a Quote or a Reject, to that client.
+
+        The RFQ and its outcome are journaled together (one group commit in a journal that
+        batches) before the reply is returned; journal errors propagate, and the quote is then
+        forgotten (never published, it cannot be accepted).
+        """
+        arrived = self._clock.now_ns()
+        await self.flush_controls()
+        self.prune(arrived)
+        rfq_id = _salvage(payload, "rfq_id")
+        received = JournalEvent(
+            "rfq", client, arrived, rfq_id=rfq_id, payload=_wire_payload(payload, "rfq")
+        )
+        topic = QUOTES_TOPIC.format(client=client)
+        try:
+            quote = self._quote(client, payload, arrived)
+        except ProtocolError as exc:
+            code, reason = exc.code, exc.reason
+        except Exception:  # a bug must not take the service down: reject, log
+            log.exception("rfq from %s could not be priced", client)
+            code, reason = Code.INTERNAL_ERROR, "internal error"
+        else:
+            message = Quote(
+                rfq_id=quote.rfq_id,
+                quote_id=quote.quote_id,
+                symbol=quote.symbol,
+                side=quote.side,
+                qty=decimal_text(quote.qty),
+                bid=None if quote.bid is None else decimal_text(quote.bid),
+                ask=None if quote.ask is None else decimal_text(quote.ask),
+                valid_until_ms=quote.valid_until_ns // _NS_PER_MS,
+                notional=None if quote.notional is None else decimal_text(quote.notional),
+            )
+            quoted = JournalEvent(
+                "quote",
+                client,
+                arrived,
+                rfq_id=quote.rfq_id,
+                quote_id=quote.quote_id,
+                payload={
+                    "quote": msgspec.to_builtins(message),
+                    "tier": self._clients[client].config.tier,
+                    # JSON builtins with exact Decimals: the journal writes them as plain text.
+                    "explanation": {
+                        k: msgspec.to_builtins(v, builtin_types=(Decimal,))
+                        for k, v in quote.explanations.items()
+                    },
+                },
+            )
+            self._quotes[quote.quote_id] = quote
+            try:
+                await self._append(received, quoted)
+            except BaseException:
+                self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
+                raise
+            return [Outgoing(topic, encode(message))]
+        reject = Reject(rfq_id=rfq_id, code=code.value, reason=reason)
+        rejected = JournalEvent(
+            "reject", client, arrived, rfq_id=rfq_id, payload=msgspec.to_builtins(reject)
+        )
+        await self._append(received, rejected)
+        return [Outgoing(topic, encode(reject))]
+
+    async def _append(self, *events: JournalEvent) -> None:
+        """Journal ``events`` in order, handing them all to the journal before awaiting any.
+
+        Each append is its own task, started in order, so that a journal that commits in groups
+        (``SqliteJournal``) can commit them together: one sync instead of one per event.
+        Returns once all are committed; raises the first error after every append finished.
+        """
+        tasks = [asyncio.ensure_future(self._journal.append(event)) for event in events]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _quote(self, client: str, payload: bytes, now: int) -> _Quote:
+        """Run every RFQ check and price it; raises ProtocolError with the reject code."""
+        rfq = parse_rfq(payload)
+        state = self._client(client)
+        self._take_token(state, now)
+        if rfq.rfq_id in state.rfq_ids:
+            raise ProtocolError(
+                Code.DUPLICATE_RFQ_ID, f"rfq_id {rfq.rfq_id!r} was already used by {client}"
+            )
+        state.rfq_ids[rfq.rfq_id] = now
+        inst = self._instrument(rfq.symbol)
+        if inst.symbol not in state.config.symbols:
+            raise ProtocolError(
+                Code.SYMBOL_NOT_ALLOWED, f"symbol {inst.symbol} is not allowed for {client}"
+            )
+        if rfq.qty is not None:
+            self._check_lots(rfq.qty, inst)
+        self._check_halted(inst.symbol)
+        view = self._view(inst, now)
+        sides = [Side.BUY, Side.SELL] if rfq.side == "two_way" else [_SIDES[rfq.side]]
+        spread = self._tier_spread[state.config.tier]
+        qty = self._size(view, inst, rfq, sides, spread, now)
+        explanations = {
+            ("ask" if side is Side.BUY else "bid"): self._price(view, inst, side, qty, spread, now)
+            for side in sides
+        }
+        if rfq.notional is not None:  # the notional buys this many lots at the quoted prices
+            price = max(e.price for e in explanations.values())
+            if _CTX.multiply(qty, price) > rfq.notional:
+                qty = lots_down(_CTX.divide(rfq.notional, price), inst.lot_size)
+                self._check_min_qty(qty, rfq)
+                explanations = {
+                    k: self._price(view, inst, _side_of(k), qty, spread, now) for k in explanations
+                }
+        for key, expl in explanations.items():
+            self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
+        bid = explanations.get("bid")
+        ask = explanations.get("ask")
+        return _Quote(
+            quote_id=f"{self._run}-q{next(self._quote_ids)}",
+            client=client,
+            rfq_id=rfq.rfq_id,
+            symbol=inst.symbol,
+            side=rfq.side,
+            qty=qty,
+            bid=None if bid is None else bid.price,
+            ask=None if ask is None else ask.price,
+            valid_until_ns=(now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns,
+            explanations=explanations,
+            notional=rfq.notional,
+        )
+
+    def _client(self, client: str) -> _Client:
+        state = self._clients.get(client)
+        if state is None:
+            raise ProtocolError(Code.UNKNOWN_CLIENT, f"client {client!r} is not configured")
+        if not state.enabled:
+            raise ProtocolError(Code.CLIENT_DISABLED, f"client {client} is disabled")
+        return state
+
+    def _take_token(self, state: _Client, now: int) -> None:
+        elapsed = now - state.refilled_ns
+        if elapsed > 0:
+            refill = elapsed * self.config.quoting.rate_limit_per_s
+            state.tokens = min(self._bucket_size, state.tokens + refill)
+            state.refilled_ns = now
+        if state.tokens < _NS_PER_S:
+            q = self.config.quoting
+            raise ProtocolError(
+                Code.RATE_LIMITED,
+                f"more than {q.rate_limit_per_s} RFQs per second (burst {q.rate_limit_burst})",
+            )
+        state.tokens -= _NS_PER_S
+
+    def _instrument(self, symbol: str) -> InstrumentConfig:
+        inst = self._instruments.get(symbol)
+        if inst is None:
+            raise ProtocolError(Code.UNKNOWN_SYMBOL, f"symbol {symbol!r} is not configured")
+        return inst
+
+    @staticmethod
+    def _check_lots(qty: Decimal, inst: InstrumentConfig) -> None:
+        if _CTX.remainder(qty, inst.lot_size):
+            raise ProtocolError(
+                Code.INVALID_QTY,
+                f"qty {decimal_text(qty)} is not a multiple of the lot size "
+                f"{decimal_text(inst.lot_size)}",
+            )
+
+    def _check_halted(self, symbol: str) -> None:
+        if self._halted_all:
+            raise ProtocolError(Code.MARKET_HALTED, "trading is halted (global kill switch)")
+        if symbol in self._halted:
+            raise ProtocolError(Code.MARKET_HALTED, f"trading in {symbol} is halted")
+
+    def _view(self, inst: InstrumentConfig, now: int) -> BookView:
+        view = self.market.books[inst.symbol].view(now)
+        excluded = "; ".join(f"{e.venue}: {e.reason} ({e.detail})" for e in view.excluded)
+        if not view.included:
+            raise ProtocolError(
+                Code.MARKET_UNAVAILABLE,
+                f"{inst.symbol}: no venue fit to price from ({excluded or 'no venues'})",
+            )
+        if view.mid2 is None:
+            raise ProtocolError(
+                Code.MARKET_UNAVAILABLE,
+                f"{inst.symbol}: a side of the consolidated book is empty"
+                + (f" (excluded: {excluded})" if excluded else ""),
+            )
+        return view
+
+    def _impact(self, inst: InstrumentConfig) -> bool:
+        return self.config.estimator.use_impact_model and inst.impact is not None
+
+    def _estimate(
+        self, view: BookView, inst: InstrumentConfig, side: Side, qty: Decimal
+    ) -> SlippageEstimate:
+        """The hedge estimate for ``qty``, with the size checks (absurd, visible depth)."""
+        est = estimate(view, side, qty=qty, impact=inst.impact if self._impact(inst) else None)
+        if est.depth_exhausted:
+            visible = est.qty_filled
+            if qty > _CTX.multiply(visible, self.config.quoting.max_qty_depth_factor):
+                raise ProtocolError(
+                    Code.INVALID_QTY,
+                    f"qty {decimal_text(qty)} is absurd: more than "
+                    f"{decimal_text(self.config.quoting.max_qty_depth_factor)} x the visible "
+                    f"depth of {decimal_text(visible)} {inst.base}",
+                )
+            if est.impact is None:
+                raise ProtocolError(
+                    Code.NO_LIQUIDITY,
+                    f"qty {decimal_text(qty)} {inst.base}: visible depth on the {side.value} side "
+                    f"covers {decimal_text(visible)}",
+                )
+        return est
+
+    def _size(
+        self,
+        view: BookView,
+        inst: InstrumentConfig,
+        rfq: ParsedRfq,
+        sides: list[Side],
+        spread: Decimal,
+        now: int,
+    ) -> Decimal:
+        """The quoted qty: as asked, or for a notional the lots it buys at each side's price."""
+        if rfq.qty is not None:
+            return rfq.qty
+        notional = rfq.notional
+        assert notional is not None
+        exponent = notional.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite: checked by the protocol
+        if exponent < -view.scale.notional_decimals:
+            raise ProtocolError(
+                Code.INVALID_QTY,
+                f"notional {decimal_text(notional)} has more than "
+                f"{view.scale.notional_decimals} decimal places",
+            )
+        sizes = []
+        for side in sides:
+            walked = estimate(view, side, notional=notional)
+            if not walked.depth_exhausted:
+                first = lots_down(walked.qty_filled, inst.lot_size)
+            elif self._impact(inst):  # beyond visible depth: size it at mid, price by the model
+                assert walked.mid is not None
+                first = lots_down(_CTX.divide(notional, walked.mid), inst.lot_size)
+            else:
+                raise ProtocolError(
+                    Code.NO_LIQUIDITY,
+                    f"notional {decimal_text(notional)}: visible depth on the {side.value} side "
+                    f"covers {decimal_text(walked.notional_filled)}",
+                )
+            self._check_min_qty(first, rfq)
+            price = self._price(view, inst, side, first, spread, now).price
+            sizes.append(lots_down(_CTX.divide(notional, price), inst.lot_size))
+        qty = min(sizes)
+        self._check_min_qty(qty, rfq)
+        return qty
+
+    @staticmethod
+    def _check_min_qty(qty: Decimal, rfq: ParsedRfq) -> None:
+        if qty <= 0:
+            raise ProtocolError(
+                Code.INVALID_QTY,
+                f"notional {decimal_text(rfq.notional or _ZERO)} is less than one lot",
+            )
+
+    def _price(
+        self,
+        view: BookView,
+        inst: InstrumentConfig,
+        side: Side,
+        qty: Decimal,
+        spread: Decimal,
+        now: int,
+    ) -> PriceExplanation:
+        est = self._estimate(view, inst, side, qty)
+        assert est.mid is not None
+        risk = RiskPremium(
+            self._volatility_bps[inst.symbol],
+            size_premium_bps(
+                self.config.risk.size_premium_bps_per_million_notional,
+                _CTX.multiply(qty, est.mid),
+            ),
+        )
+        books = {
+            name: BookState(state.book.sequence, max(0, now - state.book.ts_recv_ns) // _NS_PER_MS)
+            for name, state in view.included.items()
+        }
+        try:
+            return price_from_estimate(
+                est,
+                spread_bps=spread,
+                risk=risk,
+                skew_bps=self._skew(inst),
+                tick_size=inst.tick_size,
+                books=books,
+            )
+        except InsufficientDepth as exc:
+            raise ProtocolError(Code.NO_LIQUIDITY, str(exc)) from None
+        except QuoteError as exc:
+            raise ProtocolError(Code.MARKET_UNAVAILABLE, str(exc)) from None
+
+    def _skew(self, inst: InstrumentConfig) -> Decimal:
+        inventory = self.config.inventory
+        return inventory_skew_bps(
+            self._positions.get(inst.base, _ZERO),
+            inventory.limits.get(inst.base),
+            inventory.skew_bps_at_limit,
+        )
+
+    def _check_limits(
+        self,
+        state: _Client,
+        inst: InstrumentConfig,
+        side: Side,
+        qty: Decimal,
+        price: Decimal,
+        now: int,
+    ) -> None:
+        """Per-trade notional, daily notional and inventory for a fill of ``qty`` at ``price``."""
+        cfg = state.config
+        notional = _CTX.multiply(qty, price)
+        if notional > cfg.max_trade_notional:
+            raise ProtocolError(
+                Code.LIMIT_EXCEEDED,
+                f"notional {decimal_text(notional)} {inst.quote} exceeds the per-trade limit "
+                f"{decimal_text(cfg.max_trade_notional)}",
+            )
+        used = state.used_today(now)
+        if used + notional > cfg.max_daily_notional:
+            raise ProtocolError(
+                Code.LIMIT_EXCEEDED,
+                f"notional {decimal_text(notional)} {inst.quote} on top of "
+                f"{decimal_text(used)} traded today exceeds the daily limit "
+                f"{decimal_text(cfg.max_daily_notional)}",
+            )
+        for asset, change in _position_changes(inst, side, qty, price).items():
+            limit = self.config.inventory.limits.get(asset)
+            if limit is None:
+                continue
+            before = self._positions.get(asset, _ZERO)
+            after = _CTX.add(before, change)
+            if abs(after) > limit and abs(after) > abs(before):
+                raise ProtocolError(
+                    Code.LIMIT_EXCEEDED,
+                    f"a client {side.value} of {decimal_text(qty)} {inst.base} would take the "
+                    f"desk's {asset} position to {decimal_text(after)}, beyond its limit "
+                    f"{decimal_text(limit)}",
+                )
+
+    # -- accept -------------------------------------------------------------------------------
+
+    async def on_accept(self, client: str, payload: bytes) -> list[Outgoing]:
+        """Handle ``otc/v1/{client}/accept``: a Fill or an AcceptReject, to that client.
+
+        The fill is returned only after the journal committed it. Journal errors propagate
+        (nothing is filled then); bad input never raises.
+        """
+        arrived = self._clock.now_ns()
+        await self.flush_controls()
+        quote_id = _salvage(payload, "quote_id")
+        await self._journal.append(
+            JournalEvent(
+                "accept",
+                client,
+                arrived,
+                quote_id=quote_id,
+                payload=_wire_payload(payload, "accept"),
+            )
+        )
+        topic = FILLS_TOPIC.format(client=client)
+        try:
+            accept = parse_accept(payload)
+            quote = self._quotes.get(accept.quote_id)
+            if quote is None or quote.client != client:
+                raise ProtocolError(
+                    Code.UNKNOWN_QUOTE, f"no quote {accept.quote_id!r} for client {client}"
+                )
+        except ProtocolError as exc:
+            return [await self._accept_reject(client, topic, quote_id, "", exc.code, exc.reason)]
+        if quote.lock is None:
+            quote.lock = asyncio.Lock()
+        async with quote.lock:  # one accept of a quote at a time: exactly one fill
+            try:
+                checked = self._check_accept(quote, accept, arrived)
+            except ProtocolError as exc:
+                reject = await self._accept_reject(
+                    client, topic, quote.quote_id, quote.rfq_id, exc.code, exc.reason
+                )
+                return [reject]
+            except Exception:  # a bug must not take the service down
+                log.exception("accept of %s by %s failed", quote.quote_id, client)
+                reject = await self._accept_reject(
+                    client,
+                    topic,
+                    quote.quote_id,
+                    quote.rfq_id,
+                    Code.INTERNAL_ERROR,
+                    "internal error",
+                )
+                return [reject]
+            fill = (
+                checked if isinstance(checked, Fill) else await self._book(quote, checked, arrived)
+            )
+        return [Outgoing(topic, encode(fill))]
+
+    async def _accept_reject(
+        self, client: str, topic: str, quote_id: str, rfq_id: str, code: Code, reason: str
+    ) -> Outgoing:
+        reject = AcceptReject(quote_id=quote_id, code=code.value, reason=reason)
+        await self._journal.append(
+            JournalEvent(
+                "accept_reject",
+                client,
+                self._clock.now_ns(),
+                rfq_id=rfq_id,
+                quote_id=quote_id,
+                payload=msgspec.to_builtins(reject),
+            )
+        )
+        return Outgoing(topic, encode(reject))
+
+    def _check_accept(self, quote: _Quote, accept: ParsedAccept, now: int) -> Fill | _Trade:
+        """Every accept check; the earlier fill for a repeated accept. Under the quote's lock."""
+        one_side = None if quote.side == "two_way" else quote.side
+        side_text = accept.side or one_side
+        qty = accept.qty if accept.qty is not None else quote.qty
+        if quote.fill is not None:
+            if (side_text, qty) == quote.fill_key:
+                return quote.fill  # the same accept again: the same fill
+            raise ProtocolError(Code.ALREADY_FILLED, f"quote {quote.quote_id} is already filled")
+        if now > quote.valid_until_ns:
+            raise ProtocolError(
+                Code.EXPIRED,
+                f"quote {quote.quote_id} expired at {quote.valid_until_ns // _NS_PER_MS} ms",
+            )
+        if side_text is None:
+            raise ProtocolError(Code.INVALID_SIDE, "side is required to accept a two-way quote")
+        if one_side is not None and side_text != one_side:
+            raise ProtocolError(
+                Code.INVALID_SIDE, f"side {side_text} does not match the quote's side {one_side}"
+            )
+        inst = self._instruments[quote.symbol]
+        if qty > quote.qty:
+            raise ProtocolError(
+                Code.INVALID_QTY,
+                f"qty {decimal_text(qty)} exceeds the quoted {decimal_text(quote.qty)}",
+            )
+        self._check_lots(qty, inst)
+        side = _SIDES[side_text]
+        price = quote.ask if side is Side.BUY else quote.bid
+        assert price is not None
+        state = self._client(quote.client)
+        self._check_halted(quote.symbol)
+        self._check_limits(state, inst, side, qty, price, now)
+        if self.config.quoting.last_look:
+            self._last_look(quote, inst, side, now)
+        return _Trade(state, inst, side, qty, price)
+
+    async def _book(self, quote: _Quote, trade: _Trade, now: int) -> Fill:
+        """Book a checked trade and journal its fill; returns once the journal committed it.
+
+        Positions and the daily notional move before the journal await, so that concurrent
+        accepts of other quotes see this trade in their limit checks. A journal error (nothing
+        committed) undoes them and propagates; a cancellation keeps them and the fill, since
+        the event may still be committed: a repeated accept then gets the fill, never a second.
+        """
+        side_text = trade.side.value
+        notional = _CTX.multiply(trade.qty, trade.price)
+        changes = _position_changes(trade.inst, trade.side, trade.qty, trade.price)
+        fill = Fill(
+            quote_id=quote.quote_id,
+            trade_id=f"{self._run}-t{next(self._trade_ids)}",
+            side=side_text,
+            qty=decimal_text(trade.qty),
+            price=decimal_text(trade.price),
+            ts_ms=now // _NS_PER_MS,
+            symbol=quote.symbol,
+            rfq_id=quote.rfq_id,
+        )
+        event = JournalEvent(
+            "fill",
+            quote.client,
+            now,
+            rfq_id=quote.rfq_id,
+            quote_id=quote.quote_id,
+            trade_id=fill.trade_id,
+            payload=msgspec.to_builtins(fill),
+        )
+        self._apply(changes, 1)
+        trade.client.add_notional(now, notional)
+        try:
+            await self._journal.append(event)
+        except asyncio.CancelledError:
+            quote.fill, quote.fill_key = fill, (side_text, trade.qty)
+            raise
+        except BaseException:
+            self._apply(changes, -1)
+            trade.client.add_notional(now, -notional)
+            raise
+        quote.fill, quote.fill_key = fill, (side_text, trade.qty)
+        return fill
+
+    def _apply(self, changes: dict[str, Decimal], sign: int) -> None:
+        for asset, change in changes.items():
+            self._positions[asset] = self._positions.get(asset, _ZERO) + sign * change
+
+    def _last_look(self, quote: _Quote, inst: InstrumentConfig, side: Side, now: int) -> None:
+        """Refuse when the hedge cost of the quoted qty moved beyond tolerance against us."""
+        quoted = quote.explanations["ask" if side is Side.BUY else "bid"].hedge_all_in
+        tolerance = self.config.quoting.last_look_tolerance_bps
+        try:
+            view = self._view(inst, now)
+            current = hedge_all_in(self._estimate(view, inst, side, quote.qty))
+        except (ProtocolError, QuoteError) as exc:
+            reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
+            raise ProtocolError(Code.LAST_LOOK, f"last look: cannot re-price: {reason}") from None
+        move = current - quoted if side is Side.BUY else quoted - current
+        move_bps = _CTX.divide(move * BPS_DENOMINATOR, quoted)
+        if move_bps > tolerance:
+            raise ProtocolError(
+                Code.LAST_LOOK,
+                f"last look: the hedge cost moved {decimal_text(round(move_bps, 2))} bps against "
+                f"the quote (tolerance {decimal_text(tolerance)} bps)",
+            )
+
+    # -- ladder -------------------------------------------------------------------------------
+
+    def ladder(self, symbol: str, *, force: bool = False) -> Outgoing | None:
+        """The indicative ladder of ``symbol`` (retained on ``otc/v1/ladder/{symbol}``).
+
+        Prices each of the instrument's ``ladder_bands`` on both sides with the ladder tier's
+        spread (``[quoting].ladder_tier``, else the widest tier), the risk premium and the skew;
+        a side that cannot be priced (halted, no usable market, not enough depth) is ``null``.
+        Returns ``None`` when the symbol is unknown or has no bands, and, unless ``force``,
+        when nothing it is priced from changed since the last ladder of the symbol.
+        """
+        inst = self._instruments.get(symbol)
+        if inst is None or not inst.ladder_bands:
+            return None
+        now = self._clock.now_ns()
+        spread = self._ladder_spread()
+        halted = self.halted(symbol)
+        view = self.market.books[symbol].view(now)
+        key = (
+            halted,
+            spread,
+            self._positions.get(inst.base, _ZERO),
+            tuple((n, s.book.bid_version, s.book.ask_version) for n, s in view.included.items()),
+        )
+        if not force and self._ladder_keys.get(symbol) == key:
+            return None
+        self._ladder_keys[symbol] = key
+        usable = not halted and view.included and view.mid2 is not None
+        bands = []
+        for qty in inst.ladder_bands:
+            bid = self._indicative(view, inst, Side.SELL, qty, spread, now) if usable else None
+            ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
+            bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
+        message = Ladder(symbol=symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
+        return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
+
+    def _indicative(
+        self,
+        view: BookView,
+        inst: InstrumentConfig,
+        side: Side,
+        qty: Decimal,
+        spread: Decimal,
+        now: int,
+    ) -> str | None:
+        try:
+            return decimal_text(self._price(view, inst, side, qty, spread, now).price)
+        except ProtocolError:
+            return None
+
+    def _ladder_spread(self) -> Decimal:
+        tier = self.config.quoting.ladder_tier
+        if tier is not None:
+            return self._tier_spread[tier]
+        return max(self._tier_spread.values(), default=_ZERO)
+
+    # -- runtime controls ---------------------------------------------------------------------
+
+    def set_halted(self, symbol: str | None, halted: bool, *, operator: str) -> None:
+        """Switch the kill switch of ``symbol`` (``None``: the global one).
+
+        Raises:
+            OtcError: ``symbol`` is not configured.
+        """
+        if symbol is None:
+            self._halted_all = halted
+        elif symbol not in self._instruments:
+            raise OtcError(f"symbol {symbol!r} is not configured")
+        elif halted:
+            self._halted.add(symbol)
+        else:
+            self._halted.discard(symbol)
+        self._control(operator, "", {"action": "halt", "symbol": symbol, "halted": halted})
+
+    def set_client_enabled(self, client: str, enabled: bool, *, operator: str) -> None:
+        """Enable or disable a client (a disabled client gets ``CLIENT_DISABLED``).
+
+        Raises:
+            OtcError: ``client`` is not configured.
+        """
+        state = self._clients.get(client)
+        if state is None:
+            raise OtcError(f"client {client!r} is not configured")
+        state.enabled = enabled
+        self._control(operator, client, {"action": "client_enabled", "enabled": enabled})
+
+    def set_tier_spread(self, tier: str, spread_bps: Decimal, *, operator: str) -> None:
+        """Change a tier's spread for the quotes that follow.
+
+        Raises:
+            OtcError: ``tier`` is not configured, or ``spread_bps`` is not a finite number >= 0.
+        """
+        if tier not in self._tier_spread:
+            raise OtcError(f"tier {tier!r} is not configured")
+        if not isinstance(spread_bps, Decimal) or not spread_bps.is_finite() or spread_bps < 0:
+            raise OtcError(f"spread_bps must be a finite decimal >= 0, got {spread_bps!r}")
+        self._tier_spread[tier] = spread_bps
+        self._control(
+            operator, "", {"action": "tier_spread", "tier": tier, "spread_bps": spread_bps}
+        )
+
+    def set_position(self, asset: str, position: Decimal, *, operator: str) -> None:
+        """Set the desk's position in ``asset`` (e.g. after hedges done outside the engine).
+
+        Raises:
+            OtcError: ``position`` is not a finite decimal.
+        """
+        if not isinstance(position, Decimal) or not position.is_finite():
+            raise OtcError(f"position must be a finite decimal, got {position!r}")
+        self._positions[asset] = position
+        self._control(operator, "", {"action": "position", "asset": asset, "position": position})
+
+    def _control(self, operator: str, client: str, payload: dict[str, object]) -> None:
+        body = {k: decimal_text(v) if isinstance(v, Decimal) else v for k, v in payload.items()}
+        body["operator"] = operator
+        self._controls.append(JournalEvent("control", client, self._clock.now_ns(), payload=body))
+
+    async def flush_controls(self) -> None:
+        """Journal the control events not yet written, in order; returns once they are."""
+        if not self._controls:
+            return
+        async with self._control_lock:
+            while self._controls:
+                event = self._controls[0]
+                await self._journal.append(event)
+                self._controls.popleft()
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def prune(self, now_ns: int) -> int:
+        """Forget quotes expired more than ``quote_memory_ms`` ago and rfq ids older than
+        ``duplicate_window_ms``; returns how many quotes were forgotten. O(what is forgotten)."""
+        quotes = self._quotes
+        horizon = now_ns - self._memory_ns
+        forgotten = 0
+        # Quotes are inserted in valid_until order (one TTL for all), so the oldest come first.
+        while quotes:
+            quote_id = next(iter(quotes))
+            if quotes[quote_id].valid_until_ns >= horizon:
+                break
+            del quotes[quote_id]
+            forgotten += 1
+        oldest = now_ns - self._duplicate_ns
+        for state in self._clients.values():
+            ids = state.rfq_ids
+            while ids:
+                rfq_id = next(iter(ids))
+                if ids[rfq_id] >= oldest:
+                    break
+                del ids[rfq_id]
+        return forgotten
+
+
+def _side_of(key: str) -> Side:
+    return Side.BUY if key == "ask" else Side.SELL
+
+
+def _position_changes(
+    inst: InstrumentConfig, side: Side, qty: Decimal, price: Decimal
+) -> dict[str, Decimal]:
+    """How a client trade moves the desk's positions: a client buy makes us short base."""
+    notional = _CTX.multiply(qty, price)
+    if side is Side.BUY:
+        return {inst.base: -qty, inst.quote: notional}
+    return {inst.base: qty, inst.quote: -notional}

@@ -1,0 +1,228 @@
+"""otc.config, quoting sections: defaults, the shipped file, and errors naming file and path."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from otc.config import (
+    BrokerConfig,
+    InventoryConfig,
+    JournalConfig,
+    QuotingConfig,
+    RiskConfig,
+    load_config,
+)
+from otc.errors import ConfigError
+
+REPO_CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+
+BOOKS_ONLY = """\
+[[instruments]]
+symbol = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.00001"
+
+[[instruments]]
+symbol = "ETH-USDT"
+base = "ETH"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.0001"
+
+[[venues]]
+name = "binance"
+taker_fee_bps = "10"
+symbols = { "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETHUSDT" }
+"""
+
+GOOD = (
+    BOOKS_ONLY.replace(
+        'lot_size = "0.00001"\n', 'lot_size = "0.00001"\nladder_bands = ["0.5", "1", "10"]\n', 1
+    )
+    + """
+[quoting]
+quote_ttl_ms = 5000
+last_look = true
+last_look_tolerance_bps = "1.5"
+rate_limit_per_s = 5
+rate_limit_burst = 10
+ladder_interval_ms = 200
+ladder_tier = "silver"
+max_qty_depth_factor = "4"
+
+[tiers]
+gold = { spread_bps = "1.5" }
+silver = { spread_bps = "3" }
+
+[risk]
+volatility_coefficient = "0.8"
+hedge_latency_ms = 300
+default_daily_volatility_bps = "280"
+size_premium_bps_per_million_notional = "0.2"
+
+[inventory]
+skew_bps_at_limit = "4"
+
+[inventory.limits]
+BTC = "25"
+USDT = "2000000"
+
+[[clients]]
+id = "client-a"
+tier = "gold"
+symbols = ["BTC-USDT", "ETH-USDT"]
+max_trade_notional = "5000000"
+max_daily_notional = "50000000"
+
+[[clients]]
+id = "client-b"
+tier = "silver"
+enabled = false
+symbols = ["ETH-USDT"]
+max_trade_notional = "100000"
+max_daily_notional = "1000000"
+
+[broker]
+host = "mqtt.example"
+port = 8883
+username = "engine"
+password = "secret"
+tls = true
+client_id = "otc-1"
+
+[journal]
+path = "/var/lib/otc/journal.sqlite"
+"""
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "otc.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_books_only_config_gets_every_quoting_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BOOKS_ONLY))
+    assert config.quoting == QuotingConfig()
+    assert config.quoting.quote_ttl_ms == 3_000
+    assert config.quoting.last_look is False
+    assert config.quoting.last_look_tolerance_bps == Decimal(2)
+    assert config.quoting.ladder_interval_ms == 250
+    assert config.tiers == {}
+    assert config.risk == RiskConfig()
+    assert config.inventory == InventoryConfig()
+    assert config.clients == []
+    assert config.broker == BrokerConfig()
+    assert config.broker.password is None
+    assert config.journal == JournalConfig()
+    assert config.instrument("BTC-USDT").ladder_bands == []
+
+
+def test_every_quoting_section_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    q = config.quoting
+    assert (q.quote_ttl_ms, q.last_look, q.last_look_tolerance_bps) == (5000, True, Decimal("1.5"))
+    assert (q.rate_limit_per_s, q.rate_limit_burst, q.ladder_interval_ms) == (5, 10, 200)
+    assert (q.ladder_tier, q.max_qty_depth_factor) == ("silver", Decimal(4))
+    assert {name: t.spread_bps for name, t in config.tiers.items()} == {
+        "gold": Decimal("1.5"),
+        "silver": Decimal(3),
+    }
+    assert config.risk.volatility_coefficient == Decimal("0.8")
+    assert config.risk.hedge_latency_ms == 300
+    assert config.risk.size_premium_bps_per_million_notional == Decimal("0.2")
+    assert config.inventory.limits == {"BTC": Decimal(25), "USDT": Decimal(2_000_000)}
+    assert config.inventory.skew_bps_at_limit == Decimal(4)
+    a, b = config.clients
+    assert (a.id, a.tier, a.enabled, a.symbols) == (
+        "client-a",
+        "gold",
+        True,
+        ["BTC-USDT", "ETH-USDT"],
+    )
+    assert (b.enabled, b.max_trade_notional) == (False, Decimal(100_000))
+    assert config.client("client-b") is b
+    with pytest.raises(KeyError):
+        config.client("nobody")
+    assert config.broker == BrokerConfig(
+        host="mqtt.example", port=8883, username="engine", tls=True, client_id="otc-1",
+        password="secret",  # noqa: S106  # a test value
+    )  # fmt: skip
+    assert config.journal.path == "/var/lib/otc/journal.sqlite"
+    assert config.instrument("BTC-USDT").ladder_bands == [Decimal("0.5"), Decimal(1), Decimal(10)]
+
+
+def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
+    config = load_config(REPO_CONFIG)
+    assert {c.id for c in config.clients} >= {"client-a", "client-b"}
+    assert {"gold", "silver", "bronze"} <= set(config.tiers)
+    assert config.quoting.last_look is False  # firm means firm
+    for symbol in ("BTC-USDT", "ETH-USDT"):
+        assert config.instrument(symbol).ladder_bands
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "problem"),
+    [
+        ("quote_ttl_ms = 5000", "quote_tll_ms = 5000", "$.quoting.quote_tll_ms", "unknown field"),
+        ("quote_ttl_ms = 5000", "quote_ttl_ms = 0", "$.quoting.quote_ttl_ms", ">= 1"),
+        ("rate_limit_per_s = 5", "rate_limit_per_s = 0", "$.quoting.rate_limit_per_s", ">= 1"),
+        ('last_look_tolerance_bps = "1.5"', 'last_look_tolerance_bps = "-1"',
+         "$.quoting.last_look_tolerance_bps", "non-negative"),
+        ('max_qty_depth_factor = "4"', 'max_qty_depth_factor = "0.5"',
+         "$.quoting.max_qty_depth_factor", ">= 1"),
+        ('ladder_tier = "silver"', 'ladder_tier = "platinum"', "$.quoting.ladder_tier", "platinum"),
+        ('silver = { spread_bps = "3" }', 'silver = { spread_bps = "-3" }',
+         "$.tiers.silver.spread_bps", "non-negative"),
+        ('silver = { spread_bps = "3" }', 'silver = { spread = "3" }', "$.tiers[...].spread",
+         "unknown field"),
+        ('silver = { spread_bps = "3" }', 'silver = { spread_bps = "NaN" }',
+         "$.tiers.silver.spread_bps", "non-negative"),
+        ("hedge_latency_ms = 300", "hedge_latency_ms = -1", "$.risk.hedge_latency_ms", ">= 0"),
+        ('volatility_coefficient = "0.8"', 'volatility_coefficient = "-0.8"',
+         "$.risk.volatility_coefficient", "non-negative"),
+        ('BTC = "25"', 'BTC = "-25"', "$.inventory.limits.BTC", "positive"),
+        ('BTC = "25"', 'DOGE = "25"', "$.inventory.limits.DOGE", "not the base or quote"),
+        ('skew_bps_at_limit = "4"', 'skew_bps_at_limt = "4"', "$.inventory.skew_bps_at_limt",
+         "unknown field"),
+        ('tier = "gold"', 'tier = "platinum"', "$.clients[0].tier", "no such tier"),
+        ('symbols = ["ETH-USDT"]', 'symbols = ["ETH-USDT", "DOGE-USDT"]', "$.clients[1].symbols[1]",
+         "not a configured instrument"),
+        ('id = "client-b"', 'id = "client-a"', "$.clients[1].id", "given twice"),
+        ('id = "client-b"', 'id = "client/b"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "client+b"', "$.clients[1].id", "no '/'"),
+        ('max_trade_notional = "100000"', 'max_trade_notional = "0"',
+         "$.clients[1].max_trade_notional", "positive"),
+        ('max_daily_notional = "1000000"', "", "$.clients[1]", "max_daily_notional"),
+        ("port = 8883", "port = 70000", "$.broker.port", "<= 65535"),
+        ("tls = true", 'tls = "yes"', "$.broker.tls", "Expected `bool`"),
+        ('path = "/var/lib/otc/journal.sqlite"', 'file = "j.sqlite"', "$.journal.file",
+         "unknown field"),
+        ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "1.000001", "10"]',
+         "$.instruments[0].ladder_bands[1]", "not a multiple of lot_size"),
+        ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "10", "1"]',
+         "$.instruments[0].ladder_bands[2]", "not larger"),
+        ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0", "1"]',
+         "$.instruments[0].ladder_bands[0]", "positive"),
+        ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["1", "1e300"]',
+         "$.instruments[0].ladder_bands[1]", "below 1e30"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_file_and_the_path(
+    tmp_path: Path, old: str, new: str, path: str, problem: str
+) -> None:
+    assert old in GOOD, old  # the edit must apply, or the test proves nothing
+    source = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    err = info.value
+    assert err.source == str(source)
+    assert err.path == path, str(err)
+    assert problem in err.problem, str(err)
+    assert str(err).startswith(f"{source}: {path}: ")

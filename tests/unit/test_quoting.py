@@ -1,0 +1,953 @@
+"""otc.quoting: the RFQ/accept lifecycle, every reject code, limits, exactly-once fills, journal.
+
+Books come from the seeded synthetic market (six venues, as in ``config/otc.toml``) or, where
+exact numbers matter, from the two-venue book of :mod:`otc.pricing`'s worked example. Time is a
+:class:`FakeClock`; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import otc.quoting
+from feeds.sim import SyntheticMarket
+from otc.clock import FakeClock
+from otc.config import (
+    ClientConfig,
+    Config,
+    InstrumentConfig,
+    InventoryConfig,
+    RiskConfig,
+    TierConfig,
+    VenueConfig,
+    load_config,
+)
+from otc.errors import OtcError
+from otc.journal import JournalError, JournalEvent, MemoryJournal
+from otc.market import Market
+from otc.model import BookSnapshot, Scale, plain
+from otc.protocol import MAX_PAYLOAD_BYTES, Code
+from otc.quoting import Outgoing, QuoteEngine
+from otc.slippage import ImpactModel
+
+REPO_CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+D = Decimal
+SCALE = Scale(8, 8)
+replace = msgspec.structs.replace
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+class Desk:
+    """An engine over a market, with a fake clock and an in-memory journal, and helpers."""
+
+    def __init__(self, config: Config, refresh: Callable[[Market, int], None]) -> None:
+        self.config = config
+        self.clock = FakeClock()
+        self.journal = MemoryJournal()
+        self.market = Market(config)
+        self._refresh = refresh
+        self.refresh()
+        self.engine = QuoteEngine(config, self.market, self.journal, self.clock)
+        self.sent: list[tuple[str, Outgoing]] = []  # (client, message) of everything returned
+
+    def refresh(self) -> None:
+        """Fresh snapshots of every book, stamped now."""
+        self._refresh(self.market, self.clock.now_ns())
+
+    async def send_rfq(self, client: str, payload: bytes) -> dict[str, Any]:
+        out = await self.engine.on_rfq(client, payload)
+        assert len(out) == 1
+        assert out[0].topic == f"otc/v1/{client}/quotes"
+        assert out[0].retain is False
+        self.sent.append((client, out[0]))
+        message: dict[str, Any] = msgspec.json.decode(out[0].payload)
+        return message
+
+    async def rfq(self, client: str = "client-a", **fields: str | None) -> dict[str, Any]:
+        body = {"rfq_id": f"r{len(self.sent)}", "symbol": "BTC-USDT", "side": "buy", **fields}
+        if "notional" not in body and "qty" not in body:
+            body["qty"] = "1"
+        return await self.send_rfq(client, msgspec.json.encode(body))
+
+    async def quote(self, client: str = "client-a", **fields: str | None) -> dict[str, Any]:
+        message = await self.rfq(client, **fields)
+        assert message["type"] == "quote", message
+        return message
+
+    async def send_accept(self, client: str, payload: bytes) -> dict[str, Any]:
+        out = await self.engine.on_accept(client, payload)
+        assert len(out) == 1
+        assert out[0].topic == f"otc/v1/{client}/fills"
+        self.sent.append((client, out[0]))
+        message: dict[str, Any] = msgspec.json.decode(out[0].payload)
+        return message
+
+    async def accept(
+        self, quote_id: str, client: str = "client-a", **fields: str
+    ) -> dict[str, Any]:
+        return await self.send_accept(client, msgspec.json.encode({"quote_id": quote_id, **fields}))
+
+    def explanations(self) -> list[Any]:
+        """The explanation of every journaled quote, as the journal writes it (plain text)."""
+        return [plain(e.payload["explanation"]) for e in self.events("quote")]
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.journal.events]
+
+    def events(self, kind: str) -> list[JournalEvent]:
+        return [e for e in self.journal.events if e.kind == kind]
+
+
+def sim_refresh(seed: int = 7) -> Callable[[Market, int], None]:
+    sims: dict[str, SyntheticMarket] = {}
+
+    def refresh(market: Market, now_ns: int) -> None:
+        for symbol, mid in (("BTC-USDT", "64000"), ("ETH-USDT", "3200")):
+            inst = market.config.instrument(symbol)
+            sim = sims.setdefault(
+                symbol, SyntheticMarket(symbol, inst.scale, mid=D(mid), seed=seed)
+            )
+            for event in sim.snapshot_events(now_ns):
+                market.apply(event)
+
+    return refresh
+
+
+def repo_config(**sections: Any) -> Config:
+    config = load_config(REPO_CONFIG)
+    for name, changes in sections.items():
+        sections[name] = replace(getattr(config, name), **changes)
+    return replace(config, **sections)
+
+
+def levels(rows: list[tuple[str, str]]) -> list[tuple[int, int]]:
+    return [(SCALE.price(p), SCALE.size(q)) for p, q in rows]
+
+
+EXAMPLE_BOOKS = {
+    "alpha": ([("63990", "2")], [("64010", "1"), ("64030", "4")]),
+    "beta": ([("63980", "3")], [("64020", "2"), ("64060", "5")]),
+}
+
+
+def example_refresh(
+    books: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] | None = None,
+) -> Callable[[Market, int], None]:
+    def refresh(market: Market, now_ns: int) -> None:
+        for seq, (venue, (bids, asks)) in enumerate((books or EXAMPLE_BOOKS).items(), 1):
+            market.apply(
+                BookSnapshot(venue, "BTC-USDT", levels(bids), levels(asks), seq, now_ns, now_ns)
+            )
+
+    return refresh
+
+
+def example_config(impact: bool = False, **changes: Any) -> Config:
+    """The worked example of otc.pricing: two venues, a gold client, long 10 BTC of 50."""
+    model = ImpactModel(daily_volatility_bps=D(300), daily_volume=D(25_000)) if impact else None
+    config = Config(
+        instruments=[
+            InstrumentConfig(
+                symbol="BTC-USDT",
+                base="BTC",
+                quote="USDT",
+                tick_size=D("0.01"),
+                lot_size=D("0.00001"),
+                impact=model,
+                ladder_bands=[D(1), D("2.5"), D(20)],
+            )
+        ],
+        venues=[
+            VenueConfig(name="alpha", taker_fee_bps=D(10), symbols={"BTC-USDT": "A"}),
+            VenueConfig(name="beta", taker_fee_bps=D("2.5"), symbols={"BTC-USDT": "B"}),
+        ],
+        tiers={"gold": TierConfig(spread_bps=D(2))},
+        risk=RiskConfig(
+            volatility_coefficient=D(1),
+            hedge_latency_ms=240,
+            default_daily_volatility_bps=D(300),
+            size_premium_bps_per_million_notional=D(1),
+        ),
+        inventory=InventoryConfig(limits={"BTC": D(50)}, skew_bps_at_limit=D(5)),
+        clients=[
+            ClientConfig(
+                id="client-a",
+                tier="gold",
+                symbols=["BTC-USDT"],
+                max_trade_notional=D(10**9),
+                max_daily_notional=D(10**10),
+            )
+        ],
+    )
+    if impact:
+        config = replace(config, estimator=replace(config.estimator, use_impact_model=True))
+    return replace(config, **changes)
+
+
+@pytest.fixture
+def desk() -> Desk:
+    return Desk(repo_config(), sim_refresh())
+
+
+@pytest.fixture
+def example() -> Desk:
+    desk = Desk(example_config(), example_refresh())
+    desk.engine.set_position("BTC", D(10), operator="test")
+    return desk
+
+
+def rfq_bytes(**fields: object) -> bytes:
+    body: dict[str, object] = {"rfq_id": "x1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}
+    body.update(fields)
+    return msgspec.json.encode({k: v for k, v in body.items() if v is not None})
+
+
+# -- quotes -----------------------------------------------------------------------------------
+
+
+async def test_the_worked_example_is_quoted_exactly(example: Desk) -> None:
+    quote = await example.quote(side="two_way", qty="2.5")
+    assert (quote["bid"], quote["ask"]) == ("63940.59", "64054.24")
+    assert quote["qty"] == "2.5"
+    assert quote["side"] == "two_way"
+    explanation = example.explanations()[0]
+    ask = explanation["ask"]
+    assert ask["hedge_vwap"] == "64018"
+    assert ask["hedge_all_in"] == "64043.606"
+    assert ask["route"] == {
+        "alpha": {"qty": "0.5", "notional": "32005"},
+        "beta": {"qty": "2", "notional": "128040"},
+    }
+    assert (ask["spread_bps"], ask["risk_bps"], ask["skew_bps"]) == ("2", "0.66", "-1")
+    assert (ask["risk_volatility_bps"], ask["risk_size_bps"]) == ("0.5", "0.16")
+    assert ask["price_raw"] == "64054.237238596"
+    assert ask["books"] == {
+        "alpha": {"sequence": 1, "age_ms": 0},
+        "beta": {"sequence": 2, "age_ms": 0},
+    }
+    assert explanation["bid"]["price_raw"] == "63940.59417417"
+
+
+async def test_a_quote_is_firm_for_the_ttl_and_addressed_to_the_asking_client(desk: Desk) -> None:
+    now_ms = desk.clock.now_ns() // 1_000_000
+    quote = await desk.quote(rfq_id="mine-1", qty="0.5")
+    assert quote["rfq_id"] == "mine-1"
+    assert quote["symbol"] == "BTC-USDT"
+    assert (quote["side"], quote["qty"]) == ("buy", "0.5")
+    assert quote["bid"] is None
+    assert D(quote["ask"]) > 0
+    assert quote["valid_until_ms"] == now_ms + desk.config.quoting.quote_ttl_ms
+    sell = await desk.quote(side="sell", qty="0.5")
+    assert sell["ask"] is None
+    assert D(sell["bid"]) < D(quote["ask"])
+
+
+async def test_two_way_prices_both_sides_like_the_one_sided_quotes(desk: Desk) -> None:
+    two_way = await desk.quote(side="two_way", qty="3")
+    buy = await desk.quote(side="buy", qty="3")
+    sell = await desk.quote(side="sell", qty="3")
+    assert D(two_way["bid"]) < D(two_way["ask"])
+    assert (two_way["bid"], two_way["ask"]) == (sell["bid"], buy["ask"])
+    explanation = desk.explanations()[0]
+    assert set(explanation) == {"bid", "ask"}
+
+
+async def test_prices_are_rounded_to_the_tick_in_the_desks_favour(desk: Desk) -> None:
+    tick = desk.config.instrument("BTC-USDT").tick_size
+    for qty in ("0.1", "0.73", "2.5", "11.11111"):
+        await desk.quote(side="two_way", qty=qty)
+    for explanation in desk.explanations():
+        ask, bid = explanation["ask"], explanation["bid"]
+        assert D(ask["price"]) % tick == 0
+        assert D(bid["price"]) % tick == 0
+        assert D(ask["price_raw"]) <= D(ask["price"]) < D(ask["price_raw"]) + tick
+        assert D(bid["price_raw"]) - tick < D(bid["price"]) <= D(bid["price_raw"])
+        assert D(ask["price"]) > D(ask["hedge_all_in"])  # spread and risk on top of the hedge
+        assert D(bid["price"]) < D(bid["hedge_all_in"])
+
+
+async def test_a_notional_request_is_quoted_for_the_lots_it_buys(desk: Desk) -> None:
+    lot = desk.config.instrument("BTC-USDT").lot_size
+    for side, key in (("buy", "ask"), ("sell", "bid")):
+        quote = await desk.quote(side=side, notional="100000")
+        qty, price = D(quote["qty"]), D(quote[key])
+        assert quote["notional"] == "100000"
+        assert qty % lot == 0
+        assert qty * price <= 100_000
+        assert (qty + 2 * lot) * price > 100_000  # as many lots as the notional pays for
+    two_way = await desk.quote(side="two_way", notional="250000.5")
+    qty = D(two_way["qty"])
+    assert qty * D(two_way["ask"]) <= D("250000.5")
+    assert qty * D(two_way["bid"]) <= D("250000.5")
+
+
+async def test_a_tier_spread_change_applies_to_the_next_quote(desk: Desk) -> None:
+    before = await desk.quote(qty="1")
+    desk.engine.set_tier_spread("gold", D(50), operator="ops")
+    after = await desk.quote(qty="1")
+    assert D(after["ask"]) > D(before["ask"]) * D("1.0045")
+
+
+async def test_book_ages_and_sequences_are_in_the_explanation(example: Desk) -> None:
+    example.clock.advance(ms=750)
+    await example.quote(qty="1")
+    explanation = example.explanations()[0]
+    assert explanation["ask"]["books"] == {
+        "alpha": {"sequence": 1, "age_ms": 750},
+        "beta": {"sequence": 2, "age_ms": 750},
+    }
+
+
+async def test_quote_ids_are_unique_within_and_across_runs(desk: Desk) -> None:
+    ids = {(await desk.quote(qty="0.01"))["quote_id"] for _ in range(30)}
+    other = QuoteEngine(desk.config, desk.market, MemoryJournal(), desk.clock)
+    out = await other.on_rfq("client-a", rfq_bytes(rfq_id="other"))
+    ids.add(msgspec.json.decode(out[0].payload)["quote_id"])
+    assert len(ids) == 31
+
+
+# -- rfq rejects ------------------------------------------------------------------------------
+
+
+BAD_RFQS: list[tuple[bytes, Code, str]] = [
+    (b"{", Code.INVALID_MESSAGE, "not valid JSON"),
+    (b"", Code.INVALID_MESSAGE, "not valid JSON"),
+    (b"\xff\xfe\x00", Code.INVALID_MESSAGE, "not valid JSON"),
+    (b"[]", Code.INVALID_MESSAGE, "Expected `object`"),
+    (b"null", Code.INVALID_MESSAGE, "Expected `object`"),
+    (b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}", Code.INVALID_MESSAGE, "unknown field"),
+    (b" " * (MAX_PAYLOAD_BYTES + 1), Code.INVALID_MESSAGE, "exceeds"),
+    (rfq_bytes(extra="1"), Code.INVALID_MESSAGE, "unknown field `extra`"),
+    (rfq_bytes(symbol=None), Code.INVALID_MESSAGE, "missing required field `symbol`"),
+    (rfq_bytes(rfq_id=5), Code.INVALID_MESSAGE, "$.rfq_id"),
+    (rfq_bytes(rfq_id=""), Code.INVALID_MESSAGE, "rfq_id"),
+    (rfq_bytes(rfq_id="x" * 65), Code.INVALID_MESSAGE, "rfq_id"),
+    (rfq_bytes(qty=1.5), Code.INVALID_MESSAGE, "$.qty"),
+    (rfq_bytes(side="BUY"), Code.INVALID_SIDE, "side"),
+    (rfq_bytes(side="hold"), Code.INVALID_SIDE, "side"),
+    (rfq_bytes(qty="0"), Code.INVALID_QTY, "qty must be positive"),
+    (rfq_bytes(qty="-1"), Code.INVALID_QTY, "qty must be positive"),
+    (rfq_bytes(qty="NaN"), Code.INVALID_QTY, "qty must be finite"),
+    (rfq_bytes(qty="Infinity"), Code.INVALID_QTY, "qty must be finite"),
+    (rfq_bytes(qty="1e40"), Code.INVALID_QTY, "absurdly large"),
+    (rfq_bytes(qty="1_000"), Code.INVALID_QTY, "qty"),
+    (rfq_bytes(qty="abc"), Code.INVALID_QTY, "qty is not a number"),
+    (rfq_bytes(qty="1", notional="5"), Code.INVALID_QTY, "exactly one of qty and notional"),
+    (rfq_bytes(qty=None), Code.INVALID_QTY, "exactly one of qty and notional"),
+    (rfq_bytes(qty=None, notional="-5"), Code.INVALID_QTY, "notional must be positive"),
+    (rfq_bytes(qty="0.000001"), Code.INVALID_QTY, "not a multiple of the lot size 0.00001"),
+    (rfq_bytes(qty=None, notional="0.5"), Code.INVALID_QTY, "less than one lot"),
+    (rfq_bytes(qty=None, notional="1." + "1" * 17), Code.INVALID_QTY, "decimal places"),
+    (rfq_bytes(symbol="DOGE-USDT"), Code.UNKNOWN_SYMBOL, "DOGE-USDT"),
+    (rfq_bytes(symbol="BTC-USD"), Code.SYMBOL_NOT_ALLOWED, "BTC-USD is not allowed for client-a"),
+]
+
+
+@pytest.mark.parametrize(("payload", "code", "reason"), BAD_RFQS)
+async def test_bad_rfqs_get_a_specific_reject_on_the_clients_own_topic(
+    desk: Desk, payload: bytes, code: Code, reason: str
+) -> None:
+    reject = await desk.send_rfq("client-a", payload)
+    assert reject["type"] == "reject"
+    assert reject["code"] == code.value
+    assert reason in reject["reason"]
+    assert desk.kinds() == ["rfq", "reject"]
+    assert desk.engine.open_quotes == 0
+
+
+async def test_a_reject_echoes_the_rfq_id_when_there_is_one(desk: Desk) -> None:
+    assert (await desk.send_rfq("client-a", rfq_bytes(rfq_id="r-9", side="x")))["rfq_id"] == "r-9"
+    assert (await desk.send_rfq("client-a", b'{"rfq_id": "r-10", "qty": 5}'))["rfq_id"] == "r-10"
+    assert (await desk.send_rfq("client-a", b"not json"))["rfq_id"] == ""
+
+
+async def test_unknown_and_disabled_clients_are_refused(desk: Desk) -> None:
+    assert (await desk.rfq("mallory"))["code"] == "UNKNOWN_CLIENT"
+    desk.engine.set_client_enabled("client-a", False, operator="ops")
+    reject = await desk.rfq("client-a")
+    assert (reject["code"], reject["reason"]) == ("CLIENT_DISABLED", "client client-a is disabled")
+    assert (await desk.rfq("client-b"))["type"] == "quote"
+    desk.engine.set_client_enabled("client-a", True, operator="ops")
+    assert (await desk.rfq("client-a"))["type"] == "quote"
+
+
+async def test_a_client_disabled_in_config_is_refused() -> None:
+    config = repo_config()
+    clients = [replace(c, enabled=c.id != "client-b") for c in config.clients]
+    desk = Desk(replace(config, clients=clients), sim_refresh())
+    assert (await desk.rfq("client-b"))["code"] == "CLIENT_DISABLED"
+
+
+async def test_the_rate_limit_is_a_token_bucket_per_client() -> None:
+    desk = Desk(repo_config(quoting={"rate_limit_per_s": 2, "rate_limit_burst": 3}), sim_refresh())
+    codes = [(await desk.rfq(qty="0.01"))["type"] for _ in range(3)]
+    assert codes == ["quote"] * 3
+    limited = await desk.rfq(qty="0.01")
+    assert limited["code"] == "RATE_LIMITED"
+    assert "2 RFQs per second" in limited["reason"]
+    assert (await desk.rfq("client-b", qty="0.01"))["type"] == "quote"  # its own bucket
+    desk.clock.advance(ms=499)
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
+    desk.clock.advance(ms=1)  # 500 ms at 2/s: one token
+    assert (await desk.rfq(qty="0.01"))["type"] == "quote"
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
+
+
+async def test_an_rfq_id_is_used_once_per_client_within_the_window() -> None:
+    desk = Desk(repo_config(quoting={"duplicate_window_ms": 1000}), sim_refresh())
+    assert (await desk.rfq(rfq_id="same"))["type"] == "quote"
+    duplicate = await desk.rfq(rfq_id="same")
+    assert duplicate["code"] == "DUPLICATE_RFQ_ID"
+    assert duplicate["rfq_id"] == "same"
+    assert (await desk.rfq("client-b", rfq_id="same"))["type"] == "quote"  # another client's ids
+    desk.clock.advance(ms=1001)
+    desk.refresh()
+    assert (await desk.rfq(rfq_id="same"))["type"] == "quote"  # forgotten after the window
+
+
+async def test_the_kill_switch_global_and_per_symbol(desk: Desk) -> None:
+    desk.engine.set_halted("BTC-USDT", True, operator="ops")
+    halted = await desk.rfq()
+    assert (halted["code"], halted["reason"]) == ("MARKET_HALTED", "trading in BTC-USDT is halted")
+    assert (await desk.rfq(symbol="ETH-USDT"))["type"] == "quote"
+    desk.engine.set_halted(None, True, operator="ops")
+    assert (await desk.rfq(symbol="ETH-USDT"))["code"] == "MARKET_HALTED"
+    desk.engine.set_halted(None, False, operator="ops")
+    desk.engine.set_halted("BTC-USDT", False, operator="ops")
+    assert (await desk.rfq())["type"] == "quote"
+    with pytest.raises(OtcError):
+        desk.engine.set_halted("DOGE-USDT", True, operator="ops")
+
+
+async def test_a_stale_book_makes_the_market_unavailable(desk: Desk) -> None:
+    max_age = desk.config.estimator.max_book_age_ms
+    desk.clock.advance(ms=max_age)
+    assert (await desk.rfq())["type"] == "quote"  # exactly max_book_age_ms old is still fresh
+    desk.clock.advance(ms=1)
+    reject = await desk.rfq()
+    assert reject["code"] == "MARKET_UNAVAILABLE"
+    assert "binance: stale" in reject["reason"]
+    assert "okx: stale" in reject["reason"]
+    desk.refresh()
+    assert (await desk.rfq())["type"] == "quote"
+
+
+async def test_venues_out_of_sync_or_crossed_or_an_empty_side_make_the_market_unavailable(
+    desk: Desk,
+) -> None:
+    reject = await desk.rfq("client-b", symbol="BTC-USD")  # no feed: never in sync
+    assert reject["code"] == "MARKET_UNAVAILABLE"
+    assert "coinbase: out_of_sync" in reject["reason"]
+    assert "kraken: out_of_sync" in reject["reason"]
+
+    crossed = Desk(
+        example_config(),
+        example_refresh({"alpha": ([("100", "1")], [("99", "1")]), "beta": ([("101", "1")], [])}),
+    )
+    reject = await crossed.rfq()
+    assert reject["code"] == "MARKET_UNAVAILABLE"
+    assert "alpha: crossed" in reject["reason"]
+    assert "a side of the consolidated book is empty" in reject["reason"]
+
+
+async def test_depth_impact_model_and_absurd_sizes(example: Desk) -> None:
+    reject = await example.rfq(qty="20")  # 12 visible on the ask side
+    assert reject["code"] == "NO_LIQUIDITY"
+    assert "covers 12" in reject["reason"]
+    assert (await example.rfq(qty=None, notional="10000000"))["code"] == "NO_LIQUIDITY"
+    absurd = await example.rfq(qty="121")  # more than 10 x the visible depth
+    assert absurd["code"] == "INVALID_QTY"
+    assert "absurd" in absurd["reason"]
+
+    modelled = Desk(example_config(impact=True), example_refresh())
+    quote = await modelled.quote(qty="20")
+    explanation = modelled.explanations()[0]
+    assert explanation["ask"]["model_qty"] == "8"
+    assert D(quote["ask"]) > D(explanation["ask"]["hedge_vwap"])
+    assert D((await modelled.quote(qty=None, notional="2000000"))["qty"]) > 12
+    assert (await modelled.rfq(qty="121"))["code"] == "INVALID_QTY"
+
+
+async def test_per_trade_daily_and_inventory_limits() -> None:
+    config = repo_config()
+    clients = [
+        replace(c, max_trade_notional=D(1_000_000), max_daily_notional=D(1_500_000))
+        for c in config.clients
+    ]
+    desk = Desk(replace(config, clients=clients), sim_refresh())
+    trade = await desk.rfq(qty="16")  # ~1.02 M
+    assert trade["code"] == "LIMIT_EXCEEDED"
+    assert "per-trade limit 1000000" in trade["reason"]
+    first = await desk.quote(qty="14", side="buy")
+    second = await desk.quote(qty="14", side="sell")  # both fit while nothing is traded
+    assert (await desk.accept(first["quote_id"]))["type"] == "fill"
+    assert (await desk.rfq(qty="14"))["code"] == "LIMIT_EXCEEDED"  # daily, at the next rfq
+    again = await desk.accept(second["quote_id"])  # limits are re-checked at accept
+    assert again["code"] == "LIMIT_EXCEEDED"
+    assert "daily limit 1500000" in again["reason"]
+    assert (await desk.quote("client-b", qty="5"))["type"] == "quote"  # its own daily total
+
+    # A new UTC day starts from zero.
+    desk.clock.set((desk.clock.now_ns() // 86_400_000_000_000 + 1) * 86_400_000_000_000)
+    desk.refresh()
+    assert (await desk.quote(qty="14"))["type"] == "quote"
+
+
+async def test_inventory_limits_refuse_what_adds_to_a_position_beyond_them(desk: Desk) -> None:
+    desk.engine.set_position("BTC", D(-49), operator="ops")  # short, limit 50
+    assert (await desk.rfq(qty="1"))["type"] == "quote"  # to -50: at the limit
+    reject = await desk.rfq(qty="1.5")
+    assert reject["code"] == "LIMIT_EXCEEDED"
+    assert "BTC position to -50.5, beyond its limit 50" in reject["reason"]
+    assert (await desk.rfq(qty="1.5", side="two_way"))["code"] == "LIMIT_EXCEEDED"
+    desk.engine.set_position("BTC", D(-60), operator="ops")  # beyond, e.g. after a hedge failed
+    assert (await desk.rfq(qty="5", side="sell"))["type"] == "quote"  # reduces: allowed
+    quote = await desk.quote(qty="5", side="sell")
+    desk.engine.set_position("BTC", D(48), operator="ops")
+    reject = await desk.accept(quote["quote_id"])  # re-checked at accept: 48 + 5 > 50
+    assert reject["code"] == "LIMIT_EXCEEDED"
+
+
+async def test_an_internal_error_is_a_reject_not_a_crash(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    quote = await desk.quote()
+    monkeypatch.setattr(otc.quoting, "estimate", broken)
+    reject = await desk.rfq()
+    assert (reject["code"], reject["reason"]) == ("INTERNAL_ERROR", "internal error")
+    monkeypatch.setattr(otc.quoting, "_position_changes", broken)
+    reject = await desk.accept(quote["quote_id"])
+    assert (reject["type"], reject["code"]) == ("accept_reject", "INTERNAL_ERROR")
+    monkeypatch.undo()
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"
+
+
+# -- accepts ----------------------------------------------------------------------------------
+
+
+async def test_an_accept_fills_at_the_quoted_price_and_moves_inventory(desk: Desk) -> None:
+    quote = await desk.quote(qty="2")
+    fill = await desk.accept(quote["quote_id"])
+    assert fill["type"] == "fill"
+    assert (fill["quote_id"], fill["side"], fill["qty"]) == (quote["quote_id"], "buy", "2")
+    assert fill["price"] == quote["ask"]
+    assert fill["symbol"] == "BTC-USDT"
+    assert fill["rfq_id"] == quote["rfq_id"]
+    assert fill["ts_ms"] == desk.clock.now_ns() // 1_000_000
+    notional = 2 * D(quote["ask"])
+    assert desk.engine.positions == {"BTC": D(-2), "USDT": notional}
+    assert desk.engine.daily_notional("client-a") == notional
+    sell = await desk.quote(side="two_way", qty="0.5")
+    partial = await desk.accept(sell["quote_id"], side="sell", qty="0.2")
+    assert (partial["side"], partial["qty"], partial["price"]) == ("sell", "0.2", sell["bid"])
+    assert desk.engine.positions["BTC"] == D("-1.8")
+
+
+async def test_repeating_an_accept_returns_the_same_fill_and_others_get_already_filled(
+    desk: Desk,
+) -> None:
+    quote = await desk.quote(side="two_way", qty="2")
+    fill = await desk.accept(quote["quote_id"], side="buy")
+    assert await desk.accept(quote["quote_id"], side="buy") == fill
+    assert await desk.accept(quote["quote_id"], side="buy", qty="2") == fill  # same qty, spelt out
+    for other in ({"side": "sell"}, {"side": "buy", "qty": "1"}, {}):
+        reject = await desk.accept(quote["quote_id"], **other)
+        assert reject["type"] == "accept_reject"
+        assert reject["code"] == "ALREADY_FILLED"
+    desk.clock.advance(s=10)  # after expiry too: the fill happened
+    assert await desk.accept(quote["quote_id"], side="buy") == fill
+    assert len(desk.events("fill")) == 1
+    assert desk.engine.positions["BTC"] == D(-2)
+
+
+async def test_expiry_follows_the_clock(desk: Desk) -> None:
+    ttl = desk.config.quoting.quote_ttl_ms
+    late = await desk.quote()
+    on_time = await desk.quote()
+    desk.clock.advance(ms=ttl)
+    assert (await desk.accept(on_time["quote_id"]))["type"] == "fill"  # at valid_until: firm
+    desk.clock.advance(ns=1)
+    reject = await desk.accept(late["quote_id"])
+    assert reject["code"] == "EXPIRED"
+    assert str(late["valid_until_ms"]) in reject["reason"]
+
+
+@pytest.mark.parametrize(
+    ("side", "fields", "code", "reason"),
+    [
+        ("two_way", {}, Code.INVALID_SIDE, "side is required to accept a two-way quote"),
+        ("buy", {"side": "sell"}, Code.INVALID_SIDE, "does not match the quote's side buy"),
+        ("buy", {"side": "both"}, Code.INVALID_SIDE, "side must be buy or sell"),
+        ("buy", {"qty": "2.5"}, Code.INVALID_QTY, "exceeds the quoted 2"),
+        ("buy", {"qty": "0.000001"}, Code.INVALID_QTY, "not a multiple of the lot size"),
+        ("buy", {"qty": "0"}, Code.INVALID_QTY, "qty must be positive"),
+        ("buy", {"qty": "NaN"}, Code.INVALID_QTY, "qty must be finite"),
+        ("buy", {"price": "1"}, Code.INVALID_MESSAGE, "unknown field `price`"),
+    ],
+)
+async def test_bad_accepts_are_refused_and_the_quote_stays_open(
+    desk: Desk, side: str, fields: dict[str, str], code: Code, reason: str
+) -> None:
+    quote = await desk.quote(side=side, qty="2")
+    reject = await desk.accept(quote["quote_id"], **fields)
+    assert reject["type"] == "accept_reject"
+    assert reject["quote_id"] == quote["quote_id"]
+    assert reject["code"] == code.value
+    assert reason in reject["reason"]
+    assert (await desk.accept(quote["quote_id"], side="buy"))["type"] == "fill"
+
+
+async def test_unknown_quotes_and_other_clients_quotes_look_the_same(desk: Desk) -> None:
+    quote = await desk.quote("client-a")
+    stolen = await desk.accept(quote["quote_id"], client="client-b")
+    bogus = await desk.accept("no-such-quote", client="client-b")
+    assert stolen["code"] == bogus["code"] == "UNKNOWN_QUOTE"
+    assert stolen["reason"] == f"no quote '{quote['quote_id']}' for client client-b"
+    assert bogus["reason"] == "no quote 'no-such-quote' for client client-b"
+    assert (await desk.accept(quote["quote_id"], client="mallory"))["code"] == "UNKNOWN_QUOTE"
+    bad = await desk.send_accept("client-a", b'{"quote_id": "q-1", "qty": 1}')
+    assert (bad["code"], bad["quote_id"]) == ("INVALID_MESSAGE", "q-1")
+    assert (await desk.send_accept("client-a", b"]"))["code"] == "INVALID_MESSAGE"
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"  # still a's to take
+
+
+async def test_a_disabled_client_or_a_halt_refuses_the_accept(desk: Desk) -> None:
+    quote = await desk.quote()
+    desk.engine.set_client_enabled("client-a", False, operator="ops")
+    assert (await desk.accept(quote["quote_id"]))["code"] == "CLIENT_DISABLED"
+    desk.engine.set_client_enabled("client-a", True, operator="ops")
+    desk.engine.set_halted(None, True, operator="ops")
+    assert (await desk.accept(quote["quote_id"]))["code"] == "MARKET_HALTED"
+    desk.engine.set_halted(None, False, operator="ops")
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"
+
+
+async def test_firm_means_firm_without_last_look(example: Desk) -> None:
+    quote = await example.quote(qty="1")
+    move_market(example, "1.01")
+    example.clock.advance(s=2.9)  # the books are stale, too: no matter
+    assert (await example.accept(quote["quote_id"]))["price"] == quote["ask"]
+
+
+def move_market(desk: Desk, factor: str) -> None:
+    """Re-snapshot the example books with every price times ``factor``."""
+    moved = {
+        venue: (
+            [(str(D(p) * D(factor)), q) for p, q in bids],
+            [(str(D(p) * D(factor)), q) for p, q in asks],
+        )
+        for venue, (bids, asks) in EXAMPLE_BOOKS.items()
+    }
+    example_refresh(moved)(desk.market, desk.clock.now_ns())
+
+
+async def test_last_look_rejects_a_move_against_the_desk_beyond_tolerance() -> None:
+    config = example_config()
+    config = replace(config, quoting=replace(config.quoting, last_look=True))
+    desk = Desk(config, example_refresh())
+    buy = await desk.quote(qty="1")
+    sell = await desk.quote(qty="1", side="sell")
+    move_market(desk, "1.0001")  # 1 bps up: within the 2 bps tolerance
+    assert (await desk.accept(buy["quote_id"]))["type"] == "fill"
+    assert (await desk.accept(sell["quote_id"]))["type"] == "fill"  # in our favour
+    buy = await desk.quote(qty="1")
+    sell = await desk.quote(qty="1", side="sell")
+    move_market(desk, "0.99")  # down 1 %: against a bid, for an ask
+    reject = await desk.accept(sell["quote_id"])
+    assert reject["code"] == "LAST_LOOK"
+    assert "tolerance 2 bps" in reject["reason"]
+    assert (await desk.accept(buy["quote_id"]))["type"] == "fill"
+    stale = await desk.quote(qty="1")
+    desk.clock.advance(ms=2001)
+    reject = await desk.accept(stale["quote_id"])
+    assert reject["code"] == "LAST_LOOK"
+    assert "cannot re-price" in reject["reason"]
+
+
+# -- exactly once -----------------------------------------------------------------------------
+
+
+class YieldingJournal(MemoryJournal):
+    """Yields to the loop inside every append, as a real journal's commit does."""
+
+    async def append(self, event: JournalEvent) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await super().append(event)
+
+
+async def test_fifty_concurrent_identical_accepts_make_one_fill(desk: Desk) -> None:
+    desk.engine = QuoteEngine(desk.config, desk.market, YieldingJournal(), desk.clock)
+    desk.journal = desk.engine._journal  # type: ignore[assignment]
+    quote = await desk.quote(qty="1")
+    payload = msgspec.json.encode({"quote_id": quote["quote_id"]})
+    results = await asyncio.gather(*(desk.engine.on_accept("client-a", payload) for _ in range(50)))
+    fills = {out[0].payload for out in results}
+    assert len(fills) == 1  # every accept got the same fill, the same trade id
+    assert msgspec.json.decode(fills.pop())["type"] == "fill"
+    assert len(desk.events("fill")) == 1
+    assert len(desk.events("accept")) == 50
+    assert desk.engine.positions["BTC"] == D(-1)
+
+
+async def test_fifty_concurrent_different_accepts_make_one_fill(desk: Desk) -> None:
+    desk.engine = QuoteEngine(desk.config, desk.market, YieldingJournal(), desk.clock)
+    desk.journal = desk.engine._journal  # type: ignore[assignment]
+    quote = await desk.quote(side="two_way", qty="1")
+    payloads = [
+        msgspec.json.encode(
+            {
+                "quote_id": quote["quote_id"],
+                "side": "buy" if i % 2 else "sell",
+                "qty": f"0.{i + 1:02}",
+            }
+        )
+        for i in range(50)
+    ]
+    results = await asyncio.gather(*(desk.engine.on_accept("client-a", p) for p in payloads))
+    replies = [msgspec.json.decode(out[0].payload) for out in results]
+    fills = [r for r in replies if r["type"] == "fill"]
+    assert len(fills) == 1
+    assert {r["code"] for r in replies if r["type"] != "fill"} == {"ALREADY_FILLED"}
+    assert len(desk.events("fill")) == 1
+    filled = D(fills[0]["qty"])
+    assert desk.engine.positions["BTC"] == (-filled if fills[0]["side"] == "buy" else filled)
+
+
+class GatedJournal(MemoryJournal):
+    """Holds every ``fill`` append until ``gate`` is set; may fail fills with ``fill_error``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fill_error: Exception | None = None
+
+    async def append(self, event: JournalEvent) -> None:
+        if event.kind == "fill":
+            await self.gate.wait()
+            if self.fill_error is not None:
+                raise self.fill_error
+        await super().append(event)
+
+
+async def test_a_fill_is_returned_only_after_the_journal_committed_it(desk: Desk) -> None:
+    journal = GatedJournal()
+    desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
+    desk.journal = journal
+    quote = await desk.quote(qty="1")
+    payload = msgspec.json.encode({"quote_id": quote["quote_id"]})
+    task = asyncio.create_task(desk.engine.on_accept("client-a", payload))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()
+    assert desk.events("fill") == []
+    journal.gate.set()
+    out = await task
+    assert msgspec.json.decode(out[0].payload)["type"] == "fill"
+    assert desk.kinds()[-1] == "fill"
+
+
+async def test_a_journal_failure_fills_nothing_and_the_accept_can_be_repeated(desk: Desk) -> None:
+    journal = GatedJournal()
+    journal.gate.set()
+    journal.fill_error = JournalError("disk full")
+    desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
+    desk.journal = journal
+    quote = await desk.quote(qty="1")
+    with pytest.raises(JournalError):
+        await desk.accept(quote["quote_id"])
+    assert desk.engine.positions == {"BTC": D(0), "USDT": D(0)}
+    assert desk.engine.daily_notional("client-a") == 0
+    journal.fill_error = None
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"
+    assert len(desk.events("fill")) == 1
+
+
+async def test_a_quote_the_journal_did_not_take_cannot_be_accepted(desk: Desk) -> None:
+    class NoQuotes(MemoryJournal):
+        async def append(self, event: JournalEvent) -> None:
+            if event.kind == "quote":
+                raise JournalError("disk full")
+            await super().append(event)
+
+    desk.engine = QuoteEngine(desk.config, desk.market, NoQuotes(), desk.clock)
+    with pytest.raises(JournalError):
+        await desk.rfq()
+    assert desk.engine.open_quotes == 0
+
+
+# -- journal, isolation, memory ---------------------------------------------------------------
+
+
+async def test_every_event_is_journaled(desk: Desk) -> None:
+    quote = await desk.quote(rfq_id="j1", qty="1")
+    await desk.rfq(rfq_id="j2", symbol="DOGE-USDT")
+    await desk.accept("nope")
+    fill = await desk.accept(quote["quote_id"])
+    desk.engine.set_halted("ETH-USDT", True, operator="alice")
+    await desk.engine.flush_controls()
+    assert desk.kinds() == [
+        "rfq", "quote", "rfq", "reject", "accept", "accept_reject", "accept", "fill", "control",
+    ]  # fmt: skip
+    rfq, quoted, _, reject, _, _, accept, filled, control = desk.journal.events
+    assert rfq.payload == {"rfq_id": "j1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}
+    assert (rfq.client, rfq.rfq_id) == ("client-a", "j1")
+    assert (quoted.rfq_id, quoted.quote_id) == ("j1", quote["quote_id"])
+    assert quoted.payload["quote"] == quote
+    explanation = desk.explanations()[0]
+    for key in ("hedge_vwap", "hedge_all_in", "route", "spread_bps", "risk_bps", "skew_bps"):
+        assert key in explanation["ask"]
+    assert set(explanation["ask"]["books"]) == {
+        "binance", "bitget", "bybit", "coinbase", "kraken", "okx",
+    }  # fmt: skip
+    assert reject.payload["code"] == "UNKNOWN_SYMBOL"
+    assert accept.payload == {"quote_id": quote["quote_id"]}
+    assert (filled.quote_id, filled.trade_id, filled.rfq_id) == (
+        quote["quote_id"], fill["trade_id"], "j1",
+    )  # fmt: skip
+    assert filled.payload == fill
+    assert control.payload == {
+        "action": "halt", "symbol": "ETH-USDT", "halted": True, "operator": "alice",
+    }  # fmt: skip
+    assert control.ts_ns == desk.clock.now_ns()
+    for event in desk.journal.events:  # JSON builtins and exact Decimals, never a float
+        for leaf in leaves(plain(event.payload)):
+            assert not isinstance(leaf, float)
+            if isinstance(leaf, str) and is_number(leaf):
+                assert "E" not in leaf.upper(), leaf  # plain decimal text, never 6.4E+4
+
+
+def leaves(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
+def is_number(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
+
+
+async def test_controls_are_journaled_before_the_next_request_at_the_latest(desk: Desk) -> None:
+    desk.clock.advance(ms=5)
+    desk.engine.set_tier_spread("gold", D("2.5"), operator="bob")
+    desk.engine.set_client_enabled("client-b", False, operator="bob")
+    desk.engine.set_position("BTC", D("1.5"), operator="bob")
+    assert desk.events("control") == []
+    await desk.rfq("client-b")
+    assert desk.kinds()[:3] == ["control"] * 3
+    tier, client, position = desk.events("control")
+    assert tier.payload == {
+        "action": "tier_spread",
+        "tier": "gold",
+        "spread_bps": "2.5",
+        "operator": "bob",
+    }
+    assert (client.client, client.payload["enabled"]) == ("client-b", False)
+    assert position.payload["position"] == "1.5"
+    with pytest.raises(OtcError):
+        desk.engine.set_tier_spread("platinum", D(1), operator="bob")
+    with pytest.raises(OtcError):
+        desk.engine.set_tier_spread("gold", D(-1), operator="bob")
+    with pytest.raises(OtcError):
+        desk.engine.set_client_enabled("mallory", True, operator="bob")
+
+
+async def test_nothing_is_ever_addressed_to_another_client(desk: Desk) -> None:
+    clients = ["client-a", "client-b", "mallory"]
+    quotes: list[str] = []
+    for i in range(60):
+        client = clients[i % 3]
+        other = clients[(i + 1) % 3]
+        message = await desk.rfq(client, qty="0.01", side=("buy", "sell", "two_way")[i % 3])
+        if message["type"] == "quote":
+            quotes.append(message["quote_id"])
+        if quotes:
+            await desk.accept(quotes[i % len(quotes)], client=other, side="buy")
+            await desk.accept(quotes[-1], client=client, side="buy")
+    await desk.send_rfq("client-b", b"garbage")
+    await desk.send_accept("mallory", b"garbage")
+    assert len(desk.sent) > 100
+    for client, outgoing in desk.sent:
+        assert outgoing.topic in (f"otc/v1/{client}/quotes", f"otc/v1/{client}/fills")
+    fills = [msgspec.json.decode(m.payload) for _, m in desk.sent if m.topic.endswith("/fills")]
+    assert sum(f["type"] == "fill" for f in fills) > 0
+
+
+async def test_expired_quotes_are_forgotten(desk: Desk) -> None:
+    for _ in range(20):
+        await desk.quote(qty="0.01")
+    assert desk.engine.open_quotes == 20
+    memory = desk.config.quoting.quote_memory_ms + desk.config.quoting.quote_ttl_ms
+    assert desk.engine.prune(desk.clock.now_ns() + memory * 1_000_000) == 0
+    quote = await desk.quote(qty="0.01")
+    desk.clock.advance(ms=memory + 1)
+    await desk.rfq()  # stale books by now: a reject, but the engine prunes as it goes
+    assert desk.engine.open_quotes == 0
+    assert (await desk.accept(quote["quote_id"]))["code"] == "UNKNOWN_QUOTE"
+
+
+# -- ladder -----------------------------------------------------------------------------------
+
+
+async def test_the_ladder_prices_every_band_and_publishes_on_change(desk: Desk) -> None:
+    out = desk.engine.ladder("BTC-USDT")
+    assert out is not None
+    assert (out.topic, out.retain) == ("otc/v1/ladder/BTC-USDT", True)
+    ladder = msgspec.json.decode(out.payload)
+    assert ladder["symbol"] == "BTC-USDT"
+    assert ladder["indicative"] is True
+    assert ladder["ts_ms"] == desk.clock.now_ns() // 1_000_000
+    bands = ladder["bands"]
+    assert [b["qty"] for b in bands] == ["0.1", "1", "5", "10", "25"]
+    for band in bands:
+        assert D(band["bid"]) < D(band["ask"])
+    asks = [D(b["ask"]) for b in bands]
+    bids = [D(b["bid"]) for b in bands]
+    assert asks == sorted(asks)
+    assert bids == sorted(bids, reverse=True)
+
+    assert desk.engine.ladder("BTC-USDT") is None  # nothing moved
+    assert desk.engine.ladder("BTC-USDT", force=True) is not None
+    desk.engine.set_tier_spread("bronze", D(20), operator="ops")  # the ladder's tier
+    wider = desk.engine.ladder("BTC-USDT")
+    assert wider is not None
+    assert D(msgspec.json.decode(wider.payload)["bands"][0]["ask"]) > asks[0]
+    desk.refresh()
+    assert desk.engine.ladder("BTC-USDT") is not None  # books moved
+    desk.engine.set_halted("BTC-USDT", True, operator="ops")
+    halted = desk.engine.ladder("BTC-USDT")
+    assert halted is not None
+    assert all(
+        b["bid"] is None and b["ask"] is None for b in msgspec.json.decode(halted.payload)["bands"]
+    )
+    assert desk.engine.ladder("BTC-USD") is None  # no bands
+    assert desk.engine.ladder("DOGE-USDT") is None
+
+
+async def test_a_ladder_band_beyond_depth_has_no_price(example: Desk) -> None:
+    out = example.engine.ladder("BTC-USDT")
+    assert out is not None
+    bands = msgspec.json.decode(out.payload)["bands"]
+    assert [b["qty"] for b in bands] == ["1", "2.5", "20"]
+    assert bands[2] == {"qty": "20", "bid": None, "ask": None}
+    # The ladder shows the widest tier (gold is the only one) with the same terms as a quote.
+    quote = await example.quote(side="two_way", qty="2.5")
+    assert (bands[1]["bid"], bands[1]["ask"]) == (quote["bid"], quote["ask"])
