@@ -9,7 +9,10 @@ Subcommands::
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
     otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
                [--from FILE...] [--steps N] [--seed S]
+    otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
+    otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
+    otc bench feeds [--venue V]... [--repeats N] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
 ``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed.
@@ -137,6 +140,25 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
     rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
 
+    blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
+    blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    blot.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    blot.add_argument("--limit", type=int, default=50)
+    blot.add_argument("--client")
+    blot.add_argument("--symbol")
+    blot.add_argument("--kind", action="append", dest="kinds", help="only these kinds")
+
+    journal = sub.add_parser("journal", help="the durable event journal")
+    journal_sub = journal.add_subparsers(dest="journal", required=True)
+    exp = journal_sub.add_parser("export", help="write journal events as CSV or JSON")
+    exp.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    exp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    exp.add_argument("--format", choices=["csv", "json"], default="csv")
+    exp.add_argument("--out", type=Path, help="output file (default: stdout)")
+    exp.add_argument("--client")
+    exp.add_argument("--since-ns", type=int)
+    exp.add_argument("--until-ns", type=int)
+
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     book = bench_sub.add_parser("book", help="book updates, walks, inverse query, memory")
@@ -144,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     book.add_argument("--levels", type=int, default=1_000)
     book.add_argument("--seed", type=int, default=7)
     book.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    feeds_bench = bench_sub.add_parser(
+        "feeds", help="decode + apply of recorded venue traffic vs json and cryptofeed"
+    )
+    feeds_bench.add_argument("--venue", action="append", dest="venues", help="only these venues")
+    feeds_bench.add_argument("--repeats", type=int, default=3)
+    feeds_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     return parser
 
 
@@ -442,10 +470,49 @@ def _record_live(args: argparse.Namespace, symbols: list[str]) -> tuple[int, int
     return counts[0], counts[1]
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from otc.bench import book as bench_book
+def _journal_path(args: argparse.Namespace) -> Path:
+    if args.journal is not None:
+        return Path(args.journal)
+    return Path(load_config(args.config).journal.path)
 
-    figures = bench_book.run(deltas=args.deltas, levels=args.levels, seed=args.seed)
+
+def _cmd_blotter(args: argparse.Namespace) -> int:
+    from otc.journal import format_blotter, recent
+
+    rows = recent(
+        _journal_path(args),
+        limit=args.limit,
+        client=args.client,
+        symbol=args.symbol,
+        kinds=args.kinds,
+    )
+    sys.stdout.write(format_blotter(rows))
+    return 0
+
+
+def _cmd_journal(args: argparse.Namespace) -> int:
+    from otc.journal import export
+
+    path = _journal_path(args)
+    options = {"client": args.client, "since_ns": args.since_ns, "until_ns": args.until_ns}
+    if args.out is None:
+        count = export(path, args.format, sys.stdout, **options)
+    else:
+        with args.out.open("w", newline="", encoding="utf-8") as fh:
+            count = export(path, args.format, fh, **options)
+        sys.stderr.write(f"exported {count} events to {args.out}\n")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "feeds":
+        from otc.bench import feeds as bench_feeds
+
+        figures = bench_feeds.run(venues=args.venues, repeats=args.repeats)
+    else:
+        from otc.bench import book as bench_book
+
+        figures = bench_book.run(deltas=args.deltas, levels=args.levels, seed=args.seed)
     if args.json:
         sys.stdout.write(msgspec.json.encode(figures).decode() + "\n")
     return 0
@@ -458,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "feeds": _cmd_feeds,
         "record": _cmd_record,
+        "blotter": _cmd_blotter,
+        "journal": _cmd_journal,
         "bench": _cmd_bench,
     }
     try:
