@@ -4,7 +4,10 @@ Subcommands::
 
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
-    otc demo [--seed S] [--symbol SYM] [--config PATH] [--dump-book PATH]
+    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--once [--dump-book PATH]]
+    otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH]
+    otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
+            [--accept [--accept-side buy|sell]] [--json]
     otc feeds verify --venue V FILE... [--json]
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
     otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
@@ -80,11 +83,42 @@ def _parser() -> argparse.ArgumentParser:
         "when its estimator.use_impact_model is true",
     )
 
-    demo = sub.add_parser("demo", help="run the engine on a synthetic multi-venue market")
+    demo = sub.add_parser(
+        "demo",
+        help="run the engine on a synthetic market with its own broker",
+        description="Start a broker (mosquitto when installed, else the embedded one) unless "
+        "--broker points at one, the synthetic market, and the quoting service; print how to "
+        "send an RFQ. --once prices a few blocks on the synthetic book and exits instead.",
+    )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--symbol", default="BTC-USDT")
     demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    demo.add_argument("--dump-book", type=Path, help="also write the book file used")
+    demo.add_argument("--dump-book", type=Path, help="also write the book file used (--once)")
+    demo.add_argument("--once", action="store_true", help="print estimates and exit")
+    demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of our own")
+    demo.add_argument("--mqtt-port", type=int, default=0, help="port of our broker (0: free)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+
+    serve = sub.add_parser("serve", help="run the quoting service")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--feeds", choices=["sim", "live"], default="live")
+    serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
+    serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    serve.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    rfq = sub.add_parser("rfq", help="send an RFQ as a client, print the quote, maybe accept")
+    rfq.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port")
+    rfq.add_argument("--client", required=True)
+    rfq.add_argument("--symbol", required=True)
+    rfq.add_argument("--side", required=True, choices=["buy", "sell", "two_way"])
+    rfq_size = rfq.add_mutually_exclusive_group(required=True)
+    rfq_size.add_argument("--qty", help="base quantity")
+    rfq_size.add_argument("--notional", help="quote-currency notional")
+    rfq.add_argument("--accept", action="store_true", help="accept the quote at once")
+    rfq.add_argument("--accept-side", choices=["buy", "sell"], help="side to accept (two_way)")
+    rfq.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers")
+    rfq.add_argument("--json", action="store_true", help="print the raw messages only")
 
     feeds = sub.add_parser("feeds", help="venue feeds: verify recordings")
     feeds_sub = feeds.add_subparsers(dest="feeds", required=True)
@@ -218,6 +252,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.once:
+        return _demo_engine(args)
     from feeds.sim import SyntheticMarket
     from otc.snapshot import dump_book
 
@@ -241,8 +277,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out.write(
         f"otc demo: synthetic market for {inst.symbol}, seed {args.seed}\n"
         f"venues: {venues}\n"
-        "(the quoting service over MQTT is not built yet; this prices blocks on the "
-        "consolidated book)\n\n"
+        "(--once: blocks priced on the consolidated synthetic book; without it, the "
+        "quoting service runs)\n\n"
     )
     impact = inst.impact
     for side in (Side.BUY, Side.SELL):
@@ -328,6 +364,205 @@ def _cmd_serve_replay(args: argparse.Namespace) -> int:
 
     run_async(serve())
     return 0
+
+
+def _broker_address(url: str) -> tuple[str, int, str | None, str | None, bool]:
+    from otc.bus import parse_broker_url
+
+    parsed = parse_broker_url(url)
+    return parsed.host, parsed.port, parsed.username, parsed.password, parsed.tls
+
+
+def _with_journal(config: Config, journal: Path | None) -> Config:
+    if journal is None:
+        return config
+    return msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, path=str(journal))
+    )
+
+
+async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> None:
+    import asyncio
+
+    if duration is None:
+        await main
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(duration):
+            await main
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from otc.app import Engine
+
+    config = _with_journal(load_config(args.config), args.journal)
+    options: dict[str, Any] = {}
+    if args.broker:
+        host, port, user, password, tls = _broker_address(args.broker)
+        options = {"host": host, "port": port, "username": user, "password": password, "tls": tls}
+
+    def ready() -> None:
+        sys.stdout.write(f"otc serve: up ({args.feeds} feeds)\n")
+        sys.stdout.flush()
+
+    engine = Engine(config, feeds=args.feeds, on_ready=ready, **options)
+    run_async(_run_for(engine.run(), args.duration))
+    return 0
+
+
+def _demo_engine(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from otc.app import Engine
+    from otc.broker import find_mosquitto, start_broker
+
+    config = _with_journal(load_config(args.config), args.journal)
+    out = sys.stdout
+
+    def instructions(host: str, port: int) -> None:
+        url = f"mqtt://{host}:{port}"
+        sub = "mosquitto_sub" if find_mosquitto() else "mosquitto_sub (if installed)"
+        out.write(
+            f"\notc demo: engine up, broker {url}, synthetic market for "
+            f"{', '.join(i.symbol for i in config.instruments)}; clients: "
+            f"{', '.join(c.id for c in config.clients)}\n"
+            f"journal: {config.journal.path} (otc blotter --journal {config.journal.path})\n\n"
+            "Send an RFQ and accept it:\n"
+            f"  otc rfq --broker {url} --client client-a --symbol BTC-USDT --side buy "
+            "--qty 25 --accept\n"
+            "or with the mosquitto clients:\n"
+            f"  {sub} -h {host} -p {port} -t 'otc/v1/client-a/#' -v &\n"
+            f"  mosquitto_pub -h {host} -p {port} -q 1 -t otc/v1/client-a/rfq "
+            '-m \'{"rfq_id": "r1", "symbol": "BTC-USDT", "side": "two_way", '
+            '"qty": "10"}\'\n'
+            f"  mosquitto_pub -h {host} -p {port} -q 1 -t otc/v1/client-a/accept "
+            '-m \'{"quote_id": "<quote_id>", "side": "buy"}\'\n'
+            "Ctrl-C stops the engine (status goes down, the journal is flushed).\n"
+        )
+        out.flush()
+
+    if args.broker:
+        host, port, user, password, tls = _broker_address(args.broker)
+        engine = Engine(
+            config,
+            feeds="sim",
+            host=host,
+            port=port,
+            username=user,
+            password=password,
+            tls=tls,
+            on_ready=lambda: instructions(host, port),
+        )
+        run_async(_run_for(engine.run(), args.duration))
+        return 0
+
+    async def with_broker() -> None:
+        with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
+            async with start_broker(config_dir=Path(tmp), port=args.mqtt_port) as broker:
+                if broker.kind == "embedded":
+                    out.write(
+                        "otc demo: mosquitto is not installed: using the embedded broker "
+                        "(MQTT 3.1.1, slower, fine for a demo)\n"
+                    )
+                engine = Engine(
+                    config,
+                    feeds="sim",
+                    host=broker.host,
+                    port=broker.port,
+                    username=None,
+                    password=None,
+                    tls=False,
+                    on_ready=lambda: instructions(broker.host, broker.port),
+                )
+                await _run_for(engine.run(), args.duration)
+
+    run_async(with_broker())
+    return 0
+
+
+def _cmd_rfq(args: argparse.Namespace) -> int:
+    import asyncio
+    import uuid
+
+    from otc.bus import Bus, BusError
+
+    host, port, user, password, tls = _broker_address(args.broker)
+    client = args.client
+    size = {"qty": args.qty} if args.qty is not None else {"notional": args.notional}
+    rfq = {"rfq_id": uuid.uuid4().hex[:16], "symbol": args.symbol, "side": args.side, **size}
+    result = {"code": 0}
+    out = sys.stdout
+
+    class _Message:
+        def __init__(self, topic: str, payload: bytes) -> None:
+            self.topic = topic
+            self.payload = payload
+            self.retain = False
+
+    def show(label: str, doc: dict[str, Any]) -> None:
+        if args.json:
+            out.write(msgspec.json.encode(doc).decode() + "\n")
+            return
+        if doc.get("type") == "quote":
+            prices = ", ".join(f"{k} {doc[k]}" for k in ("bid", "ask") if doc.get(k))
+            out.write(
+                f"{label}: {doc['symbol']} {doc['side']} {doc['qty']}: {prices} "
+                f"(quote {doc['quote_id']}, valid until {doc['valid_until_ms']} ms)\n"
+            )
+        elif doc.get("type") == "fill":
+            out.write(
+                f"{label}: {doc['side']} {doc['qty']} at {doc['price']} (trade {doc['trade_id']})\n"
+            )
+        else:
+            out.write(f"{label}: {doc.get('type')} {doc.get('code')}: {doc.get('reason')}\n")
+
+    async def wait_for(bus: Bus, topic: str, key: str, value: str) -> dict[str, Any]:
+        async with asyncio.timeout(args.timeout):
+            async for got_topic, payload in bus.messages():
+                if got_topic != topic:
+                    continue
+                doc = msgspec.json.decode(payload)
+                if isinstance(doc, dict) and doc.get(key) == value:
+                    return doc
+        raise TimeoutError
+
+    async def run() -> None:
+        quotes = f"otc/v1/{client}/quotes"
+        fills = f"otc/v1/{client}/fills"
+        async with Bus(
+            host=host, port=port, username=user or client, password=password, tls=tls
+        ) as bus:
+            await bus.subscribe(quotes, fills)
+            await bus.publish(_Message(f"otc/v1/{client}/rfq", msgspec.json.encode(rfq)))
+            try:
+                quote = await wait_for(bus, quotes, "rfq_id", rfq["rfq_id"])
+            except TimeoutError:
+                raise UsageError(f"no answer to the RFQ within {args.timeout} s") from None
+            show("quote" if quote.get("type") == "quote" else "reject", quote)
+            if quote.get("type") != "quote":
+                result["code"] = 1
+                return
+            if not args.accept:
+                return
+            accept: dict[str, Any] = {"quote_id": quote["quote_id"]}
+            if args.side == "two_way":
+                if not args.accept_side:
+                    raise UsageError("--accept-side buy|sell is needed to accept a two-way quote")
+                accept["side"] = args.accept_side
+            await bus.publish(_Message(f"otc/v1/{client}/accept", msgspec.json.encode(accept)))
+            try:
+                fill = await wait_for(bus, fills, "quote_id", quote["quote_id"])
+            except TimeoutError:
+                raise UsageError(f"no answer to the accept within {args.timeout} s") from None
+            show("fill" if fill.get("type") == "fill" else "accept rejected", fill)
+            if fill.get("type") != "fill":
+                result["code"] = 1
+
+    try:
+        asyncio.run(run())
+    except BusError as exc:
+        raise UsageError(str(exc)) from None
+    return result["code"]
 
 
 def _cmd_feeds(args: argparse.Namespace) -> int:
@@ -523,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "estimate": _cmd_estimate,
         "demo": _cmd_demo,
+        "serve": _cmd_serve,
+        "rfq": _cmd_rfq,
         "feeds": _cmd_feeds,
         "record": _cmd_record,
         "blotter": _cmd_blotter,

@@ -169,7 +169,7 @@ def test_missing_book_file(tmp_path: Path) -> None:
 
 def test_demo_prints_estimates_and_dumps_a_book_that_estimate_reads(tmp_path: Path) -> None:
     dump = tmp_path / "demo_book.json"
-    proc = otc("demo", "--seed", "3", "--dump-book", dump)
+    proc = otc("demo", "--once", "--seed", "3", "--dump-book", dump)
     assert proc.returncode == 0, proc.stderr
     assert "buy 250 BTC" in proc.stdout
     assert "route:" in proc.stdout
@@ -182,4 +182,6 @@ def test_demo_prints_estimates_and_dumps_a_book_that_estimate_reads(tmp_path: Pa
 
 
 def test_demo_is_deterministic() -> None:
-    assert otc("demo", "--seed", "5").stdout == otc("demo", "--seed", "5").stdout
+    assert (
+        otc("demo", "--once", "--seed", "5").stdout == otc("demo", "--once", "--seed", "5").stdout
+    )

@@ -1,0 +1,228 @@
+"""The engine: wires feeds -> books -> estimator -> pricing -> bus in one TaskGroup.
+
+The only module that imports every layer. :class:`Engine` runs until cancelled (SIGINT/SIGTERM
+cancel it from :func:`otc.cli.run_async`), and on the way out publishes the retained status
+``down`` and closes the journal, so that every fill published is also on disk.
+
+Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
+
+* ``feeds``: the synthetic market (``feeds="sim"``) or one websocket connection per configured
+  venue (``feeds="live"``), writing into the :class:`~otc.market.Market`'s books;
+* ``bus``: reads ``otc/v1/+/rfq`` and ``otc/v1/+/accept``; each message is handled in its own
+  task, at most ``max_in_flight`` at a time (back-pressure on the broker connection);
+* ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
+* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from otc.bus import Bus
+from otc.clock import Clock, SystemClock
+from otc.config import Config
+from otc.journal import SqliteJournal
+from otc.market import Market
+from otc.protocol import STATUS_TOPIC, Status
+from otc.quoting import Outgoing, QuoteEngine
+
+__all__ = ["Engine", "FeedMode"]
+
+log = logging.getLogger(__name__)
+
+FeedMode = Literal["sim", "live"]
+
+#: Starting mids of the synthetic market, by base asset (quote currency per unit).
+SIM_MIDS = {"BTC": Decimal(64000), "ETH": Decimal(3200), "SOL": Decimal(150)}
+
+RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
+ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
+
+
+class Engine:
+    """One running quoting service.
+
+    Args:
+        config: the whole configuration.
+        feeds: ``"sim"`` for the synthetic market, ``"live"`` for the venues' websockets.
+        host, port, username, password, tls: broker address (default: ``config.broker``).
+        clock: wall clock (a fake one in tests).
+        sim_interval_s: pause between synthetic market steps.
+        max_in_flight: client messages handled concurrently.
+        on_ready: called once the status ``up`` has been published.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        feeds: FeedMode = "sim",
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool | None = None,
+        clock: Clock | None = None,
+        sim_interval_s: float = 0.1,
+        max_in_flight: int = 256,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.feed_mode = feeds
+        broker = config.broker
+        self.host = host or broker.host
+        self.port = port or broker.port
+        self.username = username if username is not None else broker.username
+        self.password = password if password is not None else broker.password
+        self.tls = broker.tls if tls is None else tls
+        self.clock = clock or SystemClock()
+        self.sim_interval_s = sim_interval_s
+        self.max_in_flight = max_in_flight
+        self.on_ready = on_ready
+        self.market = Market(config)
+        self.connections: list[object] = []
+        self.quotes: QuoteEngine | None = None
+
+    def _status(self, state: Literal["up", "down"]) -> Outgoing:
+        venues: dict[str, str] = {}
+        for conn in self.connections:
+            health = conn.health()  # type: ignore[attr-defined]
+            venues[health.venue] = health.state
+        status = Status(
+            state=state,
+            ts_ms=self.clock.now_ns() // 1_000_000,
+            symbols=sorted(self.market.books),
+            venues=venues,
+        )
+        return Outgoing(STATUS_TOPIC, msgspec.json.encode(status), retain=True)
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        config = self.config
+        will = self._status("down")
+        async with (
+            SqliteJournal(config.journal.path) as journal,
+            Bus(
+                host=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                tls=self.tls,
+                client_id=config.broker.client_id,
+                will=will,
+            ) as bus,
+        ):
+            self.quotes = QuoteEngine(config, self.market, journal, self.clock)
+            await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._feeds(tg), name="feeds")
+                    tg.create_task(self._serve(bus, tg), name="bus")
+                    tg.create_task(self._ladders(bus), name="ladders")
+                    tg.create_task(self._announce(bus), name="status")
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(bus.publish(self._status("down")))
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def _announce(self, bus: Bus) -> None:
+        """Publish ``up`` once every symbol has a usable book, then refresh it every second."""
+        while not all(
+            book.view(self.clock.now_ns()).mid2 is not None for book in self.market.books.values()
+            if book.venues
+        ):
+            await asyncio.sleep(0.05)
+        await bus.publish(self._status("up"))
+        log.info("engine up")
+        if self.on_ready is not None:
+            self.on_ready()
+        while True:
+            await asyncio.sleep(1.0)
+            await bus.publish(self._status("up"))
+
+    async def _feeds(self, tg: asyncio.TaskGroup) -> None:
+        if self.feed_mode == "sim":
+            await self._sim_feed()
+        else:
+            self._live_feeds(tg)
+
+    async def _sim_feed(self) -> None:
+        from feeds.sim import SimFeed, SyntheticMarket
+
+        markets = []
+        for seed, inst in enumerate(self.config.instruments, start=1):
+            consolidated = self.market.books[inst.symbol]
+            if not consolidated.venues:
+                continue
+            mid = SIM_MIDS.get(inst.base, Decimal(100))
+            markets.append(SyntheticMarket(inst.symbol, inst.scale, mid=mid, seed=seed))
+        feed = SimFeed(
+            markets,
+            interval_s=self.sim_interval_s,
+            clock_ns=self.clock.now_ns,
+        )
+        apply = self.market.apply
+        async for event in feed.events():
+            apply(event)
+
+    def _live_feeds(self, tg: asyncio.TaskGroup) -> None:
+        from feeds.connection import FeedConnection
+        from feeds.registry import VENUES, adapter_class
+
+        for venue in self.config.venues:
+            if not venue.enabled or venue.name not in VENUES:
+                continue
+            names = self.market.venue_symbols(venue.name)
+            if not names:
+                continue
+            scales = {ours: self.market.books[ours].scale for ours in names.values()}
+            adapter = adapter_class(venue.name)(symbols=names, scales=scales)
+            self.market.bind(adapter)  # type: ignore[arg-type]
+            conn = FeedConnection(adapter, sorted(names))
+            self.connections.append(conn)
+            tg.create_task(conn.run(), name=f"feed-{venue.name}")
+
+    async def _serve(self, bus: Bus, tg: asyncio.TaskGroup) -> None:
+        slots = asyncio.Semaphore(self.max_in_flight)
+        async for topic, payload in bus.messages():
+            parts = topic.split("/")
+            if len(parts) != 4 or parts[0] != "otc" or parts[1] != "v1":
+                continue
+            client, kind = parts[2], parts[3]
+            if kind not in ("rfq", "accept"):
+                continue
+            await slots.acquire()
+            tg.create_task(self._handle(bus, slots, client, kind, payload), name=f"{kind}-{client}")
+
+    async def _handle(
+        self, bus: Bus, slots: asyncio.Semaphore, client: str, kind: str, payload: bytes
+    ) -> None:
+        assert self.quotes is not None
+        try:
+            if kind == "rfq":
+                out = await self.quotes.on_rfq(client, payload)
+            else:
+                out = await self.quotes.on_accept(client, payload)
+            for message in out:
+                await bus.publish(message)
+        finally:
+            slots.release()
+
+    async def _ladders(self, bus: Bus) -> None:
+        assert self.quotes is not None
+        interval = self.config.quoting.ladder_interval_ms / 1e3
+        while True:
+            await asyncio.sleep(interval)
+            for symbol in self.market.books:
+                ladder = self.quotes.ladder(symbol)
+                if ladder is not None:
+                    await bus.publish(ladder)
+

@@ -1,0 +1,96 @@
+"""Brokers for the tests: a real one per test, on a free loopback port.
+
+``mosquitto`` when it is installed (the embedded broker of ``otc.broker`` otherwise); set
+``OTC_TEST_BROKER=embedded`` (or ``mosquitto``) to choose. The fixtures in ``conftest.py`` call
+these helpers; tests that need a particular broker use :func:`broker_kinds` or
+:data:`needs_mosquitto`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+import pytest
+
+from otc.broker import BrokerKind, BrokerProcess, find_mosquitto, start_broker
+
+MOSQUITTO = find_mosquitto()
+
+#: For tests that need the real mosquitto (ACLs, passwords, mosquitto_pub/sub).
+needs_mosquitto = pytest.mark.skipif(
+    MOSQUITTO is None,
+    reason="mosquitto is not installed (apt-get install mosquitto); "
+    "this test needs the real broker",
+)
+
+#: How long a test waits for a message before it fails (a guard against hangs, not a timing).
+RECEIVE_TIMEOUT_S = 10.0
+
+
+def configured_broker_kind() -> BrokerKind | Literal["auto"]:
+    """The broker the tests use: ``$OTC_TEST_BROKER`` (auto, mosquitto or embedded)."""
+    kind = os.environ.get("OTC_TEST_BROKER", "auto")
+    if kind not in ("auto", "mosquitto", "embedded"):
+        raise ValueError(f"OTC_TEST_BROKER must be auto, mosquitto or embedded, not {kind!r}")
+    return cast("BrokerKind | Literal['auto']", kind)
+
+
+def broker_kinds() -> list[object]:
+    """``pytest.param``s for each broker kind; mosquitto's skips when it is not installed."""
+    return [
+        pytest.param("mosquitto", marks=needs_mosquitto, id="mosquitto"),
+        pytest.param("embedded", id="embedded"),
+    ]
+
+
+@contextlib.contextmanager
+def running_broker(
+    config_dir: Path,
+    *,
+    kind: BrokerKind | Literal["auto"] | None = None,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
+    config_file: Path | None = None,
+    port: int = 0,
+) -> Iterator[BrokerProcess]:
+    """A started broker of ``kind`` (default: :func:`configured_broker_kind`), stopped on exit."""
+    with start_broker(
+        config_dir=config_dir,
+        kind=configured_broker_kind() if kind is None else kind,
+        password_file=password_file,
+        acl_file=acl_file,
+        config_file=config_file,
+        port=port,
+    ) as broker:
+        yield broker
+
+
+def unique_topic_prefix(test_name: str) -> str:
+    """A topic prefix no other test uses: ``test/<test name>/<random>``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", test_name).strip("-")[:48]
+    return f"test/{name}/{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A message for ``Bus.publish`` (shaped like ``otc.quoting.Outgoing``)."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+async def receive(
+    messages: AsyncIterator[tuple[str, bytes]], timeout_s: float = RECEIVE_TIMEOUT_S
+) -> tuple[str, bytes]:
+    """The next message; fails the test (``TimeoutError``) rather than hang when none comes."""
+    async with asyncio.timeout(timeout_s):
+        return await anext(messages)

@@ -1,0 +1,160 @@
+"""The production broker security with the real mosquitto: passwords and the ACL by pattern.
+
+``generate_auth`` writes the password file and ACL; mosquitto enforces them. Denied
+publications are dropped silently (MQTT 3.1.1), so each test proves an absence by ordering: the
+broker delivers one publisher's messages in order, so a marker published *after* the forbidden
+message arriving first shows the forbidden one was never delivered.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import Publication, needs_mosquitto, receive, running_broker
+
+from otc.broker import AuthFiles, BrokerProcess, generate_auth
+from otc.bus import Bus, BusError
+
+pytestmark = needs_mosquitto
+
+ENGINE = "otc-engine"
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto" / "otc.conf"
+
+
+@pytest.fixture
+def auth(tmp_path: Path) -> AuthFiles:
+    return generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
+
+
+@pytest.fixture
+def secured(auth: AuthFiles, tmp_path: Path) -> Iterator[BrokerProcess]:
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as process:
+        yield process
+
+
+def login(broker: BrokerProcess, auth: AuthFiles, user: str) -> Bus:
+    return Bus(host=broker.host, port=broker.port, username=user, password=auth.passwords[user])
+
+
+async def test_a_client_cannot_read_another_clients_quotes(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "client-a") as client_a,
+        login(secured, auth, "client-b") as client_b,
+    ):
+        # mosquitto accepts these subscriptions and delivers only what client-a may read
+        await client_a.subscribe("otc/v1/client-b/quotes", "otc/v1/+/quotes", "otc/v1/#")
+        await client_b.subscribe("otc/v1/client-b/quotes")
+        await engine.publish(Publication("otc/v1/client-b/quotes", b'{"for": "client-b"}'))
+        await engine.publish(Publication("otc/v1/client-a/quotes", b'{"for": "client-a"}'))
+        assert await receive(client_b.messages()) == (
+            "otc/v1/client-b/quotes",
+            b'{"for": "client-b"}',
+        )
+        assert await receive(client_a.messages()) == (
+            "otc/v1/client-a/quotes",
+            b'{"for": "client-a"}',
+        )
+
+
+async def test_a_client_cannot_send_rfqs_or_accepts_as_another_client(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "client-a") as client_a,
+    ):
+        await engine.subscribe("otc/v1/+/rfq", "otc/v1/+/accept")
+        await client_a.publish(Publication("otc/v1/client-b/rfq", b'{"rfq_id": "forged"}'))
+        await client_a.publish(Publication("otc/v1/client-b/accept", b'{"quote_id": "forged"}'))
+        await client_a.publish(Publication("otc/v1/client-a/rfq", b'{"rfq_id": "own"}'))
+        await client_a.publish(Publication("otc/v1/client-a/accept", b'{"quote_id": "own"}'))
+        messages = engine.messages()
+        assert await receive(messages) == ("otc/v1/client-a/rfq", b'{"rfq_id": "own"}')
+        assert await receive(messages) == ("otc/v1/client-a/accept", b'{"quote_id": "own"}')
+
+
+async def test_a_client_cannot_impersonate_the_engine(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "client-a") as client_a,
+        login(secured, auth, "client-b") as client_b,
+    ):
+        await client_b.subscribe("otc/v1/client-b/fills", "otc/v1/status")
+        await client_a.publish(Publication("otc/v1/client-b/fills", b'{"type": "fill"}'))
+        await client_a.publish(Publication("otc/v1/status", b'{"state": "down"}', retain=True))
+        await engine.publish(Publication("otc/v1/status", b'{"state": "up"}', retain=True))
+        assert await receive(client_b.messages()) == ("otc/v1/status", b'{"state": "up"}')
+
+
+async def test_unknown_users_wrong_passwords_and_anonymous_clients_are_refused(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    attempts = [
+        Bus(host=secured.host, port=secured.port),
+        Bus(host=secured.host, port=secured.port, username="client-a", password="no"),  # noqa: S106
+        Bus(host=secured.host, port=secured.port, username="client-c", password="x"),  # noqa: S106
+        Bus(  # a valid password, for another user
+            host=secured.host,
+            port=secured.port,
+            username="client-a",
+            password=auth.passwords["client-b"],
+        ),
+    ]
+    for bus in attempts:
+        with pytest.raises(BusError, match=r"cannot connect: .*(authori[sz]ed|password)"):
+            async with bus:
+                pass
+
+
+async def test_the_shipped_production_config_runs_with_generated_auth(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """config/mosquitto/otc.conf, pointed at a free port and the generated files, is enforced."""
+    text = SHIPPED_CONFIG.read_text()
+    for setting in ("allow_anonymous false", "set_tcp_nodelay true", "max_queued_messages"):
+        assert re.search(rf"^{setting}", text, re.MULTILINE), setting
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    port = _free_port()
+    text = re.sub(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    text = re.sub(r"^password_file .*$", f"password_file {auth.password_file}", text, flags=re.M)
+    text = re.sub(r"^acl_file .*$", f"acl_file {auth.acl_file}", text, flags=re.M)
+    text = re.sub(
+        r"^persistence_location .*$", f"persistence_location {broker_dir}/", text, flags=re.M
+    )
+    text = re.sub(
+        r"^log_dest syslog$", f"log_dest file {broker_dir}/mosquitto.log", text, flags=re.M
+    )
+    text += "user root\n"  # as root, keep reading the private test directory (else no effect)
+    config = broker_dir / "otc.conf"
+    config.write_text(text)
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
+        with pytest.raises(BusError, match="cannot connect"):
+            async with Bus(host=broker.host, port=broker.port):
+                pass
+        async with login(broker, auth, ENGINE) as engine, login(broker, auth, "client-a") as a:
+            await engine.subscribe("otc/v1/+/rfq")
+            await a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
+            await a.publish(Publication("otc/v1/client-a/rfq", b"own"))
+            assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,473 @@
+"""otc.bus against real brokers (mosquitto and the embedded one), and otc.broker's helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import (
+    MOSQUITTO,
+    Publication,
+    broker_kinds,
+    receive,
+    running_broker,
+    unique_topic_prefix,
+)
+
+from otc.broker import (
+    MAX_QUEUED_MESSAGES,
+    BrokerError,
+    BrokerProcess,
+    EmbeddedBroker,
+    _matches,
+    _valid_filter,
+    generate_auth,
+    hash_password,
+    mosquitto_config,
+    start_broker,
+)
+from otc.bus import Bus, BusError, parse_broker_url
+from otc.errors import ConfigError
+
+
+@pytest.fixture(params=broker_kinds())
+def each_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
+    """Each test runs against mosquitto and against the embedded broker."""
+    with running_broker(tmp_path / "broker", kind=request.param) as process:
+        yield process
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return unique_topic_prefix(request.node.name)
+
+
+def bus_for(broker: BrokerProcess | EmbeddedBroker, **options: object) -> Bus:
+    return Bus(host=broker.host, port=broker.port, **options)  # type: ignore[arg-type]
+
+
+# --- publish, subscribe, retain, will ----------------------------------------------------------
+
+
+async def test_round_trip_delivers_matching_topics_in_order(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    async with bus_for(each_broker) as sub, bus_for(each_broker) as pub:
+        await sub.subscribe(f"{prefix}/+/rfq", f"{prefix}/exact")
+        messages = sub.messages()
+        sent = [
+            Publication(f"{prefix}/client-a/rfq", b'{"rfq_id": "r1"}'),
+            Publication(f"{prefix}/client-a/quotes", b"not subscribed"),
+            Publication(f"{prefix}/exact", bytes(range(256))),
+            Publication(f"{prefix}/client-b/rfq", b""),
+        ]
+        for message in sent:
+            await pub.publish(message)
+        received = [await receive(messages) for _ in range(3)]
+    assert received == [(m.topic, m.payload) for m in sent if not m.topic.endswith("quotes")]
+
+
+async def test_many_messages_at_qos_0_and_1_arrive_in_order(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    async with bus_for(each_broker) as sub, bus_for(each_broker, qos=0) as pub0:
+        await sub.subscribe(f"{prefix}/#")
+        messages = sub.messages()
+        for i in range(200):
+            await pub0.publish(Publication(f"{prefix}/n/{i % 7}", str(i).encode()))
+        received = [await receive(messages) for _ in range(200)]
+        async with bus_for(each_broker, qos=1) as pub1:
+            await pub1.publish(Publication(f"{prefix}", b"parent level matches '#'"))
+        assert await receive(messages) == (prefix, b"parent level matches '#'")
+    assert [int(payload) for _, payload in received] == list(range(200))
+
+
+async def test_retained_status_reaches_a_later_subscriber(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    status = f"{prefix}/status"
+    async with bus_for(each_broker) as engine:
+        await engine.publish(Publication(status, b'{"state": "up"}', retain=True))
+    async with bus_for(each_broker) as late:
+        await late.subscribe(f"{prefix}/#")
+        assert await receive(late.messages()) == (status, b'{"state": "up"}')
+
+
+async def test_last_will_is_published_and_retained_when_the_connection_drops(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    status = f"{prefix}/status"
+    down = Publication(status, b'{"state": "down"}', retain=True)
+    async with bus_for(each_broker) as watcher:
+        await watcher.subscribe(status)
+        watched = watcher.messages()
+        engine = bus_for(each_broker, will=down)
+        async with engine:
+            await engine.publish(Publication(status, b'{"state": "up"}', retain=True))
+            assert await receive(watched) == (status, b'{"state": "up"}')
+            live = engine._socket()
+            assert live is not None
+            live.shutdown(socket.SHUT_RDWR)  # the network drops: no DISCONNECT is sent
+            assert await receive(watched) == (status, b'{"state": "down"}')
+            with pytest.raises(BusError, match="connection lost"):
+                await receive(engine.messages())
+    async with bus_for(each_broker) as late:
+        await late.subscribe(status)
+        assert await receive(late.messages()) == (status, b'{"state": "down"}')
+
+
+async def test_a_clean_disconnect_does_not_publish_the_will(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    async with bus_for(each_broker) as watcher:
+        await watcher.subscribe(f"{prefix}/#")
+        async with bus_for(each_broker, will=Publication(f"{prefix}/status", b"down")):
+            pass
+        async with bus_for(each_broker) as other:
+            await other.publish(Publication(f"{prefix}/marker", b"after"))
+        assert await receive(watcher.messages()) == (f"{prefix}/marker", b"after")
+
+
+async def test_a_second_connection_with_the_same_client_id_takes_over(
+    each_broker: BrokerProcess,
+) -> None:
+    client_id = f"dup-{uuid.uuid4().hex[:8]}"
+    async with bus_for(each_broker, client_id=client_id) as first:
+        messages = first.messages()
+        async with bus_for(each_broker, client_id=client_id):
+            with pytest.raises(BusError, match="connection lost"):
+                await receive(messages)
+
+
+# --- TCP_NODELAY --------------------------------------------------------------------------------
+
+
+async def test_tcp_nodelay_is_set_on_the_live_socket(each_broker: BrokerProcess) -> None:
+    bus = bus_for(each_broker)
+    assert not bus.tcp_nodelay  # no socket yet
+    async with bus:
+        live = bus._socket()
+        assert live is not None
+        assert live.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert bus.tcp_nodelay
+    assert bus._socket() is None
+
+
+def test_mosquitto_config_has_the_low_latency_settings(tmp_path: Path) -> None:
+    text = mosquitto_config(port=1234, log_file=tmp_path / "log")
+    lines = text.splitlines()
+    assert "listener 1234 127.0.0.1" in lines
+    assert "set_tcp_nodelay true" in lines
+    assert f"max_queued_messages {MAX_QUEUED_MESSAGES}" in lines
+    assert "allow_anonymous true" in lines
+    assert "persistence false" in lines
+    secured = mosquitto_config(port=1, password_file=Path("/p"), acl_file=Path("/a")).splitlines()
+    assert "allow_anonymous false" in secured
+    assert {"password_file /p", "acl_file /a"} <= set(secured)
+
+
+# --- the Bus object -----------------------------------------------------------------------------
+
+
+async def test_the_bus_is_reusable_but_not_reentrant(
+    each_broker: BrokerProcess, prefix: str
+) -> None:
+    bus = bus_for(each_broker)
+    async with bus:
+        with pytest.raises(BusError, match="not reentrant"):
+            await bus.__aenter__()
+        messages = bus.messages()
+    with pytest.raises(StopAsyncIteration):  # a clean disconnect ends the iteration
+        await receive(messages)
+    async with bus:  # a fresh connection; subscriptions do not carry over
+        await bus.subscribe(f"{prefix}/again")
+        await bus.publish(Publication(f"{prefix}/again", b"2"))
+        assert await receive(bus.messages()) == (f"{prefix}/again", b"2")
+
+
+async def test_using_the_bus_outside_async_with_is_an_error() -> None:
+    bus = Bus(host="127.0.0.1", port=1)
+    with pytest.raises(BusError, match="not connected"):
+        await bus.publish(Publication("t", b""))
+    with pytest.raises(BusError, match="not connected"):
+        await bus.subscribe("t")
+    with pytest.raises(BusError, match="not connected"):
+        bus.messages()
+    with pytest.raises(ValueError, match="qos"):
+        Bus(host="127.0.0.1", port=1, qos=3)
+
+
+async def test_connecting_to_no_broker_raises_bus_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(BusError, match=rf"127\.0\.0\.1:{port}: cannot connect"):
+        async with Bus(host="127.0.0.1", port=port):
+            pass
+
+
+async def test_from_url_connects(each_broker: BrokerProcess, prefix: str) -> None:
+    async with Bus.from_url(each_broker.url, client_id=f"url-{uuid.uuid4().hex[:6]}") as bus:
+        await bus.subscribe(f"{prefix}/u")
+        await bus.publish(Publication(f"{prefix}/u", b"ok"))
+        assert await receive(bus.messages()) == (f"{prefix}/u", b"ok")
+
+
+# --- broker URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "username", "password", "tls"),
+    [
+        ("mqtt://127.0.0.1:1884", "127.0.0.1", 1884, None, None, False),
+        ("mqtt://broker.example", "broker.example", 1883, None, None, False),
+        ("mqtts://broker.example", "broker.example", 8883, None, None, True),
+        ("mqtts://eng:s%40cr%3At@h:9000/", "h", 9000, "eng", "s@cr:t", True),
+        ("mqtt://client-a@[::1]:1883", "::1", 1883, "client-a", None, False),
+    ],
+)
+def test_parse_broker_url(
+    url: str, host: str, port: int, username: str | None, password: str | None, tls: bool
+) -> None:
+    parsed = parse_broker_url(url)
+    assert (parsed.host, parsed.port, parsed.username, parsed.password, parsed.tls) == (
+        host,
+        port,
+        username,
+        password,
+        tls,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://host:1883", "scheme"),
+        ("host:1883", "scheme"),
+        ("mqtt://:1883", "no host"),
+        ("mqtt://host:notaport", "not a broker URL"),
+        ("mqtt://host:70000", "not a broker URL"),
+        ("mqtt://host:0", "port 0"),
+        ("mqtt://host:1883/otc/v1", "no path"),
+        ("mqtt://host:1883?x=1", "no path"),
+    ],
+)
+def test_bad_broker_urls_raise_bus_error(url: str, problem: str) -> None:
+    with pytest.raises(BusError, match=problem) as caught:
+        parse_broker_url(url)
+    assert caught.value.where == url
+
+
+# --- starting brokers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", broker_kinds())
+def test_a_broker_that_cannot_listen_raises_with_its_log(kind: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = start_broker(config_dir=tmp_path, port=port, kind=kind)  # type: ignore[arg-type]
+        with pytest.raises(BrokerError, match="did not start") as caught:
+            broker.start()
+    assert "in use" in str(caught.value)
+    assert broker.pid is None  # reaped, pipes closed
+
+
+def test_the_embedded_broker_has_no_auth(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="embedded broker has no passwords"):
+        start_broker(config_dir=tmp_path, kind="embedded", password_file=tmp_path / "p")
+
+
+async def test_brokers_start_with_async_with_and_pick_a_free_port(tmp_path: Path) -> None:
+    async with start_broker(config_dir=tmp_path, kind="embedded") as broker:
+        assert broker.port != 0
+        assert broker.notice.startswith("otc's embedded MQTT broker")
+        async with bus_for(broker) as bus:
+            assert bus.tcp_nodelay
+
+
+# --- the embedded broker's protocol corners -----------------------------------------------------
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes((first, len(body))) + body
+
+
+def _text(value: str) -> bytes:
+    return len(value.encode()).to_bytes(2, "big") + value.encode()
+
+
+def _connect(level: int = 4, will: tuple[str, bytes] | None = None) -> bytes:
+    flags = 0x02 | (0x04 | 0x08 if will else 0)
+    body = _text("MQTT") + bytes((level, flags)) + (60).to_bytes(2, "big") + _text("raw")
+    if will is not None:
+        body += _text(will[0]) + len(will[1]).to_bytes(2, "big") + will[1]
+    return _packet(0x10, body)
+
+
+async def test_embedded_broker_refuses_mqtt_5() -> None:
+    async with EmbeddedBroker() as embedded:
+        reader, writer = await asyncio.open_connection(embedded.host, embedded.port)
+        writer.write(_connect(level=5))
+        assert await reader.read() == b"\x20\x02\x00\x01"  # unacceptable protocol level, closed
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_embedded_broker_closes_a_broken_client_and_publishes_its_will() -> None:
+    async with EmbeddedBroker() as embedded, bus_for(embedded) as watcher:
+        await watcher.subscribe("w/#")
+        reader, writer = await asyncio.open_connection(embedded.host, embedded.port)
+        writer.write(_connect(will=("w/status", b"down")))
+        assert await reader.readexactly(4) == b"\x20\x02\x00\x00"
+        writer.write(b"\x00\x00")  # packet type 0 is reserved
+        assert await reader.read() == b""
+        assert await receive(watcher.messages()) == ("w/status", b"down")
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_embedded_broker_delivers_a_qos_2_publication_once() -> None:
+    async with EmbeddedBroker() as embedded, bus_for(embedded) as sub:
+        await sub.subscribe("q2/#")
+        reader, writer = await asyncio.open_connection(embedded.host, embedded.port)
+        writer.write(_connect())
+        assert await reader.readexactly(4) == b"\x20\x02\x00\x00"
+        publish = _text("q2/x") + b"\x00\x07" + b"once"
+        writer.write(_packet(0x34, publish) + _packet(0x3C, publish))  # QoS 2, then DUP resend
+        assert await reader.readexactly(8) == b"\x50\x02\x00\x07" * 2  # PUBREC, PUBREC
+        writer.write(b"\x62\x02\x00\x07")  # PUBREL
+        assert await reader.readexactly(4) == b"\x70\x02\x00\x07"  # PUBCOMP
+        writer.write(_packet(0x30, _text("q2/marker")))
+        messages = sub.messages()
+        assert await receive(messages) == ("q2/x", b"once")
+        assert await receive(messages) == ("q2/marker", b"")
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_malformed_topics_and_filters_raise_bus_error(each_broker: BrokerProcess) -> None:
+    async with bus_for(each_broker) as bus:
+        with pytest.raises(BusError, match="cannot subscribe"):
+            await bus.subscribe("a/#/b")
+        with pytest.raises(BusError, match="cannot publish"):
+            await bus.publish(Publication("a/+", b""))
+
+
+async def test_embedded_broker_refuses_bad_filters_and_keeps_dollar_topics_apart() -> None:
+    async with EmbeddedBroker() as embedded, bus_for(embedded) as bus:
+        reader, writer = await asyncio.open_connection(embedded.host, embedded.port)
+        writer.write(_connect())
+        assert await reader.readexactly(4) == b"\x20\x02\x00\x00"
+        writer.write(_packet(0x82, b"\x00\x01" + _text("a/#/b") + b"\x01" + _text("ok") + b"\x01"))
+        assert await reader.readexactly(6) == b"\x90\x04\x00\x01\x80\x01"  # refused, QoS 1
+        writer.close()
+        await writer.wait_closed()
+        await bus.subscribe("#")
+        await bus.publish(Publication("$SYS/x", b"hidden"))
+        await bus.publish(Publication("visible", b"seen"))
+        assert await receive(bus.messages()) == ("visible", b"seen")
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "match"),
+    [
+        ("a/+/c", "a/b/c", True),
+        ("a/+/c", "a/b/d", False),
+        ("a/#", "a", True),
+        ("a/#", "a/b/c", True),
+        ("+/+", "a", False),
+        ("+", "/", False),
+        ("+/+", "/", True),
+        ("#", "$SYS/x", False),
+        ("$SYS/#", "$SYS/x", True),
+    ],
+)
+def test_wildcard_matching(topic_filter: str, topic: str, match: bool) -> None:
+    assert _valid_filter(topic_filter)
+    assert _matches(tuple(topic_filter.split("/")), topic.split("/")) is match
+
+
+@pytest.mark.parametrize("topic_filter", ["", "a/#/b", "a/b#", "a+/b", "a/\0"])
+def test_invalid_filters(topic_filter: str) -> None:
+    assert not _valid_filter(topic_filter)
+
+
+# --- production auth files ----------------------------------------------------------------------
+
+
+def test_generate_auth_writes_a_private_password_file_and_the_acl(tmp_path: Path) -> None:
+    auth = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path / "auth")
+    assert set(auth.passwords) == {"client-a", "client-b", "otc-engine"}
+    assert len(set(auth.passwords.values())) == 3
+    assert stat.S_IMODE(os.stat(auth.password_file).st_mode) == 0o600
+    users = [line.split(":")[0] for line in auth.password_file.read_text().splitlines()]
+    assert users == ["client-a", "client-b", "otc-engine"]
+    acl = [line for line in auth.acl_file.read_text().splitlines() if not line.startswith("#")]
+    assert [line for line in acl if line.startswith("pattern")] == [
+        "pattern write otc/v1/%u/rfq",
+        "pattern write otc/v1/%u/accept",
+        "pattern read otc/v1/%u/quotes",
+        "pattern read otc/v1/%u/fills",
+        "pattern read otc/v1/status",
+        "pattern read otc/v1/ladder/#",
+    ]
+    engine = acl[acl.index("user otc-engine") + 1 :]
+    assert engine == [
+        "topic read otc/v1/+/rfq",
+        "topic read otc/v1/+/accept",
+        "topic write otc/v1/+/quotes",
+        "topic write otc/v1/+/fills",
+        "topic write otc/v1/status",
+        "topic write otc/v1/ladder/#",
+    ]
+    again = generate_auth(
+        ["client-a", "client-b"], "otc-engine", tmp_path / "auth", passwords={"client-a": "kept"}
+    )
+    assert again.passwords["client-a"] == "kept"
+    assert again.passwords["client-b"] != auth.passwords["client-b"]
+
+
+@pytest.mark.parametrize(
+    ("clients", "engine", "path", "problem"),
+    [
+        (["client-a", "client/b"], "otc-engine", r"\$\.clients\[1\]", "not a usable"),
+        (["+"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
+        (["a b"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
+        (["x:y"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
+        (["client-a", "client-a"], "otc-engine", r"\$\.clients\[1\]", "twice"),
+        (["otc-engine"], "otc-engine", r"\$\.broker\.username", "twice"),
+        ([], "", r"\$\.broker\.username", "not a usable"),
+    ],
+)
+def test_generate_auth_refuses_unusable_user_names(
+    clients: list[str], engine: str, path: str, problem: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"{path}: .*{problem}"):
+        generate_auth(clients, engine, tmp_path)
+    assert not (tmp_path / "passwd").exists()
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto_passwd is not installed")
+def test_hash_password_is_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "s3cret!"], check=True)
+    user, stored = passwd.read_text().strip().split(":", 1)
+    _, algorithm, iterations, salt, _ = stored.split("$")
+    assert (user, algorithm) == ("alice", "7")
+    assert hash_password("s3cret!", salt=base64.b64decode(salt), iterations=int(iterations)) == (
+        stored
+    )
+    assert hash_password("other", salt=base64.b64decode(salt), iterations=int(iterations)) != (
+        stored
+    )
