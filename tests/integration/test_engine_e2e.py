@@ -1,0 +1,225 @@
+"""The quoting service end to end: real broker, `otc serve` and `otc rfq` as real processes.
+
+Also drives the service with the real `mosquitto_pub` / `mosquitto_sub` clients when installed,
+checks that malformed input gets a specific reject on the sender's own topic, and that a
+SIGTERM publishes the retained status "down" with the fills on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker import running_broker
+
+CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+
+
+def otc(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otc.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+    journal = tmp_path / "journal.sqlite"
+    with running_broker(tmp_path / "broker") as broker:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "otc.cli",
+                "serve",
+                "--config",
+                str(CONFIG),
+                "--feeds",
+                "sim",
+                "--broker",
+                url,
+                "--journal",
+                str(journal),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "up" in line, (line, proc.stderr.read() if proc.stderr else "")
+            yield url, journal, proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+def test_rfq_quote_accept_fill_and_the_journal(
+    service: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    url, journal, proc = service
+    got = otc(
+        "rfq",
+        "--broker",
+        url,
+        "--client",
+        "client-a",
+        "--symbol",
+        "BTC-USDT",
+        "--side",
+        "buy",
+        "--qty",
+        "25",
+        "--accept",
+        "--json",
+    )
+    assert got.returncode == 0, got.stderr
+    quote, fill = (json.loads(line) for line in got.stdout.splitlines())
+    assert quote["type"] == "quote"
+    assert quote["ask"] is not None
+    assert quote["bid"] is None
+    assert fill["type"] == "fill"
+    assert fill["price"] == quote["ask"]
+    assert fill["qty"] == "25"
+    # A two-way quote prices both sides, bid below ask.
+    two_way = otc(
+        "rfq",
+        "--broker",
+        url,
+        "--client",
+        "client-b",
+        "--symbol",
+        "ETH-USDT",
+        "--side",
+        "two_way",
+        "--qty",
+        "10",
+        "--json",
+    )
+    assert two_way.returncode == 0, two_way.stderr
+    q2 = json.loads(two_way.stdout)
+    assert float(q2["bid"]) < float(q2["ask"])
+    # Unknown symbol: a reject naming the problem, exit status 1.
+    bad = otc(
+        "rfq",
+        "--broker",
+        url,
+        "--client",
+        "client-a",
+        "--symbol",
+        "DOGE-USDT",
+        "--side",
+        "buy",
+        "--qty",
+        "1",
+        "--json",
+    )
+    assert bad.returncode == 1
+    reject = json.loads(bad.stdout)
+    assert reject["code"] == "UNKNOWN_SYMBOL"
+    assert "DOGE-USDT" in reject["reason"]
+    # Shut down: status down, and the fill is in the journal.
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    blotter = otc("blotter", "--journal", journal, "--kind", "fill")
+    assert fill["trade_id"] in blotter.stdout
+
+
+needs_mosquitto_clients = pytest.mark.skipif(
+    shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None,
+    reason="mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)",
+)
+
+
+@needs_mosquitto_clients
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ('{"rfq_id": "x1", "symbol": "BTC-USDT", "side": "buy", "qty": "25"}', "quote"),
+        ("not json", "INVALID_MESSAGE"),
+        ('{"rfq_id": "x2", "symbol": "BTC-USDT", "side": "buy", "qty": 25}', "INVALID_MESSAGE"),
+        ('{"rfq_id": "x3", "symbol": "BTC-USDT", "side": "buy", "qty": "NaN"}', "INVALID_QTY"),
+        ('{"rfq_id": "x4", "symbol": "BTC-USDT", "side": "buy", "qty": "-1"}', "INVALID_QTY"),
+        ('{"rfq_id": "x5", "symbol": "BTC-USDT", "side": "buy"}', "INVALID_QTY"),
+        ('{"rfq_id": "x6", "symbol": "BTC-USDT", "side": "up", "qty": "1"}', "INVALID_SIDE"),
+        ('{"rfq_id": "x7", "symbol": "BTC-USDT", "side": "buy", "qty": "1e40"}', "INVALID_QTY"),
+    ],
+)
+def test_mosquitto_clients_get_quotes_and_specific_rejects(
+    service: tuple[str, Path, subprocess.Popen[str]], payload: str, code: str
+) -> None:
+    url, _, proc = service
+    host, port = url.removeprefix("mqtt://").split(":")
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            host,
+            "-p",
+            port,
+            "-t",
+            "otc/v1/client-a/quotes",
+            "-C",
+            "1",
+            "-W",
+            "15",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Publish until the subscriber is attached (it receives exactly one message).
+        for _ in range(50):
+            subprocess.run(
+                [
+                    "mosquitto_pub",
+                    "-h",
+                    host,
+                    "-p",
+                    port,
+                    "-q",
+                    "1",
+                    "-t",
+                    "otc/v1/client-a/rfq",
+                    "-m",
+                    payload,
+                ],
+                check=True,
+                timeout=10,
+            )
+            try:
+                out, _ = sub.communicate(timeout=0.3)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("no answer on otc/v1/client-a/quotes")
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+        if sub.stdout is not None:
+            sub.stdout.close()
+    answer = json.loads(out)
+    if code == "quote":
+        assert answer["type"] == "quote"
+    else:
+        assert answer["type"] == "reject"
+        assert answer["code"] == code
+        assert answer["reason"]
+    assert proc.poll() is None  # the service keeps running
