@@ -8,8 +8,9 @@ Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
 
 * ``feeds``: the synthetic market (``feeds="sim"``) or one websocket connection per configured
   venue (``feeds="live"``), writing into the :class:`~otc.market.Market`'s books;
-* ``bus``: reads ``otc/v1/+/rfq`` and ``otc/v1/+/accept``; each message is handled in its own
-  task, at most ``max_in_flight`` at a time (back-pressure on the broker connection);
+* ``bus``: reads ``otc/v1/+/rfq``, ``otc/v1/+/accept`` and operator commands on
+  ``otc/v1/control/+``; each message is handled in its own task, at most ``max_in_flight`` at a
+  time (back-pressure on the broker connection);
 * ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
 * ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book).
 """
@@ -28,9 +29,19 @@ import msgspec
 from otc.bus import Bus
 from otc.clock import Clock, SystemClock
 from otc.config import Config
+from otc.errors import OtcError
 from otc.journal import SqliteJournal
 from otc.market import Market
-from otc.protocol import STATUS_TOPIC, Status
+from otc.protocol import (
+    CONTROL_RESULT_TOPIC,
+    STATUS_TOPIC,
+    Code,
+    ControlResult,
+    ProtocolError,
+    Status,
+    decode_control,
+    wire_decimal,
+)
 from otc.quoting import Outgoing, QuoteEngine
 
 __all__ = ["Engine", "FeedMode"]
@@ -44,6 +55,7 @@ SIM_MIDS = {"BTC": Decimal(64000), "ETH": Decimal(3200), "SOL": Decimal(150)}
 
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
+CONTROL_SUBSCRIPTION = "otc/v1/control/+"
 
 
 class Engine:
@@ -120,7 +132,7 @@ class Engine:
             ) as bus,
         ):
             self.quotes = QuoteEngine(config, self.market, journal, self.clock)
-            await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION)
+            await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._feeds(tg), name="feeds")
@@ -135,8 +147,9 @@ class Engine:
 
     async def _announce(self, bus: Bus) -> None:
         """Publish ``up`` once every symbol has a usable book, then refresh it every second."""
-        while not all(
-            book.view(self.clock.now_ns()).mid2 is not None for book in self.market.books.values()
+        while not all(  # noqa: ASYNC110 - books are written by the feed tasks, polled here
+            book.view(self.clock.now_ns()).mid2 is not None
+            for book in self.market.books.values()
             if book.venues
         ):
             await asyncio.sleep(0.05)
@@ -196,9 +209,12 @@ class Engine:
             parts = topic.split("/")
             if len(parts) != 4 or parts[0] != "otc" or parts[1] != "v1":
                 continue
-            client, kind = parts[2], parts[3]
-            if kind not in ("rfq", "accept"):
-                continue
+            if parts[2] == "control":  # otc/v1/control/{operator}
+                client, kind = parts[3], "control"
+            else:
+                client, kind = parts[2], parts[3]
+                if kind not in ("rfq", "accept"):
+                    continue
             await slots.acquire()
             tg.create_task(self._handle(bus, slots, client, kind, payload), name=f"{kind}-{client}")
 
@@ -209,12 +225,54 @@ class Engine:
         try:
             if kind == "rfq":
                 out = await self.quotes.on_rfq(client, payload)
-            else:
+            elif kind == "accept":
                 out = await self.quotes.on_accept(client, payload)
+            else:
+                out = [await self.control(client, payload)]
             for message in out:
                 await bus.publish(message)
         finally:
             slots.release()
+
+    async def control(self, operator: str, payload: bytes) -> Outgoing:
+        """Apply an operator command; the result goes to ``otc/v1/control/{operator}/result``.
+
+        Commands take effect for the next message handled, and are journaled (kind
+        ``control``, with the operator) before the result is published.
+        """
+        assert self.quotes is not None
+        topic = CONTROL_RESULT_TOPIC.format(operator=operator)
+        command = "?"
+        try:
+            control = decode_control(payload)
+            command = control.command
+            if control.command in ("halt", "resume"):
+                halted = control.command == "halt"
+                self.quotes.set_halted(control.symbol, halted, operator=operator)
+                if control.symbol is None and not halted:  # resume everything: per-symbol too
+                    for symbol in self.market.books:
+                        if self.quotes.halted(symbol):
+                            self.quotes.set_halted(symbol, False, operator=operator)
+                detail = f"{control.symbol or 'all symbols'} {'halted' if halted else 'resumed'}"
+            elif control.command == "client":
+                if control.client is None or control.enabled is None:
+                    raise OtcError("client needs 'client' and 'enabled'")
+                self.quotes.set_client_enabled(control.client, control.enabled, operator=operator)
+                detail = f"{control.client} {'enabled' if control.enabled else 'disabled'}"
+            else:
+                if control.tier is None or control.spread_bps is None:
+                    raise OtcError("spread needs 'tier' and 'spread_bps'")
+                spread = wire_decimal(control.spread_bps, "spread_bps", Code.INVALID_MESSAGE)
+                self.quotes.set_tier_spread(control.tier, spread, operator=operator)
+                detail = f"tier {control.tier} spread {control.spread_bps} bps"
+            await self.quotes.flush_controls()
+            result = ControlResult(ok=True, command=command, detail=detail)
+        except ProtocolError as exc:
+            result = ControlResult(ok=False, command=command, detail=exc.reason)
+        except OtcError as exc:
+            result = ControlResult(ok=False, command=command, detail=str(exc))
+        log.info("control by %s: %s", operator, result)
+        return Outgoing(topic, msgspec.json.encode(result))
 
     async def _ladders(self, bus: Bus) -> None:
         assert self.quotes is not None
@@ -225,4 +283,3 @@ class Engine:
                 ladder = self.quotes.ladder(symbol)
                 if ladder is not None:
                     await bus.publish(ladder)
-

@@ -12,6 +12,8 @@ Subcommands::
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
     otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
                [--from FILE...] [--steps N] [--seed S]
+    otc control --broker URL --operator OP halt|resume [--symbol S] | client C enable|disable
+                | spread TIER BPS
     otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
@@ -60,7 +62,7 @@ def _decimal(text: str) -> Decimal:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otc", description="OTC quote and slippage engine")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True)
 
     est = sub.add_parser(
         "estimate",
@@ -173,6 +175,27 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--steps", type=int, default=1_000, help="synthetic market steps (sim)")
     rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
     rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+
+    ctl = sub.add_parser(
+        "control",
+        help="operator commands to a running engine: kill switch, clients, spreads",
+        description="Send an operator command over the bus (otc/v1/control/OPERATOR) and print "
+        "the engine's answer. The broker's ACL decides who may.",
+    )
+    ctl.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port")
+    ctl.add_argument("--operator", required=True, help="operator name (broker username)")
+    ctl.add_argument("--timeout", type=float, default=5.0)
+    ctl_sub = ctl.add_subparsers(dest="command", required=True)
+    halt = ctl_sub.add_parser("halt", help="kill switch on (all symbols, or --symbol)")
+    halt.add_argument("--symbol")
+    resume = ctl_sub.add_parser("resume", help="kill switch off (all symbols, or --symbol)")
+    resume.add_argument("--symbol")
+    ctl_client = ctl_sub.add_parser("client", help="enable or disable a client")
+    ctl_client.add_argument("client")
+    ctl_client.add_argument("state", choices=["enable", "disable"])
+    ctl_spread = ctl_sub.add_parser("spread", help="set a tier's spread in bps")
+    ctl_spread.add_argument("tier")
+    ctl_spread.add_argument("spread_bps")
 
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
     blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
@@ -565,6 +588,56 @@ def _cmd_rfq(args: argparse.Namespace) -> int:
     return result["code"]
 
 
+def _cmd_control(args: argparse.Namespace) -> int:
+    import asyncio
+    import uuid
+
+    from otc.bus import Bus, BusError
+
+    host, port, user, password, tls = _broker_address(args.broker)
+    doc: dict[str, Any] = {"command": args.command}
+    if args.command in ("halt", "resume") and args.symbol:
+        doc["symbol"] = args.symbol
+    elif args.command == "client":
+        doc.update(client=args.client, enabled=args.state == "enable")
+    elif args.command == "spread":
+        doc.update(tier=args.tier, spread_bps=args.spread_bps)
+    topic = f"otc/v1/control/{args.operator}"
+
+    class _Message:
+        def __init__(self) -> None:
+            self.topic = topic
+            self.payload = msgspec.json.encode(doc)
+            self.retain = False
+
+    async def run() -> dict[str, Any]:
+        async with Bus(
+            host=host,
+            port=port,
+            username=user or args.operator,
+            password=password,
+            tls=tls,
+            client_id=f"{args.operator}-{uuid.uuid4().hex[:8]}",
+        ) as bus:
+            await bus.subscribe(topic + "/result")
+            await bus.publish(_Message())
+            async with asyncio.timeout(args.timeout):
+                async for _, payload in bus.messages():
+                    answer = msgspec.json.decode(payload)
+                    if isinstance(answer, dict):
+                        return answer
+        raise TimeoutError
+
+    try:
+        answer = asyncio.run(run())
+    except TimeoutError:
+        raise UsageError(f"no answer from the engine within {args.timeout} s") from None
+    except BusError as exc:
+        raise UsageError(str(exc)) from None
+    sys.stdout.write(f"{'ok' if answer.get('ok') else 'refused'}: {answer.get('detail')}\n")
+    return 0 if answer.get("ok") else 1
+
+
 def _cmd_feeds(args: argparse.Namespace) -> int:
     from feeds.verify import verify
 
@@ -760,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "serve": _cmd_serve,
         "rfq": _cmd_rfq,
+        "control": _cmd_control,
         "feeds": _cmd_feeds,
         "record": _cmd_record,
         "blotter": _cmd_blotter,
@@ -767,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _cmd_bench,
     }
     try:
-        return handlers[args.command](args)
+        return handlers[args.cmd](args)
     except (OtcError, ValueError) as exc:
         sys.stderr.write(f"otc: error: {exc}\n")
         return 2

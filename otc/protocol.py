@@ -8,6 +8,10 @@ Topics (``{c}`` is the client id, which is also the client's broker username)::
     engine -> otc/v1/{c}/fills      Fill | AcceptReject
     engine -> otc/v1/status         Status (retained; the last will says "down")
     engine -> otc/v1/ladder/{sym}   Ladder (indicative prices for configured size bands)
+    operator -> otc/v1/control/{op} Control (kill switch, client enable, tier spread)
+    engine -> otc/v1/control/{op}/result  ControlResult
+
+``{op}`` is the operator's broker username; the broker's ACL decides who may write control.
 
 JSON, encoded and decoded with msgspec; sides are the CLIENT's (a client ``buy`` fills at our
 ask). Prices and sizes are decimal strings, never JSON floats. Engine messages carry ``type``.
@@ -29,6 +33,8 @@ from otc.model import decimal_text
 
 __all__ = [
     "ACCEPT_TOPIC",
+    "CONTROL_RESULT_TOPIC",
+    "CONTROL_TOPIC",
     "FILLS_TOPIC",
     "LADDER_TOPIC",
     "MAX_PAYLOAD_BYTES",
@@ -39,6 +45,8 @@ __all__ = [
     "AcceptReject",
     "ClientSide",
     "Code",
+    "Control",
+    "ControlResult",
     "Fill",
     "Ladder",
     "LadderBand",
@@ -48,6 +56,7 @@ __all__ = [
     "Rfq",
     "Status",
     "decode_accept",
+    "decode_control",
     "decode_rfq",
     "encode",
     "parse_accept",
@@ -64,6 +73,8 @@ ACCEPT_TOPIC = PREFIX + "/{client}/accept"
 FILLS_TOPIC = PREFIX + "/{client}/fills"
 STATUS_TOPIC = PREFIX + "/status"
 LADDER_TOPIC = PREFIX + "/ladder/{symbol}"
+CONTROL_TOPIC = PREFIX + "/control/{operator}"
+CONTROL_RESULT_TOPIC = PREFIX + "/control/{operator}/result"
 
 #: Larger client payloads are rejected unread (``INVALID_MESSAGE``).
 MAX_PAYLOAD_BYTES = 4096
@@ -280,6 +291,34 @@ def parse_accept(payload: bytes) -> ParsedAccept:
     qty = None if accept.qty is None else wire_decimal(accept.qty, "qty")
     side: Literal["buy", "sell"] | None = accept.side  # type: ignore[assignment]
     return ParsedAccept(accept.quote_id, side, qty)
+
+
+class Control(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An operator command.
+
+    ``halt`` / ``resume``: the kill switch of ``symbol`` (every symbol when omitted);
+    ``client``: enable or disable ``client``; ``spread``: set ``tier``'s ``spread_bps``.
+    """
+
+    command: Literal["halt", "resume", "client", "spread"]
+    symbol: str | None = None
+    client: str | None = None
+    enabled: bool | None = None
+    tier: str | None = None
+    spread_bps: str | None = None
+
+
+class ControlResult(msgspec.Struct, frozen=True):
+    ok: bool
+    command: str
+    detail: str
+
+
+_control_decoder = msgspec.json.Decoder(Control)
+
+
+def decode_control(payload: bytes) -> Control:
+    return _decode(_control_decoder, payload, "control")
 
 
 def text(value: Decimal) -> str:

@@ -223,3 +223,49 @@ def test_mosquitto_clients_get_quotes_and_specific_rejects(
         assert answer["code"] == code
         assert answer["reason"]
     assert proc.poll() is None  # the service keeps running
+
+
+def test_operator_kill_switch_and_client_disable_take_effect_at_once(
+    service: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    url, journal, _ = service
+
+    def rfq(client: str = "client-a", symbol: str = "BTC-USDT") -> dict[str, str]:
+        got = otc(
+            "rfq",
+            "--broker",
+            url,
+            "--client",
+            client,
+            "--symbol",
+            symbol,
+            "--side",
+            "sell",
+            "--qty",
+            "1",
+            "--json",
+        )
+        doc: dict[str, str] = json.loads(got.stdout)
+        return doc
+
+    assert rfq()["type"] == "quote"
+    halted = otc("control", "--broker", url, "--operator", "ops-1", "halt", "--symbol", "BTC-USDT")
+    assert halted.returncode == 0, halted.stderr
+    assert "BTC-USDT halted" in halted.stdout
+    answer = rfq()
+    assert (answer["type"], answer["code"]) == ("reject", "MARKET_HALTED")
+    assert rfq(symbol="ETH-USDT")["type"] == "quote"  # only that symbol
+    assert otc("control", "--broker", url, "--operator", "ops-1", "resume").returncode == 0
+    assert rfq()["type"] == "quote"
+    assert (
+        otc(
+            "control", "--broker", url, "--operator", "ops-1", "client", "client-b", "disable"
+        ).returncode
+        == 0
+    )
+    assert rfq(client="client-b")["code"] == "CLIENT_DISABLED"
+    refused = otc("control", "--broker", url, "--operator", "ops-1", "client", "nobody", "enable")
+    assert refused.returncode == 1
+    assert "nobody" in refused.stdout
+    controls = otc("blotter", "--journal", journal, "--kind", "control")
+    assert "ops-1" in controls.stdout
