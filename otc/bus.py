@@ -24,9 +24,9 @@ import asyncio
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Final, Protocol, Self, TypeVar
 
 import aiomqtt
 import msgspec
@@ -39,6 +39,8 @@ DEFAULT_PORT: Final = 1883
 DEFAULT_TLS_PORT: Final = 8883
 
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+T = TypeVar("T")
 
 
 class BusError(OtcError):
@@ -130,6 +132,9 @@ class Bus:
             without a clean disconnect; the engine's retained status ``down``.
         qos: The QoS of publications, subscriptions and the will: 1 (at least once) by
             default, 0 for fire-and-forget.
+        tcp_nodelay: Set ``TCP_NODELAY`` on the socket (the default). ``False`` leaves Nagle's
+            algorithm on, as plain paho does: only to measure what it costs
+            (``otc bench rfq``).
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class Bus:
         client_id: str | None = None,
         will: Publishable | None = None,
         qos: int = 1,
+        tcp_nodelay: bool = True,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
@@ -154,6 +160,7 @@ class Bus:
         self._client_id = client_id
         self._will = will
         self._qos = qos
+        self._socket_options = (_NODELAY,) if tcp_nodelay else ()
         self._client: aiomqtt.Client | None = None
 
     @classmethod
@@ -210,10 +217,10 @@ class Bus:
             identifier=self._client_id,
             will=will,
             tls_context=tls_context,
-            socket_options=(_NODELAY,),
+            socket_options=self._socket_options,
         )
         try:
-            await client.__aenter__()
+            await _keep_cancellation(client.__aenter__())
         except aiomqtt.MqttError as exc:
             raise BusError(self.where, f"cannot connect: {exc}") from exc
         self._client = client
@@ -253,8 +260,8 @@ class Bus:
         """
         client = self._connected()
         try:
-            await client.publish(
-                message.topic, message.payload, qos=self._qos, retain=message.retain
+            await _keep_cancellation(
+                client.publish(message.topic, message.payload, qos=self._qos, retain=message.retain)
             )
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's topic checks
             raise BusError(self.where, f"cannot publish to {message.topic}: {exc}") from exc
@@ -274,7 +281,9 @@ class Bus:
             return
         client = self._connected()
         try:
-            granted = await client.subscribe([(topic, self._qos) for topic in topics])
+            granted = await _keep_cancellation(
+                client.subscribe([(topic, self._qos) for topic in topics])
+            )
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's filter checks
             raise BusError(self.where, f"cannot subscribe to {', '.join(topics)}: {exc}") from exc
         codes = [code if isinstance(code, int) else code.value for code in granted]
@@ -305,6 +314,22 @@ class Bus:
             return None
         sock = self._client._client.socket()  # paho's client inside aiomqtt's
         return sock if isinstance(sock, socket.socket) else None
+
+
+async def _keep_cancellation(call: Awaitable[T]) -> T:
+    """Await an aiomqtt call without losing a cancellation of the calling task.
+
+    aiomqtt waits with ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that
+    arrives as the awaited operation completes (python/cpython#86296): the call returns
+    normally and the task runs on, so a TaskGroup cancelled at shutdown can hang on the next
+    ``messages()``. The task's ``cancelling()`` count shows the lost request: raise it again.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await call
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
 
 
 class _Inbox:

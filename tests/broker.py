@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ needs_mosquitto = pytest.mark.skipif(
     MOSQUITTO is None,
     reason="mosquitto is not installed (apt-get install mosquitto); "
     "this test needs the real broker",
+)
+
+#: The command-line clients, for end-to-end tests that drive the service like a user would.
+MOSQUITTO_PUB = shutil.which("mosquitto_pub")
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+needs_mosquitto_clients = pytest.mark.skipif(
+    MOSQUITTO_PUB is None or MOSQUITTO_SUB is None,
+    reason="mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)",
 )
 
 #: How long a test waits for a message before it fails (a guard against hangs, not a timing).

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from broker import running_broker, unique_topic_prefix  # tests/broker.py
+
+from otc.broker import BrokerProcess
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -15,3 +19,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"recorded venue data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker of the test's own on a free loopback port: mosquitto when installed, else the
+    embedded one (``OTC_TEST_BROKER=embedded|mosquitto`` to choose); see tests/broker.py."""
+    with running_broker(tmp_path / "broker") as process:
+        yield process
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix no other test uses (``test/<name>/<random>``)."""
+    return unique_topic_prefix(request.node.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from broker import (
-    MOSQUITTO,
+    RECEIVE_TIMEOUT_S,
     Publication,
     broker_kinds,
     receive,
@@ -147,6 +148,15 @@ async def test_a_second_connection_with_the_same_client_id_takes_over(
                 await receive(messages)
 
 
+async def test_the_conftest_broker_fixture_serves_a_round_trip(
+    broker: BrokerProcess, topic_prefix: str
+) -> None:
+    async with bus_for(broker) as bus:
+        await bus.subscribe(f"{topic_prefix}/#")
+        await bus.publish(Publication(f"{topic_prefix}/x", b"fixture"))
+        assert await receive(bus.messages()) == (f"{topic_prefix}/x", b"fixture")
+
+
 # --- TCP_NODELAY --------------------------------------------------------------------------------
 
 
@@ -219,6 +229,32 @@ async def test_from_url_connects(each_broker: BrokerProcess, prefix: str) -> Non
         await bus.subscribe(f"{prefix}/u")
         await bus.publish(Publication(f"{prefix}/u", b"ok"))
         assert await receive(bus.messages()) == (f"{prefix}/u", b"ok")
+
+
+async def test_a_cancellation_arriving_with_the_puback_still_cancels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiomqtt waits with wait_for, which on Python 3.11 swallows such a cancellation."""
+    async with EmbeddedBroker() as embedded, bus_for(embedded) as bus:
+        acked = asyncio.get_running_loop().create_future()
+
+        async def publish_like_aiomqtt(*args: object, **kwargs: object) -> None:
+            await asyncio.wait_for(acked, timeout=RECEIVE_TIMEOUT_S)  # waiting for the PUBACK
+
+        monkeypatch.setattr(bus._client, "publish", publish_like_aiomqtt)
+        ran_on = []
+
+        async def handler() -> None:
+            await bus.publish(Publication("t", b""))
+            ran_on.append(True)
+
+        task = asyncio.create_task(handler())
+        await asyncio.sleep(0)
+        acked.set_result(None)  # the PUBACK arrives...
+        task.cancel()  # ...as the engine shuts down
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ran_on == []
 
 
 # --- broker URLs --------------------------------------------------------------------------------
@@ -458,7 +494,9 @@ def test_generate_auth_refuses_unusable_user_names(
     assert not (tmp_path / "passwd").exists()
 
 
-@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto_passwd is not installed")
+@pytest.mark.skipif(
+    shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed"
+)
 def test_hash_password_is_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "s3cret!"], check=True)
