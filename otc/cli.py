@@ -14,6 +14,7 @@ Subcommands::
                [--from FILE...] [--steps N] [--seed S]
     otc control --broker URL --operator OP halt|resume [--symbol S] | client C enable|disable
                 | spread TIER BPS
+    otc broker auth --out DIR [--config PATH]
     otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
@@ -196,6 +197,18 @@ def _parser() -> argparse.ArgumentParser:
     ctl_spread = ctl_sub.add_parser("spread", help="set a tier's spread in bps")
     ctl_spread.add_argument("tier")
     ctl_spread.add_argument("spread_bps")
+
+    brk = sub.add_parser("broker", help="production broker files")
+    brk_sub = brk.add_subparsers(dest="broker_cmd", required=True)
+    auth = brk_sub.add_parser(
+        "auth",
+        help="write mosquitto's password file and ACL for the configured clients",
+        description="Write OUT/passwd and OUT/acl for every client of the config and the "
+        "engine's user (config [broker] username), for config/mosquitto/otc.conf. Prints the "
+        "new passwords once: hand each to its client.",
+    )
+    auth.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    auth.add_argument("--out", type=Path, required=True)
 
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
     blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
@@ -638,6 +651,18 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return 0 if answer.get("ok") else 1
 
 
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from otc.broker import generate_auth
+
+    config = load_config(args.config)
+    engine_user = config.broker.username or "otc-engine"
+    files = generate_auth([c.id for c in config.clients], engine_user, args.out)
+    sys.stdout.write(f"wrote {files.password_file} and {files.acl_file}\n")
+    for user, password in sorted(files.passwords.items()):
+        sys.stdout.write(f"  {user}: {password}\n")
+    return 0
+
+
 def _cmd_feeds(args: argparse.Namespace) -> int:
     from feeds.verify import verify
 
@@ -834,6 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _cmd_serve,
         "rfq": _cmd_rfq,
         "control": _cmd_control,
+        "broker": _cmd_broker,
         "feeds": _cmd_feeds,
         "record": _cmd_record,
         "blotter": _cmd_blotter,
