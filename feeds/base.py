@@ -319,6 +319,15 @@ class VenueBookFeed:
         """
         raise NotImplementedError(f"{self.venue}: no snapshot encoder")
 
+    def stamp(self, data: bytes, sequence: int) -> bytes:
+        """A recorded message as sent as the ``sequence``-th (from 0) message of a connection.
+
+        The identity for most venues; a venue that numbers messages per connection (Coinbase)
+        rewrites the number, so that a loopback exchange can replay a recording on a new
+        connection faithfully.
+        """
+        return data
+
     def rest_snapshot_body(self, symbol: str) -> bytes:
         """The venue's REST depth snapshot body for our ``symbol`` (snapshot-synced venues)."""
         raise NotImplementedError(f"{self.venue} does not sync from REST snapshots")

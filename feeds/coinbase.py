@@ -66,6 +66,8 @@ without going through a float.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -156,6 +158,15 @@ class _Message(msgspec.Struct, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Message).decode
+_SEQUENCE_NUM = re.compile(rb'"sequence_num"\s*:\s*[0-9]+')
+
+
+def _rfc3339(ts_ns: int) -> str:
+    """RFC 3339 UTC text with nanoseconds, the inverse of :func:`rfc3339_ns`."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -221,6 +232,33 @@ class CoinbaseBookFeed(VenueBookFeed):
             _encode({"type": "unsubscribe", "product_ids": products, "channel": self.channel}),
             _encode({"type": "subscribe", "product_ids": products, "channel": self.channel}),
         ]
+
+    def stamp(self, data: bytes, sequence: int) -> bytes:
+        return _SEQUENCE_NUM.sub(b'"sequence_num":%d' % sequence, data, count=1)
+
+    def snapshot_message(self, symbol: str) -> bytes:
+        book = self.books[symbol]
+        stamp = _rfc3339(book.ts_event_ns)
+        scale = book.scale
+        updates = [
+            {"side": side, "event_time": stamp, "price_level": p, "new_quantity": q}
+            for side, levels in (("bid", book.bids()), ("offer", book.asks()))
+            for p, q in level_texts(levels, scale)
+        ]
+        return _encode(
+            {
+                "channel": "l2_data",
+                "timestamp": stamp,
+                "sequence_num": 0,  # set per connection by stamp()
+                "events": [
+                    {
+                        "type": "snapshot",
+                        "product_id": self.venue_symbol(symbol),
+                        "updates": updates,
+                    }
+                ],
+            }
+        )
 
     # -- messages ------------------------------------------------------------------------------
 

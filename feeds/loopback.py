@@ -108,6 +108,9 @@ class LoopbackExchange:
         self.sent = 0
         self.done = asyncio.Event()
         self._server: Server | None = None
+        #: Messages sent (or dropped) on each connection: venues that number their messages
+        #: per connection get them renumbered (``VenueBookFeed.stamp``).
+        self._numbers: dict[ServerConnection, int] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -177,6 +180,17 @@ class LoopbackExchange:
             return _response(HTTPStatus.NOT_FOUND, str(exc).encode())
         return _response(HTTPStatus.OK, body, "application/json")
 
+    async def _send(self, ws: ServerConnection, payload: bytes, *, times: int = 1) -> None:
+        number = self._numbers.get(ws, 0)
+        self._numbers[ws] = number + 1
+        text = self.reference.stamp(payload, number).decode()
+        for _ in range(times):
+            await ws.send(text)
+
+    def _skip(self, ws: ServerConnection) -> None:
+        """A message lost on the way: the connection's numbering moves on without it."""
+        self._numbers[ws] = self._numbers.get(ws, 0) + 1
+
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
         first_connection = self.connections == 1
@@ -184,7 +198,7 @@ class LoopbackExchange:
             await ws.recv()  # the subscription
             if not first_connection:
                 for snap in self._snapshots():
-                    await ws.send(snap.decode())
+                    await self._send(ws, snap)
             listener = asyncio.create_task(self._listen(ws), name="loopback-listen")
             try:
                 await self._stream(ws)
@@ -194,6 +208,8 @@ class LoopbackExchange:
                     await listener
         except ConnectionClosed:
             return
+        finally:
+            self._numbers.pop(ws, None)
 
     async def _listen(self, ws: ServerConnection) -> None:
         """Answer resubscriptions with fresh snapshots; ignore pings and the rest."""
@@ -204,7 +220,7 @@ class LoopbackExchange:
             if "subscribe" in text:
                 async with self._lock:
                     for snap in self._snapshots():
-                        await ws.send(snap.decode())
+                        await self._send(ws, snap)
 
     async def _stream(self, ws: ServerConnection) -> None:
         while self.cursor < len(self.messages):
@@ -218,13 +234,16 @@ class LoopbackExchange:
                     await ws.close(reason="fault injection")
                     return
                 if fault is Fault.DROP:
+                    self._skip(ws)
                     continue
                 if fault is Fault.SWAP and self.cursor < len(self.messages):
                     following = self.messages[self.cursor]
                     self._advance_reference(self.cursor)
                     self.cursor += 1
-                    await ws.send(following.data.decode())
-                    await ws.send(record.data.decode())
+                    first, second = self._numbers.get(ws, 0), self._numbers.get(ws, 0) + 1
+                    self._numbers[ws] = second + 1
+                    await ws.send(self.reference.stamp(following.data, second).decode())
+                    await ws.send(self.reference.stamp(record.data, first).decode())
                     self.sent += 2
                     continue
                 payload = record.data
@@ -234,11 +253,9 @@ class LoopbackExchange:
                         self.faults.setdefault(index + 1, Fault.CORRUPT)
                     else:
                         payload = corrupted
-                await ws.send(payload.decode())
-                self.sent += 1
-                if fault is Fault.DUPLICATE:
-                    await ws.send(payload.decode())
-                    self.sent += 1
+                times = 2 if fault is Fault.DUPLICATE else 1
+                await self._send(ws, payload, times=times)
+                self.sent += times
             if self.interval_s:
                 await asyncio.sleep(self.interval_s)
             else:

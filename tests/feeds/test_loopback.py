@@ -30,7 +30,11 @@ SESSIONS = {
         ["NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"],
         False,
     ),
+    # The loopback numbers Coinbase's messages per connection, as the venue does, so the
+    # client checks the whole connection's sequence_num.
+    "coinbase": ("coinbase/coinbase_advtrade_level2_ETH-USD_2026-08-09.jsonl", ["ETH-USD"], False),
 }
+CLIENT_OPTIONS: dict[str, dict[str, object]] = {"coinbase": {"check_sequence": True}}
 
 
 def clean_books(venue: str, path: Path) -> dict[str, object]:
@@ -91,7 +95,7 @@ async def test_client_recovers_and_matches_clean_books(
         pytest.skip(f"{venue} sends no checksum: there is no checksum to corrupt")
     path = shared_data / recording
     expected = clean_books(venue, path)
-    feed = adapter_class(venue)()
+    feed = adapter_class(venue)(**CLIENT_OPTIONS.get(venue, {}))  # type: ignore[arg-type]
     async with LoopbackExchange(venue, path, faults=faults) as exchange:
         conn = await run_against(exchange, feed, symbols)
     assert feed.books == expected
