@@ -7,6 +7,7 @@ SIGTERM publishes the retained status "down" with the fills on disk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import running_broker
+from broker import receive, running_broker
+
+from otc.bus import Bus
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -133,11 +136,27 @@ def test_rfq_quote_accept_fill_and_the_journal(
     reject = json.loads(bad.stdout)
     assert reject["code"] == "UNKNOWN_SYMBOL"
     assert "DOGE-USDT" in reject["reason"]
-    # Shut down: status down, and the fill is in the journal.
+    up = retained_status(url)
+    assert up["state"] == "up"
+    assert "BTC-USDT" in up["symbols"]  # type: ignore[operator]
+    # Shut down: status down (retained), and the fill is in the journal.
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     blotter = otc("blotter", "--journal", journal, "--kind", "fill")
     assert fill["trade_id"] in blotter.stdout
+    assert retained_status(url)["state"] == "down"
+
+
+def retained_status(url: str) -> dict[str, object]:
+    async def read() -> dict[str, object]:
+        host, port = url.removeprefix("mqtt://").split(":")
+        async with Bus(host=host, port=int(port)) as bus:
+            await bus.subscribe("otc/v1/status")
+            _, payload = await receive(bus.messages())
+            doc: dict[str, object] = json.loads(payload)
+            return doc
+
+    return asyncio.run(read())
 
 
 needs_mosquitto_clients = pytest.mark.skipif(
