@@ -2,7 +2,9 @@
 
 The only module that imports every layer. :class:`Engine` runs until cancelled (SIGINT/SIGTERM
 cancel it from :func:`otc.cli.run_async`), and on the way out publishes the retained status
-``down`` and closes the journal, so that every fill published is also on disk.
+``down`` and closes the journal, which commits every event still queued. (A fill is on disk
+before it is published; RFQs, quotes and rejects are published without waiting for their
+commit, see :mod:`otc.quoting`.)
 
 Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
 
@@ -101,6 +103,8 @@ class Engine:
         self.market = Market(config)
         self.connections: list[object] = []
         self.quotes: QuoteEngine | None = None
+        #: The journal while running (and after: its ``commits``, ``committed``, ``failed``).
+        self.journal: SqliteJournal | None = None
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -131,6 +135,7 @@ class Engine:
                 will=will,
             ) as bus,
         ):
+            self.journal = journal
             self.quotes = QuoteEngine(config, self.market, journal, self.clock)
             await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
@@ -168,15 +173,24 @@ class Engine:
             self._live_feeds(tg)
 
     async def _sim_feed(self) -> None:
-        from feeds.sim import SimFeed, SyntheticMarket
+        """The synthetic market: the venues each symbol's book consolidates, nothing else.
+
+        A step of the market is computed (one symbol at a time, about half a millisecond for
+        six venues) and then applied one event per turn of the loop, so that RFQs are served
+        in between rather than queued behind a whole step.
+        """
+        from feeds.sim import SimFeed, SyntheticMarket, default_venues
 
         markets = []
         for seed, inst in enumerate(self.config.instruments, start=1):
             consolidated = self.market.books[inst.symbol]
-            if not consolidated.venues:
+            venues = [v for v in default_venues() if v.name in consolidated.venues]
+            if not venues:  # the book would drop every delta of any other venue
                 continue
             mid = SIM_MIDS.get(inst.base, Decimal(100))
-            markets.append(SyntheticMarket(inst.symbol, inst.scale, mid=mid, seed=seed))
+            markets.append(
+                SyntheticMarket(inst.symbol, inst.scale, mid=mid, venues=venues, seed=seed)
+            )
         feed = SimFeed(
             markets,
             interval_s=self.sim_interval_s,
@@ -185,6 +199,7 @@ class Engine:
         apply = self.market.apply
         async for event in feed.events():
             apply(event)
+            await asyncio.sleep(0)
 
     def _live_feeds(self, tg: asyncio.TaskGroup) -> None:
         from feeds.connection import FeedConnection

@@ -39,6 +39,8 @@ DEFAULT_PORT: Final = 1883
 DEFAULT_TLS_PORT: Final = 8883
 
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Pending calls (publications awaiting their PUBACK...) beyond which aiomqtt logs a warning.
+_PENDING_CALLS_WARNING: Final = 10_000
 
 T = TypeVar("T")
 
@@ -219,6 +221,10 @@ class Bus:
             tls_context=tls_context,
             socket_options=self._socket_options,
         )
+        # aiomqtt logs a warning on every call made while more than 10 are pending: the engine
+        # has up to `max_in_flight` publications awaiting their PUBACK under load, and a log
+        # line per message would cost more than the message.
+        client.pending_calls_threshold = _PENDING_CALLS_WARNING
         try:
             await _keep_cancellation(client.__aenter__())
         except aiomqtt.MqttError as exc:

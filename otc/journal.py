@@ -1,10 +1,26 @@
 """Durable event log: every RFQ, quote, reject, accept and fill, one row per event.
 
-The engine records through the :class:`Journal` protocol; :meth:`Journal.append` returns only
-once the event is committed, which is what lets the engine publish a fill *after* it is on disk.
-:class:`SqliteJournal` is the production implementation (SQLite in WAL mode), :class:`MemoryJournal`
-the one tests use. The CLI reads a journal file with :func:`recent` and :func:`export` and prints
-activity with :func:`format_blotter`.
+The engine records through the :class:`Journal` protocol, in one of two ways:
+
+* ``await journal.append(event)`` returns once the event is **committed** (with
+  :class:`SqliteJournal`'s default ``synchronous=FULL``: on disk, through a power cut). The engine
+  appends every fill and publishes it only after ``append`` returned.
+* ``await journal.submit(event)`` returns once the event is **queued**, before it is committed:
+  it waits only while the queue is full (back-pressure). The event is committed with the next
+  group commit, normally within a few milliseconds (:class:`SqliteJournal`'s
+  ``submit_delay_ms`` plus one commit); a crash of the process or the machine before that loses
+  it. The engine submits RFQs, quotes, rejects, accepts and accept rejects, and publishes a
+  quote without waiting for its commit: a quote is not a trade. The returned :data:`Receipt`
+  completes when the event is committed, or fails with :class:`JournalError`; a submitted
+  event that could not be recorded is also logged (``ERROR``) and counted in ``failed``,
+  whether or not anyone awaits its receipt: never silently lost.
+
+Appended and submitted events share one queue to one writer, so they are committed in the order
+they were handed over: once ``append(fill)`` returned, every event queued before the fill (its
+quote, the accept) has been committed or has failed (and was reported). :class:`SqliteJournal`
+is the production implementation (SQLite in WAL mode), :class:`MemoryJournal` the one tests use.
+The CLI reads a journal file with :func:`recent` and :func:`export` and prints activity with
+:func:`format_blotter`.
 
 Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
 
@@ -28,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import csv
+import logging
 import queue
 import sqlite3
 import threading
@@ -52,11 +69,17 @@ __all__ = [
     "JournalEvent",
     "JournalRow",
     "MemoryJournal",
+    "Receipt",
     "SqliteJournal",
     "export",
     "format_blotter",
     "recent",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Completes when a submitted event is committed, or fails with a :class:`JournalError`.
+Receipt = asyncio.Future[None]
 
 #: Every kind of event the journal records.
 KINDS: Final = frozenset({"rfq", "quote", "reject", "accept", "fill", "accept_reject", "control"})
@@ -74,7 +97,18 @@ class JournalEvent(msgspec.Struct, frozen=True):
 
 
 class Journal(Protocol):
+    """Where the engine records its events; see the module docstring for what is durable when."""
+
     async def append(self, event: JournalEvent) -> None:  # returns once durably committed
+        ...
+
+    async def submit(self, event: JournalEvent) -> Receipt:
+        """Queue ``event`` behind everything handed over before it; returns once queued.
+
+        Waits only while the journal's queue is full. The receipt completes at commit (or
+        fails with :class:`JournalError`); failures are logged and counted by the journal.
+        Raises at once (and queues nothing) for a closed journal or a malformed event.
+        """
         ...
 
     async def aclose(self) -> None: ...
@@ -103,18 +137,59 @@ def _encode_payload(event: JournalEvent) -> bytes:
 
 _payload_encoder: Final = msgspec.json.Encoder()
 _JSON_SCALARS: Final = (str, int, float, bool, type(None))
+#: Exact types passed through as they are (subclasses take the general path).
+_PASS: Final = frozenset(_JSON_SCALARS)
+
+
+def _decimal_text(value: Decimal) -> str:
+    """:func:`otc.model.decimal_text`, faster: ``str()`` unless it would print an exponent.
+
+    ``str(value)`` is positional (the digits of ``format(value, "f")``) unless the exponent is
+    positive or the value is below 1e-6; only those go through ``decimal_text``.
+    """
+    text = str(value)
+    if "E" in text:
+        return decimal_text(value)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _json_ready(value: object) -> object:
     """``value`` with every Decimal as plain text (:func:`otc.model.plain`, but fast).
 
-    Payloads are JSON builtins and Decimals, walked here directly; anything else (a Struct, an
-    enum) goes through :func:`plain`, which also rejects what JSON cannot hold.
+    Payloads are JSON builtins and Decimals (a quote's explanation holds a few dozen), walked
+    here directly, exact types first and scalars inline; anything else (a subclass, a Struct,
+    an enum) goes through :func:`_json_ready_general`.
     """
+    kind = type(value)
+    if kind is dict:
+        out: dict[object, object] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            item_kind = type(item)
+            if item_kind in _PASS:
+                out[key] = item
+            elif item_kind is Decimal:
+                out[key] = _decimal_text(item)
+            else:
+                out[key] = _json_ready(item)
+        return out
+    if kind in _PASS:
+        return value
+    if kind is Decimal:
+        return _decimal_text(value)  # type: ignore[arg-type]
+    if kind is list or kind is tuple:
+        return [_json_ready(item) for item in value]  # type: ignore[attr-defined]
+    return _json_ready_general(value)
+
+
+def _json_ready_general(value: object) -> object:
+    """:func:`_json_ready` for subclasses of the builtins; :func:`plain` for everything else,
+    which also rejects what JSON cannot hold."""
     if isinstance(value, _JSON_SCALARS):
         return value
     if isinstance(value, Decimal):
-        return decimal_text(value)
+        return _decimal_text(value)
     if isinstance(value, dict):
         return {key: _json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -141,13 +216,17 @@ class MemoryJournal:
 
     It rejects what :class:`SqliteJournal` would reject (unknown kinds, payloads that cannot be
     encoded, appends after ``aclose``). Set ``error`` to make every ``append`` raise it without
-    recording, as a failing disk would.
+    recording, as a failing disk would. ``submit`` records at once through ``append`` (which
+    subclasses may override), so its receipt is settled when it returns: a failure is then
+    counted in ``failed``, logged, and set on the receipt, as :class:`SqliteJournal` does.
     """
 
     def __init__(self) -> None:
         self.events: list[JournalEvent] = []
         self.error: Exception | None = None
         self.closed = False
+        #: Submitted events that could not be recorded.
+        self.failed = 0
 
     async def append(self, event: JournalEvent) -> None:
         if self.closed:
@@ -156,6 +235,24 @@ class MemoryJournal:
         if self.error is not None:
             raise self.error
         self.events.append(event)
+
+    async def submit(self, event: JournalEvent) -> Receipt:
+        if self.closed:
+            raise JournalClosed("journal is closed")
+        _encode_payload(event)  # a malformed event raises here, as with SqliteJournal
+        receipt: Receipt = asyncio.get_running_loop().create_future()
+        try:
+            await self.append(event)
+        except Exception as exc:  # noqa: BLE001  # recording failed: reported on the receipt
+            self.failed += 1
+            log.error(
+                "memory journal: %s event of %s not recorded: %s", event.kind, event.client, exc
+            )
+            receipt.set_exception(exc)
+            receipt.exception()  # reported above: asyncio must not report it again
+        else:
+            receipt.set_result(None)
+        return receipt
 
     async def aclose(self) -> None:
         self.closed = True
@@ -203,10 +300,14 @@ _Row = tuple[int, int, str, str, str, str, str, str, str]
 
 
 class _Pending(msgspec.Struct, frozen=True):
-    """An event on its way to the writer thread and the future its caller awaits."""
+    """An event on its way to the writer thread and the future completed at its commit.
+
+    ``submitted``: handed over by ``submit`` (nobody may await the future: a failure is logged).
+    """
 
     row: _Row
     done: asyncio.Future[None]
+    submitted: bool
 
 
 _STOP: Final = object()  # queued by aclose(): the writer commits what precedes it, then exits
@@ -215,12 +316,19 @@ _STOP: Final = object()  # queued by aclose(): the writer commits what precedes 
 class SqliteJournal:
     """A :class:`Journal` in one SQLite file in WAL mode, written by one dedicated thread.
 
-    ``append`` encodes the event on the caller's loop (so a malformed payload raises right
-    there), hands it to the writer thread and awaits a future that the thread completes after
-    ``COMMIT``. The thread commits in groups: it takes every event queued while the previous
-    transaction was committing, inserts them in one transaction and then completes all their
-    futures, so one fsync covers many events and throughput grows with load. At most
-    ``max_pending`` events are in flight; further appends wait, first come first served.
+    ``append`` and ``submit`` encode the event on the caller's loop (so a malformed payload
+    raises right there) and hand it to the writer thread with a future that the thread
+    completes after ``COMMIT``: ``append`` awaits that future, ``submit`` returns it (the
+    :data:`Receipt`). The thread commits in groups: it takes every event queued while the
+    previous transaction was committing, inserts them in one transaction, in queue order, and
+    then completes all their futures, so one fsync covers many events and throughput grows
+    with load. A batch that starts with a submitted event may wait up to ``submit_delay_ms``
+    (2 ms by default) for more events to share its commit, which keeps the cost of a commit
+    (a transaction, an fsync, two thread wake-ups) off every single quote at moderate load;
+    an append, a full queue or ``aclose`` ends that wait at once, so a fill never waits for
+    it. At most ``max_pending`` events are queued and not yet committed, appended and
+    submitted alike; further appends and submits wait, first come first served (back-pressure:
+    a submit returns quickly only while the writer keeps up).
 
     Durability: ``synchronous=FULL`` by default. In WAL mode, ``NORMAL`` syncs the log only at
     checkpoints, so a power cut or OS crash can lose the last transactions *after* their
@@ -230,11 +338,17 @@ class SqliteJournal:
     what keeps it affordable under load. (``NORMAL`` is still safe against a crash of the
     process itself.)
 
-    A failed transaction fails every append of its batch with a :class:`JournalError` (the
-    ``sqlite3.Error`` chained as its cause); the journal carries on with later events. Cancelling
-    an ``append`` does not withdraw an event already handed to the writer. ``aclose`` commits
-    everything appended before it, then stops the thread; appends after it (or still waiting for
-    room) raise :class:`JournalClosed`.
+    What is durable when: an appended event once ``append`` returned; a submitted one once its
+    receipt completed, and not before: normally within ``submit_delay_ms`` plus one commit
+    of being submitted (see the module docstring).
+
+    A failed transaction fails every event of its batch with a :class:`JournalError` (the
+    ``sqlite3.Error`` chained as its cause); the journal carries on with later events. Every
+    event that could not be recorded is counted in ``failed``; submitted ones are also logged
+    (``ERROR``, one line per batch), since their caller may never look at the receipt.
+    Cancelling an ``append`` does not withdraw an event already handed to the writer.
+    ``aclose`` commits everything appended or submitted before it, then stops the thread;
+    appends and submits after it (or still waiting for room) raise :class:`JournalClosed`.
 
     Usage::
 
@@ -246,6 +360,9 @@ class SqliteJournal:
         clock_ns: Stamps ``recorded_ns``, in ns since the epoch.
         synchronous: SQLite's ``synchronous`` setting; see above.
         max_pending: Events accepted but not yet committed, at most (back-pressure).
+        submit_delay_ms: How long the writer may hold a batch of submitted events to gather
+            more into the same commit; see above. ``0`` commits as soon as the previous
+            commit is done.
     """
 
     def __init__(
@@ -255,16 +372,22 @@ class SqliteJournal:
         clock_ns: Callable[[], int] = time.time_ns,
         synchronous: Synchronous = "FULL",
         max_pending: int = 10_000,
+        submit_delay_ms: float = 2.0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {synchronous!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if not 0 <= submit_delay_ms <= 60_000:
+            raise ValueError(f"submit_delay_ms must be within 0..60000, got {submit_delay_ms}")
         self.path = Path(path)
         self._clock_ns = clock_ns
         self._synchronous = synchronous
         self._max_pending = max_pending
+        self._submit_delay_s = submit_delay_ms / 1e3
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        #: Set when something queued must not wait: an append, back-pressure, the stop marker.
+        self._urgent = threading.Event()
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -275,6 +398,8 @@ class SqliteJournal:
         self.commits = 0
         #: Events committed so far.
         self.committed = 0
+        #: Events that could not be recorded (their append raised, their receipt failed).
+        self.failed = 0
 
     @property
     def pending(self) -> int:
@@ -319,19 +444,34 @@ class SqliteJournal:
             return
         if first:
             self._queue.put(_STOP)
+            self._urgent.set()
         await asyncio.shield(self._stopped)
 
     # -- appending --------------------------------------------------------------------------
 
     async def append(self, event: JournalEvent) -> None:
         """Record ``event``; returns once it is committed. Raises :class:`JournalError`."""
+        await self._enqueue(event, submitted=False)
+
+    async def submit(self, event: JournalEvent) -> Receipt:
+        """Queue ``event`` for the writer; returns its :data:`Receipt` once it is queued.
+
+        Waits only while ``max_pending`` events are queued. The event is committed after every
+        event queued before it. Raises :class:`JournalClosed` (closed journal), ``ValueError``
+        or ``TypeError`` (malformed event) at once, queueing nothing; a write that fails later
+        fails the receipt, is counted in ``failed`` and logged.
+        """
+        return await self._enqueue(event, submitted=True)
+
+    async def _enqueue(self, event: JournalEvent, *, submitted: bool) -> Receipt:
+        """Hand ``event`` to the writer; for ``append``, also wait for its commit."""
         if self._closed or self._loop is None:
             raise JournalClosed(
                 f"journal {self.path} is {'closed' if self._closed else 'not open'}"
             )
         payload = _encode_payload(event)
         await self._reserve()
-        if self._closed:  # closed while this append waited for room
+        if self._closed:  # closed while this event waited for room
             self._release()
             raise JournalClosed(f"journal {self.path} closed before the event was recorded")
         row: _Row = (
@@ -345,9 +485,12 @@ class SqliteJournal:
             event.trade_id,
             payload.decode(),
         )
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(_Pending(row, done))
-        await done
+        done: Receipt = self._loop.create_future()
+        self._queue.put(_Pending(row, done, submitted))
+        if not submitted:
+            self._urgent.set()
+            await done
+        return done
 
     async def _reserve(self) -> None:
         """Take one of ``max_pending`` slots, waiting in line when none is free."""
@@ -355,6 +498,7 @@ class SqliteJournal:
             self._in_flight += 1
             return
         assert self._loop is not None
+        self._urgent.set()  # the queue is full: the writer must not hold its batch back
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(waiter)
         try:
@@ -379,9 +523,13 @@ class SqliteJournal:
         committed = sum(error is None for error in errors)
         self.committed += committed
         self.commits += committed > 0
+        self.failed += len(batch) - committed
+        lost: list[tuple[_Pending, BaseException]] = []
         for pending, error in zip(batch, errors, strict=True):
             self._release()
-            if pending.done.done():  # the caller was cancelled
+            if error is not None and pending.submitted:
+                lost.append((pending, error))
+            if pending.done.done():  # an append whose caller was cancelled
                 continue
             if error is None:
                 pending.done.set_result(None)
@@ -389,6 +537,23 @@ class SqliteJournal:
                 failure = JournalError(f"journal {self.path}: write failed: {error}")
                 failure.__cause__ = error
                 pending.done.set_exception(failure)
+                if pending.submitted:
+                    pending.done.exception()  # reported below: asyncio must not report it again
+        if lost:
+            first, error = lost[0]
+            _, _, kind, client, _, rfq_id, quote_id, trade_id, _ = first.row
+            log.error(
+                "journal %s: %d submitted event(s) not recorded, the first a %s of %s "
+                "(rfq_id %r, quote_id %r, trade_id %r): %s",
+                self.path,
+                len(lost),
+                kind,
+                client,
+                rfq_id,
+                quote_id,
+                trade_id,
+                error,
+            )
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -447,10 +612,17 @@ class SqliteJournal:
     def _serve(self, conn: sqlite3.Connection) -> None:
         """Commit batches until the stop marker; every dequeued event's future is completed."""
         while True:
+            item = self._queue.get()
+            if item is not _STOP and self._submit_delay_s and not self._urgent.is_set():
+                # Submitted events may wait a little to share the commit (and its fsync) with
+                # those that follow; an append, a full queue or aclose() ends the wait at once.
+                assert isinstance(item, _Pending)
+                if item.submitted:
+                    self._urgent.wait(self._submit_delay_s)
+            self._urgent.clear()
             batch: list[_Pending] = []
             stop = False
-            item = self._queue.get()
-            while True:  # group commit: everything queued while the last COMMIT ran
+            while True:  # group commit: everything queued by now
                 if item is _STOP:
                     stop = True
                     break

@@ -28,18 +28,32 @@ RFQ checks, in order (the first that fails decides the reject code):
 
 Accept checks: payload; the quote exists *for this client* (``UNKNOWN_QUOTE``: another client's
 quote is unknown too); a filled quote returns the same fill to the same accept (same quote,
-side and qty) and ``ALREADY_FILLED`` to any other; ``EXPIRED`` after ``valid_until``; side
-(required for two-way) and qty (at most the quoted, whole lots); client enabled, kill switch and
-limits again; the optional last look. A quote fills at most once: concurrent accepts of one quote
-queue on the quote's lock, and the fill is returned only after the journal committed it.
+side and qty) and ``ALREADY_FILLED`` to any other; the quote was recorded by the journal
+(``INTERNAL_ERROR`` if its write failed); ``EXPIRED`` after ``valid_until``; side (required for
+two-way) and qty (at most the quoted, whole lots); client enabled, kill switch and limits again;
+the optional last look. A quote fills at most once: concurrent accepts of one quote queue on the
+quote's lock, and the fill is returned only after the journal committed it.
 
-Every RFQ, quote (with its :class:`~otc.pricing.PriceExplanation`), reject, accept, fill and
-accept reject is journaled, as are the runtime controls (``control``, with the operator). An RFQ
-and its outcome are handed to the journal together, so that a journal committing in groups
-syncs once for both; a reply is returned only once its events are committed. Journal errors
-propagate (durability lost is for the caller to handle); nothing is filled then. Controls are
-synchronous; their events are written by :meth:`QuoteEngine.flush_controls` (await it after a
-control) and at the latest before the next RFQ or accept is handled.
+Journal and durability. Every RFQ, quote (with its :class:`~otc.pricing.PriceExplanation`),
+reject, accept, fill and accept reject is journaled, as are the runtime controls (``control``,
+with the operator), all through the journal's one ordered queue:
+
+* RFQs, quotes, rejects, accepts and accept rejects are *submitted*
+  (:meth:`~otc.journal.Journal.submit`): queued in order, and the reply is returned without
+  waiting for their commit (a quote is not a trade; waiting would add a commit and an fsync to
+  every quote). A crash in the few milliseconds before their group commit loses them; a write
+  that fails is logged and counted by the journal, and a quote whose write failed cannot be
+  filled (``INTERNAL_ERROR``). A failure the journal reports at once (a closed journal, an
+  error already on the receipt) propagates, and the quote is then forgotten (never published,
+  it cannot be accepted).
+* A fill is *appended* (:meth:`~otc.journal.Journal.append`) and returned only once it is
+  committed. The journal commits in queue order, so by then the quote and the accept it
+  answers are committed too. An accept of a quote whose commit is still pending is appended
+  as well, which commits the quote at once, so that the fill is decided on a quote known to
+  be on disk without waiting for the journal's next group commit. A journal error propagates;
+  nothing is filled then.
+* Controls are synchronous; their events are appended by :meth:`QuoteEngine.flush_controls`
+  (await it after a control) and at the latest before the next RFQ or accept is handled.
 
 Memory is bounded: quotes are forgotten ``quote_memory_ms`` after they expire and rfq ids after
 ``duplicate_window_ms`` (:meth:`QuoteEngine.prune`, called on every RFQ); per-client state
@@ -61,7 +75,7 @@ from otc.book import BookView
 from otc.clock import Clock
 from otc.config import ClientConfig, Config, InstrumentConfig
 from otc.errors import InsufficientDepth, OtcError, QuoteError
-from otc.journal import Journal, JournalEvent
+from otc.journal import Journal, JournalEvent, Receipt
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, Side, decimal_text
 from otc.pricing import (
@@ -150,15 +164,22 @@ def _wire_payload(payload: bytes, decoder: str) -> dict[str, object]:
 
 
 class _Quote:
-    """A quote the engine stands by until it expires, and its fill once accepted."""
+    """A quote the engine stands by until it expires, and its fill once accepted.
+
+    Thousands are remembered at a time (``quote_memory_ms``), so a quote keeps only what an
+    accept needs, in as few garbage-collected objects as possible: the hedge cost of each side
+    (for the last look) rather than the whole explanation, which is in the journal.
+    """
 
     __slots__ = (
         "ask",
         "bid",
         "client",
-        "explanations",
         "fill",
         "fill_key",
+        "hedge_ask",
+        "hedge_bid",
+        "journaled",
         "lock",
         "notional",
         "qty",
@@ -181,7 +202,8 @@ class _Quote:
         bid: Decimal | None,
         ask: Decimal | None,
         valid_until_ns: int,
-        explanations: dict[str, PriceExplanation],
+        hedge_bid: Decimal | None,
+        hedge_ask: Decimal | None,
         notional: Decimal | None,
     ) -> None:
         self.quote_id = quote_id
@@ -193,11 +215,21 @@ class _Quote:
         self.bid = bid
         self.ask = ask
         self.valid_until_ns = valid_until_ns
-        self.explanations = explanations
+        #: ``hedge_all_in`` of each side quoted (the last look compares against it).
+        self.hedge_bid = hedge_bid
+        self.hedge_ask = hedge_ask
         self.notional = notional
         self.fill: Fill | None = None
         self.fill_key: tuple[str, Decimal] | None = None
         self.lock: asyncio.Lock | None = None
+        #: The journal's receipt for the quote event while it is not committed (``None`` once
+        #: it is); kept when the write failed, so that the quote cannot be filled.
+        self.journaled: Receipt | None = None
+
+    def recorded(self, receipt: Receipt) -> None:
+        """Done callback of :attr:`journaled`: forget a receipt that succeeded."""
+        if not receipt.cancelled() and receipt.exception() is None:
+            self.journaled = None
 
 
 class _Client:
@@ -242,7 +274,8 @@ class QuoteEngine:
     Args:
         config: instruments, tiers, risk, inventory, clients and quoting settings.
         market: the consolidated books quotes are priced from.
-        journal: where every event is recorded; ``append`` must return once it is durable.
+        journal: where every event is recorded, in order; ``append`` must return once the event
+            is durable, ``submit`` once it is queued (see the module docstring).
         clock: decides staleness, expiry, rate limits and timestamps.
         run_id: prefix of quote and trade ids (random by default), unique per run.
     """
@@ -320,9 +353,9 @@ class QuoteEngine:
     async def on_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         """Handle a message from ``otc/v1/{client}/rfq``: a Quote or a Reject, to that client.
 
-        The RFQ and its outcome are journaled together (one group commit in a journal that
-        batches) before the reply is returned; journal errors propagate, and the quote is then
-        forgotten (never published, it cannot be accepted).
+        The RFQ and its outcome are submitted to the journal, in that order, and the reply is
+        returned once they are queued, without waiting for their commit. A journal error known
+        by then propagates, and the quote is forgotten (never published, it cannot be accepted).
         """
         arrived = self._clock.now_ns()
         await self.flush_controls()
@@ -333,7 +366,7 @@ class QuoteEngine:
         )
         topic = QUOTES_TOPIC.format(client=client)
         try:
-            quote = self._quote(client, payload, arrived)
+            quote, explanations = self._quote(client, payload, arrived)
         except ProtocolError as exc:
             code, reason = exc.code, exc.reason
         except Exception:  # a bug must not take the service down: reject, log
@@ -363,39 +396,48 @@ class QuoteEngine:
                     # JSON builtins with exact Decimals: the journal writes them as plain text.
                     "explanation": {
                         k: msgspec.to_builtins(v, builtin_types=(Decimal,))
-                        for k, v in quote.explanations.items()
+                        for k, v in explanations.items()
                     },
                 },
             )
             self._quotes[quote.quote_id] = quote
             try:
-                await self._append(received, quoted)
+                receipt = await self._submit(received, quoted)
             except BaseException:
                 self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
                 raise
+            if not receipt.done():
+                quote.journaled = receipt
+                receipt.add_done_callback(quote.recorded)
             return [Outgoing(topic, encode(message))]
         reject = Reject(rfq_id=rfq_id, code=code.value, reason=reason)
         rejected = JournalEvent(
             "reject", client, arrived, rfq_id=rfq_id, payload=msgspec.to_builtins(reject)
         )
-        await self._append(received, rejected)
+        await self._submit(received, rejected)
         return [Outgoing(topic, encode(reject))]
 
-    async def _append(self, *events: JournalEvent) -> None:
-        """Journal ``events`` in order, handing them all to the journal before awaiting any.
+    async def _submit(self, *events: JournalEvent) -> Receipt:
+        """Submit ``events`` to the journal in order, without waiting for their commit.
 
-        Each append is its own task, started in order, so that a journal that commits in groups
-        (``SqliteJournal``) can commit them together: one sync instead of one per event.
-        Returns once all are committed; raises the first error after every append finished.
+        Returns the last event's receipt. Raises what the journal raises, and the first failure
+        already on a receipt (a journal that records at once and failed): the caller must not
+        reply as if the events were on their way to disk.
         """
-        tasks = [asyncio.ensure_future(self._journal.append(event)) for event in events]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        receipts = [await self._journal.submit(event) for event in events]
+        for receipt in receipts:
+            error = receipt.exception() if receipt.done() and not receipt.cancelled() else None
+            if error is not None:
+                raise error
+        return receipts[-1]
 
-    def _quote(self, client: str, payload: bytes, now: int) -> _Quote:
-        """Run every RFQ check and price it; raises ProtocolError with the reject code."""
+    def _quote(
+        self, client: str, payload: bytes, now: int
+    ) -> tuple[_Quote, dict[str, PriceExplanation]]:
+        """Run every RFQ check and price it: the quote and the explanation of each side.
+
+        Raises ProtocolError with the reject code.
+        """
         rfq = parse_rfq(payload)
         state = self._client(client)
         self._take_token(state, now)
@@ -432,7 +474,7 @@ class QuoteEngine:
             self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
         bid = explanations.get("bid")
         ask = explanations.get("ask")
-        return _Quote(
+        quote = _Quote(
             quote_id=f"{self._run}-q{next(self._quote_ids)}",
             client=client,
             rfq_id=rfq.rfq_id,
@@ -442,9 +484,11 @@ class QuoteEngine:
             bid=None if bid is None else bid.price,
             ask=None if ask is None else ask.price,
             valid_until_ns=(now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns,
-            explanations=explanations,
+            hedge_bid=None if bid is None else bid.hedge_all_in,
+            hedge_ask=None if ask is None else ask.hedge_all_in,
             notional=rfq.notional,
         )
+        return quote, explanations
 
     def _client(self, client: str) -> _Client:
         state = self._clients.get(client)
@@ -676,15 +720,16 @@ class QuoteEngine:
         arrived = self._clock.now_ns()
         await self.flush_controls()
         quote_id = _salvage(payload, "quote_id")
-        await self._journal.append(
-            JournalEvent(
-                "accept",
-                client,
-                arrived,
-                quote_id=quote_id,
-                payload=_wire_payload(payload, "accept"),
-            )
+        received = JournalEvent(
+            "accept", client, arrived, quote_id=quote_id, payload=_wire_payload(payload, "accept")
         )
+        named = self._quotes.get(quote_id)
+        if named is not None and named.client == client and named.journaled is not None:
+            # The quote is still on its way to disk: commit it (with this accept) right away
+            # rather than at the journal's next group commit; its outcome decides the fill.
+            await self._journal.append(received)
+        else:
+            await self._submit(received)  # committed before any fill: the journal keeps order
         topic = FILLS_TOPIC.format(client=client)
         try:
             accept = parse_accept(payload)
@@ -698,6 +743,16 @@ class QuoteEngine:
         if quote.lock is None:
             quote.lock = asyncio.Lock()
         async with quote.lock:  # one accept of a quote at a time: exactly one fill
+            if not await self._recorded(quote):
+                reject = await self._accept_reject(
+                    client,
+                    topic,
+                    quote.quote_id,
+                    quote.rfq_id,
+                    Code.INTERNAL_ERROR,
+                    f"quote {quote.quote_id} was not recorded by the journal: it cannot be filled",
+                )
+                return [reject]
             try:
                 checked = self._check_accept(quote, accept, arrived)
             except ProtocolError as exc:
@@ -725,7 +780,7 @@ class QuoteEngine:
         self, client: str, topic: str, quote_id: str, rfq_id: str, code: Code, reason: str
     ) -> Outgoing:
         reject = AcceptReject(quote_id=quote_id, code=code.value, reason=reason)
-        await self._journal.append(
+        await self._submit(
             JournalEvent(
                 "accept_reject",
                 client,
@@ -736,6 +791,21 @@ class QuoteEngine:
             )
         )
         return Outgoing(topic, encode(reject))
+
+    @staticmethod
+    async def _recorded(quote: _Quote) -> bool:
+        """Whether the journal committed the quote (waiting for it if it has not yet settled).
+
+        Settled by now, normally: an accept of a quote still on its way to disk was appended,
+        which committed the quote with it. Waiting never cancels the receipt, even when the
+        accept is cancelled.
+        """
+        receipt = quote.journaled
+        if receipt is None:  # committed
+            return True
+        if not receipt.done():
+            await asyncio.wait((receipt,))
+        return not receipt.cancelled() and receipt.exception() is None
 
     def _check_accept(self, quote: _Quote, accept: ParsedAccept, now: int) -> Fill | _Trade:
         """Every accept check; the earlier fill for a repeated accept. Under the quote's lock."""
@@ -824,7 +894,8 @@ class QuoteEngine:
 
     def _last_look(self, quote: _Quote, inst: InstrumentConfig, side: Side, now: int) -> None:
         """Refuse when the hedge cost of the quoted qty moved beyond tolerance against us."""
-        quoted = quote.explanations["ask" if side is Side.BUY else "bid"].hedge_all_in
+        quoted = quote.hedge_ask if side is Side.BUY else quote.hedge_bid
+        assert quoted is not None  # the side was checked against the quote's
         tolerance = self.config.quoting.last_look_tolerance_bps
         try:
             view = self._view(inst, now)
