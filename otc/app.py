@@ -295,6 +295,13 @@ class Engine:
         while True:
             await asyncio.sleep(interval)
             for symbol in self.market.books:
-                ladder = self.quotes.ladder(symbol)
+                steps = self.quotes.ladder_steps(symbol)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        ladder = done.value
+                        break
+                    await asyncio.sleep(0)  # serve what arrived while the band was priced
                 if ladder is not None:
                     await bus.publish(ladder)

@@ -19,6 +19,7 @@ Subcommands::
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
+    otc bench rfq [--rfqs N] [--in-flight N] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
 ``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed.
@@ -58,6 +59,16 @@ def _decimal(text: str) -> Decimal:
         raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -242,6 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     feeds_bench.add_argument("--venue", action="append", dest="venues", help="only these venues")
     feeds_bench.add_argument("--repeats", type=int, default=3)
     feeds_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    rfq_bench = bench_sub.add_parser(
+        "rfq", help="RFQ -> quote round trips through a broker vs a bare echo responder"
+    )
+    rfq_bench.add_argument("--rfqs", type=_positive_int, default=10_000, help="per series")
+    rfq_bench.add_argument("--in-flight", type=_positive_int, default=64, help="when sustained")
+    rfq_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     return parser
 
 
@@ -842,6 +859,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from otc.bench import feeds as bench_feeds
 
         figures = bench_feeds.run(venues=args.venues, repeats=args.repeats)
+    elif args.bench == "rfq":
+        from otc.bench import rfq as bench_rfq
+
+        figures = bench_rfq.run(rfqs=args.rfqs, in_flight=args.in_flight)
     else:
         from otc.bench import book as bench_book
 

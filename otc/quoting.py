@@ -67,6 +67,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
+from collections.abc import Generator
 from decimal import Context, Decimal
 
 import msgspec
@@ -923,6 +924,24 @@ class QuoteEngine:
         Returns ``None`` when the symbol is unknown or has no bands, and, unless ``force``,
         when nothing it is priced from changed since the last ladder of the symbol.
         """
+        steps = self.ladder_steps(symbol, force=force)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                ladder: Outgoing | None = done.value
+                return ladder
+
+    def ladder_steps(
+        self, symbol: str, *, force: bool = False
+    ) -> Generator[None, None, Outgoing | None]:
+        """:meth:`ladder`, one band at a time: yields after each band, returns the ladder.
+
+        A band walks up to two deep books (a millisecond or more for the largest), so the
+        engine resumes the generator on later turns of its loop, and RFQs are served in
+        between rather than queued behind a whole ladder. Books that move in between are
+        priced as they are then; the next ladder sees their new versions anyway.
+        """
         inst = self._instruments.get(symbol)
         if inst is None or not inst.ladder_bands:
             return None
@@ -945,6 +964,7 @@ class QuoteEngine:
             bid = self._indicative(view, inst, Side.SELL, qty, spread, now) if usable else None
             ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
             bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
+            yield
         message = Ladder(symbol=symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
         return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
 
