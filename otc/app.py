@@ -259,6 +259,11 @@ class Engine:
         topic = CONTROL_RESULT_TOPIC.format(operator=operator)
         command = "?"
         try:
+            if operator not in self.config.broker.operators:
+                raise OtcError(
+                    f"{operator} is not an operator (config [broker] operators): "
+                    "nothing was changed"
+                )
             control = decode_control(payload)
             command = control.command
             if control.command in ("halt", "resume"):

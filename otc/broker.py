@@ -438,6 +438,15 @@ topic write otc/v1/+/quotes
 topic write otc/v1/+/fills
 topic write otc/v1/status
 topic write otc/v1/ladder/#
+topic read otc/v1/control/+
+topic write otc/v1/control/+/result
+"""
+
+_OPERATOR_ACL: Final = """
+# Operator {operator}: its own commands out, their results in.
+user {operator}
+topic write otc/v1/control/{operator}
+topic read otc/v1/control/{operator}/result
 """
 
 
@@ -461,11 +470,20 @@ def hash_password(
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def _check_users(clients: Iterable[str], engine_user: str) -> list[str]:
-    users = [*clients, engine_user]
+def _check_users(
+    clients: Iterable[str], engine_user: str, operators: Iterable[str] = ()
+) -> list[str]:
+    clients = list(clients)
+    operators = list(operators)
+    users = [*clients, engine_user, *operators]
     seen: set[str] = set()
     for i, user in enumerate(users):
-        path = f"$.clients[{i}]" if i < len(users) - 1 else "$.broker.username"
+        if i < len(clients):
+            path = f"$.clients[{i}]"
+        elif i == len(clients):
+            path = "$.broker.username"
+        else:
+            path = f"$.broker.operators[{i - len(clients) - 1}]"
         if not _USER_NAME.fullmatch(user):
             raise ConfigError(
                 "clients",
@@ -483,9 +501,10 @@ def generate_auth(
     engine_user: str,
     out_dir: Path,
     *,
+    operators: Iterable[str] = (),
     passwords: Mapping[str, str] | None = None,
 ) -> AuthFiles:
-    """Write mosquitto's password file and ACL for ``clients`` and the engine's user.
+    """Write mosquitto's password file and ACL for ``clients``, the engine and ``operators``.
 
     Writes ``out_dir/passwd`` (mode 0600: make it readable by the broker's user) and
     ``out_dir/acl``, replacing both. Users missing from ``passwords`` get a new random
@@ -495,6 +514,7 @@ def generate_auth(
         clients: Client ids; each is also the client's broker user name.
         engine_user: The engine's broker user name.
         out_dir: Where to write (created when missing).
+        operators: Broker user names of the operators (``otc/v1/control/{operator}``).
         passwords: Passwords to keep, by user name.
 
     Returns:
@@ -504,7 +524,8 @@ def generate_auth(
         ConfigError: a user name is not a single topic level of ``[A-Za-z0-9_.-]``, or
             appears twice.
     """
-    users = _check_users(clients, engine_user)
+    operators = list(operators)
+    users = _check_users(clients, engine_user, operators)
     known = dict(passwords or {})
     chosen = {user: known.get(user) or secrets.token_urlsafe(24) for user in users}
     out_dir = Path(out_dir)
@@ -513,7 +534,9 @@ def generate_auth(
     acl_file = out_dir / "acl"
     lines = "".join(f"{user}:{hash_password(chosen[user])}\n" for user in users)
     _write(password_file, lines, mode=0o600)
-    _write(acl_file, _ACL_HEADER + _ENGINE_ACL.format(engine=engine_user), mode=0o644)
+    acl = _ACL_HEADER + _ENGINE_ACL.format(engine=engine_user)
+    acl += "".join(_OPERATOR_ACL.format(operator=operator) for operator in operators)
+    _write(acl_file, acl, mode=0o644)
     return AuthFiles(password_file, acl_file, chosen)
 
 

@@ -673,7 +673,12 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     engine_user = config.broker.username or "otc-engine"
-    files = generate_auth([c.id for c in config.clients], engine_user, args.out)
+    files = generate_auth(
+        [c.id for c in config.clients],
+        engine_user,
+        args.out,
+        operators=config.broker.operators,
+    )
     sys.stdout.write(f"wrote {files.password_file} and {files.acl_file}\n")
     for user, password in sorted(files.passwords.items()):
         sys.stdout.write(f"  {user}: {password}\n")

@@ -268,6 +268,9 @@ class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     password: str | None = None
     tls: bool = False
     client_id: str = "otc-engine"
+    #: Broker usernames allowed to send operator commands on ``otc/v1/control/{operator}``;
+    #: the engine refuses commands from anyone else.
+    operators: list[str] = []
 
 
 class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -389,6 +392,11 @@ def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -
             raise ConfigError(
                 source, f"$.inventory.limits.{asset}", "not the base or quote of an instrument"
             )
+    for i, operator in enumerate(config.broker.operators):
+        if operator in config.broker.operators[:i]:
+            raise ConfigError(source, f"$.broker.operators[{i}]", f"{operator} given twice")
+        if any(client.id == operator for client in config.clients):
+            raise ConfigError(source, f"$.broker.operators[{i}]", f"{operator} is also a client id")
     ids: set[str] = set()
     for i, client in enumerate(config.clients):
         if client.id in ids:

@@ -27,7 +27,7 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto" / 
 
 @pytest.fixture
 def auth(tmp_path: Path) -> AuthFiles:
-    return generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
+    return generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth", operators=["ops-1"])
 
 
 @pytest.fixture
@@ -98,6 +98,35 @@ async def test_a_client_cannot_impersonate_the_engine(
         await client_a.publish(Publication("otc/v1/status", b'{"state": "down"}', retain=True))
         await engine.publish(Publication("otc/v1/status", b'{"state": "up"}', retain=True))
         assert await receive(client_b.messages()) == ("otc/v1/status", b'{"state": "up"}')
+
+
+async def test_only_an_operator_sends_commands_and_only_it_reads_their_results(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "ops-1") as ops,
+        login(secured, auth, "client-a") as client_a,
+    ):
+        await engine.subscribe("otc/v1/control/+")
+        await ops.subscribe("otc/v1/control/ops-1/result")
+        await client_a.subscribe("otc/v1/control/#")
+        await client_a.publish(Publication("otc/v1/control/client-a", b'{"command": "halt"}'))
+        await client_a.publish(Publication("otc/v1/control/ops-1", b'{"command": "halt"}'))
+        await ops.publish(Publication("otc/v1/control/ops-1", b'{"command": "resume"}'))
+        assert await receive(engine.messages()) == (
+            "otc/v1/control/ops-1",
+            b'{"command": "resume"}',
+        )
+        await engine.publish(Publication("otc/v1/control/ops-1/result", b'{"ok": true}'))
+        await engine.publish(Publication("otc/v1/control/ops-1/result", b'{"ok": "again"}'))
+        ops_inbox = ops.messages()
+        assert await receive(ops_inbox) == ("otc/v1/control/ops-1/result", b'{"ok": true}')
+        assert await receive(ops_inbox) == ("otc/v1/control/ops-1/result", b'{"ok": "again"}')
+        # client-a read none of it: the first message it gets is a later one on its own topic
+        await client_a.subscribe("otc/v1/client-a/quotes")
+        await engine.publish(Publication("otc/v1/client-a/quotes", b"marker"))
+        assert await receive(client_a.messages()) == ("otc/v1/client-a/quotes", b"marker")
 
 
 async def test_unknown_users_wrong_passwords_and_anonymous_clients_are_refused(

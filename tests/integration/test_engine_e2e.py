@@ -286,5 +286,9 @@ def test_operator_kill_switch_and_client_disable_take_effect_at_once(
     refused = otc("control", "--broker", url, "--operator", "ops-1", "client", "nobody", "enable")
     assert refused.returncode == 1
     assert "nobody" in refused.stdout
+    intruder = otc("control", "--broker", url, "--operator", "client-a", "halt")
+    assert intruder.returncode == 1
+    assert "client-a is not an operator" in intruder.stdout
+    assert rfq()["type"] == "quote"  # nothing was halted
     controls = otc("blotter", "--journal", journal, "--kind", "control")
     assert "ops-1" in controls.stdout

@@ -443,12 +443,14 @@ def test_invalid_filters(topic_filter: str) -> None:
 
 
 def test_generate_auth_writes_a_private_password_file_and_the_acl(tmp_path: Path) -> None:
-    auth = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path / "auth")
-    assert set(auth.passwords) == {"client-a", "client-b", "otc-engine"}
-    assert len(set(auth.passwords.values())) == 3
+    auth = generate_auth(
+        ["client-a", "client-b"], "otc-engine", tmp_path / "auth", operators=["ops-1"]
+    )
+    assert set(auth.passwords) == {"client-a", "client-b", "otc-engine", "ops-1"}
+    assert len(set(auth.passwords.values())) == 4
     assert stat.S_IMODE(os.stat(auth.password_file).st_mode) == 0o600
     users = [line.split(":")[0] for line in auth.password_file.read_text().splitlines()]
-    assert users == ["client-a", "client-b", "otc-engine"]
+    assert users == ["client-a", "client-b", "otc-engine", "ops-1"]
     acl = [line for line in auth.acl_file.read_text().splitlines() if not line.startswith("#")]
     assert [line for line in acl if line.startswith("pattern")] == [
         "pattern write otc/v1/%u/rfq",
@@ -458,14 +460,20 @@ def test_generate_auth_writes_a_private_password_file_and_the_acl(tmp_path: Path
         "pattern read otc/v1/status",
         "pattern read otc/v1/ladder/#",
     ]
-    engine = acl[acl.index("user otc-engine") + 1 :]
-    assert engine == [
+    engine = acl[acl.index("user otc-engine") + 1 : acl.index("user ops-1")]
+    assert [line for line in engine if line] == [
         "topic read otc/v1/+/rfq",
         "topic read otc/v1/+/accept",
         "topic write otc/v1/+/quotes",
         "topic write otc/v1/+/fills",
         "topic write otc/v1/status",
         "topic write otc/v1/ladder/#",
+        "topic read otc/v1/control/+",
+        "topic write otc/v1/control/+/result",
+    ]
+    assert acl[acl.index("user ops-1") + 1 :] == [
+        "topic write otc/v1/control/ops-1",
+        "topic read otc/v1/control/ops-1/result",
     ]
     again = generate_auth(
         ["client-a", "client-b"], "otc-engine", tmp_path / "auth", passwords={"client-a": "kept"}
@@ -484,13 +492,15 @@ def test_generate_auth_writes_a_private_password_file_and_the_acl(tmp_path: Path
         (["client-a", "client-a"], "otc-engine", r"\$\.clients\[1\]", "twice"),
         (["otc-engine"], "otc-engine", r"\$\.broker\.username", "twice"),
         ([], "", r"\$\.broker\.username", "not a usable"),
+        (["ops-1"], "otc-engine", r"\$\.broker\.operators\[0\]", "twice"),
+        ([], "otc-engine", r"\$\.broker\.operators\[1\]", "not a usable"),
     ],
 )
 def test_generate_auth_refuses_unusable_user_names(
     clients: list[str], engine: str, path: str, problem: str, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match=f"{path}: .*{problem}"):
-        generate_auth(clients, engine, tmp_path)
+        generate_auth(clients, engine, tmp_path, operators=["ops-1", "ops/2"])
     assert not (tmp_path / "passwd").exists()
 
 

@@ -94,6 +94,7 @@ username = "engine"
 password = "secret"
 tls = true
 client_id = "otc-1"
+operators = ["ops-1", "ops-2"]
 
 [journal]
 path = "/var/lib/otc/journal.sqlite"
@@ -153,6 +154,7 @@ def test_every_quoting_section_loads(tmp_path: Path) -> None:
     assert config.broker == BrokerConfig(
         host="mqtt.example", port=8883, username="engine", tls=True, client_id="otc-1",
         password="secret",  # noqa: S106  # a test value
+        operators=["ops-1", "ops-2"],
     )  # fmt: skip
     assert config.journal.path == "/var/lib/otc/journal.sqlite"
     assert config.instrument("BTC-USDT").ladder_bands == [Decimal("0.5"), Decimal(1), Decimal(10)]
@@ -202,6 +204,10 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         ('max_daily_notional = "1000000"', "", "$.clients[1]", "max_daily_notional"),
         ("port = 8883", "port = 70000", "$.broker.port", "<= 65535"),
         ("tls = true", 'tls = "yes"', "$.broker.tls", "Expected `bool`"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "ops-1"]',
+         "$.broker.operators[1]", "given twice"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "client-a"]',
+         "$.broker.operators[1]", "also a client"),
         ('path = "/var/lib/otc/journal.sqlite"', 'file = "j.sqlite"', "$.journal.file",
          "unknown field"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "1.000001", "10"]',
