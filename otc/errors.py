@@ -7,11 +7,20 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     ├── ConfigError          a config file or book file is malformed; names the file and the path
     ├── ValueParseError      a price/size/fee text is not an exact, finite, allowed number
     ├── FeedError            a venue feed lost integrity (sequence gap, checksum, staleness)
-    └── QuoteError           a request cannot be priced
-        ├── InsufficientDepth    visible depth cannot cover the size (and no impact model)
-        └── MarketUnavailable    no venue is fit to price from (all stale, crossed or out of sync)
+    │   ├── SequenceGap          an update does not follow the last one (feeds.base)
+    │   └── ChecksumMismatch     the book disagrees with the venue's checksum (feeds.base)
+    ├── QuoteError           a request cannot be priced
+    │   ├── InsufficientDepth    visible depth cannot cover the size (and no impact model)
+    │   └── MarketUnavailable    no venue is fit to price from (all stale, crossed or out of sync)
+    ├── ProtocolError        a wire message is invalid; carries the reject code (otc.protocol)
+    ├── JournalError         an event could not be recorded, or a journal read (otc.journal)
+    │   └── JournalClosed        the journal is closed: the event was not recorded
+    ├── BusError             the broker refused or dropped the connection (otc.bus)
+    ├── BrokerError          a broker of our own could not be started (otc.broker)
+    └── UsageError           a command-line argument is invalid (otc.cli)
 
-Each error carries the data a caller needs as attributes, and its message is one line.
+Errors marked with a module live next to the code that raises them; this module holds the
+shared ones. Each error carries the data a caller needs as attributes, and its message is one line.
 """
 
 from __future__ import annotations
