@@ -402,7 +402,7 @@ class Ladder:
     )
 
     #: Levels pulled per venue by the first extension (later ones double).
-    chunk = 64
+    chunk = 16
 
     def __init__(self, side: Side, scale: Scale, states: Mapping[str, VenueState]) -> None:
         self.side = side

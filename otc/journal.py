@@ -26,7 +26,7 @@ Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
 
     id           INTEGER PRIMARY KEY   commit order
     ts_ns        INTEGER               when the event happened (the engine's clock)
-    recorded_ns  INTEGER               when the journal accepted it (``clock_ns`` at append)
+    recorded_ns  INTEGER               when the journal accepted it (``clock_ns`` at append/submit)
     kind         TEXT                  one of KINDS: rfq, quote, reject, accept, fill, ...
     client       TEXT
     symbol       TEXT                  from the payload ("" when it names none, e.g. an accept)
@@ -107,7 +107,8 @@ class Journal(Protocol):
 
         Waits only while the journal's queue is full. The receipt completes at commit (or
         fails with :class:`JournalError`); failures are logged and counted by the journal.
-        Raises at once (and queues nothing) for a closed journal or a malformed event.
+        Raises at once (and queues nothing) for a closed journal or an unknown kind; a payload
+        that cannot be encoded fails the receipt.
         """
         ...
 
@@ -126,12 +127,16 @@ class JournalClosed(JournalError):
     """``append`` on a journal that is closed (or closing): the event was not recorded."""
 
 
-def _encode_payload(event: JournalEvent) -> bytes:
-    """Payload JSON with every Decimal as plain text; raises if the event is malformed."""
+def _check_kind(event: JournalEvent) -> None:
     if event.kind not in KINDS:
         raise ValueError(
             f"unknown journal event kind {event.kind!r}; expected one of {sorted(KINDS)}"
         )
+
+
+def _encode_payload(event: JournalEvent) -> bytes:
+    """Payload JSON with every Decimal as plain text; raises if the event is malformed."""
+    _check_kind(event)
     return _payload_encoder.encode(_json_ready(event.payload))
 
 
@@ -215,7 +220,7 @@ class MemoryJournal:
     """In-memory :class:`Journal` for tests: ``events`` in append order.
 
     It rejects what :class:`SqliteJournal` would reject (unknown kinds, payloads that cannot be
-    encoded, appends after ``aclose``). Set ``error`` to make every ``append`` raise it without
+    encoded, appends after ``aclose``), when it would. Set ``error`` to make every ``append`` raise it without
     recording, as a failing disk would. ``submit`` records at once through ``append`` (which
     subclasses may override), so its receipt is settled when it returns: a failure is then
     counted in ``failed``, logged, and set on the receipt, as :class:`SqliteJournal` does.
@@ -239,7 +244,7 @@ class MemoryJournal:
     async def submit(self, event: JournalEvent) -> Receipt:
         if self.closed:
             raise JournalClosed("journal is closed")
-        _encode_payload(event)  # a malformed event raises here, as with SqliteJournal
+        _check_kind(event)  # raises here, as with SqliteJournal; a bad payload fails the receipt
         receipt: Receipt = asyncio.get_running_loop().create_future()
         try:
             await self.append(event)
@@ -303,11 +308,45 @@ class _Pending(msgspec.Struct, frozen=True):
     """An event on its way to the writer thread and the future completed at its commit.
 
     ``submitted``: handed over by ``submit`` (nobody may await the future: a failure is logged).
+    ``row``: the encoded row, for an appended event (encoded by ``append``, on the loop); a
+    submitted event is encoded by the writer thread, from ``event`` and ``recorded_ns``.
     """
 
-    row: _Row
     done: asyncio.Future[None]
     submitted: bool
+    row: _Row | None = None
+    event: JournalEvent | None = None
+    recorded_ns: int = 0
+
+    def encoded(self) -> _Row:
+        """The row to insert; raises ``ValueError``/``TypeError`` for an unencodable payload."""
+        if self.row is not None:
+            return self.row
+        assert self.event is not None
+        return _row(self.event, self.recorded_ns, _encode_payload(self.event))
+
+    def describe(self) -> tuple[str, str, str, str, str]:
+        """(kind, client, rfq_id, quote_id, trade_id), for the log."""
+        if self.event is not None:
+            e = self.event
+            return e.kind, e.client, e.rfq_id, e.quote_id, e.trade_id
+        assert self.row is not None
+        _, _, kind, client, _, rfq_id, quote_id, trade_id, _ = self.row
+        return kind, client, rfq_id, quote_id, trade_id
+
+
+def _row(event: JournalEvent, recorded_ns: int, payload: bytes) -> _Row:
+    return (
+        event.ts_ns,
+        recorded_ns,
+        event.kind,
+        event.client,
+        _text(_lookup(event.payload, event.kind, "symbol")),
+        event.rfq_id,
+        event.quote_id,
+        event.trade_id,
+        payload.decode(),
+    )
 
 
 _STOP: Final = object()  # queued by aclose(): the writer commits what precedes it, then exits
@@ -457,36 +496,36 @@ class SqliteJournal:
         """Queue ``event`` for the writer; returns its :data:`Receipt` once it is queued.
 
         Waits only while ``max_pending`` events are queued. The event is committed after every
-        event queued before it. Raises :class:`JournalClosed` (closed journal), ``ValueError``
-        or ``TypeError`` (malformed event) at once, queueing nothing; a write that fails later
-        fails the receipt, is counted in ``failed`` and logged.
+        event queued before it. Raises :class:`JournalClosed` (closed journal) or ``ValueError``
+        (unknown kind) at once, queueing nothing. The payload is encoded by the writer thread,
+        off the caller's loop: one that cannot be encoded, like a write that fails, fails the
+        receipt, is counted in ``failed`` and logged.
         """
         return await self._enqueue(event, submitted=True)
 
     async def _enqueue(self, event: JournalEvent, *, submitted: bool) -> Receipt:
-        """Hand ``event`` to the writer; for ``append``, also wait for its commit."""
+        """Hand ``event`` to the writer; for ``append``, also wait for its commit.
+
+        An appended event is encoded here, so that a malformed one raises at once; a submitted
+        one only has its kind checked here, and is encoded by the writer thread: the quote
+        path does not pay for encoding a quote's explanation before it replies.
+        """
         if self._closed or self._loop is None:
             raise JournalClosed(
                 f"journal {self.path} is {'closed' if self._closed else 'not open'}"
             )
-        payload = _encode_payload(event)
+        _check_kind(event)
+        payload = None if submitted else _encode_payload(event)
         await self._reserve()
         if self._closed:  # closed while this event waited for room
             self._release()
             raise JournalClosed(f"journal {self.path} closed before the event was recorded")
-        row: _Row = (
-            event.ts_ns,
-            self._clock_ns(),
-            event.kind,
-            event.client,
-            _text(_lookup(event.payload, event.kind, "symbol")),
-            event.rfq_id,
-            event.quote_id,
-            event.trade_id,
-            payload.decode(),
-        )
         done: Receipt = self._loop.create_future()
-        self._queue.put(_Pending(row, done, submitted))
+        if payload is None:
+            pending = _Pending(done, True, event=event, recorded_ns=self._clock_ns())
+        else:
+            pending = _Pending(done, False, row=_row(event, self._clock_ns(), payload))
+        self._queue.put(pending)
         if not submitted:
             self._urgent.set()
             await done
@@ -541,7 +580,7 @@ class SqliteJournal:
                     pending.done.exception()  # reported below: asyncio must not report it again
         if lost:
             first, error = lost[0]
-            _, _, kind, client, _, rfq_id, quote_id, trade_id, _ = first.row
+            kind, client, rfq_id, quote_id, trade_id = first.describe()
             log.error(
                 "journal %s: %d submitted event(s) not recorded, the first a %s of %s "
                 "(rfq_id %r, quote_id %r, trade_id %r): %s",
@@ -633,18 +672,37 @@ class SqliteJournal:
                 except queue.Empty:
                     break
             if batch:
-                errors: list[BaseException | None]
-                try:
-                    errors = _write(conn, [pending.row for pending in batch])
-                except Exception as exc:  # noqa: BLE001  # whatever failed, every caller hears it
-                    errors = [exc] * len(batch)
-                self._call(self._settle, batch, errors)
+                self._call(self._settle, batch, _write_batch(conn, batch))
             if stop:
                 return
 
 
 #: Errors one event can cause on its own (a trigger, a constraint, an unencodable value).
 _EVENT_ERRORS: Final = (sqlite3.Error, ValueError, OverflowError)
+#: Errors encoding a submitted event can raise (a payload JSON cannot hold).
+_ENCODE_ERRORS: Final = (ValueError, TypeError, OverflowError, msgspec.EncodeError)
+
+
+def _write_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[BaseException | None]:
+    """Encode what was submitted and insert the batch; per event, what kept it out (or None)."""
+    errors: list[BaseException | None] = [None] * len(batch)
+    rows: list[_Row] = []
+    at: list[int] = []
+    for i, pending in enumerate(batch):
+        try:
+            rows.append(pending.encoded())
+        except _ENCODE_ERRORS as exc:
+            errors[i] = exc
+        else:
+            at.append(i)
+    if rows:
+        try:
+            written = _write(conn, rows)
+        except Exception as exc:  # noqa: BLE001  # whatever failed, every caller hears it
+            written = [exc] * len(rows)
+        for i, error in zip(at, written, strict=True):
+            errors[i] = error
+    return errors
 
 
 def _write(conn: sqlite3.Connection, rows: list[_Row]) -> list[BaseException | None]:

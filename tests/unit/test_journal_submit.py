@@ -156,7 +156,7 @@ async def test_a_failed_submit_is_counted_logged_and_on_its_receipt(
     assert rows_of(path) == [("rfq", T0 + 1), ("fill", T0 + 4)]
 
 
-async def test_submit_raises_at_once_for_a_closed_journal_or_a_malformed_event(
+async def test_submit_raises_at_once_for_a_closed_journal_or_an_unknown_kind(
     path: Path,
 ) -> None:
     journal = SqliteJournal(path)
@@ -165,12 +165,30 @@ async def test_submit_raises_at_once_for_a_closed_journal_or_a_malformed_event(
     async with journal:
         with pytest.raises(ValueError, match="unknown journal event kind"):
             await journal.submit(JournalEvent("quotes", "client-a", T0))
-        with pytest.raises(TypeError):
-            await journal.submit(JournalEvent("rfq", "client-a", T0, payload={"x": object()}))
         assert journal.pending == 0
     with pytest.raises(JournalClosed, match="closed"):
         await journal.submit(event("rfq", 1))
     assert rows_of(path) == []
+
+
+async def test_a_submitted_payload_that_cannot_be_encoded_fails_alone_on_its_receipt(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Encoded by the writer thread: the bad event fails, its neighbours in the batch commit."""
+    async with SqliteJournal(path) as journal:
+        with caplog.at_level(logging.ERROR, logger="otc.journal"):
+            before = await journal.submit(event("rfq", 0))
+            bad = await journal.submit(
+                JournalEvent("rfq", "client-a", T0, rfq_id="bad", payload={"x": object()})
+            )
+            after = await journal.submit(event("quote", 1))
+            await asyncio.wait_for(asyncio.gather(before, after), GUARD_S)
+            with pytest.raises(JournalError, match="write failed") as info:
+                await asyncio.wait_for(bad, GUARD_S)
+        assert isinstance(info.value.__cause__, TypeError)
+        assert journal.failed == 1
+    assert "not recorded, the first a rfq of client-a (rfq_id 'bad'" in caplog.text
+    assert [row[0] for row in rows_of(path)] == ["rfq", "quote"]
 
 
 def test_submit_delay_is_checked(path: Path) -> None:
@@ -196,6 +214,10 @@ async def test_memory_journal_submit_records_at_once_and_reports_failures(
     assert [e.kind for e in journal.events] == ["rfq"]
     with pytest.raises(ValueError, match="unknown journal event kind"):
         await journal.submit(JournalEvent("quotes", "client-a", T0))
+    journal.error = None
+    unencodable = await journal.submit(JournalEvent("rfq", "client-a", T0, payload={"x": {1j}}))
+    assert isinstance(unencodable.exception(), TypeError)
+    assert journal.failed == 2
     await journal.aclose()
     with pytest.raises(JournalClosed):
         await journal.submit(event("rfq", 3))
