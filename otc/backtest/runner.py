@@ -328,10 +328,13 @@ class Backtest:
         self.accept_rng = random.Random(f"otc-backtest-accept-{scenario.flow.seed}")
         self.records: list[RfqRecord] = []
         self.samples: list[Sample] = []
-        #: Counters: book events applied and skipped (venue or symbol not configured).
+        #: Counters: book events applied, and skipped (venue or symbol not configured).
         self.deltas = 0
         self.snapshots = 0
         self.ignored = 0
+        #: Deltas for a venue book that had no snapshot yet (the data starts mid-stream): the
+        #: book is out of sync, excluded from every view, until its first snapshot.
+        self.unsynced = 0
         self.first_ns: int | None = None
         self.last_ns = 0
         self.wall_s = 0.0
@@ -352,6 +355,7 @@ class Backtest:
         clock = self.clock
         heap = self._heap
         taken = self._taken
+        synced: set[tuple[str, str]] = set()
         next_due = math.inf
         now = 0
         shown = started
@@ -375,8 +379,11 @@ class Backtest:
                 apply(event, symbol)
                 if type(event) is BookDelta:
                     self.deltas += 1
+                    if (symbol, event.venue) not in synced:
+                        self.unsynced += 1  # no snapshot yet: the book stays excluded
                 else:
                     self.snapshots += 1
+                    synced.add((symbol, event.venue))
                 if taken:
                     self._release(symbol, event)
             if self.progress is not None and time.perf_counter() - shown > 0.5:

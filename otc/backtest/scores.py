@@ -262,6 +262,7 @@ def summary(bt: Backtest, files: Sequence[str]) -> dict[str, Any]:
         "deltas_replayed": bt.deltas,
         "snapshots_replayed": bt.snapshots,
         "events_ignored": bt.ignored,
+        "deltas_before_snapshot": bt.unsynced,
         "replay_seconds": text(Decimal(span).scaleb(-9)),
         "by_size_bucket": _groups(groups["size_bucket"], edges),
         "by_symbol": {k: g.figures() for k, g in sorted(groups["symbol"].items())},
