@@ -932,9 +932,9 @@ def _cmd_replay_journal(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "backtest":
-        from otc.bench import backtest as bench_backtest
+        from otc.bench.backtest import run as bench_backtest
 
-        figures = bench_backtest.run(data=args.data, deltas=args.deltas, repeats=args.repeats)
+        figures = bench_backtest(data=args.data, deltas=args.deltas, repeats=args.repeats)
         if args.json:
             sys.stdout.write(msgspec.json.encode(figures).decode() + "\n")
         return 0

@@ -75,8 +75,6 @@ _CTX = Context(prec=60)
 _NS_PER_MS = 1_000_000
 #: Markout horizons: label -> ms after the quote.
 HORIZONS_MS = {"1s": 1_000, "10s": 10_000, "60s": 60_000}
-#: Chart samples (mid, depth) every this many recorded ms.
-SAMPLE_MS = 1_000
 #: Depth on the charts: the qty whose all-in average stays within this many bps of mid.
 DEPTH_BPS = Decimal(10)
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
@@ -370,7 +368,7 @@ class Backtest:
                 if t > now:
                     if self.first_ns is None:
                         self._first(t)
-                        next_due = heap[0][0]
+                        next_due = heap[0][0] if heap else math.inf
                     if t > next_due:
                         await self._run_due(t)
                         next_due = heap[0][0] if heap else math.inf
@@ -439,7 +437,8 @@ class Backtest:
         self.records = records
         for record in records:
             self._schedule(record.at_ns, "rfq", record)
-        self._schedule(t + SAMPLE_MS * _NS_PER_MS, "sample", None)
+        if scenario.chart_sample_ms:
+            self._schedule(t + scenario.chart_sample_ms * _NS_PER_MS, "sample", None)
         return t
 
     def _schedule(self, due: int, kind: str, record: RfqRecord | None, arg: str = "") -> None:
@@ -455,7 +454,7 @@ class Backtest:
                 self.clock.set(due)
             if kind == "sample":
                 self._sample(due)
-                self._schedule(due + SAMPLE_MS * _NS_PER_MS, "sample", None)
+                self._schedule(due + self.scenario.chart_sample_ms * _NS_PER_MS, "sample", None)
                 continue
             assert record is not None
             if kind == "rfq":

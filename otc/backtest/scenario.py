@@ -14,6 +14,7 @@ Example (every key shown; the values are the defaults unless noted)::
     size_buckets = ["100000", "1000000", "5000000"]  # notional edges (quote currency) of the
                                                      # size buckets scores are grouped by
     model_check_levels = 0         # > 0: the beyond-depth model check on books cut to N levels
+    chart_sample_ms = 1000         # mid and depth sampled for report.html this often; 0: off
 
     [flow]                         # the seeded generator, used when no [[rfqs]] are listed
     rfqs = 100
@@ -185,6 +186,7 @@ class Scenario(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
         default_factory=lambda: [Decimal(100_000), Decimal(1_000_000), Decimal(5_000_000)]
     )
     model_check_levels: _NonNegative = 0
+    chart_sample_ms: _NonNegative = 1000
     flow: Flow = Flow()
     rfqs: list[RfqSpec] = []
     accept: AcceptModel = AcceptAlways()
