@@ -20,6 +20,10 @@ Subcommands::
     otc bench book [--deltas N] [--levels N] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
     otc bench rfq [--rfqs N] [--in-flight N] [--json]
+    otc bench backtest [--data FILE...] [--deltas N] [--repeats N] [--json]
+    otc backtest --data FILE... --out DIR [--scenario PATH] [--config PATH] [--rfqs N]
+                 [--seed S] [--model-check-levels N] [--no-report] [--[no-]progress]
+    otc replay-journal --journal PATH --data FILE... [--config PATH] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
 ``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed.
@@ -259,6 +263,45 @@ def _parser() -> argparse.ArgumentParser:
     rfq_bench.add_argument("--rfqs", type=_positive_int, default=10_000, help="per series")
     rfq_bench.add_argument("--in-flight", type=_positive_int, default=64, help="when sustained")
     rfq_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    bt_bench = bench_sub.add_parser(
+        "backtest", help="backtest replay throughput next to the raw book update rate"
+    )
+    bt_bench.add_argument("--data", nargs="+", type=Path, help="recordings (default: synthetic)")
+    bt_bench.add_argument("--deltas", type=int, default=200_000, help="synthetic deltas")
+    bt_bench.add_argument("--repeats", type=int, default=3)
+    bt_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
+
+    backtest = sub.add_parser(
+        "backtest",
+        help="replay recorded books and an RFQ flow through the engine; score every quote",
+        description="Replay recordings (ours or tardis CSV) through the live pricing path, "
+        "with a virtual clock, and write DIR/summary.json, DIR/rfqs.csv and DIR/report.html.",
+    )
+    backtest.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
+    backtest.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in flow)")
+    backtest.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    backtest.add_argument("--rfqs", type=int, help="generated RFQs (overrides [flow] rfqs)")
+    backtest.add_argument("--seed", type=int, help="flow seed (overrides [flow] seed)")
+    backtest.add_argument(
+        "--model-check-levels", type=int, help="beyond-depth model check on books cut to N levels"
+    )
+    backtest.add_argument("--out", required=True, type=Path, metavar="DIR")
+    backtest.add_argument("--no-report", action="store_true", help="skip report.html")
+    backtest.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress line on stderr (default: when stderr is a terminal)",
+    )
+
+    replay_journal = sub.add_parser(
+        "replay-journal",
+        help="reproduce a run's quotes from its journal and the book events it recorded",
+    )
+    replay_journal.add_argument("--journal", required=True, type=Path)
+    replay_journal.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
+    replay_journal.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    replay_journal.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -859,8 +902,63 @@ def _cmd_journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from otc.backtest.report import format_table, write_outputs
+    from otc.backtest.runner import backtest_config, run_backtest
+    from otc.backtest.scenario import Scenario, load_scenario
+
+    scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+    flow = scenario.flow
+    if args.rfqs is not None or args.seed is not None:
+        if args.rfqs is not None and args.rfqs < 0:
+            raise UsageError(f"--rfqs must be >= 0, got {args.rfqs}")
+        flow = msgspec.structs.replace(
+            flow,
+            rfqs=flow.rfqs if args.rfqs is None else args.rfqs,
+            seed=flow.seed if args.seed is None else args.seed,
+        )
+        scenario = msgspec.structs.replace(scenario, flow=flow)
+    if args.model_check_levels is not None:
+        if args.model_check_levels < 0:
+            raise UsageError(f"--model-check-levels must be >= 0, got {args.model_check_levels}")
+        scenario = msgspec.structs.replace(scenario, model_check_levels=args.model_check_levels)
+    for path in args.data:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    config = backtest_config(load_config(args.config), scenario)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    bt = run_backtest(config, scenario, args.data, progress=sys.stderr if show else None)
+    figures = write_outputs(bt, args.out, [p.name for p in args.data], report=not args.no_report)
+    out = sys.stdout
+    out.write(format_table(figures))
+    rate = bt.deltas / bt.wall_s if bt.wall_s else 0.0
+    out.write(
+        f"\nreplayed {bt.deltas:,} deltas ({figures['replay_seconds']} recorded s) in "
+        f"{bt.wall_s:.2f} s ({rate:,.0f} deltas/s); wrote {args.out}/summary.json, rfqs.csv"
+        + ("" if args.no_report else ", report.html")
+        + "\n"
+    )
+    return 0
+
+
+def _cmd_replay_journal(args: argparse.Namespace) -> int:
+    from otc.backtest.audit import format_audit, replay_journal
+
+    result = replay_journal(load_config(args.config), args.journal, args.data)
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        sys.stdout.write(format_audit(result))
+    return 0 if result.identical else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench == "feeds":
+    figures: Any
+    if args.bench == "backtest":
+        from otc.bench.backtest import run as bench_backtest
+
+        figures = bench_backtest(data=args.data, deltas=args.deltas, repeats=args.repeats)
+    elif args.bench == "feeds":
         from otc.bench import feeds as bench_feeds
 
         figures = bench_feeds.run(venues=args.venues, repeats=args.repeats)
@@ -891,6 +989,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "blotter": _cmd_blotter,
         "journal": _cmd_journal,
         "bench": _cmd_bench,
+        "backtest": _cmd_backtest,
+        "replay-journal": _cmd_replay_journal,
     }
     try:
         return handlers[args.cmd](args)

@@ -220,10 +220,11 @@ class MemoryJournal:
     """In-memory :class:`Journal` for tests: ``events`` in append order.
 
     It rejects what :class:`SqliteJournal` would reject (unknown kinds, payloads that cannot be
-    encoded, appends after ``aclose``), when it would. Set ``error`` to make every ``append`` raise it without
-    recording, as a failing disk would. ``submit`` records at once through ``append`` (which
-    subclasses may override), so its receipt is settled when it returns: a failure is then
-    counted in ``failed``, logged, and set on the receipt, as :class:`SqliteJournal` does.
+    encoded, appends after ``aclose``), when it would. Set ``error`` to make every ``append``
+    raise it without recording, as a failing disk would. ``submit`` records at once through
+    ``append`` (which subclasses may override), so its receipt is settled when it returns: a
+    failure is then counted in ``failed``, logged, and set on the receipt, as
+    :class:`SqliteJournal` does.
     """
 
     def __init__(self) -> None:

@@ -82,12 +82,14 @@ class Market:
 
         source.on_sync_change = on_sync_change
 
-    def apply(self, event: BookEvent) -> None:
+    def apply(self, event: BookEvent, symbol: str | None = None) -> None:
         """Apply one event from a feed; a snapshot brings the venue's book into sync.
 
+        ``symbol`` is our instrument when the event names it by the venue's own symbol (a
+        recording converted without a symbol map, a tardis CSV); default ``event.symbol``.
         Events for instruments or venues that are not configured are ignored.
         """
-        consolidated = self.books.get(event.symbol)
+        consolidated = self.books.get(event.symbol if symbol is None else symbol)
         if consolidated is None:
             return
         state = consolidated.venues.get(event.venue)

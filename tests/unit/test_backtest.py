@@ -1,0 +1,276 @@
+"""Backtest: a tiny recorded session whose every score is worked out by hand below."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from feeds.record import RecordWriter
+from otc.backtest.report import write_outputs
+from otc.backtest.runner import Backtest, backtest_config, event_batches, recorded_scales
+from otc.backtest.scenario import load_scenario
+from otc.backtest.scores import bucket_label, error_stats
+from otc.config import load_config
+from otc.errors import ConfigError
+from otc.model import BookDelta, BookSnapshot, Scale
+
+T0 = 1_700_000_000_000_000_000
+S = 1_000_000_000
+SCALE = Scale(2, 3)
+
+CONFIG = """
+[estimator]
+max_book_age_ms = 100000
+[[instruments]]
+symbol = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+tick_size = "0.01"
+lot_size = "0.001"
+price_decimals = 2
+size_decimals = 3
+[[venues]]
+name = "alpha"
+taker_fee_bps = "10"
+symbols = { "BTC-USDT" = "BTCUSDT" }
+[tiers]
+gold = { spread_bps = "2" }
+[risk]
+volatility_coefficient = "0"
+[[clients]]
+id = "client-a"
+tier = "gold"
+symbols = ["BTC-USDT"]
+max_trade_notional = "1000000"
+max_daily_notional = "10000000"
+"""
+
+SCENARIO = """
+warmup_ms = 0
+[accept]
+model = "always"
+delay_ms = 100
+[hedge]
+latency_ms = 100
+[[rfqs]]
+at_ms = 1000
+client = "client-a"
+symbol = "BTC-USDT"
+side = "buy"
+qty = "1"
+[[rfqs]]
+at_ms = 1050
+client = "client-a"
+symbol = "BTC-USDT"
+side = "buy"
+qty = "2"
+[[rfqs]]
+at_ms = 1400
+client = "client-a"
+symbol = "BTC-USDT"
+side = "two_way"
+qty = "3"
+accept_side = "sell"
+"""
+
+
+def p(text: str) -> int:
+    return SCALE.price(text)
+
+
+def q(text: str) -> int:
+    return SCALE.size(text)
+
+
+def events() -> list[BookSnapshot | BookDelta]:
+    """alpha's BTCUSDT book (the venue's own symbol name): mid 100, then moves."""
+    return [
+        BookSnapshot(
+            "alpha",
+            "BTCUSDT",
+            [(p("99"), q("5")), (p("98"), q("5"))],
+            [(p("101"), q("2")), (p("102"), q("5"))],
+            1,
+            T0,
+            T0,
+        ),
+        # the venue refreshes its 101 level after both buy hedges: our consumption is forgotten
+        BookDelta("alpha", "BTCUSDT", [], [(p("101"), q("2"))], 2, 0, T0 + 1_300_000_000),
+        BookDelta("alpha", "BTCUSDT", [(p("99.5"), q("5"))], [], 3, 0, T0 + 2 * S),  # mid 100.25
+        BookDelta("alpha", "BTCUSDT", [], [(p("100.5"), q("1"))], 4, 0, T0 + 15 * S),  # mid 100
+        BookDelta("alpha", "BTCUSDT", [(p("90"), q("1"))], [], 5, 0, T0 + 70 * S),
+    ]
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> tuple[Path, Path, Path]:
+    config = tmp_path / "otc.toml"
+    config.write_text(CONFIG)
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    data = tmp_path / "alpha.jsonl.gz"
+    with RecordWriter(data, scales={"BTCUSDT": SCALE}, source="test", created_ns=T0) as w:
+        w.write(events())
+    return config, scenario, data
+
+
+def run(config_path: Path, scenario_path: Path, data: Path) -> Backtest:
+    scenario = load_scenario(scenario_path)
+    config = backtest_config(load_config(config_path), scenario)
+    bt = Backtest(config, scenario)
+    asyncio.run(bt.run(event_batches([data], recorded_scales(config))))
+    return bt
+
+
+def test_scores_worked_out_by_hand(session: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    bt = run(*session)
+    figures = write_outputs(bt, tmp_path / "out", ["alpha.jsonl.gz"], report=False)
+    r1, r2, r3 = bt.records
+    # rfq 1, buy 1 at 1.0 s: hedge estimate 1 @ 101 all-in 101.101; ask 101.101 x 1.0002
+    # = 101.1212202, rounded up to the tick: 101.13. Filled at 1.1 s, hedged at 1.2 s: the same.
+    assert r1.quote["ask"] == "101.13"
+    assert r1.estimated_all_in["ask"] == Decimal("101.101")
+    assert r1.hedge is not None
+    assert r1.hedge.avg_price_all_in == Decimal("101.101")
+    # rfq 2, buy 2 at 1.05 s: priced on the untouched book (1 hedge not done yet): 2 @ 101,
+    # ask 101.13. Hedged at 1.25 s, after hedge 1 took 1 of the 2 at 101: 1 @ 101 + 1 @ 102,
+    # all-in (203 x 1.001) / 2 = 101.6015.
+    assert r2.quote["ask"] == "101.13"
+    assert r2.hedge is not None
+    assert r2.hedge.avg_price_all_in == Decimal("101.6015")
+    assert r2.hedge.route == {"alpha": Decimal(2)}
+    # rfq 3, two-way 3 at 1.4 s, the client sells: bid 99 x 0.999 = 98.901, x 0.9998 =
+    # 98.8812198, rounded down: 98.88; hedge sells 3 @ 99 (the 101 refresh at 1.3 s is asks).
+    assert r3.quote["bid"] == "98.88"
+    assert r3.fill_price == Decimal("98.88")
+    assert r3.hedge is not None
+    assert r3.hedge.avg_price_all_in == Decimal("98.901")
+
+    # per-RFQ bps are rounded to 4 decimals; means are of those
+    error2 = round((Decimal("101.6015") - Decimal("101.101")) / Decimal("101.101") * 10_000, 4)
+    err = figures["estimate_error_bps"]
+    assert err["n"] == 3
+    assert Decimal(err["max_abs"]) == round(error2, 4)
+    assert Decimal(err["p95"]) == round(error2, 4)
+    assert Decimal(err["p50"]) == 0
+    assert Decimal(err["mean"]) == round(error2 / 3, 4)
+
+    # markouts, mid 100 -> 100.25 at 2 s -> 100 at 15 s: client buys at 101.13 (x2), a sell at
+    # 98.88; 1 s and 10 s after every quote the mid is 100.25, 60 s after it is 100.
+    buy_1 = round((Decimal("101.13") - Decimal("100.25")) / Decimal("100.25") * 10_000, 4)
+    sell_1 = round((Decimal("100.25") - Decimal("98.88")) / Decimal("100.25") * 10_000, 4)
+    buy_60 = round((Decimal("101.13") - 100) / 100 * 10_000, 4)
+    sell_60 = round((100 - Decimal("98.88")) / 100 * 10_000, 4)
+    assert Decimal(figures["markout_bps"]["1s"]) == round((2 * buy_1 + sell_1) / 3, 4)
+    assert Decimal(figures["markout_bps"]["10s"]) == round((2 * buy_1 + sell_1) / 3, 4)
+    assert Decimal(figures["markout_bps"]["60s"]) == round((2 * buy_60 + sell_60) / 3, 4)
+
+    # P&L: spread captured - slippage - fees, against mid 100 at each quote.
+    # 1: 1.13 - (101 - 100) - 0.101 = 0.029; 2: 2.26 - (203 - 200) - 0.203 = -0.943;
+    # 3: 3.36 - (300 - 297) - 0.297 = 0.063; total -0.851.
+    assert figures["pnl"] == {"USDT": "-0.851"}
+    assert figures["pnl_breakdown"]["USDT"] == {
+        "spread_captured": "6.75",
+        "slippage": "7",
+        "fees": "0.601",
+    }
+    assert (figures["rfqs"], figures["quotes"], figures["fills"]) == (3, 3, 3)
+    assert figures["fill_ratio"] == "1"
+    assert figures["deltas_replayed"] == 4
+    assert figures["replay_seconds"] == "70"
+    assert figures["by_size_bucket"]["<100000"]["fills"] == 3
+    rows = (tmp_path / "out" / "rfqs.csv").read_text().splitlines()
+    assert len(rows) == 4
+    assert rows[2].split(",")[-2] == "-0.943"
+
+
+def test_without_consumption_two_hedges_take_the_same_levels(
+    session: tuple[Path, Path, Path],
+) -> None:
+    config, scenario, data = session
+    scenario.write_text(SCENARIO.replace("latency_ms = 100", "latency_ms = 100\nconsume = false"))
+    bt = run(config, scenario, data)
+    assert bt.records[1].hedge is not None
+    assert bt.records[1].hedge.avg_price_all_in == Decimal("101.101")
+
+
+def test_benchmark_accept_model_declines_quotes_beyond_mid_plus_n_bps(
+    session: tuple[Path, Path, Path],
+) -> None:
+    config, scenario, data = session
+    # at decision time the mid is 100: 101.13 is 113 bps above it, 98.88 is 112 below
+    scenario.write_text(
+        SCENARIO.replace('model = "always"', 'model = "benchmark"\nbenchmark_bps = "112"')
+    )
+    bt = run(config, scenario, data)
+    assert [r.accept_outcome for r in bt.records] == ["declined", "declined", "filled"]
+
+
+def test_expired_quote_is_refused_by_the_engine(session: tuple[Path, Path, Path]) -> None:
+    config, scenario, data = session
+    scenario.write_text("quote_ttl_ms = 50\n" + SCENARIO)
+    bt = run(config, scenario, data)
+    assert {r.accept_outcome for r in bt.records} == {"EXPIRED"}
+
+
+def test_generated_flow_is_deterministic(session: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    config, scenario, data = session
+    scenario.write_text(
+        'warmup_ms = 0\n[flow]\nrfqs = 30\nseed = 4\nrate_per_s = "2"\nsize_unit = "base"\n'
+        'size_min = "0.01"\nsize_max = "4"\nsides = { buy = 1, sell = 1, two_way = 1 }\n'
+        '[accept]\nmodel = "random"\nprobability_per_bps = "0.005"\n'
+    )
+    outs = []
+    for n in range(2):
+        bt = run(config, scenario, data)
+        write_outputs(bt, tmp_path / f"out{n}", ["alpha.jsonl.gz"], report=False)
+        outs.append((tmp_path / f"out{n}" / "summary.json").read_bytes())
+    assert outs[0] == outs[1]
+    figures = json.loads(outs[0])
+    assert figures["rfqs"] == 30
+    assert 0 < figures["fills"] < figures["quotes"]  # the random model declined some
+
+
+def test_a_delta_before_any_snapshot_is_counted_and_the_book_stays_excluded(
+    session: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    config, scenario, _ = session
+    data = tmp_path / "late.jsonl.gz"
+    with RecordWriter(data, scales={"BTCUSDT": SCALE}, source="test", created_ns=T0) as w:
+        w.write([BookDelta("alpha", "BTCUSDT", [(p("99"), q("1"))], [], 0, 0, T0 - 1)])
+        w.write(events())
+    bt = run(config, scenario, data)
+    assert bt.unsynced == 1
+    assert [r.outcome for r in bt.records] == ["quote"] * 3
+
+
+def test_malformed_tardis_row_names_file_and_line(session: tuple[Path, Path, Path]) -> None:
+    config, scenario, _ = session
+    csv = scenario.parent / "bad.csv"
+    csv.write_text(
+        "exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
+        "alpha,BTCUSDT,1,1,true,bid,99,1\n"
+        "alpha,BTCUSDT,2,2,false,bid,abc,1\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad\.csv: line 3: price"):
+        run(config, scenario, csv)
+
+
+def test_scenario_typo_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[accept]\nmodel = "benchmark"\nbenchmark_bp = "3"\n')
+    with pytest.raises(ConfigError, match=r"s\.toml: \$\.accept\.benchmark_bp: unknown field"):
+        load_scenario(path)
+
+
+def test_bucket_labels_and_error_stats() -> None:
+    edges = [Decimal(100), Decimal(1000)]
+    assert bucket_label(Decimal(5), edges) == "<100"
+    assert bucket_label(Decimal(100), edges) == "100-1000"
+    assert bucket_label(Decimal(1000), edges) == ">=1000"
+    stats = error_stats([Decimal(-4), Decimal(1), Decimal(2), Decimal(3)])
+    assert stats == {"n": 4, "mean": "0.5", "p50": "2", "p95": "4", "max_abs": "4"}
