@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -70,9 +69,9 @@ AMQTT_VENV: Final = Path(__file__).resolve().parents[1] / ".venv-amqtt"
 #: configuration format changes between releases.
 AMQTT_VERSION: Final = "0.12.1"
 
-#: What to tell the user when amqtt runs instead of mosquitto (logged at start, see ``notice``).
+#: What to tell the user when amqtt runs instead of mosquitto (:attr:`BrokerProcess.notice`).
 AMQTT_NOTICE: Final = (
-    "amqtt instead of mosquitto: MQTT 3.1.1 only, 2-4x slower than mosquitto, no $share, "
+    "amqtt instead of mosquitto: MQTT 3.1.1 only, slower than mosquitto, no $share, "
     "no passwords or ACL; fine for the demo and the tests, not for production"
 )
 
@@ -241,10 +240,13 @@ class BrokerProcess:
 
     Not started on construction (see :func:`start_broker`): entering it, with ``with`` or
     ``async with``, starts it and waits until it accepts connections; leaving it stops the
-    process (SIGTERM for mosquitto, SIGINT for amqtt: its clean shutdown), waits for it and
-    closes every file. :meth:`start` and :meth:`stop` do the same by hand (they block: in
-    async code use ``async with``). amqtt runs in a session of its own, so a Ctrl-C meant for
-    the demo does not stop the broker under the engine while it shuts down.
+    process with SIGTERM, waits for it and closes every file. (amqtt has no SIGTERM handler and
+    exits at once, which loses nothing: it keeps nothing on disk, and its SIGINT shutdown only
+    closes the connections too, from a ``KeyboardInterrupt`` raised wherever its loop is, which
+    now and then fails half-way.) :meth:`start` and :meth:`stop` do the same by hand (they block: in
+    async code use ``async with``). The broker runs in a session of its own, so a Ctrl-C meant
+    for the demo does not stop it under the engine while the engine shuts down (and publishes
+    its status ``down``).
 
     Raises:
         BrokerError: on construction, when the broker is not there (the message says how to
@@ -327,8 +329,7 @@ class BrokerProcess:
                     raise
             else:
                 break
-        if self.kind == "amqtt":
-            log.warning("%s", AMQTT_NOTICE)
+        log.info("%s listening on %s:%d %s", self.kind, self.host, self.port, self.notice)
 
     def _start_once(self) -> None:
         self.port = self._requested_port or _free_port(self.host)
@@ -353,7 +354,7 @@ class BrokerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=subprocess.STDOUT,
-            start_new_session=self.kind == "amqtt",
+            start_new_session=True,  # a Ctrl-C is for the demo: we stop the broker after it
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not self._listening():
@@ -389,10 +390,10 @@ class BrokerProcess:
         return text
 
     def stop(self) -> None:
-        """Stop the broker (SIGKILL after 5 s), reap it, close its log file."""
+        """Stop the broker (SIGTERM, then SIGKILL after 5 s), reap it, close its log file."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT if self.kind == "amqtt" else signal.SIGTERM)
+            process.terminate()
             try:
                 process.wait(timeout=_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
