@@ -5,7 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest bench clean
+# Without mosquitto, the demo and the tests run amqtt, a pip-installed broker, from its own
+# virtualenv (it pins websockets 15, which .venv cannot have). It is built only when mosquitto
+# is missing, or ignored with OTC_NO_MOSQUITTO=1 (to try the fallback where it is installed).
+AMQTT_VENV := .venv-amqtt
+AMQTT_VERSION := 0.12.1
+AMQTT_STAMP := $(AMQTT_VENV)/.installed-$(AMQTT_VERSION)
+MOSQUITTO := $(shell command -v mosquitto || ls /usr/sbin/mosquitto /usr/local/sbin/mosquitto 2>/dev/null)
+ifeq ($(filter-out 0,$(OTC_NO_MOSQUITTO)),)
+BROKER := $(if $(MOSQUITTO),,$(AMQTT_STAMP))
+else
+BROKER := $(AMQTT_STAMP)
+endif
+
+.PHONY: demo test lint types pytest bench clean $(AMQTT_VENV)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +26,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(AMQTT_VENV): $(AMQTT_STAMP)
+
+$(AMQTT_STAMP):
+	$(PYTHON) -m venv $(AMQTT_VENV)
+	$(AMQTT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AMQTT_VENV)/bin/python -m pip install --quiet 'amqtt==$(AMQTT_VERSION)'
+	touch $(AMQTT_STAMP)
+
+demo: $(STAMP) $(BROKER)
 	$(BIN)/otc demo
 
 test: lint types pytest
@@ -25,7 +46,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(BROKER)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -33,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/otc bench book
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AMQTT_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,16 +1,20 @@
 """Running an MQTT broker for the demo and the tests, and securing mosquitto for production.
 
 :func:`start_broker` runs ``mosquitto`` on a loopback port with the low-latency settings when it
-is installed, and otherwise the embedded broker of this module (pure Python, no dependency)::
+is installed, and otherwise amqtt, a broker installed with pip::
 
     async with start_broker(config_dir=tmp) as broker:     # or `with start_broker(...)`
         bus = Bus(host=broker.host, port=broker.port)
 
-The embedded broker speaks MQTT 3.1.1 (and 3.1): QoS 0 and 1 (a QoS 2 publication is accepted
-and delivered at QoS 1), retained messages, last wills, ``+``/``#`` filters; it has no
-persistent sessions, no authentication and no ``$share``, and is a few times slower than
-mosquitto: fine for the demo, not for production. It runs in its own process
-(``python -m otc.broker``), so it does not share the engine's event loop.
+amqtt 0.12.1 pins ``websockets`` 15, which our own ``websockets`` requirement excludes, so it
+lives in its own virtualenv, ``.venv-amqtt`` at the repository root (``make .venv-amqtt``;
+``make demo`` and ``make test`` build it only when mosquitto is missing), and runs as a child
+process (``.venv-amqtt/bin/amqtt -c amqtt.yaml``), as mosquitto does. It speaks MQTT 3.1.1
+only (the bus's protocol: aiomqtt's default), has no ``$share``, runs here without passwords
+or ACL, and is a few times slower than mosquitto: fine for the demo, not for production
+(:attr:`BrokerProcess.notice` says so). ``OTC_NO_MOSQUITTO=1`` in the environment makes
+:func:`find_mosquitto` act as if mosquitto were not installed, to run the demo or the tests on
+amqtt where mosquitto is.
 
 :func:`generate_auth` writes the password file and the ACL for the production configuration in
 ``config/mosquitto/otc.conf``: every client may write only its own ``rfq`` and ``accept``
@@ -20,7 +24,6 @@ engine's user reads every ``rfq``/``accept`` and writes every ``quotes``/``fills
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -29,26 +32,26 @@ import logging
 import os
 import re
 import secrets
-import selectors
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Literal, NamedTuple, Self, cast
+from typing import IO, Final, Literal, NamedTuple, Self
 
 from otc.errors import ConfigError, OtcError
 
 __all__ = [
+    "AMQTT_VENV",
     "AuthFiles",
     "BrokerError",
     "BrokerKind",
     "BrokerProcess",
-    "EmbeddedBroker",
+    "amqtt_config",
+    "amqtt_version",
+    "find_amqtt",
     "find_mosquitto",
     "generate_auth",
     "hash_password",
@@ -58,12 +61,18 @@ __all__ = [
 
 log = logging.getLogger("otc.broker")
 
-BrokerKind = Literal["mosquitto", "embedded"]
+BrokerKind = Literal["mosquitto", "amqtt"]
 
-#: What to tell the user when the embedded broker runs (logged at start, see ``notice``).
-EMBEDDED_NOTICE: Final = (
-    "otc's embedded MQTT broker: MQTT 3.1.1 only, slower than mosquitto, no $share, no "
-    "authentication; fine for the demo and the tests, not for production"
+#: amqtt's own virtualenv: at the repository root, next to ``.venv`` (``make .venv-amqtt``).
+AMQTT_VENV: Final = Path(__file__).resolve().parents[1] / ".venv-amqtt"
+#: The amqtt release ``make .venv-amqtt`` installs (the Makefile's ``AMQTT_VERSION``); its
+#: configuration format changes between releases.
+AMQTT_VERSION: Final = "0.12.1"
+
+#: What to tell the user when amqtt runs instead of mosquitto (:attr:`BrokerProcess.notice`).
+AMQTT_NOTICE: Final = (
+    "amqtt instead of mosquitto: MQTT 3.1.1 only, slower than mosquitto, no $share, "
+    "no passwords or ACL; fine for the demo and the tests, not for production"
 )
 
 #: QoS 1 messages mosquitto queues per client beyond its in-flight window before it silently
@@ -72,6 +81,10 @@ MAX_QUEUED_MESSAGES: Final = 10_000
 
 _START_TIMEOUT_S: Final = 10.0
 _STOP_TIMEOUT_S: Final = 5.0
+
+#: What amqtt logs once its listener is bound, and when its start failed (it keeps running).
+_AMQTT_LISTENING: Final = "Listener 'default' bind to {bind} "
+_AMQTT_FAILED: Final = "Broker startup failed"
 
 
 class BrokerError(OtcError):
@@ -83,14 +96,43 @@ class BrokerError(OtcError):
         super().__init__(problem + (f": {detail.strip()}" if detail.strip() else ""))
 
 
+def _mosquitto_ignored() -> bool:
+    return os.environ.get("OTC_NO_MOSQUITTO", "") not in ("", "0")
+
+
+def _no_mosquitto() -> str:
+    """Why :func:`find_mosquitto` found nothing, for error messages."""
+    if _mosquitto_ignored():
+        return "mosquitto is ignored (OTC_NO_MOSQUITTO is set)"
+    return "mosquitto is not installed"
+
+
 def find_mosquitto() -> Path | None:
-    """The ``mosquitto`` executable: on ``PATH``, or in ``/usr/sbin`` (Debian puts it there)."""
+    """The ``mosquitto`` executable: on ``PATH``, or in ``/usr/sbin`` (Debian puts it there).
+
+    ``None`` when it is not installed, or when ``OTC_NO_MOSQUITTO`` is set (not ``0``).
+    """
+    if _mosquitto_ignored():
+        return None
     found = shutil.which("mosquitto")
     if found:
         return Path(found)
     for candidate in (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto")):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
+    return None
+
+
+def find_amqtt() -> Path | None:
+    """amqtt's command, ``.venv-amqtt/bin/amqtt``; ``None`` when that virtualenv is absent."""
+    candidate = AMQTT_VENV / "bin" / "amqtt"
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def amqtt_version() -> str | None:
+    """The amqtt release installed in ``.venv-amqtt`` (from its metadata); ``None`` if absent."""
+    for info in sorted(AMQTT_VENV.glob("lib/python*/site-packages/amqtt-*.dist-info")):
+        return info.name.removeprefix("amqtt-").removesuffix(".dist-info")
     return None
 
 
@@ -145,6 +187,29 @@ def mosquitto_config(
     return "\n".join(lines) + "\n"
 
 
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def amqtt_config(*, port: int, host: str = "127.0.0.1") -> str:
+    """An amqtt 0.12 configuration (YAML) for a loopback broker (the demo and the tests).
+
+    One TCP listener, anonymous clients, and no other plugin: no ``$SYS`` topics, no packet
+    logging. asyncio sets ``TCP_NODELAY`` on every TCP connection, so amqtt needs no setting.
+    """
+    return (
+        "# Generated by otc.broker: amqtt for the demo and the tests, when mosquitto is missing.\n"
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: '{_bind_address(host, port)}'\n"
+        "plugins:\n"
+        "  # Loopback only, no passwords: production uses mosquitto (config/mosquitto/otc.conf).\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n"
+    )
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -154,7 +219,7 @@ def _free_port(host: str) -> int:
 
 def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto binds
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both brokers bind
         try:
             sock.bind((host, port))
         except OSError:
@@ -171,12 +236,21 @@ def _accepts(host: str, port: int) -> bool:
 
 
 class BrokerProcess:
-    """A broker in a child process: ``mosquitto`` or the embedded broker.
+    """A broker in a child process: ``mosquitto``, or ``amqtt`` from ``.venv-amqtt``.
 
     Not started on construction (see :func:`start_broker`): entering it, with ``with`` or
-    ``async with``, starts it and waits until it accepts connections; leaving it terminates
-    the process, waits for it and closes every pipe and file. :meth:`start` and :meth:`stop`
-    do the same by hand (they block: in async code use ``async with``).
+    ``async with``, starts it and waits until it accepts connections; leaving it stops the
+    process with SIGTERM, waits for it and closes every file. (amqtt has no SIGTERM handler and
+    exits at once, which loses nothing: it keeps nothing on disk, and its SIGINT shutdown only
+    closes the connections too, from a ``KeyboardInterrupt`` raised wherever its loop is, which
+    now and then fails half-way.) :meth:`start` and :meth:`stop` do the same by hand (they block: in
+    async code use ``async with``). The broker runs in a session of its own, so a Ctrl-C meant
+    for the demo does not stop it under the engine while the engine shuts down (and publishes
+    its status ``down``).
+
+    Raises:
+        BrokerError: on construction, when the broker is not there (the message says how to
+            get it), or amqtt is given passwords, an ACL or a config file.
     """
 
     def __init__(
@@ -189,14 +263,18 @@ class BrokerProcess:
         password_file: Path | None = None,
         acl_file: Path | None = None,
         config_file: Path | None = None,
-        mosquitto: Path | None = None,
+        executable: Path | None = None,
     ) -> None:
-        if kind == "embedded" and (password_file or acl_file or config_file):
-            raise BrokerError("the embedded broker has no passwords, ACL or config file")
-        if kind == "mosquitto" and mosquitto is None:
-            mosquitto = find_mosquitto()
-            if mosquitto is None:
-                raise BrokerError("mosquitto is not installed")
+        if kind == "amqtt" and (password_file or acl_file or config_file):
+            raise BrokerError(
+                "amqtt runs without passwords, ACL or config file: those need mosquitto"
+            )
+        if executable is None:
+            executable = find_mosquitto() if kind == "mosquitto" else find_amqtt()
+        if executable is None:
+            if kind == "mosquitto":
+                raise BrokerError(_no_mosquitto())
+            raise BrokerError(f"{AMQTT_VENV} is absent: run `make .venv-amqtt`")
         if config_file is not None and port == 0:
             raise BrokerError("with a config file, give the port it listens on")
         self.kind: BrokerKind = kind
@@ -207,20 +285,19 @@ class BrokerProcess:
         self._password_file = password_file
         self._acl_file = acl_file
         self._config_file = config_file
-        self._mosquitto = mosquitto
+        self._executable = executable
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         """``mqtt://host:port``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"mqtt://{_bind_address(self.host, self.port)}"
 
     @property
     def notice(self) -> str:
         """What to tell the user about this broker: empty for mosquitto."""
-        return EMBEDDED_NOTICE if self.kind == "embedded" else ""
+        return AMQTT_NOTICE if self.kind == "amqtt" else ""
 
     @property
     def pid(self) -> int | None:
@@ -235,35 +312,29 @@ class BrokerProcess:
         """Start the broker and wait until it accepts connections.
 
         Raises:
-            BrokerError: it exited or did not listen within 10 s; the message has its log.
+            BrokerError: it exited, failed or did not listen within 10 s; the message has its
+                log.
         """
         if self._process is not None:
             raise BrokerError("the broker is already running")
         self._config_dir.mkdir(parents=True, exist_ok=True)
-        if self.kind == "embedded":
-            self._start_embedded()
-            log.warning("mosquitto not used: %s", EMBEDDED_NOTICE)
-            return
         if self._requested_port and not _bindable(self.host, self._requested_port):
-            raise BrokerError(f"mosquitto did not start: {self.host}:{self.port} is in use")
+            raise BrokerError(f"{self.kind} did not start: {self.host}:{self.port} is in use")
         attempts = 3 if self._requested_port == 0 else 1  # a free port may be taken meanwhile
         for attempt in range(attempts):
             try:
-                self._start_mosquitto()
-                return
+                self._start_once()
             except BrokerError:
                 if attempt == attempts - 1:
                     raise
+            else:
+                break
+        log.info("%s listening on %s:%d %s", self.kind, self.host, self.port, self.notice)
 
-    def _open_output(self) -> IO[bytes]:
-        self._output = open(self.log_file, "ab")  # noqa: SIM115 (closed in stop())
-        return self._output
-
-    def _start_mosquitto(self) -> None:
-        assert self._mosquitto is not None
+    def _start_once(self) -> None:
         self.port = self._requested_port or _free_port(self.host)
         config = self._config_file
-        if config is None:
+        if config is None and self.kind == "mosquitto":
             config = self._config_dir / "mosquitto.conf"
             config.write_text(
                 mosquitto_config(
@@ -274,47 +345,42 @@ class BrokerProcess:
                     acl_file=self._acl_file,
                 )
             )
+        elif config is None:
+            config = self._config_dir / "amqtt.yaml"
+            config.write_text(amqtt_config(port=self.port, host=self.host))
+        self._output = open(self.log_file, "wb")  # noqa: SIM115 (closed in stop())
         self._process = subprocess.Popen(  # noqa: S603 (our own executable and config)
-            [str(self._mosquitto), "-c", str(config)],
+            [str(self._executable), "-c", str(config)],
             stdin=subprocess.DEVNULL,
-            stdout=self._open_output(),
+            stdout=self._output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C is for the demo: we stop the broker after it
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _accepts(self.host, self.port):
+        while not self._listening():
             if self._process.poll() is not None or time.monotonic() > deadline:
                 detail = self._logs()
                 self.stop()
-                raise BrokerError(f"mosquitto did not start on {self.host}:{self.port}", detail)
+                raise BrokerError(f"{self.kind} did not start on {self.host}:{self.port}", detail)
             time.sleep(0.005)
 
-    def _start_embedded(self) -> None:
-        self._process = subprocess.Popen(  # noqa: S603 (this very module)
-            [
-                sys.executable,
-                "-m",
-                "otc.broker",
-                "--host",
-                self.host,
-                "--port",
-                str(self._requested_port),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._open_output(),
-        )
-        assert self._process.stdout is not None
-        line = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._process.stdout, selectors.EVENT_READ)
-            if selector.select(timeout=_START_TIMEOUT_S):
-                line = self._process.stdout.readline()
-        match = re.search(rb"listening on \S+:(\d+)", line)
-        if match is None:
-            detail = self._logs()
-            self.stop()
-            raise BrokerError(f"the embedded broker did not start on {self.host}", detail)
-        self.port = int(match.group(1))
+    def _listening(self) -> bool:
+        """Whether the broker is up; amqtt says so in its log, and keeps running if it failed.
+
+        Raises:
+            BrokerError: amqtt logged that its start failed (the port was taken meanwhile).
+        """
+        if self.kind == "amqtt":
+            with contextlib.suppress(OSError):
+                text = self.log_file.read_text(errors="replace")
+                if _AMQTT_FAILED in text:
+                    detail = self._logs()
+                    self.stop()
+                    raise BrokerError(f"amqtt did not start on {self.host}:{self.port}", detail)
+                bind = _bind_address(self.host, self.port)
+                if _AMQTT_LISTENING.format(bind=bind) not in text:
+                    return False
+        return _accepts(self.host, self.port)
 
     def _logs(self) -> str:
         text = ""
@@ -324,18 +390,15 @@ class BrokerProcess:
         return text
 
     def stop(self) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL after 5 s), reap it, close its pipes."""
+        """Stop the broker (SIGTERM, then SIGKILL after 5 s), reap it, close its log file."""
         process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=_STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         if self._output is not None:
             self._output.close()
             self._output = None
@@ -375,24 +438,36 @@ def start_broker(
     acl_file: Path | None = None,
     config_file: Path | None = None,
 ) -> BrokerProcess:
-    """A broker to run with ``with`` or ``async with``: mosquitto when installed, else embedded.
+    """A broker to run with ``with`` or ``async with``: mosquitto when installed, else amqtt.
 
     Args:
         config_dir: Where the generated configuration and the broker's log go.
         port: The port to listen on; ``0`` picks a free one (read it from ``.port``).
         host: The address to listen on (loopback by default).
-        kind: ``"auto"`` (mosquitto when installed), ``"mosquitto"`` or ``"embedded"``.
+        kind: ``"auto"`` (mosquitto when :func:`find_mosquitto` finds it, else amqtt from
+            ``.venv-amqtt``), ``"mosquitto"`` or ``"amqtt"``.
         password_file: mosquitto only: require these users (see :func:`generate_auth`).
         acl_file: mosquitto only: apply this ACL.
         config_file: mosquitto only: run this configuration as it is (it must listen on
             ``host:port``) instead of a generated one.
 
     Raises:
-        BrokerError: mosquitto was asked for and is not installed, or the options need it.
+        BrokerError: neither broker is there (the message says how to get one), or the one
+            asked for is not, or the options need mosquitto and it is not there.
     """
     if kind == "auto":
         needs_mosquitto = password_file or acl_file or config_file
-        kind = "mosquitto" if find_mosquitto() is not None or needs_mosquitto else "embedded"
+        if find_mosquitto() is not None:
+            kind = "mosquitto"
+        elif needs_mosquitto:
+            raise BrokerError(f"{_no_mosquitto()}: passwords, an ACL or a config file need it")
+        elif find_amqtt() is not None:
+            kind = "amqtt"
+        else:
+            raise BrokerError(
+                f"{_no_mosquitto()} and {AMQTT_VENV} is absent: run `make .venv-amqtt` "
+                "(or install mosquitto)"
+            )
     return BrokerProcess(
         kind=kind,
         config_dir=config_dir,
@@ -549,440 +624,3 @@ def _write(path: Path, text: str, *, mode: int) -> None:
     with os.fdopen(fd, "w") as file:
         file.write(text)
     os.replace(tmp, path)
-
-
-# --- the embedded broker --------------------------------------------------------------------
-
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-_SUBSCRIBE, _SUBACK, _UNSUBSCRIBE, _UNSUBACK = 8, 9, 10, 11
-_PINGREQ, _PINGRESP, _DISCONNECT = 12, 13, 14
-
-#: Larger packets close the connection (mosquitto's limit is 256 MB; ours is for a demo).
-_MAX_PACKET: Final = 16 * 1024 * 1024
-#: A subscriber this far behind (bytes not yet taken by the kernel) is disconnected.
-_MAX_BACKLOG: Final = 64 * 1024 * 1024
-_CONNECT_TIMEOUT_S: Final = 10.0
-
-
-class _Malformed(Exception):
-    """A packet breaks the protocol: the connection is closed (and its will published)."""
-
-
-def _str(data: bytes, at: int) -> tuple[str, int]:
-    raw, at = _bin(data, at)
-    try:
-        return raw.decode(), at
-    except UnicodeDecodeError:
-        raise _Malformed("a string is not UTF-8") from None
-
-
-def _bin(data: bytes, at: int) -> tuple[bytes, int]:
-    if at + 2 > len(data):
-        raise _Malformed("truncated packet")
-    end = at + 2 + int.from_bytes(data[at : at + 2], "big")
-    if end > len(data):
-        raise _Malformed("truncated packet")
-    return data[at + 2 : end], end
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    size = len(body)
-    header = bytearray((first,))
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        header.append(byte | 0x80 if size else byte)
-        if not size:
-            return bytes(header) + body
-
-
-def _header(buffer: bytearray, at: int) -> tuple[int, int] | None:
-    """Where the body of the packet at ``at`` starts, and its size; ``None`` while incomplete."""
-    size = 0
-    for n in range(4):
-        i = at + 1 + n
-        if i >= len(buffer):
-            return None
-        byte = buffer[i]
-        size |= (byte & 0x7F) << (7 * n)
-        if not byte & 0x80:
-            if size > _MAX_PACKET:
-                raise _Malformed(f"packet of {size} bytes is too large")
-            return i + 1, size
-    raise _Malformed("bad remaining length")
-
-
-def _valid_filter(topic_filter: str) -> bool:
-    if not topic_filter or "\0" in topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
-
-
-def _matches(levels: tuple[str, ...], topic: list[str]) -> bool:
-    """Whether a wildcard filter (split in levels) matches a topic (split in levels)."""
-    if topic[0].startswith("$") and levels[0] in ("+", "#"):
-        return False
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(topic) or (level != "+" and level != topic[i]):
-            return False
-    return len(levels) == len(topic)
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection to the embedded broker: parses packets and acts on them."""
-
-    def __init__(self, broker: EmbeddedBroker) -> None:
-        self.broker = broker
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.client_id = ""
-        self.connected = False
-        self.will: tuple[str, bytes, int, bool] | None = None
-        self.keepalive_s = 0
-        self.last_seen = time.monotonic()
-        self.subscriptions: dict[str, int] = {}
-        self.next_id = 0
-        self.qos2_pending: set[int] = set()
-
-    # asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.broker.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
-        buffer = self.buffer
-        buffer += data
-        at = 0
-        try:
-            while (header := _header(buffer, at)) is not None:
-                i, size = header
-                if len(buffer) < i + size:
-                    break
-                first = buffer[at]
-                body = bytes(buffer[i : i + size])
-                at = i + size
-                self._handle(first, body)
-                if self.transport is None or self.transport.is_closing():
-                    break
-        except (_Malformed, IndexError) as exc:
-            log.info("closing %s: %s", self.client_id or "a client", exc)
-            self.abort()
-        del buffer[:at]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.broker.forget(self)
-        will, self.will = self.will, None
-        if will is not None and not self.broker.closing:
-            self.broker.route(*will)
-
-    # sending
-    def send(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(data)
-        if transport.get_write_buffer_size() > _MAX_BACKLOG:
-            log.warning("closing %s: %d bytes behind", self.client_id, _MAX_BACKLOG)
-            self.abort()
-
-    def deliver(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> None:
-        head = len(topic).to_bytes(2, "big") + topic
-        if qos:
-            self.next_id = self.next_id % 0xFFFF + 1
-            head += self.next_id.to_bytes(2, "big")
-        self.send(_packet(0x30 | qos << 1 | retain, head + payload))
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    # packets
-    def _handle(self, first: int, body: bytes) -> None:
-        kind, flags = first >> 4, first & 0x0F
-        if not self.connected:
-            if kind != _CONNECT:
-                raise _Malformed("the first packet must be CONNECT")
-            self._connect(body)
-        elif kind == _PUBLISH:
-            self._publish(flags, body)
-        elif kind == _PUBACK:
-            pass  # no redelivery without persistent sessions: nothing to forget
-        elif kind == _PUBREL and flags == 0x2:
-            packet_id = body[:2]
-            self.qos2_pending.discard(int.from_bytes(packet_id, "big"))
-            self.send(b"\x70\x02" + packet_id)
-        elif kind == _SUBSCRIBE and flags == 0x2:
-            self._subscribe(body)
-        elif kind == _UNSUBSCRIBE and flags == 0x2:
-            self._unsubscribe(body)
-        elif kind == _PINGREQ:
-            self.send(b"\xd0\x00")
-        elif kind == _DISCONNECT:
-            self.will = None
-            assert self.transport is not None
-            self.transport.close()
-        elif kind in (_PUBREC, _PUBCOMP):
-            pass  # we never send QoS 2
-        else:
-            raise _Malformed(f"unexpected packet type {kind} (flags {flags})")
-
-    def _connect(self, body: bytes) -> None:
-        name, at = _str(body, 0)
-        if name not in ("MQTT", "MQIsdp"):
-            raise _Malformed(f"not MQTT ({name!r})")
-        level, flags = body[at], body[at + 1]
-        self.keepalive_s = int.from_bytes(body[at + 2 : at + 4], "big")
-        at += 4
-        if level not in (3, 4):
-            self.send(b"\x20\x02\x00\x01")  # unacceptable protocol level (MQTT 5 included)
-            assert self.transport is not None
-            self.transport.close()
-            return
-        if flags & 0x01:
-            raise _Malformed("reserved connect flag set")
-        client_id, at = _str(body, at)
-        if flags & 0x04:
-            topic, at = _str(body, at)
-            payload, at = _bin(body, at)
-            qos = (flags >> 3) & 0x03
-            if qos == 3 or not topic or "+" in topic or "#" in topic:
-                raise _Malformed("bad will")
-            self.will = (topic, payload, min(qos, 1), bool(flags & 0x20))
-        if not client_id:
-            client_id = "auto-" + secrets.token_hex(8)
-        self.client_id = client_id
-        self.connected = True
-        self.broker.register(self)
-        self.send(b"\x20\x02\x00\x00")
-
-    def _publish(self, flags: int, body: bytes) -> None:
-        qos, retain = (flags >> 1) & 0x03, bool(flags & 0x01)
-        topic, at = _str(body, 0)
-        if qos == 3 or not topic or "+" in topic or "#" in topic or "\0" in topic:
-            raise _Malformed(f"bad publication to {topic!r}")
-        packet_id = b""
-        if qos:
-            packet_id = body[at : at + 2]
-            if len(packet_id) != 2:
-                raise _Malformed("truncated packet")
-            at += 2
-        payload = body[at:]
-        if qos == 2:
-            number = int.from_bytes(packet_id, "big")
-            if number not in self.qos2_pending:  # a resent PUBLISH before PUBREL: once only
-                self.qos2_pending.add(number)
-                self.broker.route(topic, payload, 1, retain)
-            self.send(b"\x50\x02" + packet_id)
-            return
-        self.broker.route(topic, payload, qos, retain)
-        if qos == 1:
-            self.send(b"\x40\x02" + packet_id)
-
-    def _subscribe(self, body: bytes) -> None:
-        packet_id, at = body[:2], 2
-        granted = bytearray()
-        added: list[str] = []
-        while at < len(body):
-            topic_filter, at = _str(body, at)
-            if at >= len(body):
-                raise _Malformed("truncated packet")
-            qos = body[at] & 0x03
-            at += 1
-            if not _valid_filter(topic_filter):
-                granted.append(0x80)
-                continue
-            qos = min(qos, 1)
-            self.broker.subscribe(self, topic_filter, qos)
-            granted.append(qos)
-            added.append(topic_filter)
-        if not granted:
-            raise _Malformed("SUBSCRIBE without topics")
-        self.send(_packet(0x90, packet_id + bytes(granted)))
-        for topic_filter in added:
-            self.broker.send_retained(self, topic_filter)
-
-    def _unsubscribe(self, body: bytes) -> None:
-        packet_id, at = body[:2], 2
-        while at < len(body):
-            topic_filter, at = _str(body, at)
-            self.broker.unsubscribe(self, topic_filter)
-        self.send(b"\xb0\x02" + packet_id)
-
-
-class EmbeddedBroker:
-    """An MQTT 3.1.1 broker in this event loop: the stand-in for mosquitto (demo, tests).
-
-    QoS 0 and 1, retained messages, last wills, ``+``/``#`` filters (not matching ``$``
-    topics), keep-alive. No persistent sessions (every session is clean), no authentication
-    (every user and password is accepted: listen on loopback only), no ``$share``. A client id
-    already connected takes the session over, as in mosquitto. An async context manager.
-
-    Args:
-        host: The address to listen on.
-        port: The port; ``0`` picks a free one (read it from ``.port`` once started).
-    """
-
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
-        self.closing = False
-        self.connections: set[_Connection] = set()
-        self._clients: dict[str, _Connection] = {}
-        self._exact: dict[str, dict[_Connection, int]] = {}
-        self._wild: dict[str, tuple[tuple[str, ...], dict[_Connection, int]]] = {}
-        self._retained: dict[str, tuple[bytes, int]] = {}
-        self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep(), name="embedded-broker-keepalive")
-
-    async def aclose(self) -> None:
-        self.closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if self._server is not None:
-            self._server.close()
-            for connection in list(self.connections):
-                connection.abort()
-            await self._server.wait_closed()
-        await asyncio.sleep(0)  # let the aborted transports run connection_lost
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _sweep(self) -> None:
-        """Close connections silent for 1.5x their keep-alive, or that never sent CONNECT."""
-        while True:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            for connection in list(self.connections):
-                idle = now - connection.last_seen
-                if connection.connected:
-                    if connection.keepalive_s and idle > 1.5 * connection.keepalive_s:
-                        connection.abort()
-                elif idle > _CONNECT_TIMEOUT_S:
-                    connection.abort()
-
-    # sessions
-    def register(self, connection: _Connection) -> None:
-        previous = self._clients.get(connection.client_id)
-        self._clients[connection.client_id] = connection
-        if previous is not None and previous is not connection:
-            previous.abort()  # the new connection takes the client id over
-
-    def forget(self, connection: _Connection) -> None:
-        self.connections.discard(connection)
-        if self._clients.get(connection.client_id) is connection:
-            del self._clients[connection.client_id]
-        for topic_filter in list(connection.subscriptions):
-            self.unsubscribe(connection, topic_filter)
-
-    def subscribe(self, connection: _Connection, topic_filter: str, qos: int) -> None:
-        connection.subscriptions[topic_filter] = qos
-        if "+" in topic_filter or "#" in topic_filter:
-            entry = self._wild.setdefault(topic_filter, (tuple(topic_filter.split("/")), {}))
-            entry[1][connection] = qos
-        else:
-            self._exact.setdefault(topic_filter, {})[connection] = qos
-
-    def unsubscribe(self, connection: _Connection, topic_filter: str) -> None:
-        connection.subscriptions.pop(topic_filter, None)
-        exact = self._exact.get(topic_filter)
-        if exact is not None:
-            exact.pop(connection, None)
-            if not exact:
-                del self._exact[topic_filter]
-        wild = self._wild.get(topic_filter)
-        if wild is not None:
-            wild[1].pop(connection, None)
-            if not wild[1]:
-                del self._wild[topic_filter]
-
-    # messages
-    def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Deliver a publication to every matching subscriber, once each, at the lower QoS."""
-        qos = min(qos, 1)
-        if retain:
-            if payload:
-                self._retained[topic] = (payload, qos)
-            else:
-                self._retained.pop(topic, None)
-        targets: dict[_Connection, int] = dict(self._exact.get(topic, ()))
-        if self._wild:
-            levels = topic.split("/")
-            for filter_levels, subscribers in self._wild.values():
-                if _matches(filter_levels, levels):
-                    for connection, sub_qos in subscribers.items():
-                        if sub_qos > targets.get(connection, -1):
-                            targets[connection] = sub_qos
-        if not targets:
-            return
-        encoded = topic.encode()
-        for connection, sub_qos in targets.items():
-            connection.deliver(encoded, payload, min(qos, sub_qos), False)
-
-    def send_retained(self, connection: _Connection, topic_filter: str) -> None:
-        levels = tuple(topic_filter.split("/"))
-        for topic, (payload, qos) in self._retained.items():
-            if _matches(levels, topic.split("/")):
-                sub_qos = connection.subscriptions.get(topic_filter, 0)
-                connection.deliver(topic.encode(), payload, min(qos, sub_qos), True)
-
-
-async def _serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with EmbeddedBroker(host=host, port=port) as broker:
-        print(f"otc embedded broker listening on {broker.host}:{broker.port}", flush=True)
-        await stop.wait()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m otc.broker [--host H] [--port P]``: run the embedded broker until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m otc.broker", description=EMBEDDED_NOTICE)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1883)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        import uvloop  # the entry point chooses the loop
-    except ImportError:
-        asyncio.run(_serve(args.host, args.port))
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(args.host, args.port))
-
-
-if __name__ == "__main__":
-    main()

@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the engine on a synthetic market with its own broker",
-        description="Start a broker (mosquitto when installed, else the embedded one) unless "
+        description="Start a broker (mosquitto when installed, else amqtt from .venv-amqtt) unless "
         "--broker points at one, the synthetic market, and the quoting service; print how to "
         "send an RFQ. --once prices a few blocks on the synthetic book and exits instead.",
     )
@@ -555,11 +555,8 @@ def _demo_engine(args: argparse.Namespace) -> int:
     async def with_broker() -> None:
         with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
             async with start_broker(config_dir=Path(tmp), port=args.mqtt_port) as broker:
-                if broker.kind == "embedded":
-                    out.write(
-                        "otc demo: mosquitto is not installed: using the embedded broker "
-                        "(MQTT 3.1.1, slower, fine for a demo)\n"
-                    )
+                if broker.notice:
+                    out.write(f"otc demo: {broker.notice}\n")
                 engine = Engine(
                     config,
                     feeds="sim",

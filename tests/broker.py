@@ -1,9 +1,10 @@
 """Brokers for the tests: a real one per test, on a free loopback port.
 
-``mosquitto`` when it is installed (the embedded broker of ``otc.broker`` otherwise); set
-``OTC_TEST_BROKER=embedded`` (or ``mosquitto``) to choose. The fixtures in ``conftest.py`` call
-these helpers; tests that need a particular broker use :func:`broker_kinds` or
-:data:`needs_mosquitto`.
+``mosquitto`` when it is installed, amqtt from ``.venv-amqtt`` otherwise (see ``otc.broker``);
+set ``OTC_TEST_BROKER=amqtt`` (or ``mosquitto``) to choose, or ``OTC_NO_MOSQUITTO=1`` to run
+everything as on a machine without mosquitto. The fixtures in ``conftest.py`` call these
+helpers; tests that need a particular broker use :func:`broker_kinds`, :data:`needs_mosquitto`
+or :data:`needs_amqtt`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,29 @@ from typing import Literal, cast
 
 import pytest
 
-from otc.broker import BrokerKind, BrokerProcess, find_mosquitto, start_broker
+from otc.broker import (
+    AMQTT_VENV,
+    BrokerKind,
+    BrokerProcess,
+    find_amqtt,
+    find_mosquitto,
+    start_broker,
+)
 
 MOSQUITTO = find_mosquitto()
+AMQTT = find_amqtt()
 
-#: For tests that need the real mosquitto (ACLs, passwords, mosquitto_pub/sub).
+_NO_MOSQUITTO = "mosquitto is not installed (apt-get install mosquitto) or OTC_NO_MOSQUITTO is set"
+
+#: For tests that need mosquitto itself (ACLs, passwords, its configuration files).
 needs_mosquitto = pytest.mark.skipif(
-    MOSQUITTO is None,
-    reason="mosquitto is not installed (apt-get install mosquitto); "
-    "this test needs the real broker",
+    MOSQUITTO is None, reason=f"needs mosquitto (passwords, ACL, its config): {_NO_MOSQUITTO}"
+)
+
+#: For tests of the fallback broker, amqtt, run from its own virtualenv.
+needs_amqtt = pytest.mark.skipif(
+    AMQTT is None,
+    reason=f"{AMQTT_VENV} is absent (make .venv-amqtt); this test runs the amqtt fallback broker",
 )
 
 #: The command-line clients, for end-to-end tests that drive the service like a user would.
@@ -45,18 +60,22 @@ RECEIVE_TIMEOUT_S = 10.0
 
 
 def configured_broker_kind() -> BrokerKind | Literal["auto"]:
-    """The broker the tests use: ``$OTC_TEST_BROKER`` (auto, mosquitto or embedded)."""
+    """The broker the tests use: ``$OTC_TEST_BROKER`` (auto, mosquitto or amqtt)."""
     kind = os.environ.get("OTC_TEST_BROKER", "auto")
-    if kind not in ("auto", "mosquitto", "embedded"):
-        raise ValueError(f"OTC_TEST_BROKER must be auto, mosquitto or embedded, not {kind!r}")
+    if kind not in ("auto", "mosquitto", "amqtt"):
+        raise ValueError(f"OTC_TEST_BROKER must be auto, mosquitto or amqtt, not {kind!r}")
     return cast("BrokerKind | Literal['auto']", kind)
 
 
 def broker_kinds() -> list[object]:
-    """``pytest.param``s for each broker kind; mosquitto's skips when it is not installed."""
+    """``pytest.param``s for each broker kind; each skips when its broker is not there."""
     return [
-        pytest.param("mosquitto", marks=needs_mosquitto, id="mosquitto"),
-        pytest.param("embedded", id="embedded"),
+        pytest.param(
+            "mosquitto",
+            marks=pytest.mark.skipif(MOSQUITTO is None, reason=_NO_MOSQUITTO),
+            id="mosquitto",
+        ),
+        pytest.param("amqtt", marks=needs_amqtt, id="amqtt"),
     ]
 
 

@@ -23,8 +23,8 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A broker of the test's own on a free loopback port: mosquitto when installed, else the
-    embedded one (``OTC_TEST_BROKER=embedded|mosquitto`` to choose); see tests/broker.py."""
+    """A broker of the test's own on a free loopback port: mosquitto when installed, else amqtt
+    from .venv-amqtt (``OTC_TEST_BROKER=amqtt|mosquitto`` to choose); see tests/broker.py."""
     with running_broker(tmp_path / "broker") as process:
         yield process
 

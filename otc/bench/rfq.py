@@ -3,7 +3,7 @@
 Everything runs in one process, on one event loop (uvloop when installed, else asyncio's
 default loop), against a broker the benchmark starts itself with :func:`~otc.broker.start_broker`
 in a temporary folder: ``mosquitto`` when installed (its generated configuration has
-``set_tcp_nodelay true`` and ``max_queued_messages`` sized), else the embedded broker. Every
+``set_tcp_nodelay true`` and ``max_queued_messages`` sized), else amqtt (``.venv-amqtt``). Every
 MQTT connection is an :class:`~otc.bus.Bus` (aiomqtt, ``TCP_NODELAY`` on its socket).
 
 What it measures:
@@ -59,6 +59,7 @@ from otc.bench.book import machine as book_machine
 from otc.broker import (
     MAX_QUEUED_MESSAGES,
     BrokerProcess,
+    amqtt_version,
     find_mosquitto,
     mosquitto_config,
     start_broker,
@@ -578,12 +579,13 @@ def _mosquitto_version() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    """Platform, CPU, Python, and the versions of what is measured (mosquitto's too)."""
+    """Platform, CPU, Python, and the versions of what is measured (the brokers' too)."""
     info = book_machine()
     versions: dict[str, str | None] = {
         dist: _dist_version(dist) for dist in ("otc", "aiomqtt", "paho-mqtt", "msgspec", "uvloop")
     }
     versions["mosquitto"] = _mosquitto_version()
+    versions["amqtt"] = amqtt_version()
     info["versions"] = versions
     return info
 
@@ -694,8 +696,8 @@ async def _main(
             )
         else:
             broker_text = (
-                f"the embedded broker on {broker.host}:{broker.port}, its own process "
-                f"(mosquitto is not installed): {broker.notice}"
+                f"amqtt {versions['amqtt'] or ''}".rstrip()
+                + f" on {broker.host}:{broker.port}, its own process: {broker.notice}"
             )
         write(
             "otc bench rfq: RFQ -> quote round trips through a broker, next to a bare echo "
@@ -769,11 +771,11 @@ async def _main(
     for key, series in nagle.items():
         write(_row("", labels[key], series))
     if broker.kind != "mosquitto":
-        write(f"{'':10}(a broker without TCP_NODELAY needs mosquitto, which is not installed)\n")
+        write(f"{'':10}(a broker without TCP_NODELAY needs mosquitto, which is not used)\n")
     return {
         "machine": info,
         "loop": loop_name,
-        "broker": {"kind": broker.kind, "version": versions["mosquitto"]},
+        "broker": {"kind": broker.kind, "version": versions[broker.kind]},
         "params": {
             "rfqs": plan.rfqs,
             "in_flight": in_flight,

@@ -1,4 +1,4 @@
-"""``otc bench rfq``: a quick run against a real broker (mosquitto, else the embedded one).
+"""``otc bench rfq``: a quick run against a real broker (mosquitto, else amqtt).
 
 No timing thresholds: the figures depend on the machine. What is checked is the shape of the
 result, that every request got its answer (the echo's and the engine's: quotes, not rejects),
