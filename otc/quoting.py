@@ -344,6 +344,21 @@ class QuoteEngine:
         return self._halted_all or (symbol is not None and symbol in self._halted)
 
     @property
+    def halted_symbols(self) -> list[str]:
+        """Symbols halted by their own kill switch (the global one: ``halted()``), sorted."""
+        return sorted(self._halted)
+
+    @property
+    def tier_spreads(self) -> dict[str, Decimal]:
+        """Spread per tier in bps, as in force now (a copy)."""
+        return dict(self._tier_spread)
+
+    def client_enabled(self, client: str) -> bool:
+        """Whether a configured client may trade (``False`` for an unknown one)."""
+        state = self._clients.get(client)
+        return state is not None and state.enabled
+
+    @property
     def open_quotes(self) -> int:
         """Quotes remembered (live, filled or recently expired); bounded by :meth:`prune`."""
         return len(self._quotes)
@@ -939,14 +954,29 @@ class QuoteEngine:
         if not force and self._ladder_keys.get(symbol) == key:
             return None
         self._ladder_keys[symbol] = key
+        message = self._build_ladder(inst, view, spread, halted, now)
+        return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
+
+    def indicative_ladder(self, symbol: str) -> Ladder | None:
+        """The ladder :meth:`ladder` publishes, priced now (for the console); ``None`` when the
+        symbol is unknown or has no bands. Does not affect what :meth:`ladder` publishes."""
+        inst = self._instruments.get(symbol)
+        if inst is None or not inst.ladder_bands:
+            return None
+        now = self._clock.now_ns()
+        view = self.market.books[symbol].view(now)
+        return self._build_ladder(inst, view, self._ladder_spread(), self.halted(symbol), now)
+
+    def _build_ladder(
+        self, inst: InstrumentConfig, view: BookView, spread: Decimal, halted: bool, now: int
+    ) -> Ladder:
         usable = not halted and view.included and view.mid2 is not None
         bands = []
         for qty in inst.ladder_bands:
             bid = self._indicative(view, inst, Side.SELL, qty, spread, now) if usable else None
             ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
             bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
-        message = Ladder(symbol=symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
-        return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
+        return Ladder(symbol=inst.symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
 
     def _indicative(
         self,
