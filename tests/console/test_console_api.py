@@ -466,7 +466,8 @@ def test_token_from_the_environment_then_config_else_generated() -> None:
 )
 def test_console_config_errors_name_the_file_and_key(tmp_path: Path, toml: str, where: str) -> None:
     path = tmp_path / "otc.toml"
-    path.write_text(CONFIG.read_text() + "\n" + toml)
+    without_console = CONFIG.read_text().split("\n[console]\n")[0]
+    path.write_text(without_console + "\n" + toml)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(path) in str(caught.value)
