@@ -14,7 +14,9 @@ Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
   ``otc/v1/control/+``; each message is handled in its own task, at most ``max_in_flight`` at a
   time (back-pressure on the broker connection);
 * ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
-* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book).
+* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book);
+* ``console``: the operator console's HTTP server (:mod:`otc.console`), when enabled; its
+  commands go through :meth:`Engine.apply_control`, like those from the bus.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -38,6 +41,7 @@ from otc.protocol import (
     CONTROL_RESULT_TOPIC,
     STATUS_TOPIC,
     Code,
+    Control,
     ControlResult,
     ProtocolError,
     Status,
@@ -45,6 +49,9 @@ from otc.protocol import (
     wire_decimal,
 )
 from otc.quoting import Outgoing, QuoteEngine
+
+if TYPE_CHECKING:
+    from otc.console import ConsoleServer
 
 __all__ = ["Engine", "FeedMode"]
 
@@ -71,6 +78,9 @@ class Engine:
         sim_interval_s: pause between synthetic market steps.
         max_in_flight: client messages handled concurrently.
         on_ready: called once the status ``up`` has been published.
+        console: serve the operator console (default: ``[console] enabled``).
+        console_port: its port (default: ``[console] port``; 0: a free one).
+        console_token: its operator token (default: :func:`otc.console.resolve_token`).
     """
 
     def __init__(
@@ -87,6 +97,9 @@ class Engine:
         sim_interval_s: float = 0.1,
         max_in_flight: int = 256,
         on_ready: Callable[[], None] | None = None,
+        console: bool | None = None,
+        console_port: int | None = None,
+        console_token: str | None = None,
     ) -> None:
         self.config = config
         self.feed_mode = feeds
@@ -105,6 +118,11 @@ class Engine:
         self.quotes: QuoteEngine | None = None
         #: The journal while running (and after: its ``commits``, ``committed``, ``failed``).
         self.journal: SqliteJournal | None = None
+        self.console = config.console.enabled if console is None else console
+        self.console_port = config.console.port if console_port is None else console_port
+        self.console_token = console_token
+        #: The console's address (``http://host:port/``) once it listens.
+        self.console_url: str | None = None
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -121,6 +139,21 @@ class Engine:
 
     async def run(self) -> None:
         """Serve until cancelled."""
+        sock = None
+        if self.console:  # bound first: a busy port fails at start-up, before anything runs
+            from otc.console import listen, resolve_token, url_of
+
+            if self.console_token is None:
+                self.console_token, _ = resolve_token(self.config)
+            sock = listen(self.config.console.host, self.console_port)
+            self.console_url = url_of(sock)
+        try:
+            await self._run(sock)
+        finally:
+            if sock is not None:
+                sock.close()
+
+    async def _run(self, console_sock: socket.socket | None) -> None:
         config = self.config
         will = self._status("down")
         async with (
@@ -136,7 +169,11 @@ class Engine:
             ) as bus,
         ):
             self.journal = journal
-            self.quotes = QuoteEngine(config, self.market, journal, self.clock)
+            server: ConsoleServer | None = None
+            if console_sock is None:
+                self.quotes = QuoteEngine(config, self.market, journal, self.clock)
+            else:
+                server = self._console(journal, bus, console_sock)
             await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -144,9 +181,39 @@ class Engine:
                     tg.create_task(self._serve(bus, tg), name="bus")
                     tg.create_task(self._ladders(bus), name="ladders")
                     tg.create_task(self._announce(bus), name="status")
+                    if server is not None:
+                        tg.create_task(server.serve(), name="console")
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(bus.publish(self._status("down")))
+
+    def _console(self, journal: SqliteJournal, bus: Bus, sock: socket.socket) -> ConsoleServer:
+        """The quote engine, observed by the console, and the console's server."""
+        from otc.console import Activity, Console, ConsoleServer, ObservedJournal
+
+        activity = Activity(self.config.console.blotter_size)
+        self.quotes = QuoteEngine(
+            self.config, self.market, ObservedJournal(journal, activity.record), self.clock
+        )
+
+        async def control(operator: str, command: Control) -> ControlResult:
+            result = await self.apply_control(operator, command)
+            topic = CONTROL_RESULT_TOPIC.format(operator=operator)
+            await bus.publish(Outgoing(topic, msgspec.json.encode(result)))
+            return result
+
+        assert self.console_token is not None
+        console = Console(
+            self.config,
+            token=self.console_token,
+            market=self.market,
+            quotes=self.quotes,
+            activity=activity,
+            clock=self.clock,
+            control=control,
+            feeds=lambda: [c.health() for c in self.connections],  # type: ignore[attr-defined]
+        )
+        return ConsoleServer(console, sock)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -255,17 +322,31 @@ class Engine:
         Commands take effect for the next message handled, and are journaled (kind
         ``control``, with the operator) before the result is published.
         """
-        assert self.quotes is not None
         topic = CONTROL_RESULT_TOPIC.format(operator=operator)
-        command = "?"
+        if operator not in self.config.broker.operators:
+            result = ControlResult(
+                ok=False,
+                command="?",
+                detail=f"{operator} is not an operator (config [broker] operators): "
+                "nothing was changed",
+            )
+            log.warning("control refused: %s", result.detail)
+            return Outgoing(topic, msgspec.json.encode(result))
         try:
-            if operator not in self.config.broker.operators:
-                raise OtcError(
-                    f"{operator} is not an operator (config [broker] operators): "
-                    "nothing was changed"
-                )
             control = decode_control(payload)
-            command = control.command
+        except ProtocolError as exc:
+            result = ControlResult(ok=False, command="?", detail=exc.reason)
+            log.info("control by %s: %s", operator, result)
+        else:
+            result = await self.apply_control(operator, control)
+        return Outgoing(topic, msgspec.json.encode(result))
+
+    async def apply_control(self, operator: str, control: Control) -> ControlResult:
+        """Apply a decoded operator command (from the bus or the console), journaled with the
+        operator before it returns; a refused command is a result with ``ok`` false."""
+        assert self.quotes is not None
+        command = control.command
+        try:
             if control.command in ("halt", "resume"):
                 halted = control.command == "halt"
                 self.quotes.set_halted(control.symbol, halted, operator=operator)
@@ -292,7 +373,7 @@ class Engine:
         except OtcError as exc:
             result = ControlResult(ok=False, command=command, detail=str(exc))
         log.info("control by %s: %s", operator, result)
-        return Outgoing(topic, msgspec.json.encode(result))
+        return result
 
     async def _ladders(self, bus: Bus) -> None:
         assert self.quotes is not None

@@ -5,7 +5,9 @@ Subcommands::
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
     otc demo [--broker URL] [--mqtt-port N] [--duration S] [--once [--dump-book PATH]]
+             [--console-port N | --no-console]
     otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH]
+              [--console-port N | --no-console]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
             [--accept [--accept-side buy|sell]] [--json]
     otc feeds verify --venue V FILE... [--json]
@@ -117,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, default=0, help="port of our broker (0: free)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    _console_options(demo)
 
     serve = sub.add_parser("serve", help="run the quoting service")
     serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -124,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
     serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    _console_options(serve)
 
     rfq = sub.add_parser("rfq", help="send an RFQ as a client, print the quote, maybe accept")
     rfq.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port")
@@ -488,6 +492,35 @@ async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> N
             await main
 
 
+def _console_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--console-port", type=int, help="operator console port (default: [console] port; 0: free)"
+    )
+    parser.add_argument("--no-console", action="store_true", help="do not serve the console")
+
+
+def _console_settings(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """Engine options for the console, and ``args.console_note``: what to print once it is up
+    (its address; the token too when it was generated, as no one else knows it)."""
+    args.console_note = None
+    if args.no_console or not config.console.enabled:
+        return {"console": False}
+    if args.console_port is not None and not 0 <= args.console_port <= 65_535:
+        raise UsageError(f"--console-port must be 0 to 65535, got {args.console_port}")
+    from otc.console import resolve_token
+
+    token, source = resolve_token(config)
+
+    def note(url: str | None) -> str:
+        if source == "generated":
+            return f"console: {url}#token={token} (operator token {token})\n"
+        where = "OTC_CONSOLE_TOKEN" if source == "environment" else "[console] token"
+        return f"console: {url} (operator token from {where})\n"
+
+    args.console_note = note
+    return {"console": True, "console_port": args.console_port, "console_token": token}
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
@@ -497,8 +530,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host, port, user, password, tls = _broker_address(args.broker)
         options = {"host": host, "port": port, "username": user, "password": password, "tls": tls}
 
+    options.update(_console_settings(args, config))
+
     def ready() -> None:
         sys.stdout.write(f"otc serve: up ({args.feeds} feeds)\n")
+        if args.console_note is not None:
+            sys.stdout.write(args.console_note(engine.console_url))
         sys.stdout.flush()
 
     engine = Engine(config, feeds=args.feeds, on_ready=ready, **options)
@@ -514,6 +551,8 @@ def _demo_engine(args: argparse.Namespace) -> int:
 
     config = _with_journal(load_config(args.config), args.journal)
     out = sys.stdout
+    console = _console_settings(args, config)
+    engines: list[Engine] = []
 
     def instructions(host: str, port: int) -> None:
         url = f"mqtt://{host}:{port}"
@@ -535,6 +574,9 @@ def _demo_engine(args: argparse.Namespace) -> int:
             '-m \'{"quote_id": "<quote_id>", "side": "buy"}\'\n'
             "Ctrl-C stops the engine (status goes down, the journal is flushed).\n"
         )
+        if args.console_note is not None and engines:
+            out.write("\nOperator console (books, quotes, fills, kill switch):\n  ")
+            out.write(args.console_note(engines[0].console_url))
         out.flush()
 
     if args.broker:
@@ -548,7 +590,9 @@ def _demo_engine(args: argparse.Namespace) -> int:
             password=password,
             tls=tls,
             on_ready=lambda: instructions(host, port),
+            **console,
         )
+        engines.append(engine)
         run_async(_run_for(engine.run(), args.duration))
         return 0
 
@@ -566,7 +610,9 @@ def _demo_engine(args: argparse.Namespace) -> int:
                     password=None,
                     tls=False,
                     on_ready=lambda: instructions(broker.host, broker.port),
+                    **console,
                 )
+                engines.append(engine)
                 await _run_for(engine.run(), args.duration)
 
     run_async(with_broker())

@@ -11,7 +11,8 @@ decimal strings (``"0.01"``); TOML floats are accepted but strings are exact by 
 Sections: ``[estimator]``, ``[[instruments]]``, ``[[venues]]`` (books and the estimator), and for
 the quoting service ``[quoting]`` (quote lifetime, last look, rate limit, ladder), ``[tiers]``
 (spread per client tier), ``[risk]`` (the risk premium), ``[inventory]`` (per-asset limits and
-skew), ``[[clients]]`` (who may trade what, and how much), ``[broker]`` and ``[journal]``. Every
+skew), ``[[clients]]`` (who may trade what, and how much), ``[broker]``, ``[journal]`` and
+``[console]`` (the operator console's address and token). Every
 section but ``instruments`` and ``venues`` has defaults, so a book-only config stays valid.
 Cross-references are checked after decoding: a client's tier and symbols, an inventory asset,
 the ladder tier (``$.clients[1].tier: no such tier``).
@@ -34,6 +35,7 @@ __all__ = [
     "BrokerConfig",
     "ClientConfig",
     "Config",
+    "ConsoleConfig",
     "EstimatorConfig",
     "InstrumentConfig",
     "InventoryConfig",
@@ -279,6 +281,32 @@ class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     path: str = "var/journal.sqlite"
 
 
+class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The operator console (:mod:`otc.console`): a web page and JSON API served by the engine.
+
+    ``token``: what every API request must present (``Authorization: Bearer ...``); the
+    environment variable ``OTC_CONSOLE_TOKEN`` overrides it, and without either the engine
+    makes a random one at start-up and prints it. ``push_interval_ms``: how often the page's
+    live views are refreshed; ``blotter_size``: recent events kept for the blotter.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8321
+    token: str | None = None
+    push_interval_ms: Annotated[int, msgspec.Meta(ge=50, le=60_000)] = 500
+    blotter_size: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 2_000
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not CONSOLE_TOKEN.fullmatch(self.token):
+            raise ValueError(f"token: {CONSOLE_TOKEN_RULE}")
+
+
+#: What a console token must look like (config or ``OTC_CONSOLE_TOKEN``).
+CONSOLE_TOKEN = re.compile(r"[\x21-\x7e]{16,256}")
+CONSOLE_TOKEN_RULE = "must be 16 to 256 printable ASCII characters, no spaces"  # noqa: S105
+
+
 class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole engine configuration."""
 
@@ -292,6 +320,7 @@ class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     clients: list[ClientConfig] = []
     broker: BrokerConfig = BrokerConfig()
     journal: JournalConfig = JournalConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     def instrument(self, symbol: str) -> InstrumentConfig:
         for inst in self.instruments:

@@ -69,6 +69,7 @@ import uuid
 from collections import deque
 from collections.abc import Generator
 from decimal import Context, Decimal
+from typing import TypeVar
 
 import msgspec
 
@@ -114,6 +115,8 @@ from otc.protocol import (
 from otc.slippage import SlippageEstimate, estimate
 
 __all__ = ["Outgoing", "QuoteEngine"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +346,21 @@ class QuoteEngine:
     def halted(self, symbol: str | None = None) -> bool:
         """Whether ``symbol`` (``None``: everything) is halted by a kill switch."""
         return self._halted_all or (symbol is not None and symbol in self._halted)
+
+    @property
+    def halted_symbols(self) -> list[str]:
+        """Symbols halted by their own kill switch (the global one: ``halted()``), sorted."""
+        return sorted(self._halted)
+
+    @property
+    def tier_spreads(self) -> dict[str, Decimal]:
+        """Spread per tier in bps, as in force now (a copy)."""
+        return dict(self._tier_spread)
+
+    def client_enabled(self, client: str) -> bool:
+        """Whether a configured client may trade (``False`` for an unknown one)."""
+        state = self._clients.get(client)
+        return state is not None and state.enabled
 
     @property
     def open_quotes(self) -> int:
@@ -924,13 +942,7 @@ class QuoteEngine:
         Returns ``None`` when the symbol is unknown or has no bands, and, unless ``force``,
         when nothing it is priced from changed since the last ladder of the symbol.
         """
-        steps = self.ladder_steps(symbol, force=force)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                ladder: Outgoing | None = done.value
-                return ladder
+        return _drain(self.ladder_steps(symbol, force=force))
 
     def ladder_steps(
         self, symbol: str, *, force: bool = False
@@ -958,6 +970,25 @@ class QuoteEngine:
         if not force and self._ladder_keys.get(symbol) == key:
             return None
         self._ladder_keys[symbol] = key
+        message = yield from self._build_ladder(inst, view, spread, halted, now)
+        return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
+
+    def indicative_ladder(self, symbol: str) -> Ladder | None:
+        """The ladder :meth:`ladder` publishes, priced now (for the console); ``None`` when the
+        symbol is unknown or has no bands. Does not affect what :meth:`ladder` publishes."""
+        inst = self._instruments.get(symbol)
+        if inst is None or not inst.ladder_bands:
+            return None
+        now = self._clock.now_ns()
+        view = self.market.books[symbol].view(now)
+        return _drain(
+            self._build_ladder(inst, view, self._ladder_spread(), self.halted(symbol), now)
+        )
+
+    def _build_ladder(
+        self, inst: InstrumentConfig, view: BookView, spread: Decimal, halted: bool, now: int
+    ) -> Generator[None, None, Ladder]:
+        """The ladder's bands priced one at a time: yields after each band."""
         usable = not halted and view.included and view.mid2 is not None
         bands = []
         for qty in inst.ladder_bands:
@@ -965,8 +996,7 @@ class QuoteEngine:
             ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
             bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
             yield
-        message = Ladder(symbol=symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
-        return Outgoing(LADDER_TOPIC.format(symbol=symbol), encode(message), retain=True)
+        return Ladder(symbol=inst.symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
 
     def _indicative(
         self,
@@ -1083,6 +1113,16 @@ class QuoteEngine:
                     break
                 del ids[rfq_id]
         return forgotten
+
+
+def _drain(steps: Generator[None, None, T]) -> T:
+    """Run a generator of steps to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
 
 def _side_of(key: str) -> Side:

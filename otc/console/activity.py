@@ -1,0 +1,185 @@
+"""The journal's events as they happen, for the console's blotter, explanations and markouts.
+
+:class:`ObservedJournal` stands between the :class:`~otc.quoting.QuoteEngine` and the real
+journal: it hands every event over unchanged and then tells an :class:`Activity` about it. A
+submitted event (RFQ, quote, reject, accept) is reported once it is queued, an appended one (a
+fill, a control) once it is committed, so the console never shows a fill the journal may lose.
+Recording costs one append to a bounded deque; everything else (blotter rows, symbol lookups,
+decimal text) is done when the console reads, off the quote path.
+
+:class:`Activity` also keeps the desk's fills since start-up, for the P&L per instrument, and
+the :class:`Markouts` of the most recent ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
+from decimal import Context, Decimal
+
+import msgspec
+
+from otc.journal import Journal, JournalEvent, Receipt
+
+__all__ = ["Activity", "Markouts", "ObservedJournal", "TradeFill"]
+
+_CTX = Context(prec=60)
+_ZERO = Decimal(0)
+_NS_PER_MS = 1_000_000
+#: Markout horizons: label -> ns after the fill.
+HORIZONS: dict[str, int] = {
+    "1s": 1_000_000_000,
+    "5s": 5_000_000_000,
+    "30s": 30_000_000_000,
+    "60s": 60_000_000_000,
+}
+
+
+class ObservedJournal:
+    """A :class:`~otc.journal.Journal` that reports each event to ``observer`` once handed over.
+
+    Args:
+        journal: where events are recorded.
+        observer: called with each event after ``submit`` queued it or ``append`` committed it
+            (not when the journal refused it).
+    """
+
+    def __init__(self, journal: Journal, observer: Callable[[JournalEvent], None]) -> None:
+        self._journal = journal
+        self._observer = observer
+
+    async def append(self, event: JournalEvent) -> None:
+        await self._journal.append(event)
+        self._observer(event)
+
+    async def submit(self, event: JournalEvent) -> Receipt:
+        receipt = await self._journal.submit(event)
+        self._observer(event)
+        return receipt
+
+    async def aclose(self) -> None:
+        await self._journal.aclose()
+
+
+class TradeFill(msgspec.Struct, frozen=True):
+    """A client fill as the desk sees it: ``side`` is the client's (a client buy: we sold)."""
+
+    trade_id: str
+    client: str
+    symbol: str
+    side: str
+    qty: Decimal
+    price: Decimal
+    ts_ns: int
+
+
+class Markout(msgspec.Struct):
+    """A fill and the mid at each horizon after it (``None`` until the horizon is reached)."""
+
+    fill: TradeFill
+    mids: dict[str, Decimal | None]
+
+
+def markout_bps(fill: TradeFill, mid: Decimal) -> Decimal:
+    """The fill's markout against ``mid``, in bps, from the desk's side (positive: we gained).
+
+    A client buy (we sold at ``price``): ``(price - mid) / mid``; a client sell: ``(mid - price)
+    / mid``; rounded half-even to 0.01 bps.
+    """
+    move = fill.price - mid if fill.side == "buy" else mid - fill.price
+    return _CTX.divide(move * 10_000, mid).quantize(Decimal("0.01"), context=_CTX)
+
+
+class Markouts:
+    """The last ``size`` fills and the mid at 1, 5, 30 and 60 s after each."""
+
+    def __init__(self, size: int = 50) -> None:
+        self._items: deque[Markout] = deque(maxlen=size)
+
+    def add(self, fill: TradeFill) -> None:
+        self._items.append(Markout(fill, dict.fromkeys(HORIZONS)))
+
+    def sample(self, now_ns: int, mid: Callable[[str], Decimal | None]) -> None:
+        """Record the mid of every horizon that has come; call it often (every ~100 ms)."""
+        for item in self._items:
+            for label, after_ns in HORIZONS.items():
+                if item.mids[label] is None and now_ns >= item.fill.ts_ns + after_ns:
+                    item.mids[label] = mid(item.fill.symbol)
+
+    def __iter__(self) -> Iterator[Markout]:
+        return iter(reversed(self._items))  # newest first
+
+
+class Activity:
+    """Recent journal events (newest ``size``), in the order they were handed over.
+
+    Each event gets a sequence number (from 1); :meth:`since` returns those after a number and
+    :meth:`wait` waits for the next. Quotes' explanations are kept with their events; fills
+    also update the desk's flows per instrument (:attr:`flows`) and the :attr:`markouts`.
+    """
+
+    def __init__(self, size: int = 2_000) -> None:
+        self._events: deque[tuple[int, JournalEvent]] = deque(maxlen=size)
+        self._seq = itertools.count(1)
+        self.last_seq = 0
+        self._changed = asyncio.Event()
+        #: symbol -> (base position, quote-currency cash) from client fills since start-up.
+        self.flows: dict[str, tuple[Decimal, Decimal]] = {}
+        self.markouts = Markouts()
+
+    def record(self, event: JournalEvent) -> None:
+        """Keep ``event`` (the :class:`ObservedJournal`'s observer); O(1)."""
+        seq = next(self._seq)
+        self._events.append((seq, event))
+        self.last_seq = seq
+        if event.kind == "fill":
+            self._fill(event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _fill(self, event: JournalEvent) -> None:
+        payload = event.payload
+        try:
+            fill = TradeFill(
+                trade_id=str(payload["trade_id"]),
+                client=event.client,
+                symbol=str(payload["symbol"]),
+                side=str(payload["side"]),
+                qty=Decimal(str(payload["qty"])),
+                price=Decimal(str(payload["price"])),
+                ts_ns=event.ts_ns,
+            )
+        except (KeyError, ArithmeticError):  # not a fill the engine wrote: nothing to book
+            return
+        base, cash = self.flows.get(fill.symbol, (_ZERO, _ZERO))
+        notional = _CTX.multiply(fill.qty, fill.price)
+        if fill.side == "buy":  # the client bought: we sold base for cash
+            base, cash = base - fill.qty, cash + notional
+        else:
+            base, cash = base + fill.qty, cash - notional
+        self.flows[fill.symbol] = (base, cash)
+        self.markouts.add(fill)
+
+    def since(self, seq: int) -> list[tuple[int, JournalEvent]]:
+        """Events numbered after ``seq`` still kept, oldest first."""
+        if seq >= self.last_seq:
+            return []
+        return [(n, e) for n, e in self._events if n > seq]
+
+    def events(self) -> list[tuple[int, JournalEvent]]:
+        """Every event kept, oldest first."""
+        return list(self._events)
+
+    async def wait(self, seq: int, timeout_s: float) -> bool:
+        """Wait until an event after ``seq`` is recorded, at most ``timeout_s``; whether one was."""
+        if self.last_seq > seq:
+            return True
+        changed = self._changed
+        try:
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,480 @@
+"""The console's JSON API over real HTTP on loopback: auth, controls through the engine's one
+control path, bad input, the views, the push stream and a clean shutdown.
+
+The console runs in-process on uvicorn with a real QuoteEngine (memory journal, fake clock) and
+books fed snapshots; requests go through httpx over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from otc.app import Engine
+from otc.clock import FakeClock
+from otc.config import Config, load_config
+from otc.console import Activity, Console, ConsoleServer, ObservedJournal, listen
+from otc.errors import ConfigError
+from otc.journal import MemoryJournal
+from otc.model import BookSnapshot
+from otc.quoting import QuoteEngine
+
+CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Running:
+    client: httpx.AsyncClient
+    engine: Engine
+    quotes: QuoteEngine
+    journal: MemoryJournal
+    clock: FakeClock
+    url: str
+
+
+def feed_books(
+    engine: Engine, clock: FakeClock, venues: tuple[str, ...] = ("binance", "okx")
+) -> None:
+    """Two venues for BTC-USDT: binance 64000/64010 and okx 63995/64005 (scale 8/8)."""
+    e8 = 10**8
+    for venue, bid, ask in (("binance", 64000, 64010), ("okx", 63995, 64005)):
+        if venue not in venues:
+            continue
+        engine.market.apply(
+            BookSnapshot(
+                venue=venue,
+                symbol="BTC-USDT",
+                bids=[(bid * e8, 2 * e8), ((bid - 10) * e8, 5 * e8)],
+                asks=[(ask * e8, 1 * e8), ((ask + 10) * e8, 4 * e8)],
+                sequence=7,
+                ts_event_ns=clock.now_ns(),
+                ts_recv_ns=clock.now_ns(),
+            )
+        )
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    config = load_config(CONFIG)
+    clock = FakeClock()
+    engine = Engine(config, clock=clock, console=False)
+    feed_books(engine, clock)
+    journal = MemoryJournal()
+    activity = Activity()
+    quotes = QuoteEngine(config, engine.market, ObservedJournal(journal, activity.record), clock)
+    engine.quotes = quotes
+    console = Console(
+        config,
+        token=TOKEN,
+        market=engine.market,
+        quotes=quotes,
+        activity=activity,
+        clock=clock,
+        control=engine.apply_control,
+    )
+    server = ConsoleServer(console, listen("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for _ in range(100):  # until uvicorn accepts
+                try:
+                    await client.get("/")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            yield Running(client, engine, quotes, journal, clock, server.url)
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+
+
+ROUTES = [
+    ("GET", "/api/overview"),
+    ("GET", "/api/depth/BTC-USDT"),
+    ("GET", "/api/ladder/BTC-USDT"),
+    ("GET", "/api/blotter"),
+    ("GET", "/api/quotes/x-q1"),
+    ("GET", "/api/stream"),
+]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}],
+    ids=["none", "wrong", "no-scheme"],
+)
+async def test_every_route_refuses_without_the_token(
+    running: Running, headers: dict[str, str]
+) -> None:
+    for method, path in ROUTES:
+        got = await running.client.request(method, path, headers=headers)
+        assert got.status_code == 401, path
+        assert got.headers["www-authenticate"].startswith("Bearer")
+        assert "token" in got.json()["error"]
+    halt = {"operator": "ops-1", "command": "halt"}
+    got = await running.client.post("/api/control", json=halt, headers=headers)
+    assert got.status_code == 401
+    # ... and changed nothing: not halted, nothing journaled.
+    assert not running.quotes.halted("BTC-USDT")
+    await running.quotes.flush_controls()
+    assert running.journal.events == []
+
+
+async def test_the_query_token_is_taken_by_the_stream_only(running: Running) -> None:
+    got = await running.client.get("/api/overview", params={"access_token": TOKEN})
+    assert got.status_code == 401
+    async with running.client.stream(
+        "GET", "/api/stream", params={"access_token": TOKEN}
+    ) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+async def rfq(running: Running, client: str, rfq_id: str, qty: str = "1") -> dict[str, object]:
+    payload = json.dumps({"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": "buy", "qty": qty})
+    (out,) = await running.quotes.on_rfq(client, payload.encode())
+    doc: dict[str, object] = json.loads(out.payload)
+    return doc
+
+
+async def test_halt_resume_through_the_api_is_journaled_and_rejects_the_next_rfq(
+    running: Running,
+) -> None:
+    got = await running.client.post(
+        "/api/control",
+        json={"operator": "ops-7", "command": "halt", "symbol": "BTC-USDT"},
+        headers=AUTH,
+    )
+    assert got.status_code == 200
+    assert got.json() == {"ok": True, "command": "halt", "detail": "BTC-USDT halted"}
+    assert running.quotes.halted("BTC-USDT")
+    control = [e for e in running.journal.events if e.kind == "control"]
+    assert control[-1].payload == {
+        "action": "halt",
+        "symbol": "BTC-USDT",
+        "halted": True,
+        "operator": "ops-7",
+    }
+    reject = await rfq(running, "client-a", "r-halted")
+    assert reject["code"] == "MARKET_HALTED"
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    assert overview["controls"]["halted_symbols"] == ["BTC-USDT"]
+    rows = (await running.client.get("/api/blotter", headers=AUTH)).json()
+    assert [r["kind"] for r in rows] == ["control", "rfq", "reject"]
+    assert rows[0]["operator"] == "ops-7"
+    assert rows[2]["code"] == "MARKET_HALTED"
+    assert rows[2]["symbol"] == "BTC-USDT"  # from its RFQ: a reject names no symbol
+    # Global halt and resume (which lifts every halt).
+    await running.client.post(
+        "/api/control", json={"operator": "ops-7", "command": "halt"}, headers=AUTH
+    )
+    assert running.quotes.halted()
+    got = await running.client.post(
+        "/api/control", json={"operator": "ops-7", "command": "resume"}, headers=AUTH
+    )
+    assert got.json()["ok"]
+    assert not running.quotes.halted("BTC-USDT")
+    assert (await rfq(running, "client-a", "r-resumed"))["type"] == "quote"
+
+
+async def test_client_switch_and_tier_spread(running: Running) -> None:
+    got = await running.client.post(
+        "/api/control",
+        json={"operator": "ops-1", "command": "client", "client": "client-b", "enabled": False},
+        headers=AUTH,
+    )
+    assert got.json()["detail"] == "client-b disabled"
+    assert (await rfq(running, "client-b", "r1"))["code"] == "CLIENT_DISABLED"
+    before = await rfq(running, "client-a", "r2")
+    got = await running.client.post(
+        "/api/control",
+        json={"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "50"},
+        headers=AUTH,
+    )
+    assert got.json()["ok"]
+    after = await rfq(running, "client-a", "r3")
+    assert Decimal(str(after["ask"])) > Decimal(str(before["ask"]))
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    assert overview["controls"]["tier_spreads_bps"]["gold"] == "50"
+    clients = {c["client"]: c for c in overview["clients"]}
+    assert clients["client-b"]["enabled"] is False
+    assert clients["client-a"]["spread_bps"] == "50"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"not json", 400, "not a JSON object"),
+        (b'{"command": "halt"}', 400, "operator"),
+        (b'{"operator": "ops-1", "command": "explode"}', 400, "command"),
+        (b'{"operator": "ops-1", "command": "halt", "sybmol": "X"}', 400, "sybmol"),
+        (b'{"operator": "a b", "command": "halt"}', 400, "operator must be"),
+        (b'{"operator": "ops-1", "command": "halt", "symbol": "DOGE-USDT"}', 400, "DOGE-USDT"),
+        (b'{"operator": "ops-1", "command": "client", "client": "zz", "enabled": true}', 400, "zz"),
+        (
+            b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "-1"}',
+            400,
+            "",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "NaN"}',
+            400,
+            "",
+        ),
+        (b'{"operator": "ops-1", "command": "client", "client": "client-a"}', 400, "enabled"),
+        (b"{" + b" " * 5000 + b"}", 413, "4096"),
+    ],
+)
+async def test_bad_commands_are_refused_and_change_nothing(
+    running: Running, body: bytes, status: int, message: str
+) -> None:
+    spreads = running.quotes.tier_spreads
+    got = await running.client.post("/api/control", content=body, headers=AUTH)
+    assert got.status_code == status
+    doc = got.json()
+    assert message in (doc.get("error") or doc.get("detail"))
+    assert not running.quotes.halted("BTC-USDT")
+    assert running.quotes.tier_spreads == spreads
+    assert running.quotes.client_enabled("client-a")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/api/depth/DOGE-USDT", 404, "DOGE-USDT"),
+        ("/api/depth/BTC-USDT?levels=0", 400, "levels"),
+        ("/api/depth/BTC-USDT?levels=x", 400, "levels"),
+        ("/api/ladder/NOPE", 404, "NOPE"),
+        ("/api/ladder/BTC-USD", 404, "no ladder bands"),
+        ("/api/blotter?kind=trade", 400, "trade"),
+        ("/api/blotter?limit=-1", 400, "limit"),
+        ("/api/quotes/unknown-q1", 404, "unknown-q1"),
+        ("/api/stream?symbol=NOPE", 404, "NOPE"),
+    ],
+)
+async def test_bad_view_requests_name_the_problem(
+    running: Running, path: str, status: int, message: str
+) -> None:
+    got = await running.client.get(path, headers=AUTH)
+    assert got.status_code == status
+    assert message in got.json()["error"]
+
+
+async def test_depth_is_exact_and_consolidated_over_the_usable_venues(running: Running) -> None:
+    depth = (await running.client.get("/api/depth/BTC-USDT", headers=AUTH)).json()
+    assert depth["best_bid"] == "64000"
+    assert depth["best_ask"] == "64005"
+    assert depth["mid"] == "64002.5"
+    series = {s["venue"]: s for s in depth["series"]}
+    assert series["binance"]["asks"] == [["64010", "1"], ["64020", "5"]]
+    assert series["okx"]["bids"] == [["63995", "2"], ["63985", "7"]]
+    consolidated = series["consolidated"]
+    assert consolidated["bids"] == [["64000", "2"], ["63995", "4"], ["63990", "9"], ["63985", "14"]]
+    assert consolidated["asks"][:2] == [["64005", "1"], ["64010", "2"]]
+    # A stale venue leaves the consolidated series (and says why), not its own.
+    running.clock.advance(s=3)  # beyond max_book_age_ms; then binance alone updates
+    feed_books(running.engine, running.clock, venues=("binance",))
+    depth = (await running.client.get("/api/depth/BTC-USDT", headers=AUTH)).json()
+    series = {s["venue"]: s for s in depth["series"]}
+    assert series["okx"]["included"] is False
+    assert series["consolidated"]["bids"] == [["64000", "2"], ["63990", "7"]]
+    excluded = {x["venue"]: x["reason"] for x in depth["excluded"]}
+    assert excluded["okx"] == "stale"
+    assert "binance" not in excluded
+    assert excluded["kraken"] == "out_of_sync"  # never had a snapshot
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    venues = {v["venue"]: v for v in overview["venues"]}
+    okx = next(b for b in venues["okx"]["books"] if b["symbol"] == "BTC-USDT")
+    assert okx["reason"] == "stale"
+
+
+async def test_quotes_fills_explanations_limits_inventory_and_markouts(running: Running) -> None:
+    quote = await rfq(running, "client-a", "r-9", qty="6")  # 5 on okx, then binance
+    assert quote["type"] == "quote"
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (fill_out,) = await running.quotes.on_accept("client-a", accept)
+    fill = json.loads(fill_out.payload)
+    assert fill["type"] == "fill"
+    rows = (
+        await running.client.get(
+            "/api/blotter", params={"client": "client-a", "symbol": "BTC-USDT"}, headers=AUTH
+        )
+    ).json()
+    assert [r["kind"] for r in rows] == ["rfq", "quote", "accept", "fill"]
+    assert rows[1]["ask"] == quote["ask"]
+    assert rows[2]["symbol"] == "BTC-USDT"  # an accept names only the quote
+    assert rows[3]["price"] == fill["price"]
+    other = await running.client.get("/api/blotter", params={"client": "client-b"}, headers=AUTH)
+    assert other.json() == []
+    only = await running.client.get("/api/blotter", params={"kind": "fill"}, headers=AUTH)
+    assert [r["trade_id"] for r in only.json()] == [fill["trade_id"]]
+    explained = (await running.client.get(f"/api/quotes/{quote['quote_id']}", headers=AUTH)).json()
+    assert explained["tier"] == "gold"
+    ask = explained["explanation"]["ask"]
+    assert ask["price"] == quote["ask"]
+    assert set(ask["route"]) == {"binance", "okx"}
+    assert ask["spread_bps"] == "2"
+    assert {"hedge_vwap", "hedge_all_in", "risk_bps", "skew_bps", "books"} <= set(ask)
+    assert ask["books"]["okx"]["sequence"] == 7
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    clients = {c["client"]: c for c in overview["clients"]}
+    notional = Decimal(fill["price"]) * 6
+    assert Decimal(clients["client-a"]["daily_notional"]) == notional
+    inventory = {a["asset"]: a for a in overview["inventory"]}
+    assert inventory["BTC"]["position"] == "-6"
+    assert inventory["BTC"]["used_pct"] == "12"
+    assert Decimal(inventory["USDT"]["position"]) == notional
+    pnl = {p["symbol"]: p for p in overview["pnl"]}["BTC-USDT"]
+    assert pnl["position"] == "-6"
+    # cash + position x mid, mid 64002.5
+    assert Decimal(pnl["pnl"]) == (notional - 6 * Decimal("64002.5")).quantize(Decimal("0.01"))
+    (markout,) = overview["markouts"]
+    assert markout["trade_id"] == fill["trade_id"]
+    assert markout["markouts_bps"] == {"1s": None, "5s": None, "30s": None, "60s": None}
+    # One second later the sampler records the mid: a client buy above mid is a desk gain.
+    running.clock.advance(s=1.5)
+    feed_books(running.engine, running.clock)
+    await asyncio.sleep(0.3)
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    (markout,) = overview["markouts"]
+    expected = (Decimal(fill["price"]) - Decimal("64002.5")) * 10_000 / Decimal("64002.5")
+    assert markout["markouts_bps"]["1s"] == str(expected.quantize(Decimal("0.01")))
+    assert markout["markouts_bps"]["5s"] is None
+
+
+async def read_events(lines: AsyncIterator[str], count: int) -> list[tuple[str, object]]:
+    events: list[tuple[str, object]] = []
+    name = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+            if len(events) == count:
+                break
+    return events
+
+
+async def test_the_stream_pushes_state_and_activity_as_it_happens(running: Running) -> None:
+    await rfq(running, "client-a", "before")
+    async with running.client.stream(
+        "GET", "/api/stream", params={"symbol": "BTC-USDT"}, headers=AUTH
+    ) as stream:
+        lines = stream.aiter_lines()
+        (hello, backlog, state) = await asyncio.wait_for(read_events(lines, 3), 10)
+        assert hello[0] == "hello"
+        assert hello[1]["symbol"] == "BTC-USDT"  # type: ignore[index]
+        assert backlog[0] == "activity"
+        assert [r["kind"] for r in backlog[1]] == ["rfq", "quote"]  # type: ignore[union-attr,index]
+        assert state[0] == "state"
+        assert state[1]["depth"]["best_bid"] == "64000"  # type: ignore[index]
+        assert state[1]["ladder"]["symbol"] == "BTC-USDT"  # type: ignore[index]
+        await rfq(running, "client-b", "during")
+        while True:  # states may come first; the new RFQ arrives without a page reload
+            (event,) = await asyncio.wait_for(read_events(lines, 1), 10)
+            if event[0] == "activity":
+                break
+        assert [(r["kind"], r["client"]) for r in event[1]] == [  # type: ignore[union-attr,index]
+            ("rfq", "client-b"),
+            ("quote", "client-b"),
+        ]
+
+
+async def test_shutdown_ends_open_streams() -> None:
+    config = load_config(CONFIG)
+    clock = FakeClock()
+    engine = Engine(config, clock=clock, console=False)
+    activity = Activity()
+    quotes = QuoteEngine(config, engine.market, MemoryJournal(), clock)
+    console = Console(
+        config,
+        token=TOKEN,
+        market=engine.market,
+        quotes=quotes,
+        activity=activity,
+        clock=clock,
+        control=engine.apply_control,
+    )
+    server = ConsoleServer(console, listen("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        for _ in range(100):
+            try:
+                await client.get("/")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        async with client.stream("GET", "/api/stream", headers=AUTH) as stream:
+            lines = stream.aiter_lines()
+            await read_events(lines, 1)
+            task.cancel()
+            await asyncio.wait_for(asyncio.wait({task}), 20)  # a hang guard, not a timing
+            assert task.cancelled()
+            rest = [line async for line in lines]  # the stream ended: the server closed it
+            assert all(not line.startswith("event: hello") for line in rest)
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            await client.get("/")
+
+
+def test_a_busy_port_fails_at_start_up_naming_it() -> None:
+    first = listen("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(Exception, match=f"console: cannot listen on 127.0.0.1:{port}"):
+            listen("127.0.0.1", port)
+    finally:
+        first.close()
+
+
+def test_token_from_the_environment_then_config_else_generated() -> None:
+    from otc.console import resolve_token
+
+    config = load_config(CONFIG)
+    assert resolve_token(config, {"OTC_CONSOLE_TOKEN": TOKEN}) == (TOKEN, "environment")
+    with pytest.raises(ConfigError, match=r"OTC_CONSOLE_TOKEN: .*16 to 256"):
+        resolve_token(config, {"OTC_CONSOLE_TOKEN": "short"})
+    configured = msgspec.structs.replace(
+        config, console=msgspec.structs.replace(config.console, token="a-configured-token-123")
+    )
+    assert resolve_token(configured, {}) == ("a-configured-token-123", "config")
+    one, source = resolve_token(config, {})
+    two, _ = resolve_token(config, {})
+    assert source == "generated"
+    assert one != two
+    assert len(one) >= 16
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ('[console]\ntoken = "short"\n', "$.console.token: must be 16 to 256"),
+        ("[console]\nport = 70000\n", "$.console.port"),
+        ("[console]\nprot = 1\n", "$.console.prot: unknown field"),
+        ("[console]\npush_interval_ms = 1\n", "$.console.push_interval_ms"),
+    ],
+)
+def test_console_config_errors_name_the_file_and_key(tmp_path: Path, toml: str, where: str) -> None:
+    path = tmp_path / "otc.toml"
+    without_console = CONFIG.read_text().split("\n[console]\n")[0]
+    path.write_text(without_console + "\n" + toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+    assert where in str(caught.value)
+
+
+def test_config_default_console() -> None:
+    config: Config = load_config(CONFIG)
+    assert config.console.host == "127.0.0.1"
+    assert config.console.enabled

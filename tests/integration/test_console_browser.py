@@ -1,0 +1,164 @@
+"""The operator console end to end in a real browser: `otc demo` as a process (its own broker,
+the synthetic market, the console on a free port), Debian's Chromium driven by Playwright.
+
+The page must show the book moving without a reload, a quote sent by `otc rfq` in its blotter
+(and its explanation), the kill switch flipped from the page rejecting the next RFQ with
+MARKET_HALTED, and the engine's death as "disconnected". Skips when /usr/bin/chromium or the
+playwright package is missing (`.ci/run` installs the `chromium` package).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it)",
+)
+
+
+class Demo:
+    def __init__(self, proc: subprocess.Popen[str], console: str, broker: str) -> None:
+        self.proc = proc
+        self.console = console
+        self.broker = broker
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    env = {k: v for k, v in os.environ.items() if k != "OTC_CONSOLE_TOKEN"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otc.cli",
+            "demo",
+            "--console-port",
+            "0",
+            "--journal",
+            str(tmp_path / "journal.sqlite"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        console = broker = None
+        for line in proc.stdout:
+            seen.append(line)
+            if m := re.search(r"engine up, broker (mqtt://\S+?),", line):
+                broker = m[1]
+            if m := re.search(r"console: (http://\S+#token=\S+)", line):
+                console = m[1]
+                break
+        assert console is not None, "".join(seen)
+        assert broker is not None, "".join(seen)
+        yield Demo(proc, console, broker)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def rfq(broker: str, rfq_qty: str = "1") -> tuple[int, dict[str, object]]:
+    got = subprocess.run(
+        [
+            *(sys.executable, "-m", "otc.cli", "rfq", "--broker", broker, "--client", "client-a"),
+            *("--symbol", "BTC-USDT", "--side", "buy", "--qty", rfq_qty, "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.stdout, got.stderr
+    doc: dict[str, object] = json.loads(got.stdout.splitlines()[0])
+    return got.returncode, doc
+
+
+def test_console_in_chromium(demo: Demo, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(demo.console)
+            expect = sync_api.expect
+            expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+            # The book updates live: the depth timestamp moves, with no reload.
+            updated = page.locator("#depth-updated")
+            expect(updated).not_to_have_text("-", timeout=10_000)
+            first = updated.get_attribute("data-ts-ms")
+            expect(updated).not_to_have_attribute("data-ts-ms", first or "", timeout=10_000)
+            expect(page.locator("#best-bid")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
+            assert int(page.locator("#depth-chart").get_attribute("data-points") or 0) > 10
+            expect(page.locator("#venues tbody tr")).to_have_count(6)
+            # An RFQ sent over the bus appears in the blotter as a quote; its explanation opens.
+            code, quote = rfq(demo.broker)
+            assert code == 0, quote
+            assert quote["type"] == "quote", quote
+            row = page.locator(
+                f'#blotter tr[data-kind="quote"][data-quote-id="{quote["quote_id"]}"]'
+            )
+            expect(row).to_have_count(1, timeout=10_000)
+            expect(row).to_contain_text(str(quote["ask"]))
+            row.click()
+            explanation = page.locator("#explanation")
+            expect(explanation).to_contain_text("hedge all-in", timeout=10_000)
+            expect(explanation).to_contain_text(str(quote["ask"]))
+            # The kill switch, flipped in the page, rejects the next RFQ.
+            switch = page.locator('button[data-halt-symbol="BTC-USDT"]')
+            switch.click()
+            expect(page.locator("#last-action")).to_contain_text("BTC-USDT halted")
+            expect(switch).to_contain_text("HALTED", timeout=10_000)
+            code, reject = rfq(demo.broker)
+            assert code == 1
+            assert reject["code"] == "MARKET_HALTED", reject
+            rejected = page.locator(
+                f'#blotter tr[data-kind="reject"][data-rfq-id="{reject["rfq_id"]}"]'
+            )
+            expect(rejected).to_contain_text("MARKET_HALTED", timeout=10_000)
+            expect(page.locator('#blotter tr[data-kind="control"]').first).to_contain_text(
+                "console"
+            )
+            shot = tmp_path / "console.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"console screenshot: {shot}")
+            assert shot.stat().st_size > 10_000
+            # The engine goes away: the page says so.
+            demo.proc.send_signal(signal.SIGTERM)
+            assert demo.proc.wait(timeout=30) == 0
+            expect(page.locator("#conn-status")).to_have_text("disconnected", timeout=15_000)
+            expect(page.locator("#banner")).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()
