@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -202,8 +203,10 @@ def test_mosquitto_clients_get_quotes_and_specific_rejects(
         text=True,
     )
     try:
-        # Publish until the subscriber is attached (it receives exactly one message).
-        for _ in range(50):
+        # Publish until the subscriber is attached (it receives exactly one message); each
+        # attempt is a new RFQ: one answered before the subscriber attached must not turn the
+        # next into a DUPLICATE_RFQ_ID.
+        for attempt in range(50):
             subprocess.run(
                 [
                     "mosquitto_pub",
@@ -216,7 +219,7 @@ def test_mosquitto_clients_get_quotes_and_specific_rejects(
                     "-t",
                     "otc/v1/client-a/rfq",
                     "-m",
-                    payload,
+                    re.sub(r'"rfq_id": "(\w+)"', rf'"rfq_id": "\1-{attempt}"', payload),
                 ],
                 check=True,
                 timeout=10,
