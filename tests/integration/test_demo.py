@@ -58,6 +58,8 @@ def demo(
             str(DEMO_DURATION_S),
             "--journal",
             str(tmp_path / "journal.sqlite"),
+            "--console-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -54,6 +54,8 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]
                 url,
                 "--journal",
                 str(journal),
+                "--console-port",
+                "0",  # a free port: a console already on the default one must not matter
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -43,6 +43,7 @@ def test_engine_quotes_on_uvloop(broker: BrokerProcess, tmp_path: Path) -> None:
             tls=False,
             sim_interval_s=0.02,
             on_ready=ready.set,
+            console_port=0,
         )
         async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
             task = tg.create_task(engine.run(), name="engine")
