@@ -23,13 +23,15 @@ from __future__ import annotations
 import re
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from otc.errors import ConfigError, ValueParseError
 from otc.model import Scale, decimals_of, parse_fee_bps
 from otc.slippage import ImpactModel
+
+T = TypeVar("T")
 
 __all__ = [
     "BrokerConfig",
@@ -46,6 +48,7 @@ __all__ = [
     "VenueConfig",
     "config_error",
     "load_config",
+    "load_toml",
 ]
 
 _Decimals = Annotated[int, msgspec.Meta(ge=0, le=18)]
@@ -361,8 +364,8 @@ def config_error(source: str, exc: msgspec.ValidationError) -> ConfigError:
     return ConfigError(source, where, problem)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file.
+def load_toml(path: str | Path, type: type[T]) -> T:
+    """Read a TOML file and decode it into ``type`` (a msgspec Struct).
 
     Raises:
         ConfigError: the file is missing, not TOML, or a key or value is wrong; the message names
@@ -374,12 +377,22 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(source, "$", f"cannot read: {exc.strerror}") from None
     try:
-        config = msgspec.toml.decode(data, type=Config)
+        return msgspec.toml.decode(data, type=type)
     except msgspec.ValidationError as exc:
         raise config_error(source, exc) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid TOML: {exc}") from None
-    _cross_check(source, config)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key or value is wrong; the message names
+            the file and the path of the key.
+    """
+    config = load_toml(path, Config)
+    _cross_check(str(path), config)
     return config
 
 

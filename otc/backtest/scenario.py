@@ -61,8 +61,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from otc.config import VenueConfig, config_error
-from otc.errors import ConfigError
+from otc.config import VenueConfig, load_toml
 
 __all__ = [
     "AcceptAlways",
@@ -205,14 +204,4 @@ def load_scenario(path: str | Path) -> Scenario:
     Raises:
         ConfigError: missing file, not TOML, or a bad key or value (names the file and key).
     """
-    source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(source, "$", f"cannot read: {exc.strerror}") from None
-    try:
-        return msgspec.toml.decode(data, type=Scenario)
-    except msgspec.ValidationError as exc:
-        raise config_error(source, exc) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(source, "$", f"not valid TOML: {exc}") from None
+    return load_toml(path, Scenario)

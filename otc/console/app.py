@@ -99,17 +99,11 @@ def resolve_token(
     return secrets.token_urlsafe(24), "generated"
 
 
-class ControlRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ControlRequest(Control, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``POST /api/control``: the bus's control command (:class:`otc.protocol.Control`) and the
     operator who gives it (journaled with it)."""
 
     operator: str
-    command: Literal["halt", "resume", "client", "spread"]
-    symbol: str | None = None
-    client: str | None = None
-    enabled: bool | None = None
-    tier: str | None = None
-    spread_bps: str | None = None
 
 
 class StreamState(msgspec.Struct, frozen=True, kw_only=True):
@@ -325,15 +319,7 @@ class Console:
             return _error(
                 400, "invalid command: operator must be 1-64 letters, digits, '_', '.' or '-'"
             )
-        command = Control(
-            command=req.command,
-            symbol=req.symbol,
-            client=req.client,
-            enabled=req.enabled,
-            tier=req.tier,
-            spread_bps=req.spread_bps,
-        )
-        result = await self._control(req.operator, command)
+        result = await self._control(req.operator, req)  # a ControlRequest is a Control
         return _json(result, 200 if result.ok else 400)
 
     async def _stream(self, request: Request) -> Response:
