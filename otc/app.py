@@ -14,7 +14,15 @@ Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
   ``otc/v1/control/+``; each message is handled in its own task, at most ``max_in_flight`` at a
   time (back-pressure on the broker connection);
 * ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
-* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book).
+* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book);
+* ``recorder`` (with ``[journal] record_path``, ``otc serve --record FILE``): flushes the
+  recording of every book event the market applies, in the order applied and with the receive
+  timestamps the books carry (:class:`feeds.record.Recorder`, our ``otc-book-events`` format).
+  Its header's ``source`` names the run id that prefixes the journal's quote ids. With the
+  journal, it lets ``otc replay-journal`` reproduce every quote of the run. The feed only
+  encodes each event into memory; compression and disk writes run in a worker thread every
+  second; on the way out the rest is flushed and the file closed. A write error stops the
+  recording, not the engine (logged, and :attr:`Engine.recorder` ``.error``).
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -46,6 +55,9 @@ from otc.protocol import (
 )
 from otc.quoting import Outgoing, QuoteEngine
 
+if TYPE_CHECKING:
+    from feeds.record import Recorder
+
 __all__ = ["Engine", "FeedMode"]
 
 log = logging.getLogger(__name__)
@@ -62,6 +74,11 @@ CONTROL_SUBSCRIPTION = "otc/v1/control/+"
 
 class Engine:
     """One running quoting service.
+
+    Its journal (``config.journal.path``) holds every client message and answer; with
+    ``config.journal.record_path`` set it also records every book event its market applies
+    (``otc serve --record FILE``), which is what ``otc replay-journal`` needs to reproduce every
+    quote of the run exactly.
 
     Args:
         config: the whole configuration.
@@ -105,6 +122,11 @@ class Engine:
         self.quotes: QuoteEngine | None = None
         #: The journal while running (and after: its ``commits``, ``committed``, ``failed``).
         self.journal: SqliteJournal | None = None
+        #: Prefix of this run's quote and trade ids (also in the recording's header).
+        self.run_id = uuid.uuid4().hex[:10]
+        #: The book event recording (``[journal] record_path``), or None; kept after the run
+        #: for its counts (``recorded``, ``flushed``, ``dropped``) and ``error``.
+        self.recorder: Recorder | None = None
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -124,6 +146,7 @@ class Engine:
         config = self.config
         will = self._status("down")
         async with (
+            self._recording() as recorder,
             SqliteJournal(config.journal.path) as journal,
             Bus(
                 host=self.host,
@@ -136,10 +159,12 @@ class Engine:
             ) as bus,
         ):
             self.journal = journal
-            self.quotes = QuoteEngine(config, self.market, journal, self.clock)
+            self.quotes = QuoteEngine(config, self.market, journal, self.clock, run_id=self.run_id)
             await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
+                    if recorder is not None:
+                        tg.create_task(recorder.run(), name="recorder")
                     tg.create_task(self._feeds(tg), name="feeds")
                     tg.create_task(self._serve(bus, tg), name="bus")
                     tg.create_task(self._ladders(bus), name="ladders")
@@ -147,6 +172,26 @@ class Engine:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(bus.publish(self._status("down")))
+
+    @contextlib.asynccontextmanager
+    async def _recording(self) -> AsyncIterator[Recorder | None]:
+        """The recorder of ``[journal] record_path`` (None when unset); the file is created
+        first, so a bad path stops the engine before it connects (``RecordError``)."""
+        path = self.config.journal.record_path
+        if path is None:
+            yield None
+            return
+        from feeds.record import Recorder
+
+        recorder = Recorder(
+            path,
+            scales={symbol: book.scale for symbol, book in self.market.books.items()},
+            source=f"otc engine run {self.run_id} ({self.feed_mode} feeds)",
+            created_ns=self.clock.now_ns(),
+        )
+        async with recorder:
+            self.recorder = recorder
+            yield recorder
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -197,8 +242,11 @@ class Engine:
             clock_ns=self.clock.now_ns,
         )
         apply = self.market.apply
+        record = self.recorder.record if self.recorder is not None else None
         async for event in feed.events():
             apply(event)
+            if record is not None:
+                record([event])
             await asyncio.sleep(0)
 
     def _live_feeds(self, tg: asyncio.TaskGroup) -> None:
@@ -214,7 +262,8 @@ class Engine:
             scales = {ours: self.market.books[ours].scale for ours in names.values()}
             adapter = adapter_class(venue.name)(symbols=names, scales=scales)
             self.market.bind(adapter)  # type: ignore[arg-type]
-            conn = FeedConnection(adapter, sorted(names))
+            record = self.recorder.record if self.recorder is not None else None
+            conn = FeedConnection(adapter, sorted(names), on_events=record)
             self.connections.append(conn)
             tg.create_task(conn.run(), name=f"feed-{venue.name}")
 

@@ -4,8 +4,9 @@ Subcommands::
 
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
-    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--once [--dump-book PATH]]
-    otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH]
+    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH] [--record FILE]
+             [--once [--dump-book PATH]]
+    otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH] [--record FILE]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
             [--accept [--accept-side buy|sell]] [--json]
     otc feeds verify --venue V FILE... [--json]
@@ -76,6 +77,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_RECORD_HELP = (
+    "record every book event the engine applies to FILE, for otc replay-journal "
+    "(default: the config's [journal] record_path)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otc", description="OTC quote and slippage engine")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -117,12 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, default=0, help="port of our broker (0: free)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
 
     serve = sub.add_parser("serve", help="run the quoting service")
     serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     serve.add_argument("--feeds", choices=["sim", "live"], default="live")
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
     serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
 
     rfq = sub.add_parser("rfq", help="send an RFQ as a client, print the quote, maybe accept")
@@ -477,6 +486,30 @@ def _with_journal(config: Config, journal: Path | None) -> Config:
     )
 
 
+def _with_record(config: Config, record: Path | None) -> Config:
+    if record is None:
+        return config
+    return msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, record_path=str(record))
+    )
+
+
+def _recording_outcome(command: str, engine: Any) -> int:
+    """Say what the engine recorded; status 1 when a write error stopped the recording."""
+    recorder = engine.recorder
+    if recorder is None:
+        return 0
+    if recorder.error is not None:
+        sys.stderr.write(
+            f"otc: error: {recorder.error}: {recorder.flushed} book events recorded, "
+            f"{recorder.dropped} lost\n"
+        )
+        return 1
+    sys.stdout.write(f"{command}: recorded {recorder.flushed} book events to {recorder.path}\n")
+    sys.stdout.flush()
+    return 0
+
+
 async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> None:
     import asyncio
 
@@ -491,7 +524,7 @@ async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> N
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
-    config = _with_journal(load_config(args.config), args.journal)
+    config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     options: dict[str, Any] = {}
     if args.broker:
         host, port, user, password, tls = _broker_address(args.broker)
@@ -503,7 +536,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = Engine(config, feeds=args.feeds, on_ready=ready, **options)
     run_async(_run_for(engine.run(), args.duration))
-    return 0
+    return _recording_outcome("otc serve", engine)
 
 
 def _demo_engine(args: argparse.Namespace) -> int:
@@ -512,7 +545,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
     from otc.app import Engine
     from otc.broker import find_mosquitto, start_broker
 
-    config = _with_journal(load_config(args.config), args.journal)
+    config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     out = sys.stdout
 
     def instructions(host: str, port: int) -> None:
@@ -550,7 +583,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
             on_ready=lambda: instructions(host, port),
         )
         run_async(_run_for(engine.run(), args.duration))
-        return 0
+        return _recording_outcome("otc demo", engine)
 
     async def with_broker() -> None:
         with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
@@ -570,10 +603,12 @@ def _demo_engine(args: argparse.Namespace) -> int:
                     tls=False,
                     on_ready=lambda: instructions(broker.host, broker.port),
                 )
+                engines.append(engine)
                 await _run_for(engine.run(), args.duration)
 
+    engines: list[Engine] = []
     run_async(with_broker())
-    return 0
+    return _recording_outcome("otc demo", engines[0]) if engines else 0
 
 
 def _cmd_rfq(args: argparse.Namespace) -> int:
