@@ -407,7 +407,10 @@ class Recorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer.open()
         except OSError as exc:
-            raise RecordError(self.path, exc.strerror or str(exc)) from None
+            problem = exc.strerror or str(exc)
+            if exc.filename is not None and Path(exc.filename) != self.path:
+                problem = f"{problem}: {exc.filename}"  # a folder on the way
+            raise RecordError(self.path, problem) from None
         return self
 
     async def __aexit__(
