@@ -16,8 +16,10 @@ Assumptions, which make the reproduction exact:
 * the books: before an RFQ, each venue's book of the symbol is brought to the state it was
   priced from: the venue's events are applied up to the book sequence id that the journaled
   explanation names for it (so events that arrived between two RFQs in the same millisecond
-  are placed exactly); a venue the explanation does not name, a venue without sequence ids and
-  every other symbol get the events received at or before the RFQ's ``ts_ns``;
+  are placed exactly); a venue the explanation does not name and a venue without sequence ids
+  get the events received at or before the RFQ's ``ts_ns``. Other symbols' books are left as
+  they are until an RFQ of theirs (a quote reads only its own symbol's book; the engine stamps
+  a feed event when it receives it, and may apply it a little later, after RFQs it holds);
 * the desk starts flat, as a live engine does (positions only come from fills and
   ``position`` controls, which are journaled);
 * concurrency: the live engine handles messages concurrently. An RFQ is priced and its outcome
@@ -168,9 +170,15 @@ class _Books:
             if symbol is not None:
                 self.queues.setdefault((event.venue, symbol), deque()).append(event)
 
-    def until(self, ts_ns: int, targets: dict[tuple[str, str], int]) -> None:
+    def until(
+        self, ts_ns: int, targets: dict[tuple[str, str], int], only: str | None = None
+    ) -> None:
+        """Apply each (venue, symbol)'s events up to its target sequence, else up to ``ts_ns``;
+        ``only``: that symbol's books only."""
         apply = self.market.apply
         for (venue, symbol), queue in self.queues.items():
+            if only is not None and symbol != only:
+                continue
             target = targets.get((venue, symbol))
             while queue:
                 head = queue[0]
@@ -239,7 +247,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
                     None,
                 )
                 symbol = str(payload.get("symbol", ""))
-                books.until(row["ts_ns"], _targets(quote, symbol))
+                books.until(row["ts_ns"], _targets(quote, symbol), only=symbol)
                 clock.set(row["ts_ns"])
                 await engine.on_rfq(row["client"], body)
             elif kind == "accept":

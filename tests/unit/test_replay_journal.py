@@ -160,3 +160,49 @@ def test_an_rfq_priced_while_an_accept_waits_replays_identically(tmp_path: Path)
     assert result.mismatches == []
     assert result.identical
     assert result.journaled == result.reproduced == 4
+
+
+async def late_event_run(folder: Path) -> tuple[Path, Path]:
+    """An ETH-USDT event stamped before a BTC-USDT RFQ, applied only after an ETH-USDT RFQ, as
+    the engine's feed does when it holds events while RFQs are served."""
+    config = load_config(CONFIG)
+    market = Market(config)
+    clock = FakeClock(T0)
+    sims = {}
+    for seed, symbol in enumerate(("BTC-USDT", "ETH-USDT"), start=1):
+        inst = config.instrument(symbol)
+        venues = [v for v in default_venues() if v.name in market.books[symbol].venues]
+        sims[symbol] = SyntheticMarket(symbol, inst.scale, venues=venues, seed=seed)
+    journal_path, data = folder / "journal.sqlite", folder / "feed.jsonl.gz"
+    scales = {s: config.instrument(s).scale for s in sims}
+    async with SqliteJournal(journal_path, synchronous="NORMAL") as journal:
+        engine = QuoteEngine(config, market, journal, clock)
+        with RecordWriter(data, scales=scales, source="test") as writer:
+            for sim in sims.values():
+                for event in sim.snapshot_events(clock.now_ns()):
+                    market.apply(event)
+                    writer.write([event])
+            clock.advance(ms=50)
+            held = sims["ETH-USDT"].step_events(1, clock.now_ns())  # stamped now, applied later
+            clock.advance(ms=1)
+            for rfq_id, symbol in (("r1", "BTC-USDT"), ("r2", "ETH-USDT")):
+                rfq = {"rfq_id": rfq_id, "symbol": symbol, "side": "buy", "qty": "2"}
+                out = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+                assert msgspec.json.decode(out[0].payload)["type"] == "quote"
+            for event in held:
+                market.apply(event)
+                writer.write([event])
+            clock.advance(ms=1)
+            rfq = {"rfq_id": "r3", "symbol": "ETH-USDT", "side": "buy", "qty": "2"}
+            await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+    return journal_path, data
+
+
+def test_an_event_applied_after_rfqs_of_another_symbol_replays_identically(
+    tmp_path: Path,
+) -> None:
+    journal, data = asyncio.run(late_event_run(tmp_path))
+    result = replay_journal(load_config(CONFIG), journal, [data])
+    assert result.mismatches == []
+    assert result.identical
+    assert result.journaled == result.reproduced == 3
