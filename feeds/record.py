@@ -53,6 +53,15 @@ A coroutine passes ``flush_bytes=None`` and calls ``await writer.flush_async()``
 ``asyncio.to_thread``, so the loop is never blocked by gzip or the disk; it ends with
 ``await writer.aclose()`` (or uses ``async with``). The writer is not thread-safe: call ``write``
 from one thread (the loop's).
+
+A running engine
+----------------
+:class:`Recorder` is what ``otc serve --record FILE`` uses: a writer plus a flush task (every
+``interval_s``, or sooner once ``flush_bytes`` are pending), so the feed's hot path only encodes.
+A write error (disk full, I/O error, file size limit) stops the recording, not the engine: it is
+logged once naming the file, kept in :attr:`Recorder.error`, later events are counted in
+:attr:`Recorder.dropped`, and the file is cut back to its last complete gzip member, so it stays
+a valid recording of everything before the failing flush.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ import asyncio
 import contextlib
 import gzip
 import io
+import logging
+import os
 import time
 import zlib
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -73,20 +84,24 @@ import msgspec
 from feeds.base import ChecksumMismatch, SequenceGap, VenueBookFeed
 from feeds.recorded import read_recording
 from feeds.registry import adapter_class
-from otc.errors import ConfigError, ValueParseError
+from otc.errors import ConfigError, OtcError, ValueParseError
 from otc.model import BookDelta, BookEvent, BookSnapshot, Levels, Scale
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "ConversionReport",
+    "RecordError",
     "RecordHeader",
     "RecordWriter",
+    "Recorder",
     "open_decompressed",
     "read_events",
     "read_header",
     "record_from_venue",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT: Final = "otc-book-events"
 VERSION: Final = 1
@@ -173,6 +188,7 @@ class RecordWriter:
         self._file: IO[bytes] | None = None
         self._state = "new"  # -> "open" -> "closed"
         self._writing = False  # a flush_async is compressing/writing in a worker thread
+        self._size = 0  # bytes of complete members in the file
         self._lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -181,7 +197,9 @@ class RecordWriter:
         """Create the file and buffer the header (what entering the context does)."""
         if self._state != "new":
             raise RuntimeError(f"{self.path}: a RecordWriter is single use (state {self._state})")
-        self._file = self.path.open("wb")
+        # Unbuffered: a member is written whole by _write_member, which knows the file's last
+        # good size and cuts a member that failed half-way back off.
+        self._file = self.path.open("wb", buffering=0)
         self._state = "open"
         _encoder.encode_into(self.header, self._buffer, -1)
         self._buffer += b"\n"
@@ -295,9 +313,179 @@ class RecordWriter:
         return data
 
     def _write_member(self, data: bytes) -> None:
+        """Append ``data`` as one gzip member; on an error, cut the file back to its size before
+        (best effort), so that it ends with a complete member, and raise the error."""
         assert self._file is not None
-        self._file.write(gzip.compress(data, compresslevel=self.compresslevel, mtime=0))
-        self._file.flush()
+        fd = self._file.fileno()
+        member = memoryview(gzip.compress(data, compresslevel=self.compresslevel, mtime=0))
+        good = self._size
+        try:
+            while member:
+                written = os.write(fd, member)
+                member = member[written:]
+        except OSError:
+            with contextlib.suppress(OSError):  # e.g. a device, which cannot be truncated
+                os.ftruncate(fd, good)
+                os.lseek(fd, good, os.SEEK_SET)
+            raise
+        self._size = os.lseek(fd, 0, os.SEEK_CUR)
+
+
+class RecordError(OtcError):
+    """A recording could not be created (``path``, ``problem``); raised at start-up."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: cannot record: {problem}")
+
+
+class Recorder:
+    """Records every book event a running engine applies, off its event loop (see the module
+    docstring): :meth:`record` encodes, the :meth:`run` task flushes in a worker thread.
+
+    Use as ``async with Recorder(...) as recorder``, with ``recorder.run()`` in the caller's
+    task group; leaving the block flushes what is pending and closes the file.
+
+    Args:
+        path: the file to create (an existing one is truncated; missing folders are made).
+        scales: symbol -> scale of every symbol whose events may be recorded; events of other
+            symbols are not recorded (the engine's market does not apply them either).
+        source: the header's ``source``: what produced the events.
+        created_ns: the header's creation time (ns since the epoch); now when omitted.
+        interval_s: flush period.
+        flush_bytes: pending encoded bytes that trigger a flush before the period is over.
+        compresslevel: gzip level (1 fast, 9 small). 1 by default: on synthetic book deltas
+            (17 levels each) it costs 2.6 us per event against 9.2 us at level 6, for files a
+            third bigger (ratio 3.8 instead of 5.1): disk is cheaper than the cores the engine uses.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        scales: Mapping[str, Scale],
+        source: str,
+        created_ns: int | None = None,
+        interval_s: float = 1.0,
+        flush_bytes: int = 1 << 20,
+        compresslevel: int = 1,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s!r}")
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self.flush_bytes = flush_bytes
+        self.writer = RecordWriter(
+            self.path,
+            scales=scales,
+            source=source,
+            created_ns=created_ns,
+            flush_bytes=None,
+            compresslevel=compresslevel,
+        )
+        #: Events written to the file (flushed).
+        self.flushed = 0
+        #: Events lost to a write error (those of the failing flush and every one after it).
+        self.dropped = 0
+        #: Events not recorded because their symbol has no scale (the market ignores them).
+        self.skipped = 0
+        #: The write error that stopped the recording, as one line naming the file; or None.
+        self.error: str | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def recorded(self) -> int:
+        """Events accepted by :meth:`record` (flushed or pending)."""
+        return self.writer.events_written
+
+    async def __aenter__(self) -> Self:
+        self.open()
+        return self
+
+    def open(self) -> None:
+        """Create the file and folders (what entering the context does).
+
+        Raises:
+            RecordError: the file cannot be created (names the file and the OS error).
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer.open()
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            if exc.filename is not None and Path(exc.filename) != self.path:
+                problem = f"{problem}: {exc.filename}"  # a folder on the way
+            raise RecordError(self.path, problem) from None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def record(self, events: list[BookEvent]) -> None:
+        """Record ``events``, just applied, in order (the hot path: encodes into memory)."""
+        if self.error is not None:
+            self.dropped += len(events)
+            return
+        writer = self.writer
+        try:
+            writer.write(events)
+        except ValueError:  # a symbol without a scale: record the others
+            known = [e for e in events if e.symbol in writer.header.scales]
+            self.skipped += len(events) - len(known)
+            writer.write(known)
+        if writer.pending_bytes >= self.flush_bytes:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush every ``interval_s`` (or when ``flush_bytes`` are pending) until cancelled."""
+        while self.error is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is pending (compression and I/O in a worker thread); a write error stops
+        the recording (logged, kept in :attr:`error`), it is not raised."""
+        if self.error is not None:
+            return
+        pending = self.writer.events_written
+        try:
+            await self.writer.flush_async()
+        except OSError as exc:
+            self._fail(exc, pending)
+        else:
+            self.flushed = pending
+
+    def _fail(self, exc: OSError, pending: int) -> None:
+        self.writer._take()  # nothing more is written: free the buffer
+        self.dropped += self.writer.events_written - self.flushed
+        self.error = f"{self.path}: write failed: {exc.strerror or exc}"
+        log.error(
+            "recording stopped: %s; %d events recorded, the %d after them are not "
+            "(the engine goes on; quotes from then on cannot be replayed)",
+            self.error,
+            self.flushed,
+            self.dropped,
+        )
+
+    async def aclose(self) -> None:
+        """Flush what is pending and close the file (idempotent)."""
+        await self.flush()
+        if self.error is not None:
+            self.writer._take()
+        try:
+            self.writer.close()
+        except OSError as exc:  # pragma: no cover - closing an unbuffered file flushes nothing
+            self._fail(exc, self.writer.events_written)
+        if self.error is None:
+            log.info("recorded %d book events to %s", self.flushed, self.path)
 
 
 # -- reading ---------------------------------------------------------------------------------

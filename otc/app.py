@@ -17,6 +17,14 @@ Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
 * ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book);
 * ``console``: the operator console's HTTP server (:mod:`otc.console`), when enabled; its
   commands go through :meth:`Engine.apply_control`, like those from the bus.
+* ``recorder`` (with ``[journal] record_path``, ``otc serve --record FILE``): flushes the
+  recording of every book event the market applies, in the order applied and with the receive
+  timestamps the books carry (:class:`feeds.record.Recorder`, our ``otc-book-events`` format).
+  Its header's ``source`` names the run id that prefixes the journal's quote ids. With the
+  journal, it lets ``otc replay-journal`` reproduce every quote of the run. The feed only
+  encodes each event into memory; compression and disk writes run in a worker thread every
+  second; on the way out the rest is flushed and the file closed. A write error stops the
+  recording, not the engine (logged, and :attr:`Engine.recorder` ``.error``).
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
@@ -51,6 +60,7 @@ from otc.protocol import (
 from otc.quoting import Outgoing, QuoteEngine
 
 if TYPE_CHECKING:
+    from feeds.record import Recorder
     from otc.console import ConsoleServer
 
 __all__ = ["Engine", "FeedMode"]
@@ -69,6 +79,11 @@ CONTROL_SUBSCRIPTION = "otc/v1/control/+"
 
 class Engine:
     """One running quoting service.
+
+    Its journal (``config.journal.path``) holds every client message and answer; with
+    ``config.journal.record_path`` set it also records every book event its market applies
+    (``otc serve --record FILE``), which is what ``otc replay-journal`` needs to reproduce every
+    quote of the run exactly.
 
     Args:
         config: the whole configuration.
@@ -123,6 +138,11 @@ class Engine:
         self.console_token = console_token
         #: The console's address (``http://host:port/``) once it listens.
         self.console_url: str | None = None
+        #: Prefix of this run's quote and trade ids (also in the recording's header).
+        self.run_id = uuid.uuid4().hex[:10]
+        #: The book event recording (``[journal] record_path``), or None; kept after the run
+        #: for its counts (``recorded``, ``flushed``, ``dropped``) and ``error``.
+        self.recorder: Recorder | None = None
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -157,6 +177,7 @@ class Engine:
         config = self.config
         will = self._status("down")
         async with (
+            self._recording() as recorder,
             SqliteJournal(config.journal.path) as journal,
             Bus(
                 host=self.host,
@@ -171,12 +192,16 @@ class Engine:
             self.journal = journal
             server: ConsoleServer | None = None
             if console_sock is None:
-                self.quotes = QuoteEngine(config, self.market, journal, self.clock)
+                self.quotes = QuoteEngine(
+                    config, self.market, journal, self.clock, run_id=self.run_id
+                )
             else:
                 server = self._console(journal, bus, console_sock)
             await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
+                    if recorder is not None:
+                        tg.create_task(recorder.run(), name="recorder")
                     tg.create_task(self._feeds(tg), name="feeds")
                     tg.create_task(self._serve(bus, tg), name="bus")
                     tg.create_task(self._ladders(bus), name="ladders")
@@ -193,7 +218,11 @@ class Engine:
 
         activity = Activity(self.config.console.blotter_size)
         self.quotes = QuoteEngine(
-            self.config, self.market, ObservedJournal(journal, activity.record), self.clock
+            self.config,
+            self.market,
+            ObservedJournal(journal, activity.record),
+            self.clock,
+            run_id=self.run_id,
         )
 
         async def control(operator: str, command: Control) -> ControlResult:
@@ -214,6 +243,26 @@ class Engine:
             feeds=lambda: [c.health() for c in self.connections],  # type: ignore[attr-defined]
         )
         return ConsoleServer(console, sock)
+
+    @contextlib.asynccontextmanager
+    async def _recording(self) -> AsyncIterator[Recorder | None]:
+        """The recorder of ``[journal] record_path`` (None when unset); the file is created
+        first, so a bad path stops the engine before it connects (``RecordError``)."""
+        path = self.config.journal.record_path
+        if path is None:
+            yield None
+            return
+        from feeds.record import Recorder
+
+        recorder = Recorder(
+            path,
+            scales={symbol: book.scale for symbol, book in self.market.books.items()},
+            source=f"otc engine run {self.run_id} ({self.feed_mode} feeds)",
+            created_ns=self.clock.now_ns(),
+        )
+        async with recorder:
+            self.recorder = recorder
+            yield recorder
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -242,9 +291,9 @@ class Engine:
     async def _sim_feed(self) -> None:
         """The synthetic market: the venues each symbol's book consolidates, nothing else.
 
-        A step of the market is computed (one symbol at a time, about half a millisecond for
-        six venues) and then applied one event per turn of the loop, so that RFQs are served
-        in between rather than queued behind a whole step.
+        Each venue's event of a step is computed (about 80 us for one venue) and applied on its
+        own turn of the loop, so that RFQs are served in between rather than queued behind a
+        whole step.
         """
         from feeds.sim import SimFeed, SyntheticMarket, default_venues
 
@@ -264,8 +313,11 @@ class Engine:
             clock_ns=self.clock.now_ns,
         )
         apply = self.market.apply
+        record = self.recorder.record if self.recorder is not None else None
         async for event in feed.events():
             apply(event)
+            if record is not None:
+                record([event])
             await asyncio.sleep(0)
 
     def _live_feeds(self, tg: asyncio.TaskGroup) -> None:
@@ -281,7 +333,8 @@ class Engine:
             scales = {ours: self.market.books[ours].scale for ours in names.values()}
             adapter = adapter_class(venue.name)(symbols=names, scales=scales)
             self.market.bind(adapter)  # type: ignore[arg-type]
-            conn = FeedConnection(adapter, sorted(names))
+            record = self.recorder.record if self.recorder is not None else None
+            conn = FeedConnection(adapter, sorted(names), on_events=record)
             self.connections.append(conn)
             tg.create_task(conn.run(), name=f"feed-{venue.name}")
 

@@ -4,9 +4,9 @@ Subcommands::
 
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
-    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--once [--dump-book PATH]]
-             [--console-port N | --no-console]
-    otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH]
+    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH] [--record FILE]
+             [--console-port N | --no-console] [--once [--dump-book PATH]]
+    otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH] [--record FILE]
               [--console-port N | --no-console]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
             [--accept [--accept-side buy|sell]] [--json]
@@ -78,6 +78,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_RECORD_HELP = (
+    "record every book event the engine applies to FILE, for otc replay-journal "
+    "(default: the config's [journal] record_path)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otc", description="OTC quote and slippage engine")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -119,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, default=0, help="port of our broker (0: free)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
 
     serve = sub.add_parser("serve", help="run the quoting service")
@@ -126,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--feeds", choices=["sim", "live"], default="live")
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
     serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
+    serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     serve.add_argument("--duration", type=float, help="stop after this many seconds")
     _console_options(serve)
 
@@ -481,6 +489,30 @@ def _with_journal(config: Config, journal: Path | None) -> Config:
     )
 
 
+def _with_record(config: Config, record: Path | None) -> Config:
+    if record is None:
+        return config
+    return msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, record_path=str(record))
+    )
+
+
+def _recording_outcome(command: str, engine: Any) -> int:
+    """Say what the engine recorded; status 1 when a write error stopped the recording."""
+    recorder = engine.recorder
+    if recorder is None:
+        return 0
+    if recorder.error is not None:
+        sys.stderr.write(
+            f"otc: error: {recorder.error}: {recorder.flushed} book events recorded, "
+            f"{recorder.dropped} lost\n"
+        )
+        return 1
+    sys.stdout.write(f"{command}: recorded {recorder.flushed} book events to {recorder.path}\n")
+    sys.stdout.flush()
+    return 0
+
+
 async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> None:
     import asyncio
 
@@ -524,7 +556,7 @@ def _console_settings(args: argparse.Namespace, config: Config) -> dict[str, Any
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
-    config = _with_journal(load_config(args.config), args.journal)
+    config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     options: dict[str, Any] = {}
     if args.broker:
         host, port, user, password, tls = _broker_address(args.broker)
@@ -540,7 +572,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = Engine(config, feeds=args.feeds, on_ready=ready, **options)
     run_async(_run_for(engine.run(), args.duration))
-    return 0
+    return _recording_outcome("otc serve", engine)
 
 
 def _demo_engine(args: argparse.Namespace) -> int:
@@ -549,7 +581,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
     from otc.app import Engine
     from otc.broker import find_mosquitto, start_broker
 
-    config = _with_journal(load_config(args.config), args.journal)
+    config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     out = sys.stdout
     console = _console_settings(args, config)
     engines: list[Engine] = []
@@ -594,7 +626,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
         )
         engines.append(engine)
         run_async(_run_for(engine.run(), args.duration))
-        return 0
+        return _recording_outcome("otc demo", engine)
 
     async def with_broker() -> None:
         with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
@@ -616,7 +648,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
                 await _run_for(engine.run(), args.duration)
 
     run_async(with_broker())
-    return 0
+    return _recording_outcome("otc demo", engines[0]) if engines else 0
 
 
 def _cmd_rfq(args: argparse.Namespace) -> int:

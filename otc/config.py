@@ -282,6 +282,9 @@ class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     """Where the journal is written (SQLite); a relative path is relative to the working dir."""
 
     path: str = "var/journal.sqlite"
+    #: When set, the engine also records every book event it applies to this file
+    #: (``otc-book-events``, see :mod:`feeds.record`), for ``otc replay-journal``.
+    record_path: str | None = None
 
 
 class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -17,6 +17,7 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     │   └── JournalClosed        the journal is closed: the event was not recorded
     ├── BusError             the broker refused or dropped the connection (otc.bus)
     ├── BrokerError          a broker of our own could not be started (otc.broker)
+    ├── RecordError          a recording of book events could not be created (feeds.record)
     └── UsageError           a command-line argument is invalid (otc.cli)
 
 Errors marked with a module live next to the code that raises them; this module holds the

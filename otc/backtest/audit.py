@@ -16,10 +16,18 @@ Assumptions, which make the reproduction exact:
 * the books: before an RFQ, each venue's book of the symbol is brought to the state it was
   priced from: the venue's events are applied up to the book sequence id that the journaled
   explanation names for it (so events that arrived between two RFQs in the same millisecond
-  are placed exactly); a venue the explanation does not name, a venue without sequence ids and
-  every other symbol get the events received at or before the RFQ's ``ts_ns``;
+  are placed exactly); a venue the explanation does not name and a venue without sequence ids
+  get the events received at or before the RFQ's ``ts_ns``. Other symbols' books are left as
+  they are until an RFQ of theirs (a quote reads only its own symbol's book; the engine stamps
+  a feed event when it receives it, and may apply it a little later, after RFQs it holds);
 * the desk starts flat, as a live engine does (positions only come from fills and
-  ``position`` controls, which are journaled).
+  ``position`` controls, which are journaled);
+* concurrency: the live engine handles messages concurrently. An RFQ is priced and its outcome
+  queued to the journal without a pause, but an accept is journaled on arrival and decided
+  later (after its journal write), at the place of its outcome in the journal: an RFQ handled
+  in between was priced before that fill moved the desk's position. The replay holds each
+  accept the same way, between its journal row and its outcome's row (the clock then reads the
+  outcome's time), so the outcomes come out in the journal's order, from the same state.
 
 A difference is reported with the event, the field path and both values.
 """
@@ -43,7 +51,7 @@ from otc.config import Config
 from otc.journal import JournalEvent, MemoryJournal, _encode_payload, export
 from otc.market import Market
 from otc.model import BookEvent
-from otc.quoting import QuoteEngine
+from otc.quoting import Outgoing, QuoteEngine
 
 __all__ = ["AuditResult", "Mismatch", "format_audit", "replay_journal"]
 
@@ -114,6 +122,38 @@ def _as_journaled(event: JournalEvent) -> dict[str, Any]:
     }
 
 
+class _HeldAccepts(MemoryJournal):
+    """The replay's journal: an accept's handler waits, once its accept is journaled, until
+    :meth:`release` lets it decide (at its outcome's row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: (client, quote id) -> the gates of accepts waiting, oldest first.
+        self.waiting: dict[tuple[str, str], deque[asyncio.Future[None]]] = {}
+        self.arrived = asyncio.Event()
+
+    async def append(self, event: JournalEvent) -> None:
+        await super().append(event)
+        if event.kind == "accept":
+            gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.setdefault((event.client, event.quote_id), deque()).append(gate)
+            self.arrived.set()
+            await gate
+
+    def release(self, client: str, quote_id: str) -> bool:
+        """Let the oldest accept waiting for (client, quote_id) decide; False if none waits."""
+        gates = self.waiting.get((client, quote_id))
+        if not gates:
+            return False
+        gates.popleft().set_result(None)
+        return True
+
+    def release_all(self) -> None:
+        for gates in self.waiting.values():
+            while gates:
+                gates.popleft().set_result(None)
+
+
 class _Books:
     """The recorded events per (venue, our symbol), applied on demand."""
 
@@ -130,9 +170,15 @@ class _Books:
             if symbol is not None:
                 self.queues.setdefault((event.venue, symbol), deque()).append(event)
 
-    def until(self, ts_ns: int, targets: dict[tuple[str, str], int]) -> None:
+    def until(
+        self, ts_ns: int, targets: dict[tuple[str, str], int], only: str | None = None
+    ) -> None:
+        """Apply each (venue, symbol)'s events up to its target sequence, else up to ``ts_ns``;
+        ``only``: that symbol's books only."""
         apply = self.market.apply
         for (venue, symbol), queue in self.queues.items():
+            if only is not None and symbol != only:
+                continue
             target = targets.get((venue, symbol))
             while queue:
                 head = queue[0]
@@ -171,13 +217,21 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
     first_quote = next((r for r in rows if r["kind"] == "quote"), None)
     run_id = first_quote["quote_id"].rsplit("-q", 1)[0] if first_quote else "replay"
     clock = FakeClock(rows[0]["ts_ns"] if rows else 0)
-    reproduced_journal = MemoryJournal()
-    engine = QuoteEngine(config, market, reproduced_journal, clock, run_id=run_id)
     counts = {"rfq": 0, "accept": 0, "control": 0}
+    reproduced_journal = MemoryJournal()
 
     async def run() -> None:
+        journal = _HeldAccepts()
+        engine = QuoteEngine(config, market, journal, clock, run_id=run_id)
+        accepts: dict[tuple[str, str], deque[asyncio.Task[list[Outgoing]]]] = {}
         for i, row in enumerate(rows):
             kind = row["kind"]
+            if kind in ("fill", "accept_reject"):  # an accept held until here decides now
+                key = (row["client"], row["quote_id"])
+                if journal.release(*key):
+                    clock.set(row["ts_ns"])
+                    await accepts[key].popleft()
+                continue
             if kind not in counts:
                 continue
             counts[kind] += 1
@@ -193,17 +247,28 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
                     None,
                 )
                 symbol = str(payload.get("symbol", ""))
-                books.until(row["ts_ns"], _targets(quote, symbol))
+                books.until(row["ts_ns"], _targets(quote, symbol), only=symbol)
                 clock.set(row["ts_ns"])
                 await engine.on_rfq(row["client"], body)
             elif kind == "accept":
-                books.until(row["ts_ns"], {})
+                if config.quoting.last_look:  # the accept re-prices: books as of its arrival
+                    books.until(row["ts_ns"], {})
                 clock.set(row["ts_ns"])
-                await engine.on_accept(row["client"], body)
+                journal.arrived.clear()
+                task = asyncio.create_task(engine.on_accept(row["client"], body))
+                accepts.setdefault((row["client"], row["quote_id"]), deque()).append(task)
+                arrived = asyncio.create_task(journal.arrived.wait())
+                await asyncio.wait((task, arrived), return_when=asyncio.FIRST_COMPLETED)
+                arrived.cancel()
             else:
                 clock.set(row["ts_ns"])
                 _control(engine, row)
                 await engine.flush_controls()
+        journal.release_all()  # accepts whose outcome the journal lacks decide last
+        for tasks in accepts.values():
+            for task in tasks:
+                await task
+        reproduced_journal.events = journal.events
 
     asyncio.run(run())
     journaled = [r for r in rows if r["kind"] in _OUTCOMES]

@@ -13,7 +13,11 @@ is not timed; it is the replay source's cost, measured by ``otc bench feeds``):
    async iterator);
 4. **backtest**: the same with the default scenario: 100 RFQs (quotes, accepts, hedges,
    markouts) and the report's chart samples at 1 Hz (each one walks both sides' ladders, which
-   are rebuilt after book changes: this, not the loop, is most of the difference).
+   are rebuilt after book changes: this, not the loop, is most of the difference);
+5. **Market.apply + record**: loop 2 with what ``otc serve --record`` adds on the event loop
+   per event applied, :meth:`feeds.record.Recorder.record` (encoding into memory); the
+   compression and disk write of those events, which the engine does in a worker thread, are
+   timed apart (one flush of everything recorded, to a temporary file).
 
 Rates are given in book deltas/s (events) and level updates/s (the levels the deltas carry),
 each the best of ``repeats`` runs, gc off. The events are the given recordings, or by default
@@ -26,6 +30,7 @@ import asyncio
 import gc
 import platform
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -149,7 +154,32 @@ def run(
 
         return once
 
+    from feeds.record import Recorder
+
+    scales = {inst.symbol: inst.scale for inst in config.instruments}
+    flush_ns: list[int] = []
+
+    def apply_and_record() -> int:
+        market = Market(config)
+        apply = market.apply
+        with tempfile.TemporaryDirectory(prefix="otc-bench-") as tmp:
+            recorder = Recorder(f"{tmp}/books.otc.gz", scales=scales, source="bench")
+            recorder.open()
+            record = recorder.record
+            start = perf_counter_ns()
+            for event in events:
+                symbol = routes.get((event.venue, event.symbol))
+                if symbol is not None:
+                    apply(event, symbol)
+                    record([event])
+            elapsed = perf_counter_ns() - start
+            start = perf_counter_ns()
+            recorder.writer.close()  # the worker thread's part: gzip + write
+            flush_ns.append(perf_counter_ns() - start)
+        return elapsed
+
     apply_ns = _best(apply_only, repeats)
+    record_ns = _best(apply_and_record, repeats)
     loop_ns = _best(replay(empty), repeats)
     flow_ns = _best(replay(Scenario()), repeats)
 
@@ -164,6 +194,9 @@ def run(
         "market_apply": rates(apply_ns),
         "replay_loop": rates(loop_ns),
         "backtest_100_rfqs": rates(flow_ns),
+        "market_apply_record": rates(record_ns),
+        "record_ns_per_event_on_loop": (record_ns - apply_ns) / len(events),
+        "record_ns_per_event_in_thread": min(flush_ns) / len(events),
         "replay_loop_vs_market_apply": apply_ns / loop_ns,
         "replay_loop_vs_raw_book": levels / loop_ns * 1e9 / raw_rate,
     }
@@ -173,6 +206,7 @@ def run(
         ("Market.apply loop", "market_apply"),
         ("backtest replay loop", "replay_loop"),
         ("backtest, 100 RFQs", "backtest_100_rfqs"),
+        ("Market.apply + record", "market_apply_record"),
     ):
         r = figures[key]
         write(
@@ -182,5 +216,9 @@ def run(
     write(
         f"\nthe replay loop runs at {figures['replay_loop_vs_market_apply']:.2f}x the bare "
         "Market.apply loop on the same events\n"
+        f"recording (otc serve --record) costs {figures['record_ns_per_event_on_loop'] / 1e3:.2f}"
+        f" us per event on the event loop ({apply_ns / record_ns:.2f}x the bare loop's rate), "
+        f"and {figures['record_ns_per_event_in_thread'] / 1e3:.2f} us per event of gzip + write "
+        "in the worker thread\n"
     )
     return msgspec.to_builtins(figures, builtin_types=(Decimal,))  # type: ignore[no-any-return]

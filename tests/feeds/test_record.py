@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
+import logging
+import subprocess
+import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -14,6 +19,8 @@ import pytest
 from feeds.bybit import BybitBookFeed
 from feeds.record import (
     ConversionReport,
+    Recorder,
+    RecordError,
     RecordHeader,
     RecordWriter,
     read_events,
@@ -152,6 +159,127 @@ async def test_async_writer_flushes_in_a_thread_in_order(tmp_path: Path) -> None
         writer.write(events[20:])
     assert gzip_members(path.read_bytes()) == 3
     assert list(read_events(path)[1]) == events
+
+
+# -- the engine's recorder ----------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for work done in a worker thread (a flush), polling."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - a worker thread moves it, nothing to await
+            await asyncio.sleep(0.005)
+
+
+async def test_recorder_flushes_in_the_background_and_on_close(tmp_path: Path) -> None:
+    events = sim_events()
+    path = tmp_path / "deep" / "engine.otc.gz"  # folders are made
+    other = BookDelta("okx", "DOGE-USDT", [(1, 1)], [], 1, 0, 0)
+    async with (
+        Recorder(
+            path, scales={"BTC-USDT": SCALE}, source="engine", interval_s=3600, flush_bytes=8192
+        ) as recorder,
+        asyncio.TaskGroup() as tg,
+    ):
+        task = tg.create_task(recorder.run(), name="recorder")
+        recorder.record(events[:3])
+        await asyncio.sleep(0.01)
+        assert recorder.flushed == 0  # under flush_bytes, within the interval: still in memory
+        for event in events[3:]:
+            recorder.record([event, other])  # the unknown symbol is left out, the rest kept
+        await until(lambda: recorder.flushed > 3)  # flush_bytes reached: flushed at once
+        assert list(read_events(path)[1]) == events[: recorder.flushed]
+        recorder.record([events[0]])
+        task.cancel()
+    assert recorder.error is None
+    assert recorder.skipped == len(events) - 3
+    assert recorder.flushed == recorder.recorded == len(events) + 1
+    assert list(read_events(path)[1]) == [*events, events[0]]
+    assert gzip_members(path.read_bytes()) >= 2
+    assert read_header(path).source == "engine"
+
+
+async def test_recorder_flushes_every_interval(tmp_path: Path) -> None:
+    path = tmp_path / "periodic.otc.gz"
+    events = sim_events(steps=2)
+    async with (
+        Recorder(path, scales={"BTC-USDT": SCALE}, source="t", interval_s=0.02) as recorder,
+        asyncio.TaskGroup() as tg,
+    ):
+        task = tg.create_task(recorder.run(), name="recorder")
+        recorder.record(events)
+        await until(lambda: recorder.flushed == len(events))
+        assert list(read_events(path)[1]) == events
+        task.cancel()
+
+
+async def test_a_file_that_cannot_be_created_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    path = tmp_path / "plain" / "books.otc.gz"
+    with pytest.raises(RecordError, match=r"plain/books\.otc\.gz: cannot record: "):
+        async with Recorder(path, scales={"BTC-USDT": SCALE}, source="t"):
+            pass
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+async def test_a_write_error_stops_the_recording_not_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events = sim_events(steps=5)
+    caplog.set_level(logging.ERROR, logger="feeds.record")
+    async with Recorder("/dev/full", scales={"BTC-USDT": SCALE}, source="t") as recorder:
+        recorder.record(events[:4])
+        await recorder.flush()  # ENOSPC: logged and kept, not raised
+        assert recorder.error is not None
+        assert recorder.error.startswith("/dev/full: write failed: No space left on device")
+        recorder.record(events[4:])  # dropped, not buffered
+        assert recorder.writer.pending_bytes == 0
+        await recorder.run()  # returns at once: nothing more is written
+    assert recorder.flushed == 0
+    assert recorder.dropped == len(events)
+    assert [r.getMessage() for r in caplog.records if "recording stopped" in r.getMessage()]
+    assert "/dev/full: write failed" in caplog.text
+
+
+_FILE_SIZE_LIMIT = """
+import asyncio, json, resource, sys
+from feeds.record import Recorder
+sys.path.insert(0, sys.argv[2])
+from test_record import SCALE, sim_events
+
+async def main():
+    events = sim_events(steps=400)
+    async with Recorder(sys.argv[1], scales={"BTC-USDT": SCALE}, source="t") as recorder:
+        # Writes beyond 12 kB fail with EFBIG (Python ignores SIGXFSZ): a real failing disk.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, resource.RLIM_INFINITY))
+        for start in range(0, len(events), 20):
+            recorder.record(events[start : start + 20])
+            await recorder.flush()
+    print(json.dumps({"flushed": recorder.flushed, "dropped": recorder.dropped,
+                      "error": recorder.error, "events": len(events)}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as on Linux")
+def test_a_flush_that_fails_half_way_is_cut_off_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "limited.otc.gz"
+    got = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT, str(path), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    report = json.loads(got.stdout)
+    assert report["error"] == f"{path}: write failed: File too large"
+    assert 0 < report["flushed"] < report["events"]
+    assert report["flushed"] + report["dropped"] == report["events"]
+    # The file ends with its last complete member: every flushed event, readable, no error.
+    assert path.stat().st_size <= 12_000
+    assert list(read_events(path)[1]) == sim_events(steps=400)[: report["flushed"]]
 
 
 def test_a_batch_with_an_unknown_symbol_is_refused_whole(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from feeds.sim import SyntheticMarket, default_venues
 from otc.backtest.audit import replay_journal
 from otc.clock import FakeClock
 from otc.config import load_config
-from otc.journal import SqliteJournal
+from otc.journal import SqliteJournal, export
 from otc.market import Market
 from otc.quoting import QuoteEngine
 
@@ -101,3 +103,106 @@ def test_cli_prints_identical_and_exits_0(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert proc.stdout.strip().endswith("IDENTICAL")
+
+
+async def concurrent_run(folder: Path) -> tuple[Path, Path]:
+    """An RFQ priced while an accept waits for its journal commit, as the live engine does when
+    messages arrive together: the fill lands in the journal after that RFQ's quote, and the
+    quote was priced before the fill moved the desk's position (the skew)."""
+    config = load_config(CONFIG)
+    inst = config.instrument("BTC-USDT")
+    market = Market(config)
+    clock = FakeClock(T0)
+    venues = [v for v in default_venues() if v.name in market.books["BTC-USDT"].venues]
+    sim = SyntheticMarket(inst.symbol, inst.scale, venues=venues, seed=3)
+    journal_path, data = folder / "journal.sqlite", folder / "feed.jsonl.gz"
+    async with SqliteJournal(journal_path, synchronous="NORMAL") as journal:
+        engine = QuoteEngine(config, market, journal, clock)
+        with RecordWriter(data, scales={inst.symbol: inst.scale}, source="test") as writer:
+            events = list(sim.snapshot_events(clock.now_ns()))
+            for step in range(1, 5):
+                events += sim.step_events(step, clock.now_ns())
+            for event in events:
+                market.apply(event)
+            writer.write(events)
+            rfq = {"rfq_id": "r1", "symbol": "BTC-USDT", "side": "buy", "qty": "25"}
+            out = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+            quote_id = msgspec.json.decode(out[0].payload)["quote_id"]
+            clock.advance(ms=3)
+            accept = asyncio.create_task(
+                engine.on_accept("client-a", msgspec.json.encode({"quote_id": quote_id}))
+            )
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not accept.done()  # waiting for the journal
+            clock.advance(ms=1)
+            rfq = {"rfq_id": "r2", "symbol": "BTC-USDT", "side": "two_way", "qty": "3"}
+            await engine.on_rfq("client-b", msgspec.json.encode(rfq))
+            fill = msgspec.json.decode((await accept)[0].payload)
+            assert fill["type"] == "fill"
+            clock.advance(ms=1)
+            rfq = {"rfq_id": "r3", "symbol": "BTC-USDT", "side": "two_way", "qty": "3"}
+            await engine.on_rfq("client-b", msgspec.json.encode(rfq))
+    return journal_path, data
+
+
+def test_an_rfq_priced_while_an_accept_waits_replays_identically(tmp_path: Path) -> None:
+    journal, data = asyncio.run(concurrent_run(tmp_path))
+    buffer = io.StringIO()
+    export(journal, "json", buffer)
+    rows = json.loads(buffer.getvalue())
+    # The journal's order: r2 was quoted between the accept and its fill.
+    kinds = ["rfq", "quote", "accept", "rfq", "quote", "fill", "rfq", "quote"]
+    assert [r["kind"] for r in rows] == kinds
+    quotes = [r["payload"]["quote"] for r in rows if r["kind"] == "quote"]
+    assert quotes[1]["bid"] != quotes[2]["bid"]  # the fill moved the skew between r2 and r3
+    result = replay_journal(load_config(CONFIG), journal, [data])
+    assert result.mismatches == []
+    assert result.identical
+    assert result.journaled == result.reproduced == 4
+
+
+async def late_event_run(folder: Path) -> tuple[Path, Path]:
+    """An ETH-USDT event stamped before a BTC-USDT RFQ, applied only after an ETH-USDT RFQ, as
+    the engine's feed does when it holds events while RFQs are served."""
+    config = load_config(CONFIG)
+    market = Market(config)
+    clock = FakeClock(T0)
+    sims = {}
+    for seed, symbol in enumerate(("BTC-USDT", "ETH-USDT"), start=1):
+        inst = config.instrument(symbol)
+        venues = [v for v in default_venues() if v.name in market.books[symbol].venues]
+        sims[symbol] = SyntheticMarket(symbol, inst.scale, venues=venues, seed=seed)
+    journal_path, data = folder / "journal.sqlite", folder / "feed.jsonl.gz"
+    scales = {s: config.instrument(s).scale for s in sims}
+    async with SqliteJournal(journal_path, synchronous="NORMAL") as journal:
+        engine = QuoteEngine(config, market, journal, clock)
+        with RecordWriter(data, scales=scales, source="test") as writer:
+            for sim in sims.values():
+                for event in sim.snapshot_events(clock.now_ns()):
+                    market.apply(event)
+                    writer.write([event])
+            clock.advance(ms=50)
+            held = sims["ETH-USDT"].step_events(1, clock.now_ns())  # stamped now, applied later
+            clock.advance(ms=1)
+            for rfq_id, symbol in (("r1", "BTC-USDT"), ("r2", "ETH-USDT")):
+                rfq = {"rfq_id": rfq_id, "symbol": symbol, "side": "buy", "qty": "2"}
+                out = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+                assert msgspec.json.decode(out[0].payload)["type"] == "quote"
+            for event in held:
+                market.apply(event)
+                writer.write([event])
+            clock.advance(ms=1)
+            rfq = {"rfq_id": "r3", "symbol": "ETH-USDT", "side": "buy", "qty": "2"}
+            await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+    return journal_path, data
+
+
+def test_an_event_applied_after_rfqs_of_another_symbol_replays_identically(
+    tmp_path: Path,
+) -> None:
+    journal, data = asyncio.run(late_event_run(tmp_path))
+    result = replay_journal(load_config(CONFIG), journal, [data])
+    assert result.mismatches == []
+    assert result.identical
+    assert result.journaled == result.reproduced == 3
