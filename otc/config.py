@@ -133,8 +133,10 @@ class VenueConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
             parse_fee_bps(self.taker_fee_bps)
         except ValueParseError as exc:
             raise ValueError(f"taker_fee_bps: {exc}") from None
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"name: {self.name!r} is not a lower-case identifier")
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", self.name):  # tardis: "binance-futures"
+            raise ValueError(
+                f"name: {self.name!r} is not a lower-case name (letters, digits, '_', '-')"
+            )
 
     @property
     def fee(self) -> int:

@@ -101,3 +101,29 @@ def test_negative_counts_are_usage_errors(tmp_path: Path, flag: str) -> None:
     proc = otc("backtest", "--data", data, flag, "-1", "--out", tmp_path / "o")
     assert proc.returncode == 2
     assert flag in proc.stderr
+
+
+def test_tardis_snapshot_csv_backtest_with_a_scenario_venue(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A tardis exchange name (with a '-') is a venue of the scenario; its snapshots price."""
+    data = shared_data / "tardis" / "nautilus_binance-futures_book_snapshot_25_BTCUSDT.csv"
+    scenario = tmp_path / "futures.toml"
+    scenario.write_text(
+        'symbols = ["BTC-USDT"]\n'
+        "warmup_ms = 0\n"
+        "[flow]\n"
+        'rfqs = 10\nrate_per_s = "100"\nsize_unit = "base"\nsize_min = "0.1"\nsize_max = "2"\n'
+        "[accept]\nmodel = \"always\"\ndelay_ms = 10\n"
+        "[hedge]\nlatency_ms = 10\n"
+        "[[venues]]\n"
+        'name = "binance-futures"\ntaker_fee_bps = "5"\nsymbols = { "BTC-USDT" = "BTCUSDT" }\n'
+    )
+    out = tmp_path / "out"
+    proc = otc("backtest", "--data", data, "--scenario", scenario, "--no-report", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((out / "summary.json").read_text())
+    assert figures["quotes"] > 0
+    assert figures["deltas_replayed"] == 0  # snapshots only
+    rows = (out / "rfqs.csv").read_text().splitlines()
+    assert len(rows) == figures["rfqs"] + 1

@@ -181,7 +181,7 @@ def test_toml_numbers_are_accepted_for_decimals(tmp_path: Path) -> None:
             'name = "kraken"',
             'name = "Kraken"',
             "$.venues[1].name",
-            "is not a lower-case identifier",
+            "is not a lower-case name",
         ),
         (
             'base = "ETH"\n',
