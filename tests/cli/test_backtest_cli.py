@@ -114,7 +114,7 @@ def test_tardis_snapshot_csv_backtest_with_a_scenario_venue(
         "warmup_ms = 0\n"
         "[flow]\n"
         'rfqs = 10\nrate_per_s = "100"\nsize_unit = "base"\nsize_min = "0.1"\nsize_max = "2"\n'
-        "[accept]\nmodel = \"always\"\ndelay_ms = 10\n"
+        '[accept]\nmodel = "always"\ndelay_ms = 10\n'
         "[hedge]\nlatency_ms = 10\n"
         "[[venues]]\n"
         'name = "binance-futures"\ntaker_fee_bps = "5"\nsymbols = { "BTC-USDT" = "BTCUSDT" }\n'
