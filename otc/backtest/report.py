@@ -1,9 +1,9 @@
 """Backtest output: ``summary.json``, ``rfqs.csv``, ``report.html`` and the terminal table.
 
 ``report.html`` is one self-contained page (works offline): matplotlib (Agg backend) draws each
-chart as SVG, inlined into the page. Charts: consolidated mid and depth within 10 bps over time
-per symbol, the estimate-error distribution, markouts by size bucket, cumulative P&L over time,
-and the beyond-depth model check when it ran.
+chart as SVG, inlined into the page. Charts: consolidated mid and depth within 25 bps all-in
+(fees included) over time per symbol, the estimate-error distribution, markouts by size
+bucket, cumulative P&L over time, and the beyond-depth model check when it ran.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _charts(bt: Backtest, figures: dict[str, Any]) -> list[tuple[str, str]]:
         top.set_title(f"{symbol}: consolidated mid and depth")
         bottom.plot(xs, [float(p.bid_depth) for p in points], lw=1, label="bid side")
         bottom.plot(xs, [float(p.ask_depth) for p in points], lw=1, label="ask side")
-        bottom.set_ylabel(f"qty within {decimal_text(DEPTH_BPS)} bps")
+        bottom.set_ylabel(f"qty within {decimal_text(DEPTH_BPS)} bps all-in")
         bottom.set_xlabel("recorded seconds")
         bottom.legend()
         charts.append((f"{symbol} mid and depth", _svg(fig)))

@@ -75,8 +75,10 @@ _CTX = Context(prec=60)
 _NS_PER_MS = 1_000_000
 #: Markout horizons: label -> ms after the quote.
 HORIZONS_MS = {"1s": 1_000, "10s": 10_000, "60s": 60_000}
-#: Depth on the charts: the qty whose all-in average stays within this many bps of mid.
-DEPTH_BPS = Decimal(10)
+#: Depth on the charts: the qty whose all-in average (taker fees included) stays within this
+#: many bps of mid. Wider than the usual taker fee (10 bps on some venues), so that the chart
+#: shows depth rather than the fee: at 10 bps a 10-bps-fee venue contributes nothing.
+DEPTH_BPS = Decimal(25)
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _BUCKET = 512
 
