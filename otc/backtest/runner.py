@@ -63,6 +63,7 @@ from otc.slippage import estimate, max_qty_within, walk
 __all__ = [
     "HORIZONS_MS",
     "Backtest",
+    "DataGap",
     "HedgeResult",
     "ModelCheck",
     "RfqRecord",
@@ -161,6 +162,19 @@ class Sample(msgspec.Struct, frozen=True):
     mid: Decimal
     bid_depth: Decimal
     ask_depth: Decimal
+
+
+class DataGap(msgspec.Struct, frozen=True):
+    """A venue book of a symbol silent for longer than the engine's ``max_book_age_ms``.
+
+    The recording holds no event for it from ``start_ns`` to ``end_ns``: the engine priced
+    without that venue (stale) in between, as it would have live.
+    """
+
+    venue: str
+    symbol: str
+    start_ns: int
+    end_ns: int
 
 
 class RfqRecord:
@@ -335,6 +349,9 @@ class Backtest:
         #: Deltas for a venue book that had no snapshot yet (the data starts mid-stream): the
         #: book is out of sync, excluded from every view, until its first snapshot.
         self.unsynced = 0
+        #: Silences longer than ``max_book_age_ms`` in a venue's book (see :class:`DataGap`).
+        self.gaps: list[DataGap] = []
+        self._gap_ns = config.estimator.max_book_age_ms * _NS_PER_MS
         self.first_ns: int | None = None
         self.last_ns = 0
         self.wall_s = 0.0
@@ -356,6 +373,8 @@ class Backtest:
         heap = self._heap
         taken = self._taken
         synced: set[tuple[str, str]] = set()
+        seen: dict[tuple[str, str], int] = {}  # (venue, recorded symbol) -> last event time
+        gap_ns = self._gap_ns
         next_due = math.inf
         now = 0
         shown = started
@@ -367,6 +386,10 @@ class Backtest:
                     self.ignored += 1
                     continue
                 t = event.ts_recv_ns
+                last = seen.get(key)
+                if last is not None and t - last > gap_ns:
+                    self.gaps.append(DataGap(event.venue, symbol, last, t))
+                seen[key] = t
                 if t > now:
                     if self.first_ns is None:
                         self._first(t)

@@ -208,6 +208,30 @@ def _ratio_bucket(check: ModelCheck) -> str:
     return "2-5x" if ratio <= 5 else ">5x"
 
 
+#: Data gaps listed one by one in ``summary.json`` (the longest first); the rest are counted.
+MAX_GAPS_LISTED = 20
+
+
+def _gaps(bt: Backtest) -> dict[str, Any]:
+    """Silences longer than the engine's ``max_book_age_ms`` per venue book: count, total and
+    the longest, with when they started (recorded seconds after the first event)."""
+    first = bt.first_ns or 0
+    longest = sorted(bt.gaps, key=lambda g: (g.start_ns - g.end_ns, g.start_ns, g.venue))
+    return {
+        "count": len(bt.gaps),
+        "seconds": text(Decimal(sum(g.end_ns - g.start_ns for g in bt.gaps)).scaleb(-9)),
+        "longest": [
+            {
+                "venue": g.venue,
+                "symbol": g.symbol,
+                "from_s": text(Decimal(g.start_ns - first).scaleb(-9)),
+                "seconds": text(Decimal(g.end_ns - g.start_ns).scaleb(-9)),
+            }
+            for g in longest[:MAX_GAPS_LISTED]
+        ],
+    }
+
+
 def summary(bt: Backtest, files: Sequence[str]) -> dict[str, Any]:
     """The figures of ``summary.json`` (deterministic: no wall-clock time, no paths)."""
     scenario = bt.scenario
@@ -263,6 +287,7 @@ def summary(bt: Backtest, files: Sequence[str]) -> dict[str, Any]:
         "snapshots_replayed": bt.snapshots,
         "events_ignored": bt.ignored,
         "deltas_before_snapshot": bt.unsynced,
+        "data_gaps": _gaps(bt),
         "replay_seconds": text(Decimal(span).scaleb(-9)),
         "by_size_bucket": _groups(groups["size_bucket"], edges),
         "by_symbol": {k: g.figures() for k, g in sorted(groups["symbol"].items())},

@@ -274,3 +274,34 @@ def test_bucket_labels_and_error_stats() -> None:
     assert bucket_label(Decimal(1000), edges) == ">=1000"
     stats = error_stats([Decimal(-4), Decimal(1), Decimal(2), Decimal(3)])
     assert stats == {"n": 4, "mean": "0.5", "p50": "2", "p95": "4", "max_abs": "4"}
+
+
+def test_a_silence_longer_than_the_book_age_limit_is_reported_as_a_data_gap(
+    session: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """With max_book_age_ms = 2000, the 13 s between the deltas at 2 s and 15 s is a gap (and
+    so is the 55 s to the last); RFQs inside one find the venue stale: no quote."""
+    config, scenario, data = session
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        config.read_text().replace("max_book_age_ms = 100000", "max_book_age_ms = 2000")
+    )
+    late = tmp_path / "late.toml"
+    late.write_text(scenario.read_text().replace("at_ms = 1400", "at_ms = 9000"))
+    bt = run(strict, late, data)
+    assert [(g.venue, g.symbol, g.start_ns - T0, g.end_ns - T0) for g in bt.gaps] == [
+        ("alpha", "BTC-USDT", 2 * S, 15 * S),
+        ("alpha", "BTC-USDT", 15 * S, 70 * S),
+    ]
+    assert [r.outcome for r in bt.records] == ["quote", "quote", "MARKET_UNAVAILABLE"]
+    out = tmp_path / "out"
+    write_outputs(bt, out, files=[str(data)], report=False)
+    gaps = json.loads((out / "summary.json").read_text())["data_gaps"]
+    assert gaps["count"] == 2
+    assert gaps["seconds"] == "68"
+    assert gaps["longest"][0] == {
+        "venue": "alpha",
+        "symbol": "BTC-USDT",
+        "from_s": "15",
+        "seconds": "55",
+    }
