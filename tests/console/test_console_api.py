@@ -478,3 +478,40 @@ def test_config_default_console() -> None:
     config: Config = load_config(CONFIG)
     assert config.console.host == "127.0.0.1"
     assert config.console.enabled
+
+
+def test_live_feed_health_comes_from_the_connections_report() -> None:
+    """With live feeds, a venue's state and counters are its FeedConnection's own report."""
+    from feeds.connection import FeedHealth
+    from otc.console import views
+
+    config = load_config(CONFIG)
+    clock = FakeClock()
+    engine = Engine(config, clock=clock, console=False)
+    feed_books(engine, clock)
+    report = FeedHealth(
+        venue="binance",
+        state="stale",
+        age_ms=3_100,
+        symbols_in_sync=1,
+        symbols=2,
+        gaps=3,
+        checksum_failures=1,
+        resyncs=4,
+        reconnects=2,
+        malformed=5,
+        last_error="no data for 3.0 s",
+    )
+    health = {h.venue: h for h in views.venue_health(engine.market.books, [report], clock.now_ns())}
+    binance = health["binance"]
+    assert binance.source == "feed"
+    assert (binance.state, binance.age_ms, binance.last_error) == (
+        "stale",
+        3_100,
+        "no data for 3.0 s",
+    )
+    assert (binance.gaps, binance.checksum_failures, binance.resyncs) == (3, 1, 4)
+    assert (binance.reconnects, binance.malformed) == (2, 5)
+    assert health["okx"].source == "sim"  # no connection: judged from its books
+    assert health["okx"].state == "out_of_sync"  # its ETH-USDT book never had a snapshot
+    assert health["okx"].gaps == 0
