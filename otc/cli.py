@@ -604,6 +604,10 @@ def _demo_engine(args: argparse.Namespace) -> int:
             '"qty": "10"}\'\n'
             f"  mosquitto_pub -h {host} -p {port} -q 1 -t otc/v1/client-a/accept "
             '-m \'{"quote_id": "<quote_id>", "side": "buy"}\'\n'
+            "Operator commands (kill switch, clients, spreads) from a shell:\n"
+            f"  otc control --broker {url} --operator "
+            f"{config.broker.operators[0] if config.broker.operators else 'OPERATOR'} "
+            "halt --symbol BTC-USDT\n"
             "Ctrl-C stops the engine (status goes down, the journal is flushed).\n"
         )
         if args.console_note is not None and engines:
