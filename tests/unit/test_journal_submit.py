@@ -13,11 +13,11 @@ import asyncio
 import gc
 import logging
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlite_lock import write_lock
 
 from otc.journal import JournalClosed, JournalError, JournalEvent, MemoryJournal, SqliteJournal
 
@@ -36,17 +36,6 @@ def rows_of(path: Path) -> list[tuple[str, int]]:
     """(kind, ts_ns) of every row in commit order, through a connection of our own."""
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT kind, ts_ns FROM events ORDER BY id").fetchall()
-
-
-@contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Hold the database's write lock: the journal's writer cannot commit until we let go."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
-        blocker.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            blocker.execute("ROLLBACK")
 
 
 def event(kind: str, i: int, client: str = "client-a") -> JournalEvent:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from sqlite_lock import write_lock
 
 from feeds.sim import SyntheticMarket
 from otc.clock import FakeClock
@@ -63,17 +63,6 @@ def rows_of(path: Path) -> list[tuple[str, str, str]]:
     """(kind, rfq_id, quote_id) of every row in commit order."""
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT kind, rfq_id, quote_id FROM events ORDER BY id").fetchall()
-
-
-@contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Hold the database's write lock: nothing can be committed until we let go."""
-    with closing(sqlite3.connect(path, isolation_level=None)) as blocker:
-        blocker.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            blocker.execute("ROLLBACK")
 
 
 async def test_a_quote_is_returned_before_its_commit(path: Path) -> None:
