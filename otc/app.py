@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import uuid
@@ -96,6 +97,10 @@ class Engine:
         console: serve the operator console (default: ``[console] enabled``).
         console_port: its port (default: ``[console] port``; 0: a free one).
         console_token: its operator token (default: :func:`otc.console.resolve_token`).
+        freeze_heap: once up, move every object that exists then (modules, configuration,
+            connections, the first books) out of the cyclic garbage collector's reach
+            (:func:`gc.freeze`), so that its full collections walk only what the service has
+            allocated since: ``otc serve`` and ``otc demo`` do, as the process's owner.
     """
 
     def __init__(
@@ -115,8 +120,10 @@ class Engine:
         console: bool | None = None,
         console_port: int | None = None,
         console_token: str | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         self.config = config
+        self.freeze_heap = freeze_heap
         self.feed_mode = feeds
         broker = config.broker
         self.host = host or broker.host
@@ -276,6 +283,9 @@ class Engine:
             await asyncio.sleep(0.05)
         await bus.publish(self._status("up"))
         log.info("engine up")
+        if self.freeze_heap:
+            gc.collect()
+            gc.freeze()
         if self.on_ready is not None:
             self.on_ready()
         while True:

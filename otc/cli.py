@@ -570,7 +570,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             sys.stdout.write(args.console_note(engine.console_url))
         sys.stdout.flush()
 
-    engine = Engine(config, feeds=args.feeds, on_ready=ready, **options)
+    engine = Engine(config, feeds=args.feeds, on_ready=ready, freeze_heap=True, **options)
     run_async(_run_for(engine.run(), args.duration))
     return _recording_outcome("otc serve", engine)
 
@@ -626,6 +626,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
             password=password,
             tls=tls,
             on_ready=lambda: instructions(host, port),
+            freeze_heap=True,
             **console,
         )
         engines.append(engine)
@@ -646,6 +647,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
                     password=None,
                     tls=False,
                     on_ready=lambda: instructions(broker.host, broker.port),
+                    freeze_heap=True,
                     **console,
                 )
                 engines.append(engine)

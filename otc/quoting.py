@@ -167,68 +167,36 @@ def _wire_payload(payload: bytes, decoder: str) -> dict[str, object]:
     return {k: v for k, v in msgspec.structs.asdict(message).items() if v is not None}
 
 
-class _Quote:
+class _Quote(msgspec.Struct, kw_only=True, gc=False):
     """A quote the engine stands by until it expires, and its fill once accepted.
 
-    Thousands are remembered at a time (``quote_memory_ms``), so a quote keeps only what an
-    accept needs, in as few garbage-collected objects as possible: the hedge cost of each side
-    (for the last look) rather than the whole explanation, which is in the journal.
+    Tens of thousands are remembered at a time (``quote_memory_ms``), so a quote keeps only what
+    an accept needs: the hedge cost of each side (for the last look) rather than the whole
+    explanation, which is in the journal. ``gc=False``: the cyclic garbage collector does not
+    track quotes, so its full collections need not walk them all (a quote is freed by reference
+    counting; the one cycle it can be in, with its receipt's done callback, is broken when the
+    receipt completes).
     """
 
-    __slots__ = (
-        "ask",
-        "bid",
-        "client",
-        "fill",
-        "fill_key",
-        "hedge_ask",
-        "hedge_bid",
-        "journaled",
-        "lock",
-        "notional",
-        "qty",
-        "quote_id",
-        "rfq_id",
-        "side",
-        "symbol",
-        "valid_until_ns",
-    )
-
-    def __init__(
-        self,
-        *,
-        quote_id: str,
-        client: str,
-        rfq_id: str,
-        symbol: str,
-        side: str,
-        qty: Decimal,
-        bid: Decimal | None,
-        ask: Decimal | None,
-        valid_until_ns: int,
-        hedge_bid: Decimal | None,
-        hedge_ask: Decimal | None,
-        notional: Decimal | None,
-    ) -> None:
-        self.quote_id = quote_id
-        self.client = client
-        self.rfq_id = rfq_id
-        self.symbol = symbol
-        self.side = side
-        self.qty = qty
-        self.bid = bid
-        self.ask = ask
-        self.valid_until_ns = valid_until_ns
-        #: ``hedge_all_in`` of each side quoted (the last look compares against it).
-        self.hedge_bid = hedge_bid
-        self.hedge_ask = hedge_ask
-        self.notional = notional
-        self.fill: Fill | None = None
-        self.fill_key: tuple[str, Decimal] | None = None
-        self.lock: asyncio.Lock | None = None
-        #: The journal's receipt for the quote event while it is not committed (``None`` once
-        #: it is); kept when the write failed, so that the quote cannot be filled.
-        self.journaled: Receipt | None = None
+    quote_id: str
+    client: str
+    rfq_id: str
+    symbol: str
+    side: str
+    qty: Decimal
+    bid: Decimal | None
+    ask: Decimal | None
+    valid_until_ns: int
+    #: ``hedge_all_in`` of each side quoted (the last look compares against it).
+    hedge_bid: Decimal | None
+    hedge_ask: Decimal | None
+    notional: Decimal | None
+    fill: Fill | None = None
+    fill_key: tuple[str, Decimal] | None = None
+    lock: asyncio.Lock | None = None
+    #: The journal's receipt for the quote event while it is not committed (``None`` once it
+    #: is); kept when the write failed, so that the quote cannot be filled.
+    journaled: Receipt | None = None
 
     def recorded(self, receipt: Receipt) -> None:
         """Done callback of :attr:`journaled`: forget a receipt that succeeded."""

@@ -427,6 +427,7 @@ async def _engine(
         sim_interval_s=ENGINE_SIM_INTERVAL_S,
         on_ready=ready.set,
         console_port=0,  # served, as by `otc serve`, on a free port
+        freeze_heap=True,  # as `otc serve`
     )
     task = asyncio.create_task(engine.run(), name="bench-engine")
     try:
