@@ -915,7 +915,7 @@ class QuoteEngine:
     def ladder_steps(
         self, symbol: str, *, force: bool = False
     ) -> Generator[None, None, Outgoing | None]:
-        """:meth:`ladder`, one band at a time: yields after each band, returns the ladder.
+        """:meth:`ladder`, one side of a band at a time: yields after each, returns the ladder.
 
         A band walks up to two deep books (a millisecond or more for the largest), so the
         engine resumes the generator on later turns of its loop, and RFQs are served in
@@ -956,11 +956,13 @@ class QuoteEngine:
     def _build_ladder(
         self, inst: InstrumentConfig, view: BookView, spread: Decimal, halted: bool, now: int
     ) -> Generator[None, None, Ladder]:
-        """The ladder's bands priced one at a time: yields after each band."""
+        """The ladder's bands priced one side at a time: yields after each side of each band
+        (the deepest walk a few hundred microseconds, rather than twice that per band)."""
         usable = not halted and view.included and view.mid2 is not None
         bands = []
         for qty in inst.ladder_bands:
             bid = self._indicative(view, inst, Side.SELL, qty, spread, now) if usable else None
+            yield
             ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
             bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
             yield
