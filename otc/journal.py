@@ -93,6 +93,8 @@ class JournalEvent(msgspec.Struct, frozen=True):
     quote_id: str = ""
     trade_id: str = ""
     # the wire message (as plain JSON builtins) or, for quotes, the quote + its explanation
+    # (PriceExplanation structs, converted when the event is encoded); Decimals anywhere are
+    # written as plain text
     payload: dict[str, object] = {}
 
 
@@ -189,8 +191,12 @@ def _json_ready(value: object) -> object:
 
 
 def _json_ready_general(value: object) -> object:
-    """:func:`_json_ready` for subclasses of the builtins; :func:`plain` for everything else,
-    which also rejects what JSON cannot hold."""
+    """:func:`_json_ready` for structs (a quote's explanation is journaled as the
+    :class:`~otc.pricing.PriceExplanation` structs themselves, and converted here, by the
+    writer thread) and subclasses of the builtins; :func:`plain` for everything else, which
+    also rejects what JSON cannot hold."""
+    if isinstance(value, msgspec.Struct):
+        return _json_ready(msgspec.to_builtins(value, builtin_types=(Decimal,)))
     if isinstance(value, _JSON_SCALARS):
         return value
     if isinstance(value, Decimal):

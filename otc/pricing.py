@@ -69,10 +69,17 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decima
 
 import msgspec
 
-from otc.book import Exclusion
+from otc.book import BookView, Exclusion
 from otc.errors import InsufficientDepth, QuoteError
-from otc.model import BPS_DENOMINATOR, Side, decimal_text
-from otc.slippage import BPS_PLACES, SlippageEstimate, VenueFill
+from otc.model import BPS_DENOMINATOR, FEE_DENOMINATOR, Side, decimal_text, to_decimal
+from otc.slippage import (
+    BPS_PLACES,
+    PRICE_PLACES_EXTRA,
+    SlippageEstimate,
+    VenueFill,
+    Walk,
+    ratio,
+)
 
 __all__ = [
     "DAY_MS",
@@ -83,6 +90,7 @@ __all__ = [
     "inventory_skew_bps",
     "lots_down",
     "price_from_estimate",
+    "price_walk",
     "risk_premium",
     "round_to_tick",
     "size_premium_bps",
@@ -236,10 +244,107 @@ def price_from_estimate(
         InsufficientDepth: see :func:`hedge_all_in`.
         QuoteError: no mid, or the terms leave no positive price.
     """
-    side = estimate.side
     all_in = hedge_all_in(estimate)
     if estimate.mid is None:
         raise QuoteError(f"{estimate.symbol}: no mid, a side of the book is empty")
+    qty = estimate.qty_requested if estimate.qty_requested is not None else estimate.qty_filled
+    return _priced(
+        symbol=estimate.symbol,
+        side=estimate.side,
+        qty=qty,
+        mid=estimate.mid,
+        hedge_vwap=estimate.vwap,
+        all_in=all_in,
+        route=estimate.allocation,
+        model_qty=estimate.impact.qty if estimate.impact is not None else Decimal(0),
+        spread_bps=spread_bps,
+        risk=risk,
+        skew_bps=skew_bps,
+        tick_size=tick_size,
+        books=books,
+        excluded=estimate.excluded,
+    )
+
+
+def price_walk(
+    w: Walk,
+    view: BookView,
+    side: Side,
+    qty: Decimal,
+    *,
+    spread_bps: Decimal,
+    volatility_bps: Decimal,
+    size_premium_bps_per_million_notional: Decimal,
+    skew_bps: Decimal,
+    tick_size: Decimal,
+    books: dict[str, BookState],
+) -> PriceExplanation:
+    """:func:`price_from_estimate` of ``estimate(view, side, qty=qty)``, straight from its walk.
+
+    The quote path's version: ``w`` is the walk of ``qty`` on ``view`` (``Walk(view, side,
+    lots=...)``), which visible depth covers; only the figures the price and its explanation
+    need are built (the estimate's fees, worst price, slippages and shortfalls are not), with
+    the very same arithmetic, so the result is identical. The risk premium's size part is
+    computed here, from the walk's mid.
+
+    Raises:
+        InsufficientDepth: visible depth does not cover ``qty``.
+        QuoteError: no mid, or the terms leave no positive price.
+    """
+    scale = view.scale
+    pd, sd = scale.price_decimals, scale.size_decimals
+    if w.den != 1 or w.requested_lots is None:
+        raise ValueError("price_walk needs the walk of a quantity")
+    if w.qty < w.requested_lots:
+        raise InsufficientDepth(decimal_text(qty), decimal_text(to_decimal(w.qty, sd)))
+    if w.mid2 is None:
+        raise QuoteError(f"{view.symbol}: no mid, a side of the book is empty")
+    places = pd + PRICE_PLACES_EXTRA
+    mid = to_decimal(w.mid2 * 5, pd + 1)
+    route = {
+        venue: VenueFill(to_decimal(vq, sd), to_decimal(vn, pd + sd))
+        for venue, (vq, vn) in sorted(w.allocation().items())
+    }
+    risk = RiskPremium(
+        volatility_bps,
+        size_premium_bps(size_premium_bps_per_million_notional, _CTX.multiply(qty, mid)),
+    )
+    return _priced(
+        symbol=view.symbol,
+        side=side,
+        qty=qty,
+        mid=mid,
+        hedge_vwap=ratio(w.notional, w.qty * 10**pd, places),
+        all_in=ratio(w.all_in, w.qty * FEE_DENOMINATOR * 10**pd, places),
+        route=route,
+        model_qty=Decimal(0),
+        spread_bps=spread_bps,
+        risk=risk,
+        skew_bps=skew_bps,
+        tick_size=tick_size,
+        books=books,
+        excluded=view.excluded,
+    )
+
+
+def _priced(
+    *,
+    symbol: str,
+    side: Side,
+    qty: Decimal,
+    mid: Decimal,
+    hedge_vwap: Decimal | None,
+    all_in: Decimal,
+    route: dict[str, VenueFill],
+    model_qty: Decimal,
+    spread_bps: Decimal,
+    risk: RiskPremium,
+    skew_bps: Decimal,
+    tick_size: Decimal,
+    books: dict[str, BookState],
+    excluded: list[Exclusion],
+) -> PriceExplanation:
+    """The price of one side from its hedge's all-in average and the terms (the formula)."""
     margin = spread_bps + risk.total_bps
     if side is Side.BUY:
         factor = 1 + _CTX.divide(margin + skew_bps, BPS_DENOMINATOR)
@@ -248,17 +353,16 @@ def price_from_estimate(
     raw = _CTX.multiply(all_in, factor)
     price = round_to_tick(raw, tick_size, side) if raw > 0 else Decimal(0)
     if price <= 0:
-        raise QuoteError(f"{estimate.symbol}: the terms leave no positive {side.value} price")
-    qty = estimate.qty_requested if estimate.qty_requested is not None else estimate.qty_filled
+        raise QuoteError(f"{symbol}: the terms leave no positive {side.value} price")
     return PriceExplanation(
-        symbol=estimate.symbol,
+        symbol=symbol,
         side=side.value,
         qty=qty,
-        mid=estimate.mid.normalize(_CTX),
-        hedge_vwap=estimate.vwap,
+        mid=mid.normalize(_CTX),
+        hedge_vwap=hedge_vwap,
         hedge_all_in=all_in,
-        route=estimate.allocation,
-        model_qty=estimate.impact.qty if estimate.impact is not None else Decimal(0),
+        route=route,
+        model_qty=model_qty,
         spread_bps=spread_bps,
         risk_bps=risk.total_bps,
         risk_volatility_bps=risk.volatility_bps,
@@ -267,5 +371,5 @@ def price_from_estimate(
         price_raw=raw.normalize(_CTX),
         price=price,
         books=books,
-        excluded=estimate.excluded,
+        excluded=excluded,
     )

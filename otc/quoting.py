@@ -79,7 +79,7 @@ from otc.config import ClientConfig, Config, InstrumentConfig
 from otc.errors import InsufficientDepth, OtcError, QuoteError
 from otc.journal import Journal, JournalEvent, Receipt
 from otc.market import Market
-from otc.model import BPS_DENOMINATOR, Side, decimal_text
+from otc.model import BPS_DENOMINATOR, Side, decimal_text, parse_fixed, to_decimal
 from otc.pricing import (
     BookState,
     PriceExplanation,
@@ -88,6 +88,7 @@ from otc.pricing import (
     inventory_skew_bps,
     lots_down,
     price_from_estimate,
+    price_walk,
     size_premium_bps,
     volatility_premium_bps,
 )
@@ -112,7 +113,7 @@ from otc.protocol import (
     parse_accept,
     parse_rfq,
 )
-from otc.slippage import SlippageEstimate, estimate
+from otc.slippage import SlippageEstimate, Walk, estimate
 
 __all__ = ["Outgoing", "QuoteEngine"]
 
@@ -238,6 +239,17 @@ class _Trade(msgspec.Struct, frozen=True):
     side: Side
     qty: Decimal
     price: Decimal
+
+
+class _Context(msgspec.Struct, frozen=True, gc=False):
+    """The instrument, book view, tier spread, inventory skew (bps) and book states that every
+    side of one RFQ, or of one ladder, is priced with."""
+
+    inst: InstrumentConfig
+    view: BookView
+    spread: Decimal
+    skew: Decimal
+    books: dict[str, BookState]
 
 
 class QuoteEngine:
@@ -380,11 +392,9 @@ class QuoteEngine:
                 payload={
                     "quote": msgspec.to_builtins(message),
                     "tier": self._clients[client].config.tier,
-                    # JSON builtins with exact Decimals: the journal writes them as plain text.
-                    "explanation": {
-                        k: msgspec.to_builtins(v, builtin_types=(Decimal,))
-                        for k, v in explanations.items()
-                    },
+                    # The structs themselves: the journal converts them (off the quote path)
+                    # and writes every Decimal as plain text.
+                    "explanation": explanations,
                 },
             )
             self._quotes[quote.quote_id] = quote
@@ -441,22 +451,18 @@ class QuoteEngine:
         if rfq.qty is not None:
             self._check_lots(rfq.qty, inst)
         self._check_halted(inst.symbol)
-        view = self._view(inst, now)
+        ctx = self._context(inst, self._view(inst, now), self._tier_spread[state.config.tier], now)
         sides = [Side.BUY, Side.SELL] if rfq.side == "two_way" else [_SIDES[rfq.side]]
-        spread = self._tier_spread[state.config.tier]
-        qty = self._size(view, inst, rfq, sides, spread, now)
+        qty = self._size(ctx, rfq, sides)
         explanations = {
-            ("ask" if side is Side.BUY else "bid"): self._price(view, inst, side, qty, spread, now)
-            for side in sides
+            ("ask" if side is Side.BUY else "bid"): self._price(ctx, side, qty) for side in sides
         }
         if rfq.notional is not None:  # the notional buys this many lots at the quoted prices
             price = max(e.price for e in explanations.values())
             if _CTX.multiply(qty, price) > rfq.notional:
                 qty = lots_down(_CTX.divide(rfq.notional, price), inst.lot_size)
                 self._check_min_qty(qty, rfq)
-                explanations = {
-                    k: self._price(view, inst, _side_of(k), qty, spread, now) for k in explanations
-                }
+                explanations = {k: self._price(ctx, _side_of(k), qty) for k in explanations}
         for key, expl in explanations.items():
             self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
         bid = explanations.get("bid")
@@ -545,34 +551,33 @@ class QuoteEngine:
         """The hedge estimate for ``qty``, with the size checks (absurd, visible depth)."""
         est = estimate(view, side, qty=qty, impact=inst.impact if self._impact(inst) else None)
         if est.depth_exhausted:
-            visible = est.qty_filled
-            if qty > _CTX.multiply(visible, self.config.quoting.max_qty_depth_factor):
-                raise ProtocolError(
-                    Code.INVALID_QTY,
-                    f"qty {decimal_text(qty)} is absurd: more than "
-                    f"{decimal_text(self.config.quoting.max_qty_depth_factor)} x the visible "
-                    f"depth of {decimal_text(visible)} {inst.base}",
-                )
-            if est.impact is None:
-                raise ProtocolError(
-                    Code.NO_LIQUIDITY,
-                    f"qty {decimal_text(qty)} {inst.base}: visible depth on the {side.value} side "
-                    f"covers {decimal_text(visible)}",
-                )
+            self._beyond_depth(inst, side, qty, est.qty_filled, extended=est.impact is not None)
         return est
 
-    def _size(
-        self,
-        view: BookView,
-        inst: InstrumentConfig,
-        rfq: ParsedRfq,
-        sides: list[Side],
-        spread: Decimal,
-        now: int,
-    ) -> Decimal:
+    def _beyond_depth(
+        self, inst: InstrumentConfig, side: Side, qty: Decimal, visible: Decimal, *, extended: bool
+    ) -> None:
+        """``qty`` exceeds the ``visible`` depth: absurd beyond ``max_qty_depth_factor`` x it,
+        else no liquidity unless the impact model ``extended`` the walk."""
+        if qty > _CTX.multiply(visible, self.config.quoting.max_qty_depth_factor):
+            raise ProtocolError(
+                Code.INVALID_QTY,
+                f"qty {decimal_text(qty)} is absurd: more than "
+                f"{decimal_text(self.config.quoting.max_qty_depth_factor)} x the visible "
+                f"depth of {decimal_text(visible)} {inst.base}",
+            )
+        if not extended:
+            raise ProtocolError(
+                Code.NO_LIQUIDITY,
+                f"qty {decimal_text(qty)} {inst.base}: visible depth on the {side.value} side "
+                f"covers {decimal_text(visible)}",
+            )
+
+    def _size(self, ctx: _Context, rfq: ParsedRfq, sides: list[Side]) -> Decimal:
         """The quoted qty: as asked, or for a notional the lots it buys at each side's price."""
         if rfq.qty is not None:
             return rfq.qty
+        view, inst = ctx.view, ctx.inst
         notional = rfq.notional
         assert notional is not None
         exponent = notional.as_tuple().exponent
@@ -598,7 +603,7 @@ class QuoteEngine:
                     f"covers {decimal_text(walked.notional_filled)}",
                 )
             self._check_min_qty(first, rfq)
-            price = self._price(view, inst, side, first, spread, now).price
+            price = self._price(ctx, side, first).price
             sizes.append(lots_down(_CTX.divide(notional, price), inst.lot_size))
         qty = min(sizes)
         self._check_min_qty(qty, rfq)
@@ -612,36 +617,57 @@ class QuoteEngine:
                 f"notional {decimal_text(rfq.notional or _ZERO)} is less than one lot",
             )
 
-    def _price(
-        self,
-        view: BookView,
-        inst: InstrumentConfig,
-        side: Side,
-        qty: Decimal,
-        spread: Decimal,
-        now: int,
-    ) -> PriceExplanation:
-        est = self._estimate(view, inst, side, qty)
-        assert est.mid is not None
-        risk = RiskPremium(
-            self._volatility_bps[inst.symbol],
-            size_premium_bps(
-                self.config.risk.size_premium_bps_per_million_notional,
-                _CTX.multiply(qty, est.mid),
-            ),
-        )
+    def _context(
+        self, inst: InstrumentConfig, view: BookView, spread: Decimal, now: int
+    ) -> _Context:
+        """What every side of one RFQ (or one ladder) is priced with, read once."""
         books = {
             name: BookState(state.book.sequence, max(0, now - state.book.ts_recv_ns) // _NS_PER_MS)
             for name, state in view.included.items()
         }
+        return _Context(inst, view, spread, self._skew(inst), books)
+
+    def _price(self, ctx: _Context, side: Side, qty: Decimal) -> PriceExplanation:
+        """One side priced for ``qty``: straight from the integer walk of the visible book, or,
+        with the impact model, from the full estimate (which the model may extend)."""
+        inst, view = ctx.inst, ctx.view
         try:
+            if not self._impact(inst):
+                sd = view.scale.size_decimals
+                lots = parse_fixed(qty, sd, what="qty")
+                walked = Walk(view, side, lots=lots)
+                if walked.qty < lots:
+                    self._beyond_depth(inst, side, qty, to_decimal(walked.qty, sd), extended=False)
+                return price_walk(
+                    walked,
+                    view,
+                    side,
+                    qty,
+                    spread_bps=ctx.spread,
+                    volatility_bps=self._volatility_bps[inst.symbol],
+                    size_premium_bps_per_million_notional=(
+                        self.config.risk.size_premium_bps_per_million_notional
+                    ),
+                    skew_bps=ctx.skew,
+                    tick_size=inst.tick_size,
+                    books=ctx.books,
+                )
+            est = self._estimate(view, inst, side, qty)
+            assert est.mid is not None
+            risk = RiskPremium(
+                self._volatility_bps[inst.symbol],
+                size_premium_bps(
+                    self.config.risk.size_premium_bps_per_million_notional,
+                    _CTX.multiply(qty, est.mid),
+                ),
+            )
             return price_from_estimate(
                 est,
-                spread_bps=spread,
+                spread_bps=ctx.spread,
                 risk=risk,
-                skew_bps=self._skew(inst),
+                skew_bps=ctx.skew,
                 tick_size=inst.tick_size,
-                books=books,
+                books=ctx.books,
             )
         except InsufficientDepth as exc:
             raise ProtocolError(Code.NO_LIQUIDITY, str(exc)) from None
@@ -959,26 +985,19 @@ class QuoteEngine:
         """The ladder's bands priced one side at a time: yields after each side of each band
         (the deepest walk a few hundred microseconds, rather than twice that per band)."""
         usable = not halted and view.included and view.mid2 is not None
+        ctx = self._context(inst, view, spread, now)
         bands = []
         for qty in inst.ladder_bands:
-            bid = self._indicative(view, inst, Side.SELL, qty, spread, now) if usable else None
+            bid = self._indicative(ctx, Side.SELL, qty) if usable else None
             yield
-            ask = self._indicative(view, inst, Side.BUY, qty, spread, now) if usable else None
+            ask = self._indicative(ctx, Side.BUY, qty) if usable else None
             bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
             yield
         return Ladder(symbol=inst.symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
 
-    def _indicative(
-        self,
-        view: BookView,
-        inst: InstrumentConfig,
-        side: Side,
-        qty: Decimal,
-        spread: Decimal,
-        now: int,
-    ) -> str | None:
+    def _indicative(self, ctx: _Context, side: Side, qty: Decimal) -> str | None:
         try:
-            return decimal_text(self._price(view, inst, side, qty, spread, now).price)
+            return decimal_text(self._price(ctx, side, qty).price)
         except ProtocolError:
             return None
 

@@ -66,6 +66,7 @@ __all__ = [
     "Walk",
     "estimate",
     "max_qty_within",
+    "ratio",
     "walk",
 ]
 
@@ -94,8 +95,8 @@ class ImpactModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     daily_volume: Decimal
 
     def impact_bps(self, qty: Decimal) -> Decimal:
-        ratio = _CTX.divide(qty, self.daily_volume)
-        return _CTX.multiply(self.coefficient * self.daily_volatility_bps, ratio.sqrt(_CTX))
+        share = _CTX.divide(qty, self.daily_volume)
+        return _CTX.multiply(self.coefficient * self.daily_volatility_bps, share.sqrt(_CTX))
 
 
 class ImpactExtrapolation(msgspec.Struct, frozen=True):
@@ -148,7 +149,7 @@ class MaxQty(msgspec.Struct, frozen=True):
     capped_by_depth: bool
 
 
-def _ratio(num: int, den: int, places: int) -> Decimal:
+def ratio(num: int, den: int, places: int) -> Decimal:
     """``num / den`` rounded half-even to ``places`` decimals (``den > 0``), zeros stripped."""
     q, r = divmod(num * 10**places, den)
     twice = 2 * r
@@ -313,7 +314,7 @@ def estimate(
             allocation[venue] = VenueFill(to_decimal(vq, sd), to_decimal(vn, pd + sd))
         else:
             allocation[venue] = VenueFill(
-                _ratio(vq, den * 10**sd, sd + QTY_PLACES_EXTRA), to_decimal(vn // den, pd + sd)
+                ratio(vq, den * 10**sd, sd + QTY_PLACES_EXTRA), to_decimal(vn // den, pd + sd)
             )
 
     places = pd + PRICE_PLACES_EXTRA
@@ -329,27 +330,27 @@ def estimate(
     all_in: Decimal | None = None
     worst: Decimal | None = None
     if qty_num:
-        vwap = _ratio(notional_num, qty_num * 10**pd, places)
-        all_in = _ratio(all_in_num, qty_num * FEE_DENOMINATOR * 10**pd, places)
+        vwap = ratio(notional_num, qty_num * 10**pd, places)
+        all_in = ratio(all_in_num, qty_num * FEE_DENOMINATOR * 10**pd, places)
         worst = to_decimal(ladder.worst[levels], pd)
     slip_mid: Decimal | None = None
     slip_touch: Decimal | None = None
     if qty_num and mid2 is not None:
         base = qty_num * FEE_DENOMINATOR * mid2
         diff = 2 * all_in_num - base if buy else base - 2 * all_in_num
-        slip_mid = _ratio(diff * BPS_DENOMINATOR, base, BPS_PLACES)
+        slip_mid = ratio(diff * BPS_DENOMINATOR, base, BPS_PLACES)
     if qty_num and touch is not None:
         base = qty_num * touch
         diff = notional_num - base if buy else base - notional_num
-        slip_touch = _ratio(diff * BPS_DENOMINATOR, base, BPS_PLACES)
+        slip_touch = ratio(diff * BPS_DENOMINATOR, base, BPS_PLACES)
 
     if den == 1:
         qty_filled = to_decimal(qty_num, sd)
         notional_filled = to_decimal(notional_num, pd + sd)
     else:
-        qty_filled = _ratio(qty_num, den * 10**sd, sd + QTY_PLACES_EXTRA)
+        qty_filled = ratio(qty_num, den * 10**sd, sd + QTY_PLACES_EXTRA)
         notional_filled = to_decimal(notional_num // den, pd + sd)
-    fees = _ratio(fees_num, den * FEE_DENOMINATOR * 10 ** (pd + sd), pd + sd + 8)
+    fees = ratio(fees_num, den * FEE_DENOMINATOR * 10 ** (pd + sd), pd + sd + 8)
 
     if qty is not None:
         shortfall_lots = max(0, lots - ladder.cum_qty[n])
@@ -430,7 +431,7 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
         else:
             hi = mid - 1
     k = lo
-    limit = _ratio(
+    limit = ratio(
         lim_num,
         lim_den * FEE_DENOMINATOR * 10**scale.price_decimals,
         scale.price_decimals + PRICE_PLACES_EXTRA,

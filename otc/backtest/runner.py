@@ -56,7 +56,7 @@ from otc.journal import MemoryJournal
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, BookDelta, BookEvent, BookSnapshot, Scale, Side
 from otc.model import decimal_text as text
-from otc.pricing import lots_down
+from otc.pricing import PriceExplanation, lots_down
 from otc.quoting import QuoteEngine
 from otc.slippage import estimate, max_qty_within, walk
 
@@ -581,10 +581,10 @@ class Backtest:
         event = self.journal.events[-1]  # the quote, with its explanation
         assert event.kind == "quote"
         assert event.quote_id == record.quote_id
-        explanation: dict[str, dict[str, Any]] = event.payload["explanation"]  # type: ignore[assignment]
+        explanation: dict[str, PriceExplanation] = event.payload["explanation"]  # type: ignore[assignment]
         for key, expl in explanation.items():
-            record.estimated_all_in[key] = expl["hedge_all_in"]
-            record.mid_at_quote = expl["mid"]
+            record.estimated_all_in[key] = expl.hedge_all_in
+            record.mid_at_quote = expl.mid
         for label, ms in HORIZONS_MS.items():
             self._schedule(now + ms * _NS_PER_MS, "markout", record, label)
         delay = self.scenario.accept.delay_ms

@@ -1,4 +1,5 @@
-"""estimate() and max_qty_within() against a plain reference walk in exact fractions.
+"""estimate() and max_qty_within() against a plain reference walk in exact fractions; the quote
+path's price_walk() against price_from_estimate(estimate()).
 
 The reference knows nothing of ladders, ticks or lots: it lists every level of every usable
 venue in real units, sorts them by fee-adjusted price (ties: venue name) and takes them one by
@@ -18,16 +19,27 @@ from decimal import Decimal
 from fractions import Fraction
 from unittest import mock
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from otc.book import ConsolidatedBook, L2Book, Ladder
+from otc.errors import InsufficientDepth, QuoteError
 from otc.model import FEE_DENOMINATOR, Scale, Side, plain, to_decimal
+from otc.pricing import (
+    BookState,
+    PriceExplanation,
+    RiskPremium,
+    price_from_estimate,
+    price_walk,
+    size_premium_bps,
+)
 from otc.slippage import (
     BPS_PLACES,
     PRICE_PLACES_EXTRA,
     QTY_PLACES_EXTRA,
     SlippageEstimate,
+    Walk,
     estimate,
     max_qty_within,
 )
@@ -368,3 +380,90 @@ def test_results_do_not_depend_on_level_insertion_order(
                 )
             )
     assert results[0] == results[1]
+
+
+bps_terms = st.decimals(
+    min_value=-50, max_value=50, places=6, allow_nan=False, allow_infinity=False
+)
+
+
+@given(
+    market=markets(),
+    side=st.sampled_from(Side),
+    data=st.data(),
+    spread=st.decimals(min_value=0, max_value=100, places=3, allow_nan=False),
+    volatility=bps_terms,
+    per_million=st.decimals(min_value=0, max_value=20, places=4, allow_nan=False),
+    skew=bps_terms,
+    tick=st.sampled_from(["1", "0.1", "0.01", "0.5", "5", "0.001"]),
+)
+@SETTINGS
+def test_price_walk_prices_exactly_as_the_estimate(
+    market: Market,
+    side: Side,
+    data: st.DataObject,
+    spread: Decimal,
+    volatility: Decimal,
+    per_million: Decimal,
+    skew: Decimal,
+    tick: str,
+) -> None:
+    """The quote path prices from the integer walk; the result must be the one the full
+    estimate gives, field for field, wherever visible depth covers the size."""
+    sd = market.scale.size_decimals
+    depth = sum(lots for v in market.usable for _, lots in (v.asks if side is Side.BUY else v.bids))
+    assume(depth > 0)
+    lots = data.draw(st.integers(1, depth), label="lots")
+    qty = to_decimal(lots, sd)
+    books = {"alpha": BookState(7, 12)}
+    with chunked(market.chunk):
+        view = build(market).view()
+        assume(view.mid2 is not None)
+        walked = Walk(view, side, lots=lots)
+        full = estimate(view, side, qty=qty)
+        risk = RiskPremium(
+            volatility,
+            size_premium_bps(per_million, qty * full.mid),  # type: ignore[operator]
+        )
+        terms = {"spread_bps": spread, "skew_bps": skew, "tick_size": Decimal(tick)}
+        try:
+            expected: PriceExplanation | str = price_from_estimate(
+                full, risk=risk, books=books, **terms
+            )
+        except QuoteError as exc:  # terms that leave no positive price
+            expected = str(exc)
+        try:
+            got: PriceExplanation | str = price_walk(
+                walked,
+                view,
+                side,
+                qty,
+                volatility_bps=volatility,
+                size_premium_bps_per_million_notional=per_million,
+                books=books,
+                **terms,
+            )
+        except QuoteError as exc:
+            got = str(exc)
+    assert got == expected
+    if isinstance(got, PriceExplanation):
+        assert plain(got) == plain(expected)  # the same text in the journal, too
+
+
+def test_price_walk_refuses_a_walk_that_visible_depth_does_not_cover() -> None:
+    market = Market(Scale(2, 2), [VenueSpec("alpha", 0, [(100, 5)], [(101, 5)])], 64)
+    view = build(market).view()
+    walked = Walk(view, Side.BUY, lots=6)
+    with pytest.raises(InsufficientDepth):
+        price_walk(
+            walked,
+            view,
+            Side.BUY,
+            Decimal("0.06"),
+            spread_bps=Decimal(1),
+            volatility_bps=Decimal(0),
+            size_premium_bps_per_million_notional=Decimal(0),
+            skew_bps=Decimal(0),
+            tick_size=Decimal("0.01"),
+            books={},
+        )

@@ -524,7 +524,7 @@ async def test_an_internal_error_is_a_reject_not_a_crash(
         raise RuntimeError("bug")
 
     quote = await desk.quote()
-    monkeypatch.setattr(otc.quoting, "estimate", broken)
+    monkeypatch.setattr(otc.quoting, "price_walk", broken)
     reject = await desk.rfq()
     assert (reject["code"], reject["reason"]) == ("INTERNAL_ERROR", "internal error")
     monkeypatch.setattr(otc.quoting, "_position_changes", broken)

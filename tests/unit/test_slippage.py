@@ -18,9 +18,9 @@ from otc.slippage import (
     ImpactModel,
     MaxQty,
     VenueFill,
-    _ratio,
     estimate,
     max_qty_within,
+    ratio,
     walk,
 )
 
@@ -327,7 +327,7 @@ def test_averages_round_half_even(cheap: str, dear: str, vwap: str) -> None:
     ],
 )
 def test_ratio_rounds_half_even(num: int, den: int, places: int, expected: str) -> None:
-    result = _ratio(num, den, places)
+    result = ratio(num, den, places)
     assert result == D(expected)
     assert decimal_text(result) == expected
 
