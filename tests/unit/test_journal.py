@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import otc.journal
 from otc.clock import FakeClock
 from otc.errors import OtcError
 from otc.journal import (
@@ -307,6 +308,25 @@ async def test_a_failed_write_reaches_its_caller_and_only_its_caller(path: Path)
         assert isinstance(failure.__cause__, sqlite3.IntegrityError)
         await journal.append(JournalEvent("rfq", "client-a", T0 + 9))  # the journal carries on
     assert [row["ts_ns"] for row in rows_of(path)] == [T0, T0, T0 + 1, T0 + 3, T0 + 4, T0 + 9]
+
+
+def test_a_batch_inserted_in_one_statement_is_stored_as_row_by_row(tmp_path: Path) -> None:
+    """The one-statement insert (the rows as one JSON array) must store exactly what one insert
+    per row stores: text, unicode, escapes, empty strings, big and negative integers."""
+    rows = [
+        (T0, T0 + 1, "rfq", "client-a", "BTC-USDT", "r-1", "", "", '{"rfq_id": "r-1"}'),
+        (2**62, -5, "quote", "clé 漢字 🚀", "", 'q"uote\\id', "q\n1", "", '{"x": "\\u00e9"}'),
+        (0, 0, "fill", "", "", "", "", "t-1", "{}"),
+    ]
+    stored = []
+    for batched in (True, False):
+        with closing(sqlite3.connect(tmp_path / f"{batched}.db", isolation_level=None)) as conn:
+            conn.executescript(otc.journal._SCHEMA)
+            assert otc.journal._batch_insert(conn)  # this SQLite has ->> (3.38+)
+            assert otc.journal._write(conn, rows, batched=batched) == [None] * len(rows)
+            stored.append(conn.execute("SELECT * FROM events ORDER BY id").fetchall())
+    assert stored[0] == stored[1]
+    assert [row[1:] for row in stored[0]] == rows
 
 
 async def test_malformed_events_raise_in_append_and_are_not_recorded(path: Path) -> None:
