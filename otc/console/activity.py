@@ -124,7 +124,8 @@ class Activity:
         self._events: deque[tuple[int, JournalEvent]] = deque(maxlen=size)
         self._seq = itertools.count(1)
         self.last_seq = 0
-        self._changed = asyncio.Event()
+        #: Completed by the next event; created only while someone waits for one.
+        self._changed: asyncio.Future[None] | None = None
         #: symbol -> (base position, quote-currency cash) from client fills since start-up.
         self.flows: dict[str, tuple[Decimal, Decimal]] = {}
         self.markouts = Markouts()
@@ -136,8 +137,11 @@ class Activity:
         self.last_seq = seq
         if event.kind == "fill":
             self._fill(event)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed = self._changed
+        if changed is not None:  # nothing to do (on the quote path) while nobody waits
+            self._changed = None
+            if not changed.done():
+                changed.set_result(None)
 
     def _fill(self, event: JournalEvent) -> None:
         payload = event.payload
@@ -177,9 +181,8 @@ class Activity:
         if self.last_seq > seq:
             return True
         changed = self._changed
-        try:
-            async with asyncio.timeout(timeout_s):
-                await changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        if changed is None:
+            changed = self._changed = asyncio.get_running_loop().create_future()
+        # asyncio.wait neither cancels the shared future on a timeout nor when cancelled itself
+        done, _ = await asyncio.wait({changed}, timeout=timeout_s)
+        return bool(done)
