@@ -460,6 +460,17 @@ class SqliteJournal:
         """Appends holding a slot: handed to the writer and not yet settled."""
         return self._in_flight
 
+    def writer_cpu_ns(self) -> int | None:
+        """CPU time the writer thread has used so far (ns), for benchmarks; ``None`` when it
+        is not running or the platform has no per-thread CPU clock."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return None
+        try:
+            return time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError):  # not POSIX, or the thread just ended
+            return None
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:

@@ -22,7 +22,9 @@ What it measures:
    (``synchronous=FULL``) in the temporary folder, and the synthetic feeds moving the books
    (every 100 ms) and the ladders publishing while it is measured. Every reply must be a quote.
    Then the ratios engine / echo at QoS 1: p50 and p99 of the sequential round trip and the
-   sustained throughput, next to the goals (p50 <= 1.25x, p99 <= 1.5x, throughput >= 0.8x).
+   sustained throughput, next to the goals (p50 <= 1.25x, p99 <= 1.5x, throughput >= 0.8x);
+   and where the engine's CPU goes per RFQ (``QuoteEngine.on_rfq`` on the loop's thread, the
+   journal's writer thread: :class:`_EngineProbe`) against what the throughput goal leaves it.
 3. **Nagle's algorithm.** The sequential QoS 1 echo with ``TCP_NODELAY`` off on the clients'
    sockets; and, with mosquitto, on a second mosquitto started with ``set_tcp_nodelay false``,
    with the clients' option on and off. Fewer round trips: each can take tens of milliseconds.
@@ -49,7 +51,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
-from time import perf_counter_ns, process_time_ns
+from time import perf_counter_ns, process_time_ns, thread_time_ns
 from typing import Any, Final, TextIO, TypeVar
 
 import msgspec
@@ -121,6 +123,8 @@ class LatencySeries(msgspec.Struct, kw_only=True):
     #: CPU time of this process (every thread) and of the broker during the series.
     cpu_ns: int = 0
     broker_cpu_ns: int | None = None
+    #: The engine's parts during the series (see :class:`_EngineProbe`), totals in ns.
+    parts: dict[str, int] | None = None
 
     @property
     def missing(self) -> int:
@@ -159,6 +163,11 @@ class LatencySeries(msgspec.Struct, kw_only=True):
             "broker_cpu_us_per_round_trip": (
                 None if self.broker_cpu_ns is None else self.cpu_us(self.broker_cpu_ns)
             ),
+            "engine_parts_us_per_round_trip": (
+                None
+                if self.parts is None
+                else {name: self.cpu_us(ns) for name, ns in self.parts.items()}
+            ),
         }
 
     def cpu_us(self, ns: int) -> float | None:
@@ -190,6 +199,7 @@ async def _series(
     qos: int,
     in_flight: int,
     broker_pid: int | None,
+    probe: _EngineProbe | None = None,
 ) -> LatencySeries:
     """Send ``requests`` with at most ``in_flight`` outstanding; time each round trip.
 
@@ -226,6 +236,7 @@ async def _series(
                 finished.set_result(None)
 
     sent = 0
+    parts = probe.totals() if probe is not None else None
     cpu = process_time_ns()
     broker_cpu = _cpu_of(broker_pid)
     start = perf_counter_ns()
@@ -248,6 +259,8 @@ async def _series(
         elapsed = perf_counter_ns() - start
         cpu = process_time_ns() - cpu
         broker_after = _cpu_of(broker_pid)
+        if probe is not None and parts is not None:
+            parts = {name: ns - parts[name] for name, ns in probe.totals().items()}
         reader.cancel()
     return LatencySeries(
         label=label,
@@ -263,6 +276,7 @@ async def _series(
         broker_cpu_ns=(
             None if broker_cpu is None or broker_after is None else broker_after - broker_cpu
         ),
+        parts=parts,
     )
 
 
@@ -304,6 +318,7 @@ async def _measure(
     in_flight: int,
     broker_pid: int | None,
     sequential: bool = True,
+    probe: _EngineProbe | None = None,
 ) -> dict[str, LatencySeries]:
     """A warm-up, then the sequential and the sustained series on one requester connection."""
     inbox = bus.messages()
@@ -328,6 +343,7 @@ async def _measure(
             qos=qos,
             in_flight=1,
             broker_pid=broker_pid,
+            probe=probe,
         )
     out["sustained"] = await _series(
         bus,
@@ -338,6 +354,7 @@ async def _measure(
         qos=qos,
         in_flight=in_flight,
         broker_pid=broker_pid,
+        probe=probe,
     )
     return out
 
@@ -433,6 +450,7 @@ async def _engine(
     try:
         async with asyncio.timeout(_ENGINE_READY_TIMEOUT_S):
             await _first(ready.wait(), task)
+        probe = _EngineProbe(engine)
         async with Bus(host=broker.host, port=broker.port) as requester:
             await requester.subscribe(QUOTES_TOPIC.format(client=CLIENT))
             series = await _measure(
@@ -443,6 +461,7 @@ async def _engine(
                 plan=plan,
                 in_flight=in_flight,
                 broker_pid=broker.pid,
+                probe=probe,
             )
     finally:
         task.cancel()
@@ -455,6 +474,46 @@ async def _engine(
         "committed": journal.committed,
         "failed": journal.failed,
     }
+
+
+class _EngineProbe:
+    """Where a running engine's CPU goes: ``QuoteEngine.on_rfq`` timed on the loop's thread,
+    and the journal's writer thread.
+
+    ``on_rfq`` is wrapped on the engine's instance (the benchmark's own instrument, two clock
+    reads per call): ``on_rfq_cpu`` is the loop thread's CPU time inside it (parse, checks,
+    pricing, the journal hand-over; it suspends only under journal back-pressure), and
+    ``on_rfq_wall`` its elapsed time, which also counts waits for the GIL while the writer
+    thread holds it. ``journal_writer_cpu`` is that thread's CPU time (encoding rows, SQLite,
+    the fsync's system time).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        quotes = engine.quotes
+        assert quotes is not None
+        assert engine.journal is not None
+        self._journal = engine.journal
+        self._cpu = 0
+        self._wall = 0
+        on_rfq = quotes.on_rfq
+
+        async def timed(client: str, payload: bytes) -> list[Outgoing]:
+            wall, cpu = perf_counter_ns(), thread_time_ns()
+            try:
+                return await on_rfq(client, payload)
+            finally:
+                self._cpu += thread_time_ns() - cpu
+                self._wall += perf_counter_ns() - wall
+
+        quotes.on_rfq = timed  # type: ignore[method-assign]
+
+    def totals(self) -> dict[str, int]:
+        """Totals so far, ns (``journal_writer_cpu`` 0 where threads have no CPU clock)."""
+        return {
+            "on_rfq_cpu": self._cpu,
+            "on_rfq_wall": self._wall,
+            "journal_writer_cpu": self._journal.writer_cpu_ns() or 0,
+        }
 
 
 async def _first(awaitable: Awaitable[T], engine: asyncio.Task[None]) -> T:
@@ -637,6 +696,36 @@ def _row(section: str, label: str, s: LatencySeries) -> str:
     return line
 
 
+def _parts_text(echo: dict[str, LatencySeries], engine: dict[str, LatencySeries]) -> str:
+    """Where the engine's CPU goes per RFQ, and what the throughput goal leaves it."""
+    modes = ("sequential", "sustained")
+
+    def both(value: Callable[[LatencySeries], float | None]) -> str:
+        return " / ".join(_num(value(engine[mode])) for mode in modes)
+
+    def part(name: str) -> Callable[[LatencySeries], float | None]:
+        return lambda s: None if s.parts is None else s.cpu_us(s.parts[name])
+
+    echo_cpu = echo["sustained"].cpu_us(echo["sustained"].cpu_ns)
+    engine_cpu = engine["sustained"].cpu_us(engine["sustained"].cpu_ns)
+    text = (
+        f"{'':10}engine's CPU per RFQ, us (sequential / sustained): on_rfq on the loop "
+        f"{both(part('on_rfq_cpu'))} (elapsed {both(part('on_rfq_wall'))}), journal writer "
+        f"thread {both(part('journal_writer_cpu'))};\n"
+        f"{'':10}this process in all {both(lambda s: s.cpu_us(s.cpu_ns))}, the echo's "
+        + " / ".join(_num(echo[mode].cpu_us(echo[mode].cpu_ns)) for mode in modes)
+        + "\n"
+    )
+    if echo_cpu is not None and engine_cpu is not None:
+        allowed = echo_cpu / GOALS["throughput_min"] - echo_cpu
+        text += (
+            f"{'':10}throughput >= {GOALS['throughput_min']:g}x leaves the engine about "
+            f"{allowed:,.0f} us of this process's CPU per RFQ over the echo's {echo_cpu:,.0f} "
+            f"(the process is the bottleneck); it uses {engine_cpu - echo_cpu:,.0f}\n"
+        )
+    return text
+
+
 def _verdict(ratio: float, goal: float, *, at_most: bool) -> str:
     met = ratio <= goal if at_most else ratio >= goal
     sign = "<=" if at_most else ">="
@@ -729,6 +818,7 @@ async def _main(
         for mode in ("sequential", "sustained"):
             section = "engine" if mode == "sequential" else ""
             write(_row(section, f"RFQ -> quote {mode}", engine[mode]))
+        write(_parts_text(floor[1], engine))
         counts = await asyncio.to_thread(_journal_counts, journal_path)
         sent = sum(s.sent for s in engine.values()) + plan.warmup
         replies: Counter[str] = Counter()

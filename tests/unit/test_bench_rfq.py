@@ -34,6 +34,7 @@ SERIES_KEYS = {
     "mean_ms",
     "cpu_us_per_round_trip",
     "broker_cpu_us_per_round_trip",
+    "engine_parts_us_per_round_trip",
 }
 
 
@@ -69,6 +70,23 @@ def test_every_request_is_answered(quick_run: tuple[dict[str, Any], str]) -> Non
         assert sequential["qos"] == sustained["qos"] == int(qos[-1])
     answered_all(result["engine"]["sequential"], RFQS, "quote")
     answered_all(result["engine"]["sustained"], RFQS, "quote")
+
+
+def test_the_engine_parts_are_measured(quick_run: tuple[dict[str, Any], str]) -> None:
+    result, report = quick_run
+    for qos in ("qos1", "qos0"):
+        for mode in ("sequential", "sustained"):
+            assert result["echo"][qos][mode]["engine_parts_us_per_round_trip"] is None
+    for mode in ("sequential", "sustained"):
+        figures = result["engine"][mode]
+        parts = figures["engine_parts_us_per_round_trip"]
+        assert set(parts) == {"on_rfq_cpu", "on_rfq_wall", "journal_writer_cpu"}
+        # every RFQ went through on_rfq and the writer (Linux has per-thread CPU clocks)
+        assert 0 < parts["on_rfq_cpu"] <= figures["cpu_us_per_round_trip"]
+        assert parts["on_rfq_wall"] > 0
+        assert 0 < parts["journal_writer_cpu"] <= figures["cpu_us_per_round_trip"]
+    assert "engine's CPU per RFQ, us (sequential / sustained): on_rfq on the loop" in report
+    assert "leaves the engine about" in report
 
 
 def test_the_journal_holds_every_rfq_and_quote(quick_run: tuple[dict[str, Any], str]) -> None:

@@ -273,6 +273,20 @@ async def test_the_journal_survives_close_and_reopen(path: Path) -> None:
 # -- errors reach the caller ----------------------------------------------------------------------
 
 
+async def test_writer_cpu_is_read_while_the_writer_runs(path: Path) -> None:
+    journal = SqliteJournal(path)
+    assert journal.writer_cpu_ns() is None  # no writer yet
+    async with journal:
+        before = journal.writer_cpu_ns()
+        assert before is not None
+        for i in range(200):
+            await journal.append(JournalEvent("rfq", "client-a", T0 + i, rfq_id=f"r{i}"))
+        after = journal.writer_cpu_ns()
+        assert after is not None
+        assert after > before  # 200 commits cost the writer thread CPU
+    assert journal.writer_cpu_ns() is None  # stopped
+
+
 async def test_append_to_a_closed_or_unopened_journal_raises(path: Path) -> None:
     journal = SqliteJournal(path)
     with pytest.raises(JournalClosed, match="not open"):
