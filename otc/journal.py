@@ -464,7 +464,8 @@ class SqliteJournal:
         """CPU time the writer thread has used so far (ns), for benchmarks; ``None`` when it
         is not running or the platform has no per-thread CPU clock."""
         thread = self._thread
-        if thread is None or thread.ident is None or not thread.is_alive():
+        stopped = self._stopped is not None and self._stopped.done()
+        if thread is None or thread.ident is None or stopped or not thread.is_alive():
             return None
         try:
             return time.clock_gettime_ns(time.pthread_getcpuclockid(thread.ident))
