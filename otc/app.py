@@ -1,10 +1,13 @@
 """The engine: wires feeds -> books -> estimator -> pricing -> bus in one TaskGroup.
 
-The only module that imports every layer. :class:`Engine` runs until cancelled (SIGINT/SIGTERM
-cancel it from :func:`otc.cli.run_async`), and on the way out publishes the retained status
-``down`` and closes the journal, which commits every event still queued. (A fill is on disk
-before it is published; RFQs, quotes and rejects are published without waiting for their
-commit, see :mod:`otc.quoting`.)
+The only module that imports every layer. Before it serves, the engine rebuilds the state a
+previous run left in the journal (positions, daily notionals, kill switches, disabled clients,
+the quotes and rfq ids still remembered: :meth:`~otc.quoting.QuoteEngine.restore`), so that a
+restart neither forgets a trade nor lifts a limit. :class:`Engine` runs until cancelled
+(SIGINT/SIGTERM cancel it from :func:`otc.cli.run_async`), and on the way out publishes the
+retained status ``down`` and closes the journal, which commits every event still queued. (A
+fill is on disk before it is published; RFQs, quotes and rejects are published without waiting
+for their commit, see :mod:`otc.quoting`.)
 
 Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
 
@@ -45,7 +48,7 @@ from otc.bus import Bus
 from otc.clock import Clock, SystemClock
 from otc.config import Config
 from otc.errors import OtcError
-from otc.journal import SqliteJournal
+from otc.journal import SqliteJournal, state_rows
 from otc.market import Market
 from otc.protocol import (
     CONTROL_RESULT_TOPIC,
@@ -58,7 +61,7 @@ from otc.protocol import (
     decode_control,
     wire_decimal,
 )
-from otc.quoting import Outgoing, QuoteEngine
+from otc.quoting import Outgoing, QuoteEngine, Restored
 
 if TYPE_CHECKING:
     from feeds.record import Recorder
@@ -150,6 +153,8 @@ class Engine:
         #: The book event recording (``[journal] record_path``), or None; kept after the run
         #: for its counts (``recorded``, ``flushed``, ``dropped``) and ``error``.
         self.recorder: Recorder | None = None
+        #: What was rebuilt from the journal at start-up (None until then).
+        self.restored: Restored | None = None
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -204,6 +209,7 @@ class Engine:
                 )
             else:
                 server = self._console(journal, bus, console_sock)
+            await self._restore(journal)
             await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -218,6 +224,31 @@ class Engine:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(bus.publish(self._status("down")))
+
+    async def _restore(self, journal: SqliteJournal) -> None:
+        """Rebuild the previous runs' state from the journal before the first message."""
+        assert self.quotes is not None
+        q = self.config.quoting
+        window_ms = max(q.duplicate_window_ms, q.quote_memory_ms + q.quote_ttl_ms)
+        since = self.clock.now_ns() - window_ms * 1_000_000
+        rows = await asyncio.to_thread(state_rows, journal.path, since_ns=since)
+        restored = self.quotes.restore(rows)
+        await self.quotes.flush_controls()
+        self.restored = restored
+        if restored.anything:
+            log.info(
+                "restored from %s: %d fills (%d of unconfigured symbols skipped), positions %s, "
+                "halted %s, disabled clients %s, %d remembered quotes (%d filled), %d rfq ids",
+                journal.path,
+                restored.fills,
+                restored.skipped_fills,
+                {a: str(p) for a, p in restored.positions.items()},
+                ["all"] * restored.halted_all + restored.halted,
+                restored.disabled,
+                restored.quotes,
+                restored.filled_quotes,
+                restored.rfq_ids,
+            )
 
     def _console(self, journal: SqliteJournal, bus: Bus, sock: socket.socket) -> ConsoleServer:
         """The quote engine, observed by the console, and the console's server."""

@@ -20,7 +20,7 @@ they were handed over: once ``append(fill)`` returned, every event queued before
 quote, the accept) has been committed or has failed (and was reported). :class:`SqliteJournal`
 is the production implementation (SQLite in WAL mode), :class:`MemoryJournal` the one tests use.
 The CLI reads a journal file with :func:`recent` and :func:`export` and prints activity with
-:func:`format_blotter`.
+:func:`format_blotter`; a restarting engine rebuilds its state from :func:`state_rows`.
 
 Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
 
@@ -32,6 +32,9 @@ Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
     symbol       TEXT                  from the payload ("" when it names none, e.g. an accept)
     rfq_id, quote_id, trade_id  TEXT   "" when not applicable
     payload      TEXT                  JSON; every Decimal as plain decimal text, never a float
+
+Indexes: ``(client, ts_ns)``, ``(quote_id)``, ``(client, rfq_id)``, and a partial one on the
+fills and controls (``events_state``), which a restarting engine reads in full.
 
 ``symbol`` is not in the shared interface: it is derived from the payload at append time so the
 blotter can filter by symbol without parsing JSON. Readers resolve the symbol of rows that name
@@ -74,6 +77,7 @@ __all__ = [
     "export",
     "format_blotter",
     "recent",
+    "state_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -300,6 +304,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_client_ts ON events (client, ts_ns);
 CREATE INDEX IF NOT EXISTS events_quote_id ON events (quote_id);
 CREATE INDEX IF NOT EXISTS events_client_rfq_id ON events (client, rfq_id);
+CREATE INDEX IF NOT EXISTS events_state ON events (id) WHERE kind IN ('fill', 'control');
 """
 _INSERT: Final = (
     "INSERT INTO events (ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id,"
@@ -907,6 +912,36 @@ def recent(
     with contextlib.closing(_open_read_only(path)) as conn:
         rows = list(_rows(conn, path, where, [*params, limit], " ORDER BY e.id DESC LIMIT ?"))
     rows.reverse()
+    return rows
+
+
+#: Rows a restarting engine folds over (:func:`state_rows`): the partial index ``events_state``
+#: serves this query (its WHERE must be the index's, literally).
+_STATE_WHERE: Final = " WHERE e.kind IN ('fill', 'control') ORDER BY e.id"
+_RECENT_WHERE: Final = " WHERE e.kind IN ('rfq', 'quote') ORDER BY e.id DESC"
+#: How far before ``since_ns`` the backwards scan of :func:`state_rows` goes on: rows are in
+#: the order they were queued, and an event's ``ts_ns`` (its arrival) may precede that of an
+#: event queued before it by the time it took to handle; far less than this.
+_ORDER_SLACK_NS: Final = 60 * 1_000_000_000
+
+
+def state_rows(path: str | Path, *, since_ns: int) -> list[JournalRow]:
+    """What a restarting engine rebuilds its state from, in journal order: every fill and
+    control ever recorded, and the RFQs and quotes stamped at or after ``since_ns``.
+
+    The recent RFQs and quotes are found scanning back from the newest row, so the cost grows
+    with the fills and controls of the whole journal, not with its RFQs. Opens its own
+    read-only connection. Raises :class:`JournalError` when the journal cannot be read.
+    """
+    with contextlib.closing(_open_read_only(path)) as conn:
+        rows = list(_rows(conn, path, [], [], _STATE_WHERE))
+        horizon = since_ns - _ORDER_SLACK_NS
+        for row in _rows(conn, path, [], [], _RECENT_WHERE):
+            if row.ts_ns < horizon:
+                break
+            if row.ts_ns >= since_ns:
+                rows.append(row)
+    rows.sort(key=lambda row: row.id)
     return rows
 
 

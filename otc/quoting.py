@@ -55,6 +55,10 @@ with the operator), all through the journal's one ordered queue:
 * Controls are synchronous; their events are appended by :meth:`QuoteEngine.flush_controls`
   (await it after a control) and at the latest before the next RFQ or accept is handled.
 
+Restarts: :meth:`QuoteEngine.restore` rebuilds, before the first message, what earlier runs
+left in the journal (positions, today's notionals, kill switches, disabled clients, remembered
+quotes with their fills, recent rfq ids), so exactly-once and the limits hold across a restart.
+
 Memory is bounded: quotes are forgotten ``quote_memory_ms`` after they expire and rfq ids after
 ``duplicate_window_ms`` (:meth:`QuoteEngine.prune`, called on every RFQ); per-client state
 exists only for configured clients.
@@ -67,7 +71,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from decimal import Context, Decimal
 from typing import TypeVar
 
@@ -77,7 +81,7 @@ from otc.book import BookView
 from otc.clock import Clock
 from otc.config import ClientConfig, Config, InstrumentConfig
 from otc.errors import InsufficientDepth, OtcError, QuoteError
-from otc.journal import Journal, JournalEvent, Receipt
+from otc.journal import Journal, JournalEvent, JournalRow, Receipt
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, Side, decimal_text, parse_fixed, to_decimal
 from otc.pricing import (
@@ -115,7 +119,7 @@ from otc.protocol import (
 )
 from otc.slippage import SlippageEstimate, Walk, estimate
 
-__all__ = ["Outgoing", "QuoteEngine"]
+__all__ = ["Outgoing", "QuoteEngine", "Restored"]
 
 T = TypeVar("T")
 
@@ -229,6 +233,32 @@ class _Client:
         if day != self.day:
             self.day, self.daily_notional = day, _ZERO
         self.daily_notional += notional
+
+
+class Restored(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`QuoteEngine.restore` rebuilt from a previous run's journal."""
+
+    #: Fills folded into the positions and daily notionals; those of symbols no longer
+    #: configured (their assets unknown) are counted in ``skipped_fills`` instead.
+    fills: int = 0
+    skipped_fills: int = 0
+    #: The desk's position per asset (non-zero ones).
+    positions: dict[str, Decimal] = {}
+    #: Each client's notional filled today (UTC), where not zero.
+    daily_notional: dict[str, Decimal] = {}
+    halted_all: bool = False
+    halted: list[str] = []
+    #: Clients a control disabled (and none re-enabled since).
+    disabled: list[str] = []
+    #: Quotes still remembered (``quote_memory_ms`` after expiry), and how many were filled.
+    quotes: int = 0
+    filled_quotes: int = 0
+    #: RFQ ids still within ``duplicate_window_ms``.
+    rfq_ids: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.fills or self.halted_all or self.halted or self.disabled or self.quotes)
 
 
 class _Trade(msgspec.Struct, frozen=True):
@@ -1006,6 +1036,166 @@ class QuoteEngine:
         if tier is not None:
             return self._tier_spread[tier]
         return max(self._tier_spread.values(), default=_ZERO)
+
+    # -- restart ------------------------------------------------------------------------------
+
+    def restore(self, rows: Iterable[JournalRow], *, operator: str = "start-up") -> Restored:
+        """Rebuild the state a previous run left in its journal; call once, before serving.
+
+        ``rows`` in journal order (:func:`otc.journal.state_rows`): every fill and control, and
+        the recent RFQs and quotes. Rebuilt: the desk's positions (fills, and ``position``
+        controls, which set a position outright), each client's notional filled today (UTC),
+        the kill switches, the clients a control disabled (a client disabled in the config
+        stays disabled whatever the journal says), the quotes still remembered with their
+        fills (so a repeated accept after a restart gets the same fill, a late one
+        ``EXPIRED``, and a quote still valid can be filled), and the rfq ids still within the
+        duplicate window (every journaled RFQ's id counts, also that of an RFQ refused before
+        its id was taken, e.g. rate-limited: stricter than the live engine, never looser).
+        Tier spreads come from the config: a spread changed at run time lasts until the engine
+        stops.
+
+        What it starts from is journaled as controls by ``operator``: each position, each kill
+        switch on, each client disabled, and each tier spread whose last journaled value the
+        config overrides, so that the new run's journal reads on its own
+        (:meth:`flush_controls` writes them). Nothing is journaled for an empty journal.
+
+        Raises:
+            OtcError: a row that cannot be read as the engine writes it (named by its id).
+        """
+        now = self._clock.now_ns()
+        today = now // _NS_PER_DAY
+        quote_horizon = now - self._memory_ns
+        rfq_horizon = now - self._duplicate_ns
+        positions: dict[str, Decimal] = {}
+        daily: dict[str, Decimal] = {}
+        halted_all = False
+        halted: set[str] = set()
+        switches: dict[str, bool] = {}
+        spreads: dict[str, Decimal] = {}
+        quotes: dict[str, _Quote] = {}
+        rfq_ids: list[tuple[_Client, str, int]] = []
+        fills = skipped = 0
+        for row in rows:
+            try:
+                if row.kind == "fill":
+                    fill = msgspec.convert(row.payload, Fill)
+                    qty, price = Decimal(fill.qty), Decimal(fill.price)
+                    inst = self._instruments.get(fill.symbol)
+                    if inst is None:
+                        skipped += 1
+                        continue
+                    for asset, change in _position_changes(
+                        inst, _SIDES[fill.side], qty, price
+                    ).items():
+                        positions[asset] = positions.get(asset, _ZERO) + change
+                    if row.ts_ns // _NS_PER_DAY == today:
+                        daily[row.client] = daily.get(row.client, _ZERO) + _CTX.multiply(qty, price)
+                    quote = quotes.get(fill.quote_id)
+                    if quote is not None:
+                        quote.fill, quote.fill_key = fill, (fill.side, qty)
+                    fills += 1
+                elif row.kind == "control":
+                    payload = row.payload
+                    action = payload.get("action")
+                    if action == "position":
+                        positions[str(payload["asset"])] = Decimal(str(payload["position"]))
+                    elif action == "halt":
+                        symbol, on = payload.get("symbol"), payload["halted"] is True
+                        if symbol is None:
+                            halted_all = on
+                        elif on:
+                            halted.add(str(symbol))
+                        else:
+                            halted.discard(str(symbol))
+                    elif action == "client_enabled":
+                        switches[row.client] = payload["enabled"] is True
+                    elif action == "tier_spread":
+                        spreads[str(payload["tier"])] = Decimal(str(payload["spread_bps"]))
+                elif row.kind == "quote":
+                    quote = self._restored_quote(row)
+                    if quote is not None and quote.valid_until_ns >= quote_horizon:
+                        quotes[quote.quote_id] = quote
+                elif row.kind == "rfq":
+                    state = self._clients.get(row.client)
+                    if state is not None and row.rfq_id and row.ts_ns >= rfq_horizon:
+                        rfq_ids.append((state, row.rfq_id, row.ts_ns))
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+                ArithmeticError,
+                msgspec.ValidationError,
+            ) as exc:
+                raise OtcError(
+                    f"journal row {row.id} ({row.kind}) cannot be restored from: {exc}"
+                ) from exc
+        disabled = sorted(c for c, on in switches.items() if not on and c in self._clients)
+        halted &= set(self._instruments)
+        self._positions.update(positions)
+        for client, notional in daily.items():
+            if client in self._clients:
+                self._clients[client].add_notional(now, notional)
+        self._halted_all = halted_all
+        self._halted |= halted
+        for client in disabled:
+            self._clients[client].enabled = False
+        self._quotes.update(quotes)
+        for state, rfq_id, ts_ns in rfq_ids:
+            state.rfq_ids.setdefault(rfq_id, ts_ns)
+        for asset, position in sorted(positions.items()):
+            if position:
+                self._control(
+                    operator, "", {"action": "position", "asset": asset, "position": position}
+                )
+        if halted_all:
+            self._control(operator, "", {"action": "halt", "symbol": None, "halted": True})
+        for symbol in sorted(halted):
+            self._control(operator, "", {"action": "halt", "symbol": symbol, "halted": True})
+        for client in disabled:
+            self._control(operator, client, {"action": "client_enabled", "enabled": False})
+        for tier, spread in sorted(spreads.items()):
+            configured = self._tier_spread.get(tier)
+            if configured is not None and configured != spread:
+                self._control(
+                    operator, "", {"action": "tier_spread", "tier": tier, "spread_bps": configured}
+                )
+        return Restored(
+            fills=fills,
+            skipped_fills=skipped,
+            positions={a: p for a, p in sorted(positions.items()) if p},
+            daily_notional={c: n for c, n in sorted(daily.items()) if n and c in self._clients},
+            halted_all=halted_all,
+            halted=sorted(halted),
+            disabled=disabled,
+            quotes=len(quotes),
+            filled_quotes=sum(q.fill is not None for q in quotes.values()),
+            rfq_ids=len(rfq_ids),
+        )
+
+    def _restored_quote(self, row: JournalRow) -> _Quote | None:
+        """The remembered form of a journaled quote; ``None`` for a client no longer known."""
+        if row.client not in self._clients:
+            return None
+        message = msgspec.convert(row.payload["quote"], Quote)
+        explanation = row.payload.get("explanation")
+        hedge: dict[str, Decimal] = {}
+        if isinstance(explanation, dict):
+            for key, expl in explanation.items():
+                hedge[str(key)] = Decimal(str(expl["hedge_all_in"]))
+        return _Quote(
+            quote_id=message.quote_id,
+            client=row.client,
+            rfq_id=message.rfq_id,
+            symbol=message.symbol,
+            side=message.side,
+            qty=Decimal(message.qty),
+            bid=None if message.bid is None else Decimal(message.bid),
+            ask=None if message.ask is None else Decimal(message.ask),
+            valid_until_ns=message.valid_until_ms * _NS_PER_MS,
+            hedge_bid=hedge.get("bid"),
+            hedge_ask=hedge.get("ask"),
+            notional=None if message.notional is None else Decimal(message.notional),
+        )
 
     # -- runtime controls ---------------------------------------------------------------------
 

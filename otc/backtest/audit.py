@@ -20,8 +20,9 @@ Assumptions, which make the reproduction exact:
   get the events received at or before the RFQ's ``ts_ns``. Other symbols' books are left as
   they are until an RFQ of theirs (a quote reads only its own symbol's book; the engine stamps
   a feed event when it receives it, and may apply it a little later, after RFQs it holds);
-* the desk starts flat, as a live engine does (positions only come from fills and
-  ``position`` controls, which are journaled);
+* one run per journal file, and the desk starts flat, as a live engine does on a new journal
+  (positions only come from fills and ``position`` controls, which are journaled; a run that
+  restored an earlier run's state journaled it as ``start-up`` controls, replayed like any);
 * concurrency: the live engine handles messages concurrently. An RFQ is priced and its outcome
   queued to the journal without a pause, but an accept is journaled on arrival and decided
   later (after its journal write), at the place of its outcome in the journal: an RFQ handled

@@ -1,17 +1,20 @@
 """The quoting service end to end: real broker, `otc serve` and `otc rfq` as real processes.
 
 Also drives the service with the real `mosquitto_pub` / `mosquitto_sub` clients when installed,
-checks that malformed input gets a specific reject on the sender's own topic, and that a
-SIGTERM publishes the retained status "down" with the fills on disk.
+checks that malformed input gets a specific reject on the sender's own topic, that a
+SIGTERM publishes the retained status "down" with the fills on disk, and that a restarted
+service on the same journal gives a repeated accept the same fill and keeps the position.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ import pytest
 from broker import receive, running_broker
 
 from otc.bus import Bus
+from otc.quoting import Outgoing
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -35,44 +39,51 @@ def otc(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
+@contextlib.contextmanager
+def serving(url: str, journal: Path) -> Iterator[subprocess.Popen[str]]:
+    """`otc serve` on the broker at ``url``, up (its first line says so) until the block ends."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otc.cli",
+            "serve",
+            "--config",
+            str(CONFIG),
+            "--feeds",
+            "sim",
+            "--broker",
+            url,
+            "--journal",
+            str(journal),
+            "--console-port",
+            "0",  # a free port: a console already on the default one must not matter
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "up" in line, (line, proc.stderr.read() if proc.stderr else "")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     journal = tmp_path / "journal.sqlite"
     with running_broker(tmp_path / "broker") as broker:
         url = f"mqtt://{broker.host}:{broker.port}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "otc.cli",
-                "serve",
-                "--config",
-                str(CONFIG),
-                "--feeds",
-                "sim",
-                "--broker",
-                url,
-                "--journal",
-                str(journal),
-                "--console-port",
-                "0",  # a free port: a console already on the default one must not matter
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert "up" in line, (line, proc.stderr.read() if proc.stderr else "")
+        with serving(url, journal) as proc:
             yield url, journal, proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=20)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
 
 
 def test_rfq_quote_accept_fill_and_the_journal(
@@ -148,6 +159,65 @@ def test_rfq_quote_accept_fill_and_the_journal(
     blotter = otc("blotter", "--journal", journal, "--kind", "fill")
     assert fill["trade_id"] in blotter.stdout
     assert retained_status(url)["state"] == "down"
+
+
+def test_a_restart_on_the_same_journal_keeps_the_fill_and_the_position(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite"
+    with running_broker(tmp_path / "broker") as broker:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        with serving(url, journal) as proc:
+            got = otc(
+                "rfq",
+                "--broker",
+                url,
+                "--client",
+                "client-a",
+                "--symbol",
+                "BTC-USDT",
+                "--side",
+                "buy",
+                "--qty",
+                "2",
+                "--accept",
+                "--json",
+            )
+            assert got.returncode == 0, got.stderr
+            quote, fill = (json.loads(line) for line in got.stdout.splitlines())
+            assert fill["type"] == "fill"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        with serving(url, journal):
+            # The client never saw its fill (say): it accepts again, and gets the same one.
+            again = accept(url, "client-a", {"quote_id": quote["quote_id"]})
+            other = accept(url, "client-a", {"quote_id": quote["quote_id"], "qty": "1"})
+    assert again == fill
+    assert other["code"] == "ALREADY_FILLED"
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        started = [
+            json.loads(payload)
+            for (payload,) in conn.execute(
+                "SELECT payload FROM events WHERE kind = 'control' ORDER BY id"
+            )
+        ]
+    # The second run starts short the 2 BTC the client bought, and says so in its journal.
+    assert {"action": "position", "asset": "BTC", "position": "-2", "operator": "start-up"} in (
+        started
+    )
+
+
+def accept(url: str, client: str, body: dict[str, str]) -> dict[str, object]:
+    """Publish an accept as ``client`` and return the reply on its fills topic."""
+
+    async def run() -> dict[str, object]:
+        host, port = url.removeprefix("mqtt://").split(":")
+        async with Bus(host=host, port=int(port)) as bus:
+            await bus.subscribe(f"otc/v1/{client}/fills")
+            await bus.publish(Outgoing(f"otc/v1/{client}/accept", json.dumps(body).encode()))
+            _, payload = await receive(bus.messages())
+            doc: dict[str, object] = json.loads(payload)
+            return doc
+
+    return asyncio.run(run())
 
 
 def retained_status(url: str) -> dict[str, object]:

@@ -1,0 +1,232 @@
+"""A restart: the engine rebuilds what a previous run left in its SQLite journal.
+
+Run one trades, switches and quotes through a real :class:`SqliteJournal`; run two opens the
+same file with a fresh :class:`QuoteEngine` (new run id), restores from
+:func:`otc.journal.state_rows` and must behave as if it had never stopped: the same positions,
+daily notionals, kill switches and disabled clients, the same fill for a repeated accept, and
+the rfq ids still taken. Time is a :class:`FakeClock` shared by both runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from test_quoting import repo_config, sim_refresh
+
+from otc.clock import FakeClock
+from otc.config import Config
+from otc.errors import OtcError
+from otc.journal import JournalEvent, SqliteJournal, state_rows
+from otc.market import Market
+from otc.quoting import QuoteEngine, Restored
+
+D = Decimal
+NS_PER_MS = 1_000_000
+NS_PER_DAY = 86_400 * 10**9
+
+
+class Run:
+    """One run of the engine over a journal file (open it with ``async with``)."""
+
+    def __init__(self, config: Config, path: Path, clock: FakeClock) -> None:
+        self.config = config
+        self.clock = clock
+        self.journal = SqliteJournal(path, clock_ns=clock.now_ns)
+        self.market = Market(config)
+        sim_refresh()(self.market, clock.now_ns())
+        self.engine = QuoteEngine(config, self.market, self.journal, clock)
+        self.path = path
+
+    async def __aenter__(self) -> Run:
+        await self.journal.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.journal.aclose()
+
+    async def restore(self) -> Restored:
+        q = self.config.quoting
+        window = max(q.duplicate_window_ms, q.quote_memory_ms + q.quote_ttl_ms) * NS_PER_MS
+        restored = self.engine.restore(state_rows(self.path, since_ns=self.clock.now_ns() - window))
+        await self.engine.flush_controls()
+        return restored
+
+    async def rfq(self, rfq_id: str, client: str = "client-a", **fields: str) -> dict[str, Any]:
+        body = {"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": "buy", "qty": "1", **fields}
+        (out,) = await self.engine.on_rfq(client, msgspec.json.encode(body))
+        message: dict[str, Any] = msgspec.json.decode(out.payload)
+        return message
+
+    async def accept(self, quote_id: str, client: str = "client-a", **fields: str) -> Any:
+        body = {"quote_id": quote_id, **fields}
+        (out,) = await self.engine.on_accept(client, msgspec.json.encode(body))
+        return msgspec.json.decode(out.payload)
+
+
+def controls(path: Path, after_id: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT client, payload FROM events WHERE kind = 'control' AND id > ? ORDER BY id",
+            (after_id,),
+        ).fetchall()
+    return [(client, msgspec.json.decode(payload)) for client, payload in rows]
+
+
+def last_id(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+
+@pytest.fixture
+def config() -> Config:
+    return repo_config()
+
+
+async def test_a_restart_keeps_positions_limits_switches_and_fills(
+    tmp_path: Path, config: Config
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    async with Run(config, path, clock) as one:
+        q1 = await one.rfq("r1")
+        fill1 = await one.accept(q1["quote_id"])
+        assert fill1["type"] == "fill"
+        q2 = await one.rfq("r2", side="two_way", qty="2")
+        fill2 = await one.accept(q2["quote_id"], side="sell", qty="1.5")
+        assert fill2["type"] == "fill"
+        q3 = await one.rfq("r3", qty="3")  # quoted, not accepted
+        one.engine.set_halted("ETH-USDT", True, operator="ops")
+        one.engine.set_client_enabled("client-b", False, operator="ops")
+        one.engine.set_tier_spread("gold", D(40), operator="ops")
+        await one.engine.flush_controls()
+        positions = one.engine.positions
+        used = one.engine.daily_notional("client-a")
+    assert positions["BTC"] == D("0.5")  # sold 1, bought 1.5: the desk is long 0.5
+    assert used > 0
+
+    clock.advance(ms=100)  # restarted within the quotes' lifetime
+    before = last_id(path)
+    async with Run(config, path, clock) as two:
+        restored = await two.restore()
+        assert restored.anything
+        assert restored.fills == 2
+        assert restored.quotes == 3
+        assert restored.filled_quotes == 2
+        assert restored.rfq_ids == 3
+        assert restored.positions == {k: v for k, v in positions.items() if v}
+        assert two.engine.positions == positions
+        assert two.engine.daily_notional("client-a") == used
+        assert restored.daily_notional == {"client-a": used}
+        assert two.engine.halted("ETH-USDT")
+        assert not two.engine.halted("BTC-USDT")
+        assert not two.engine.client_enabled("client-b")
+        assert two.engine.tier_spreads["gold"] == config.tiers["gold"].spread_bps
+        # The same accept gets the same fill; another accept of a filled quote does not.
+        again = await two.accept(q1["quote_id"])
+        assert again == fill1
+        other = await two.accept(q2["quote_id"], side="buy")
+        assert other["code"] == "ALREADY_FILLED"
+        # A quote still valid can be filled, once, with this run's trade id.
+        fill3 = await two.accept(q3["quote_id"])
+        assert fill3["type"] == "fill"
+        assert fill3["price"] == q3["ask"]
+        assert not fill3["trade_id"].startswith(fill1["trade_id"].split("-t")[0])
+        # The rfq ids of the last run are still taken; the kill switch still holds.
+        assert (await two.rfq("r1"))["code"] == "DUPLICATE_RFQ_ID"
+        assert (await two.rfq("e1", symbol="ETH-USDT"))["code"] == "MARKET_HALTED"
+        assert (await two.rfq("b1", client="client-b"))["code"] == "CLIENT_DISABLED"
+    # The new run's journal opens with what it started from, by "start-up".
+    started = controls(path, before)[:5]
+    assert [(c, p["action"], p["operator"]) for c, p in started] == [
+        ("", "position", "start-up"),
+        ("", "position", "start-up"),
+        ("", "halt", "start-up"),
+        ("client-b", "client_enabled", "start-up"),
+        ("", "tier_spread", "start-up"),
+    ]
+    assert {p["asset"]: D(p["position"]) for _, p in started[:2]} == {
+        k: v for k, v in positions.items() if v
+    }
+    assert D(started[4][1]["spread_bps"]) == config.tiers["gold"].spread_bps
+
+    # A third run counts every fill once: the start-up positions are set, not added.
+    clock.advance(ms=100)
+    async with Run(config, path, clock) as three:
+        await three.restore()
+        position = three.engine.positions["BTC"]
+    assert position == D("0.5") - 3  # and the 3 BTC the second run sold
+
+
+async def test_quotes_and_rfq_ids_are_forgotten_on_schedule_and_days_roll(
+    tmp_path: Path, config: Config
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    day = 1_700_000_000 * 10**9 // NS_PER_DAY + 1
+    clock = FakeClock(day * NS_PER_DAY - 60 * 10**9)  # a minute before midnight UTC
+    async with Run(config, path, clock) as one:
+        q1 = await one.rfq("r1")
+        fill = await one.accept(q1["quote_id"])
+        assert fill["type"] == "fill"
+    q = config.quoting
+    clock.advance(ms=q.quote_ttl_ms + q.quote_memory_ms + 1)  # past midnight, quote forgotten
+    async with Run(config, path, clock) as two:
+        restored = await two.restore()
+        assert restored.fills == 1
+        assert restored.quotes == 0
+        assert restored.daily_notional == {}  # yesterday's fill: a new day's limit
+        assert two.engine.daily_notional("client-a") == 0
+        assert two.engine.positions["BTC"] == D(-1)  # but the position stays
+        assert (await two.accept(q1["quote_id"]))["code"] == "UNKNOWN_QUOTE"
+        assert (await two.rfq("r1"))["code"] == "DUPLICATE_RFQ_ID"  # within 10 minutes
+    clock.advance(ms=q.duplicate_window_ms + 1)  # since the last RFQ with that id
+    async with Run(config, path, clock) as three:
+        restored = await three.restore()
+        assert restored.rfq_ids == 0
+        assert (await three.rfq("r1"))["type"] == "quote"
+
+
+async def test_an_empty_journal_restores_and_journals_nothing(
+    tmp_path: Path, config: Config
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    async with Run(config, path, FakeClock()) as run:
+        restored = await run.restore()
+        assert restored == Restored()
+        assert not restored.anything
+        assert run.engine.positions == {}
+    assert last_id(path) == 0
+
+
+async def test_a_client_disabled_in_the_config_stays_disabled(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    async with Run(repo_config(), path, clock) as one:
+        one.engine.set_client_enabled("client-b", False, operator="ops")
+        one.engine.set_client_enabled("client-b", True, operator="ops")  # re-enabled
+        await one.engine.flush_controls()
+    async with Run(repo_config(), path, clock) as two:
+        assert (await two.restore()).disabled == []
+        assert two.engine.client_enabled("client-b")
+    config = repo_config()
+    clients = [msgspec.structs.replace(c, enabled=c.id != "client-b") for c in config.clients]
+    async with Run(msgspec.structs.replace(config, clients=clients), path, clock) as three:
+        await three.restore()
+        assert not three.engine.client_enabled("client-b")
+
+
+async def test_a_row_that_cannot_be_read_names_itself(tmp_path: Path, config: Config) -> None:
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    async with SqliteJournal(path) as journal:
+        await journal.append(
+            JournalEvent("fill", "client-a", clock.now_ns(), payload={"type": "fill", "qty": "1"})
+        )
+    async with Run(config, path, clock) as run:
+        with pytest.raises(OtcError, match=r"journal row 1 \(fill\) cannot be restored from"):
+            await run.restore()
