@@ -13,11 +13,14 @@ Tasks (all named, all owned by one :class:`asyncio.TaskGroup`):
 
 * ``feeds``: the synthetic market (``feeds="sim"``) or one websocket connection per configured
   venue (``feeds="live"``), writing into the :class:`~otc.market.Market`'s books;
-* ``bus``: reads ``otc/v1/+/rfq``, ``otc/v1/+/accept`` and operator commands on
-  ``otc/v1/control/+``; each message is handled in its own task, at most ``max_in_flight`` at a
-  time (back-pressure on the broker connection);
-* ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
-* ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book);
+* ``bus``: the broker connection (the first must succeed; a lost one is reconnected, backing
+  off, for as long as the engine runs), and per connection:
+
+  * ``messages``: reads ``otc/v1/+/rfq``, ``otc/v1/+/accept`` and operator commands on
+    ``otc/v1/control/+``; each message is handled in its own task, at most ``max_in_flight``
+    at a time (back-pressure on the broker connection);
+  * ``ladders``: the indicative ladder of each symbol, every ``ladder_interval_ms``;
+  * ``status``: the retained ``otc/v1/status`` (``up`` once every symbol has a usable book);
 * ``console``: the operator console's HTTP server (:mod:`otc.console`), when enabled; its
   commands go through :meth:`Engine.apply_control`, like those from the bus.
 * ``recorder`` (with ``[journal] record_path``, ``otc serve --record FILE``): flushes the
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from otc.bus import Bus
+from otc.bus import Bus, BusError
 from otc.clock import Clock, SystemClock
 from otc.config import Config
 from otc.errors import OtcError
@@ -75,6 +78,10 @@ FeedMode = Literal["sim", "live"]
 
 #: Starting mids of the synthetic market, by base asset (quote currency per unit).
 SIM_MIDS = {"BTC": Decimal(64000), "ETH": Decimal(3200), "SOL": Decimal(150)}
+
+#: Reconnection to a lost broker: the first attempt after this long, doubling up to the max.
+_RECONNECT_FIRST_S = 0.1
+_RECONNECT_MAX_S = 5.0
 
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
@@ -155,6 +162,9 @@ class Engine:
         self.recorder: Recorder | None = None
         #: What was rebuilt from the journal at start-up (None until then).
         self.restored: Restored | None = None
+        #: Times the engine connected to the broker again after losing it.
+        self.reconnects = 0
+        self._announced = False
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
@@ -187,43 +197,84 @@ class Engine:
 
     async def _run(self, console_sock: socket.socket | None) -> None:
         config = self.config
-        will = self._status("down")
         async with (
             self._recording() as recorder,
             SqliteJournal(config.journal.path) as journal,
-            Bus(
-                host=self.host,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                tls=self.tls,
-                client_id=config.broker.client_id,
-                will=will,
-            ) as bus,
+            self._connect() as first,  # the first connection must succeed: a clear error if not
         ):
             self.journal = journal
+            link = _Link(first)
             server: ConsoleServer | None = None
             if console_sock is None:
                 self.quotes = QuoteEngine(
                     config, self.market, journal, self.clock, run_id=self.run_id
                 )
             else:
-                server = self._console(journal, bus, console_sock)
+                server = self._console(journal, link, console_sock)
             await self._restore(journal)
-            await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
             try:
                 async with asyncio.TaskGroup() as tg:
                     if recorder is not None:
                         tg.create_task(recorder.run(), name="recorder")
                     tg.create_task(self._feeds(tg), name="feeds")
-                    tg.create_task(self._serve(bus, tg), name="bus")
-                    tg.create_task(self._ladders(bus), name="ladders")
-                    tg.create_task(self._announce(bus), name="status")
+                    tg.create_task(self._broker(link), name="bus")
                     if server is not None:
                         tg.create_task(server.serve(), name="console")
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(bus.publish(self._status("down")))
+                if link.bus is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(link.bus.publish(self._status("down")))
+                if link.bus is not None and link.bus is not first:
+                    await _close(link.bus)
+
+    def _connect(self) -> Bus:
+        """A broker connection (enter it) with the last will ``down``."""
+        return Bus(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+            client_id=self.config.broker.client_id,
+            will=self._status("down"),
+        )
+
+    async def _broker(self, link: _Link) -> None:
+        """Serve the protocol over the broker connection; when it breaks, reconnect and serve
+        again, for as long as the engine runs.
+
+        While the broker is away nothing can reach the engine, which keeps its books, journal
+        and console; the broker publishes the last will (status ``down``) for it. Reconnection
+        attempts back off from 0.1 s to 5 s, each logged; once connected again the engine
+        subscribes again and publishes status ``up``. A message handled when the connection
+        broke may have lost its reply: a quote is then never seen (harmless), and a fill is
+        committed before it is published, so the client's repeated accept gets it.
+        """
+        delay = _RECONNECT_FIRST_S
+        while True:
+            bus = link.bus
+            if bus is None:
+                try:
+                    bus = await self._connect().__aenter__()
+                except BusError as exc:
+                    log.warning("broker unreachable (%s); next attempt in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _RECONNECT_MAX_S)
+                    continue
+                link.bus = bus
+                self.reconnects += 1
+                log.warning("reconnected to the broker at %s", bus.where)
+                delay = _RECONNECT_FIRST_S
+            try:
+                await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._serve(bus, tg), name="messages")
+                    tg.create_task(self._ladders(bus), name="ladders")
+                    tg.create_task(self._announce(bus), name="status")
+            except* BusError as lost:
+                log.warning("broker connection lost: %s", lost.exceptions[0])
+            link.bus = None
+            await _close(bus)
 
     async def _restore(self, journal: SqliteJournal) -> None:
         """Rebuild the previous runs' state from the journal before the first message."""
@@ -250,7 +301,7 @@ class Engine:
                 restored.rfq_ids,
             )
 
-    def _console(self, journal: SqliteJournal, bus: Bus, sock: socket.socket) -> ConsoleServer:
+    def _console(self, journal: SqliteJournal, link: _Link, sock: socket.socket) -> ConsoleServer:
         """The quote engine, observed by the console, and the console's server."""
         from otc.console import Activity, Console, ConsoleServer, ObservedJournal
 
@@ -266,7 +317,14 @@ class Engine:
         async def control(operator: str, command: Control) -> ControlResult:
             result = await self.apply_control(operator, command)
             topic = CONTROL_RESULT_TOPIC.format(operator=operator)
-            await bus.publish(Outgoing(topic, msgspec.json.encode(result)))
+            bus = link.bus
+            if bus is None:
+                log.warning("control result not published (no broker connection): %s", result)
+            else:
+                try:
+                    await bus.publish(Outgoing(topic, msgspec.json.encode(result)))
+                except BusError as exc:  # applied and journaled all the same
+                    log.warning("control result not published: %s", exc)
             return result
 
         assert self.console_token is not None
@@ -313,12 +371,14 @@ class Engine:
         ):
             await asyncio.sleep(0.05)
         await bus.publish(self._status("up"))
-        log.info("engine up")
-        if self.freeze_heap:
-            gc.collect()
-            gc.freeze()
-        if self.on_ready is not None:
-            self.on_ready()
+        if not self._announced:  # not again after a reconnection
+            self._announced = True
+            log.info("engine up")
+            if self.freeze_heap:
+                gc.collect()
+                gc.freeze()
+            if self.on_ready is not None:
+                self.on_ready()
         while True:
             await asyncio.sleep(1.0)
             await bus.publish(self._status("up"))
@@ -393,6 +453,7 @@ class Engine:
                     continue
             await slots.acquire()
             tg.create_task(self._handle(bus, slots, client, kind, payload), name=f"{kind}-{client}")
+        raise BusError(bus.where, "the broker ended the session")  # reconnect, as for a break
 
     async def _handle(
         self, bus: Bus, slots: asyncio.Semaphore, client: str, kind: str, payload: bytes
@@ -485,3 +546,18 @@ class Engine:
                     await asyncio.sleep(0)  # serve what arrived while the band was priced
                 if ladder is not None:
                     await bus.publish(ladder)
+
+
+class _Link:
+    """The engine's current broker connection: ``None`` while it reconnects."""
+
+    __slots__ = ("bus",)
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus: Bus | None = bus
+
+
+async def _close(bus: Bus) -> None:
+    """Leave a connection that broke or that the engine is done with, quietly."""
+    with contextlib.suppress(BusError):
+        await bus.__aexit__(None, None, None)
