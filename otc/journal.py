@@ -47,7 +47,9 @@ import asyncio
 import collections
 import contextlib
 import csv
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -409,6 +411,10 @@ class SqliteJournal:
     ``aclose`` commits everything appended or submitted before it, then stops the thread;
     appends and submits after it (or still waiting for room) raise :class:`JournalClosed`.
 
+    One writer per file: while open, the journal holds ``{path}.lock`` exclusively
+    (:func:`_lock`); opening a second one on the same file raises :class:`JournalError`.
+    Readers (:func:`recent`, :func:`export`, :func:`state_rows`) take no lock.
+
     Usage::
 
         async with SqliteJournal("var/journal.db") as journal:
@@ -459,6 +465,8 @@ class SqliteJournal:
         self.committed = 0
         #: Events that could not be recorded (their append raised, their receipt failed).
         self.failed = 0
+        #: The open lock file while the writer runs (see :func:`_lock`).
+        self._lock: TextIO | None = None
 
     @property
     def pending(self) -> int:
@@ -636,7 +644,12 @@ class SqliteJournal:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        self._lock = _lock(self.path)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except BaseException:
+            self._unlock()
+            raise
         try:
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -653,8 +666,14 @@ class SqliteJournal:
             )
         except BaseException:
             conn.close()
+            self._unlock()
             raise
         return conn
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
 
     def _run(self, started: asyncio.Future[None]) -> None:
         try:
@@ -678,6 +697,7 @@ class SqliteJournal:
                 conn.close()  # the last connection to close checkpoints the WAL into the file
             except sqlite3.Error as exc:
                 close_error = JournalError(f"journal {self.path}: close failed: {exc}")
+            self._unlock()
             self._call(_resolve, self._stopped, close_error)
 
     def _serve(self, conn: sqlite3.Connection) -> None:
@@ -790,6 +810,38 @@ def _batch_insert(conn: sqlite3.Connection) -> bool:
         return bool(conn.execute("SELECT '[1]' ->> 0").fetchone()[0] == 1)
     except sqlite3.OperationalError:  # before 3.38: one statement per row
         return False
+
+
+def _lock(path: Path) -> TextIO:
+    """Hold ``{path}.lock`` exclusively (``flock``) for as long as the returned file is open.
+
+    One writer per journal: two engines on one file would each rebuild the desk's state from
+    it at start-up and then each book their own trades into it, and neither would see the
+    other's. The lock file names the holder's process id.
+
+    Raises:
+        JournalError: another process (or another open journal in this one) holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    file = open(lock_path, "a+", encoding="ascii")  # noqa: SIM115 - held open: it is the lock
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip()
+        file.close()
+        raise JournalError(
+            f"journal {path} is in use by another writer ({holder or 'unknown'}, "
+            f"lock {lock_path}): one engine per journal"
+        ) from None
+    except BaseException:
+        file.close()
+        raise
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()}\n")
+    file.flush()
+    return file
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

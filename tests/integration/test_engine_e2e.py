@@ -220,6 +220,30 @@ def accept(url: str, client: str, body: dict[str, str]) -> dict[str, object]:
     return asyncio.run(run())
 
 
+def test_a_second_engine_on_the_same_journal_is_refused(
+    service: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    url, journal, proc = service
+    second = otc(
+        "serve",
+        "--config",
+        CONFIG,
+        "--feeds",
+        "sim",
+        "--broker",
+        url,
+        "--journal",
+        journal,
+        "--console-port",
+        "0",
+        "--duration",
+        "5",
+    )
+    assert second.returncode == 2
+    assert f"journal {journal} is in use by another writer (pid {proc.pid}" in second.stderr
+    assert proc.poll() is None  # the first one serves on
+
+
 def retained_status(url: str) -> dict[str, object]:
     async def read() -> dict[str, object]:
         host, port = url.removeprefix("mqtt://").split(":")

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -285,6 +286,20 @@ async def test_writer_cpu_is_read_while_the_writer_runs(path: Path) -> None:
         assert after is not None
         assert after > before  # 200 commits cost the writer thread CPU
     assert journal.writer_cpu_ns() is None  # stopped
+
+
+async def test_one_writer_per_journal(path: Path) -> None:
+    async with SqliteJournal(path) as first:
+        await first.append(JournalEvent("rfq", "client-a", T0, rfq_id="r1"))
+        second = SqliteJournal(path)
+        with pytest.raises(JournalError, match=rf"in use by another writer \(pid {os.getpid()},"):
+            await second.__aenter__()
+        with pytest.raises(JournalClosed):  # the refused journal is closed, not half open
+            await second.append(JournalEvent("rfq", "client-a", T0, rfq_id="r2"))
+        assert recent(path)[-1].rfq_id == "r1"  # readers are never locked out
+    async with SqliteJournal(path) as third:  # released with the first
+        await third.append(JournalEvent("rfq", "client-a", T0, rfq_id="r3"))
+    assert [row.rfq_id for row in recent(path)] == ["r1", "r3"]
 
 
 async def test_append_to_a_closed_or_unopened_journal_raises(path: Path) -> None:
