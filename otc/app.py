@@ -82,6 +82,8 @@ SIM_MIDS = {"BTC": Decimal(64000), "ETH": Decimal(3200), "SOL": Decimal(150)}
 #: Reconnection to a lost broker: the first attempt after this long, doubling up to the max.
 _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
+#: A connection that lasted this long resets the back-off.
+_RECONNECT_STABLE_S = 10.0
 
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
@@ -249,8 +251,14 @@ class Engine:
         subscribes again and publishes status ``up``. A message handled when the connection
         broke may have lost its reply: a quote is then never seen (harmless), and a fill is
         committed before it is published, so the client's repeated accept gets it.
+
+        The back-off starts again from 0.1 s only after a connection lasted
+        ``_RECONNECT_STABLE_S``: a connection the broker keeps dropping (another client
+        connecting with the engine's ``[broker] client_id`` takes the session over) is retried
+        ever more slowly, not ten times a second, and the log says what to check.
         """
         delay = _RECONNECT_FIRST_S
+        loop = asyncio.get_running_loop()
         while True:
             bus = link.bus
             if bus is None:
@@ -264,7 +272,7 @@ class Engine:
                 link.bus = bus
                 self.reconnects += 1
                 log.warning("reconnected to the broker at %s", bus.where)
-                delay = _RECONNECT_FIRST_S
+            connected = loop.time()
             try:
                 await bus.subscribe(RFQ_SUBSCRIPTION, ACCEPT_SUBSCRIPTION, CONTROL_SUBSCRIPTION)
                 async with asyncio.TaskGroup() as tg:
@@ -275,6 +283,18 @@ class Engine:
                 log.warning("broker connection lost: %s", lost.exceptions[0])
             link.bus = None
             await _close(bus)
+            if loop.time() - connected >= _RECONNECT_STABLE_S:
+                delay = _RECONNECT_FIRST_S
+            else:
+                log.warning(
+                    "the connection lasted %.1f s; next attempt in %.1f s (is another client "
+                    "connected with client id %r?)",
+                    loop.time() - connected,
+                    delay,
+                    self.config.broker.client_id,
+                )
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _RECONNECT_MAX_S)
 
     async def _restore(self, journal: SqliteJournal) -> None:
         """Rebuild the previous runs' state from the journal before the first message."""

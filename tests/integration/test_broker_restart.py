@@ -1,5 +1,8 @@
 """The broker goes away and comes back: the engine reconnects and serves again.
 
+Also: another client connecting with the engine's client id takes its session over; the engine
+reconnects, says what to check, and serves on.
+
 A real broker (mosquitto when installed, else amqtt) is stopped under a running engine and a
 new one started on the same port. Meanwhile the engine keeps its books, journal and state; once
 the broker is back it subscribes again, republishes status ``up`` and answers RFQs; a fill made
@@ -9,14 +12,17 @@ before the outage is still the answer to a repeated accept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from broker import RECEIVE_TIMEOUT_S, Publication, receive, running_broker
 
 from otc.app import Engine
-from otc.bus import Bus
+from otc.bus import Bus, BusError
 from otc.config import load_config
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
@@ -97,3 +103,45 @@ async def test_the_engine_reconnects_when_the_broker_comes_back(tmp_path: Path) 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert engine.reconnects == 1
+
+
+async def test_a_client_with_the_engines_id_takes_over_and_the_engine_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(CONFIG)
+    config = msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, path=str(tmp_path / "j.sqlite"))
+    )
+    ready = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="otc.app")
+    with running_broker(tmp_path / "broker") as broker:
+        if broker.kind != "mosquitto":
+            pytest.skip("amqtt 0.12.1 does not close a connection whose session is taken over")
+        engine = Engine(
+            config,
+            feeds="sim",
+            host=broker.host,
+            port=broker.port,
+            sim_interval_s=0.02,
+            on_ready=ready.set,
+            console=False,
+        )
+        task = asyncio.create_task(engine.run(), name="engine")
+        async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+            await ready.wait()
+        impostor = Bus(host=broker.host, port=broker.port, client_id=config.broker.client_id)
+        with contextlib.suppress(BusError):  # the engine takes the session back
+            async with impostor:
+                async with asyncio.timeout(RECONNECT_TIMEOUT_S):
+                    while engine.reconnects == 0:  # noqa: ASYNC110 - polled counter
+                        await asyncio.sleep(0.05)
+        assert "is another client connected with client id 'otc-engine'?" in caplog.text
+        quote = await ask(
+            broker.port,
+            "client-a",
+            "rfq",
+            {"rfq_id": "t1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"},
+        )
+        assert quote["type"] == "quote", quote
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
