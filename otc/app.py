@@ -324,6 +324,7 @@ class Engine:
     def _console(self, journal: SqliteJournal, link: _Link, sock: socket.socket) -> ConsoleServer:
         """The quote engine, observed by the console, and the console's server."""
         from otc.console import Activity, Console, ConsoleServer, ObservedJournal
+        from otc.console.views import BrokerLink
 
         activity = Activity(self.config.console.blotter_size)
         self.quotes = QuoteEngine(
@@ -357,6 +358,11 @@ class Engine:
             clock=self.clock,
             control=control,
             feeds=lambda: [c.health() for c in self.connections],  # type: ignore[attr-defined]
+            broker=lambda: BrokerLink(
+                connected=link.bus is not None,
+                address=f"{self.host}:{self.port}",
+                reconnects=self.reconnects,
+            ),
         )
         return ConsoleServer(console, sock)
 

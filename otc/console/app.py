@@ -60,7 +60,7 @@ from otc.clock import Clock
 from otc.config import CONSOLE_TOKEN, CONSOLE_TOKEN_RULE, Config
 from otc.console import views
 from otc.console.activity import Activity
-from otc.console.views import Blotter, Depth, FeedHealthLike, Overview
+from otc.console.views import Blotter, BrokerLink, Depth, FeedHealthLike, Overview
 from otc.errors import ConfigError, OtcError
 from otc.market import Market
 from otc.protocol import Control, ControlResult, Ladder
@@ -159,6 +159,7 @@ class Console:
         clock: the engine's clock.
         control: the engine's control path: ``(operator, command) -> result``, journaled.
         feeds: health reports of the live feed connections (none for the synthetic market).
+        broker: the engine's broker connection now (``None``: not shown).
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class Console:
         clock: Clock,
         control: ControlFn,
         feeds: Callable[[], Sequence[FeedHealthLike]] = list,
+        broker: Callable[[], BrokerLink | None] = lambda: None,
     ) -> None:
         self.config = config
         self._token = token.encode()
@@ -181,6 +183,7 @@ class Console:
         self.clock = clock
         self._control = control
         self._feeds = feeds
+        self._broker = broker
         self.blotter = Blotter(activity, config.console.blotter_size)
         self.push_interval_s = config.console.push_interval_ms / 1e3
         #: Set when the server shuts down: push streams end.
@@ -211,7 +214,9 @@ class Console:
     def overview(self) -> Overview:
         now = self.clock.now_ns()
         health = views.venue_health(self.market.books, self._feeds(), now)
-        return views.overview(self.config, self.quotes, self.activity, health, self._mid, now)
+        return views.overview(
+            self.config, self.quotes, self.activity, health, self._mid, now, self._broker()
+        )
 
     def depth(self, symbol: str, levels: int = 50) -> Depth:
         return views.depth(self.market.books[symbol], self.clock.now_ns(), levels=levels)

@@ -498,6 +498,14 @@ class Controls(_View, frozen=True, kw_only=True):
     tier_spreads_bps: dict[str, str]
 
 
+class BrokerLink(_View, frozen=True, kw_only=True):
+    """The engine's broker connection: ``connected`` false while it reconnects."""
+
+    connected: bool
+    address: str
+    reconnects: int
+
+
 class ClientLimits(_View, frozen=True, kw_only=True):
     """A client's switch, tier and limit usage (notionals in the instruments' quote currency,
     the daily one over the UTC day; ``daily_used_pct`` of the daily limit)."""
@@ -561,6 +569,8 @@ class Overview(_View, frozen=True, kw_only=True):
     inventory: list[AssetInventory]
     pnl: list[InstrumentPnl]
     markouts: list[FillMarkout]
+    #: ``None`` when the console runs without an engine's broker connection (tests).
+    broker: BrokerLink | None = None
 
 
 def _pct(used: Decimal, limit: Decimal) -> str:
@@ -574,6 +584,7 @@ def overview(
     venues: list[VenueHealth],
     mid_of: Callable[[str], Decimal | None],
     now_ns: int,
+    broker: BrokerLink | None = None,
 ) -> Overview:
     spreads = quotes.tier_spreads
     clients = []
@@ -665,6 +676,7 @@ def overview(
         inventory=inventory,
         pnl=pnl,
         markouts=markouts,
+        broker=broker,
     )
 
 

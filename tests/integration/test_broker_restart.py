@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from broker import RECEIVE_TIMEOUT_S, Publication, receive, running_broker
@@ -26,6 +27,7 @@ from otc.bus import Bus, BusError
 from otc.config import load_config
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+TOKEN = "test-token-0123456789"  # noqa: S105 - a test token
 #: A guard against hangs, not a timing: the engine retries every 5 s at the most.
 RECONNECT_TIMEOUT_S = 30.0
 
@@ -43,6 +45,16 @@ async def ask(port: int, client: str, topic: str, body: dict[str, str]) -> dict[
                 break
     answer: dict[str, Any] = msgspec.json.decode(payload)
     return answer
+
+
+async def broker_link(engine: Engine) -> dict[str, Any]:
+    """The console's view of the engine's broker connection, over HTTP."""
+    assert engine.console_url is not None
+    async with httpx.AsyncClient(base_url=engine.console_url) as http:
+        got = await http.get("/api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert got.status_code == 200, got.text
+    link: dict[str, Any] = got.json()["broker"]
+    return link
 
 
 async def retained_status(port: int) -> dict[str, Any]:
@@ -68,11 +80,17 @@ async def test_the_engine_reconnects_when_the_broker_comes_back(tmp_path: Path) 
             port=port,
             sim_interval_s=0.02,
             on_ready=ready.set,
-            console=False,
+            console_port=0,
+            console_token=TOKEN,
         )
         task = asyncio.create_task(engine.run(), name="engine")
         async with asyncio.timeout(RECEIVE_TIMEOUT_S):
             await ready.wait()
+        assert await broker_link(engine) == {
+            "connected": True,
+            "address": f"{first.host}:{port}",
+            "reconnects": 0,
+        }
         quote = await ask(
             port,
             "client-a",
@@ -85,12 +103,18 @@ async def test_the_engine_reconnects_when_the_broker_comes_back(tmp_path: Path) 
     await asyncio.sleep(0.3)
     assert not task.done()
     assert engine.reconnects == 0
+    assert (await broker_link(engine))["connected"] is False  # the console says so
     with running_broker(tmp_path / "second", port=port):
         async with asyncio.timeout(RECONNECT_TIMEOUT_S):
             while engine.reconnects == 0:  # noqa: ASYNC110 - the engine's counter, polled
                 await asyncio.sleep(0.05)
         status = await retained_status(port)
         assert status["state"] == "up"
+        assert await broker_link(engine) == {
+            "connected": True,
+            "address": f"{first.host}:{port}",
+            "reconnects": 1,
+        }
         again = await ask(
             port,
             "client-a",

@@ -229,6 +229,8 @@ function renderOverview(o) {
   const halted = c.halted_all ? "ALL HALTED" : c.halted_symbols.length ? `halted: ${c.halted_symbols.join(", ")}` : "";
   $("#halt-state").textContent = halted;
   $("#halt-all").hidden = c.halted_all;
+  const b = o.broker;
+  $("#broker-state").textContent = b && !b.connected ? `broker ${b.address} lost: reconnecting` : "";
 
   $("#venues tbody").replaceChildren(...o.venues.map((v) => el("tr", { "data-venue": v.venue },
     el("td", {}, v.venue + (v.source === "sim" ? " (sim)" : "")),
