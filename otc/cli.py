@@ -21,7 +21,7 @@ Subcommands::
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
-    otc bench rfq [--rfqs N] [--in-flight N] [--json]
+    otc bench rfq [--rfqs N] [--in-flight N] [--rounds N] [--json]
     otc bench backtest [--data FILE...] [--deltas N] [--repeats N] [--json]
     otc backtest --data FILE... --out DIR [--scenario PATH] [--config PATH] [--rfqs N]
                  [--seed S] [--model-check-levels N] [--no-report] [--[no-]progress]
@@ -274,6 +274,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rfq_bench.add_argument("--rfqs", type=_positive_int, default=10_000, help="per series")
     rfq_bench.add_argument("--in-flight", type=_positive_int, default=64, help="when sustained")
+    rfq_bench.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="echo then engine, this many times; the ratios are the medians",
+    )
     rfq_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     bt_bench = bench_sub.add_parser(
         "backtest", help="backtest replay throughput next to the raw book update rate"
@@ -1046,7 +1052,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.bench == "rfq":
         from otc.bench import rfq as bench_rfq
 
-        figures = bench_rfq.run(rfqs=args.rfqs, in_flight=args.in_flight)
+        figures = bench_rfq.run(rfqs=args.rfqs, in_flight=args.in_flight, rounds=args.rounds)
     else:
         from otc.bench import book as bench_book
 

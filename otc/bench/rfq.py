@@ -31,6 +31,10 @@ What it measures:
 4. **The journal,** read back once the engine stopped: every RFQ and every quote is on disk,
    and how many events each commit (one fsync) carried.
 
+With ``rounds`` > 1, the QoS 1 echo and then the engine (a fresh one, on a fresh journal) are
+measured that many times, one right after the other, and the ratios reported are the medians
+of the rounds' (each round's too): on a shared machine the floor itself drifts between runs.
+
 Each series starts with a warm-up (not counted). The requester, the responder (or the engine)
 share the loop, so every figure includes the requester's own cost, on both sides of a ratio;
 the broker is another process. Replies are matched to requests by ``rfq_id``.
@@ -44,6 +48,7 @@ import itertools
 import os
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -300,10 +305,11 @@ def _cpu_of(pid: int | None) -> int | None:
 class _Plan:
     """How much work each part does: the defaults, or ``quick`` for tests."""
 
-    __slots__ = ("nagle_samples", "rfqs", "warmup")
+    __slots__ = ("nagle_samples", "rfqs", "rounds", "warmup")
 
-    def __init__(self, *, rfqs: int, quick: bool) -> None:
+    def __init__(self, *, rfqs: int, quick: bool, rounds: int = 1) -> None:
         self.rfqs = rfqs
+        self.rounds = rounds
         self.warmup = min(500, max(20, rfqs // 20))
         self.nagle_samples = 5 if quick else 40
 
@@ -399,20 +405,20 @@ async def _echo_pair(
                 await echo
 
 
-async def _floor(broker: BrokerProcess, plan: _Plan, in_flight: int) -> dict[int, Any]:
-    out: dict[int, Any] = {}
-    for qos in (1, 0):
-        async with _echo_pair(broker, qos=qos, tag=f"echo{qos}") as (requester, topic):
-            out[qos] = await _measure(
-                requester,
-                topic,
-                tag=f"echo{qos}",
-                qos=qos,
-                plan=plan,
-                in_flight=in_flight,
-                broker_pid=broker.pid,
-            )
-    return out
+async def _floor(
+    broker: BrokerProcess, plan: _Plan, in_flight: int, *, qos: int, tag: str
+) -> dict[str, LatencySeries]:
+    """The echo's series at ``qos`` (a warm-up, sequential, sustained)."""
+    async with _echo_pair(broker, qos=qos, tag=tag) as (requester, topic):
+        return await _measure(
+            requester,
+            topic,
+            tag=tag,
+            qos=qos,
+            plan=plan,
+            in_flight=in_flight,
+            broker_pid=broker.pid,
+        )
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -726,6 +732,64 @@ def _parts_text(echo: dict[str, LatencySeries], engine: dict[str, LatencySeries]
     return text
 
 
+class _Round(msgspec.Struct, frozen=True):
+    """One round: the QoS 1 echo, then the engine, and the ratios of the two."""
+
+    echo: dict[str, LatencySeries]
+    engine: dict[str, LatencySeries]
+    journal: dict[str, Any]
+    ratios: dict[str, float]
+
+
+def _median_ratios(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each ratio's median over the rounds (one round: its ratios)."""
+    return {key: round(statistics.median(r[key] for r in rounds), 3) for key in rounds[0]}
+
+
+def _engine_text(config: Config, engine: dict[str, LatencySeries], journal: dict[str, Any]) -> str:
+    counts = journal["events"]
+    replies: Counter[str] = Counter()
+    for series in engine.values():
+        replies.update(series.replies)
+    events = sum(counts.values())
+    return (
+        f"{'':10}demo config (rate limit lifted), synthetic feeds stepping every "
+        f"{ENGINE_SIM_INTERVAL_S * 1e3:.0f} ms, ladders every "
+        f"{config.quoting.ladder_interval_ms} ms, SQLite journal (synchronous=FULL)\n"
+        f"{'':10}replies: "
+        + ", ".join(f"{n:,} {kind}s" for kind, n in sorted(replies.items()))
+        + f"; RFQ mix: {', '.join(f'{sym} {side} {qty}' for sym, side, qty in RFQ_MIX)}\n"
+        f"{'':10}journal: {counts.get('rfq', 0):,} RFQs and {counts.get('quote', 0):,} quotes "
+        f"on disk for {journal['rfqs_sent']:,} RFQs sent (warm-up included); {events:,} events "
+        f"in {journal['commits']:,} commits ({events / max(1, journal['commits']):.1f} per "
+        f"commit); {journal['failed']} failed\n"
+    )
+
+
+def _ratios_text(ratio: dict[str, float], rounds: list[dict[str, float]]) -> str:
+    def spread(key: str) -> str:
+        if len(rounds) == 1:
+            return ""
+        values = [r[key] for r in rounds]
+        return f"  (rounds: {min(values):.2f}-{max(values):.2f}x)"
+
+    title = "engine / echo at QoS 1"
+    if len(rounds) > 1:
+        title += f", median of {len(rounds)} rounds (each: the echo, then the engine)"
+    return (
+        f"\nratios    {title}\n"
+        f"{'':10}p50 sequential  {_verdict(ratio['p50'], GOALS['p50_max'], at_most=True)}"
+        f"{spread('p50')}\n"
+        f"{'':10}p99 sequential  {_verdict(ratio['p99'], GOALS['p99_max'], at_most=True)}"
+        f"{spread('p99')}\n"
+        f"{'':10}throughput      "
+        f"{_verdict(ratio['throughput'], GOALS['throughput_min'], at_most=False)}"
+        f"{spread('throughput')}\n"
+        f"{'':10}under load: p50 {ratio['sustained_p50']:.2f}x, "
+        f"p99 {ratio['sustained_p99']:.2f}x\n"
+    )
+
+
 def _verdict(ratio: float, goal: float, *, at_most: bool) -> str:
     met = ratio <= goal if at_most else ratio >= goal
     sign = "<=" if at_most else ">="
@@ -738,12 +802,17 @@ def run(
     in_flight: int = 64,
     out: TextIO | None = None,
     quick: bool = False,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark, print the report to ``out`` (stdout) and return the figures.
 
     Args:
         rfqs: round trips per series (sequential and sustained; echo and engine).
         in_flight: requests outstanding in the sustained series.
+        rounds: how many times the QoS 1 echo and then the engine are measured, one right
+            after the other (a fresh engine and journal each time); the ratios are the
+            medians over the rounds, each round's are reported too. The QoS 0 echo and the
+            Nagle cases run once.
         out: where the report goes; ``None`` is ``sys.stdout`` at call time.
         quick: a fast run for tests: 5 instead of 40 round trips per Nagle case (``rfqs`` is
             taken as given).
@@ -755,10 +824,12 @@ def run(
         raise ValueError(f"rfqs must be positive, got {rfqs}")
     if in_flight < 1:
         raise ValueError(f"in_flight must be positive, got {in_flight}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be positive, got {rounds}")
     write = (out if out is not None else sys.stdout).write
     factory, loop_name = _loop_factory()
     info = machine()
-    plan = _Plan(rfqs=rfqs, quick=quick)
+    plan = _Plan(rfqs=rfqs, quick=quick, rounds=rounds)
     with (
         tempfile.TemporaryDirectory(prefix="otc-bench-rfq-") as tmp,
         asyncio.Runner(loop_factory=factory) as runner,
@@ -807,54 +878,37 @@ async def _main(
             "          cpu us/rt: this process's CPU time (all threads) per round trip; broker: "
             "the broker's\n\n" + _HEADER
         )
-        floor = await _floor(broker, plan, in_flight)
-        for qos in (1, 0):
+        floor0 = await _floor(broker, plan, in_flight, qos=0, tag="echo0")
+        rounds: list[_Round] = []
+        for n in range(1, plan.rounds + 1):
+            tag = "" if plan.rounds == 1 else f"r{n} "
+            floor1 = await _floor(broker, plan, in_flight, qos=1, tag=f"echo1-r{n}")
             for mode in ("sequential", "sustained"):
-                section = "floor" if (qos, mode) == (1, "sequential") else ""
-                write(_row(section, f"echo {mode}", floor[qos][mode]))
-        journal_path = folder / "journal.sqlite"
-        config = bench_config(journal_path)
-        engine, journal = await _engine(broker, config, plan, in_flight)
-        for mode in ("sequential", "sustained"):
-            section = "engine" if mode == "sequential" else ""
-            write(_row(section, f"RFQ -> quote {mode}", engine[mode]))
-        write(_parts_text(floor[1], engine))
-        counts = await asyncio.to_thread(_journal_counts, journal_path)
-        sent = sum(s.sent for s in engine.values()) + plan.warmup
-        replies: Counter[str] = Counter()
-        for series in engine.values():
-            replies.update(series.replies)
-        events = sum(counts.values())
-        journal["events"] = counts
-        journal["rfqs_sent"] = sent
-        write(
-            f"{'':10}demo config (rate limit lifted), synthetic feeds stepping every "
-            f"{ENGINE_SIM_INTERVAL_S * 1e3:.0f} ms, ladders every "
-            f"{config.quoting.ladder_interval_ms} ms, SQLite journal (synchronous=FULL)\n"
-            f"{'':10}replies: "
-            + ", ".join(f"{n:,} {kind}s" for kind, n in sorted(replies.items()))
-            + f"; RFQ mix: {', '.join(f'{sym} {side} {qty}' for sym, side, qty in RFQ_MIX)}\n"
-            f"{'':10}journal: {counts.get('rfq', 0):,} RFQs and {counts.get('quote', 0):,} quotes "
-            f"on disk for {sent:,} RFQs sent (warm-up included); {events:,} events in "
-            f"{journal['commits']:,} commits ({events / max(1, journal['commits']):.1f} per "
-            f"commit); {journal['failed']} failed\n"
-        )
-        ratio = ratios(floor[1], engine)
-        write(
-            "\nratios    engine / echo at QoS 1\n"
-            f"{'':10}p50 sequential  {_verdict(ratio['p50'], GOALS['p50_max'], at_most=True)}\n"
-            f"{'':10}p99 sequential  {_verdict(ratio['p99'], GOALS['p99_max'], at_most=True)}\n"
-            f"{'':10}throughput      "
-            f"{_verdict(ratio['throughput'], GOALS['throughput_min'], at_most=False)}\n"
-            f"{'':10}under load: p50 {ratio['sustained_p50']:.2f}x, "
-            f"p99 {ratio['sustained_p99']:.2f}x\n"
-        )
+                section = "floor" if (n, mode) == (1, "sequential") else ""
+                write(_row(section, f"{tag}echo {mode}", floor1[mode]))
+            if n == 1:
+                for mode in ("sequential", "sustained"):
+                    write(_row("", f"{tag}echo {mode}", floor0[mode]))
+            journal_path = folder / f"journal-{n}.sqlite"  # a fresh journal: nothing to restore
+            config = bench_config(journal_path)
+            engine, journal = await _engine(broker, config, plan, in_flight)
+            for mode in ("sequential", "sustained"):
+                section = "engine" if (n, mode) == (1, "sequential") else ""
+                write(_row(section, f"{tag}RFQ -> quote {mode}", engine[mode]))
+            write(_parts_text(floor1, engine))
+            journal["events"] = await asyncio.to_thread(_journal_counts, journal_path)
+            journal["rfqs_sent"] = sum(s.sent for s in engine.values()) + plan.warmup
+            write(_engine_text(config, engine, journal))
+            rounds.append(_Round(floor1, engine, journal, ratios(floor1, engine)))
+        ratio = _median_ratios([r.ratios for r in rounds])
+        write(_ratios_text(ratio, [r.ratios for r in rounds]))
         nagle = await _nagle(broker, folder / "nagle", plan)
     write(
         f"\nnagle     QoS 1 echo round trip, sequential, {plan.nagle_samples} round trips per "
         "case (the first row from above)\n"
     )
-    write(_row("", "clients on,  broker on", floor[1]["sequential"]))
+    first = rounds[0]
+    write(_row("", "clients on,  broker on", first.echo["sequential"]))
     labels = {
         "clients_off_broker_on": "clients off, broker on",
         "clients_on_broker_off": "clients on,  broker off",
@@ -873,20 +927,30 @@ async def _main(
             "in_flight": in_flight,
             "warmup": plan.warmup,
             "nagle_samples": plan.nagle_samples,
+            "rounds": plan.rounds,
             "rfq_mix": [list(item) for item in RFQ_MIX],
             "sim_interval_s": ENGINE_SIM_INTERVAL_S,
         },
         "echo": {
-            f"qos{qos}": {mode: s.figures() for mode, s in series.items()}
-            for qos, series in floor.items()
+            "qos1": {mode: s.figures() for mode, s in first.echo.items()},
+            "qos0": {mode: s.figures() for mode, s in floor0.items()},
         },
-        "engine": {mode: s.figures() for mode, s in engine.items()},
-        "journal": journal,
+        "engine": {mode: s.figures() for mode, s in first.engine.items()},
+        "journal": first.journal,
         "ratios": ratio,
         "goals": dict(GOALS),
         "goals_met": goals_met(ratio),
+        "rounds": [
+            {
+                "echo_qos1": {mode: s.figures() for mode, s in r.echo.items()},
+                "engine": {mode: s.figures() for mode, s in r.engine.items()},
+                "journal": r.journal,
+                "ratios": r.ratios,
+            }
+            for r in rounds
+        ],
         "nagle": {
-            "clients_on_broker_on": floor[1]["sequential"].figures(),
+            "clients_on_broker_on": first.echo["sequential"].figures(),
             **{key: s.figures() for key, s in nagle.items()},
         },
     }

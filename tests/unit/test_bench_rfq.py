@@ -125,3 +125,35 @@ def test_ratios_goals_and_nagle(quick_run: tuple[dict[str, Any], str]) -> None:
     assert "throughput" in report
     assert "clients off, broker on" in report
     assert f"{2 * RFQS:,} quotes" in report
+
+
+def test_one_round_reports_its_own_ratios(quick_run: tuple[dict[str, Any], str]) -> None:
+    result, report = quick_run
+    assert result["params"]["rounds"] == 1
+    (only,) = result["rounds"]
+    assert only["ratios"] == result["ratios"]
+    assert only["engine"] == result["engine"]
+    assert "median of" not in report
+
+
+def test_rounds_pair_the_echo_with_the_engine_and_take_medians() -> None:
+    out = io.StringIO()
+    try:
+        result = run(quick=True, rfqs=40, in_flight=8, out=out, rounds=3)
+    except BrokerError as exc:
+        pytest.skip(f"no broker could be started: {exc}")
+    report = out.getvalue()
+    rounds = result["rounds"]
+    assert len(rounds) == 3
+    for r in rounds:
+        answered_all(r["echo_qos1"]["sequential"], 40, "echo")
+        answered_all(r["engine"]["sustained"], 40, "quote")
+        sent = r["journal"]["rfqs_sent"]
+        # each round's engine on a fresh journal: its own RFQs only, nothing restored
+        assert r["journal"]["events"] == {"rfq": sent, "quote": sent}
+    for key, value in result["ratios"].items():
+        assert value == round(sorted(r["ratios"][key] for r in rounds)[1], 3)  # the median
+    assert "median of 3 rounds" in report
+    assert "r3 RFQ -> quote sequential" in report
+    with pytest.raises(ValueError, match="rounds must be positive"):
+        run(rfqs=1, rounds=0, out=io.StringIO())
