@@ -466,7 +466,7 @@ class SqliteJournal:
         #: Events that could not be recorded (their append raised, their receipt failed).
         self.failed = 0
         #: The open lock file while the writer runs (see :func:`_lock`).
-        self._lock: TextIO | None = None
+        self._lock_file: TextIO | None = None
 
     @property
     def pending(self) -> int:
@@ -644,7 +644,7 @@ class SqliteJournal:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.path)
+        self._lock_file = _lock(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
         except BaseException:
@@ -671,7 +671,7 @@ class SqliteJournal:
         return conn
 
     def _unlock(self) -> None:
-        lock, self._lock = self._lock, None
+        lock, self._lock_file = self._lock_file, None
         if lock is not None:
             lock.close()  # closing the file releases the lock
 
