@@ -258,7 +258,15 @@ class Restored(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def anything(self) -> bool:
-        return bool(self.fills or self.halted_all or self.halted or self.disabled or self.quotes)
+        return bool(
+            self.fills
+            or self.positions
+            or self.halted_all
+            or self.halted
+            or self.disabled
+            or self.quotes
+            or self.rfq_ids
+        )
 
 
 class _Trade(msgspec.Struct, frozen=True):
