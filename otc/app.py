@@ -299,9 +299,7 @@ class Engine:
     async def _restore(self, journal: SqliteJournal) -> None:
         """Rebuild the previous runs' state from the journal before the first message."""
         assert self.quotes is not None
-        q = self.config.quoting
-        window_ms = max(q.duplicate_window_ms, q.quote_memory_ms + q.quote_ttl_ms)
-        since = self.clock.now_ns() - window_ms * 1_000_000
+        since = self.clock.now_ns() - self.quotes.remembered_ns
         rows = await asyncio.to_thread(state_rows, journal.path, since_ns=since)
         restored = self.quotes.restore(rows)
         await self.quotes.flush_controls()

@@ -73,7 +73,7 @@ import uuid
 from collections import deque
 from collections.abc import Generator, Iterable
 from decimal import Context, Decimal
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -119,7 +119,17 @@ from otc.protocol import (
 )
 from otc.slippage import SlippageEstimate, Walk, estimate
 
-__all__ = ["Outgoing", "QuoteEngine", "Restored"]
+__all__ = [
+    "ClientRecord",
+    "ControlRecord",
+    "HaltRecord",
+    "Outgoing",
+    "PositionRecord",
+    "QuoteEngine",
+    "Restored",
+    "SpreadRecord",
+    "read_control",
+]
 
 T = TypeVar("T")
 
@@ -267,6 +277,48 @@ class Restored(msgspec.Struct, frozen=True, kw_only=True):
             or self.quotes
             or self.rfq_ids
         )
+
+
+class _ControlRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="action"):
+    """A journaled ``control`` event's payload, as :meth:`QuoteEngine._control` writes it; the
+    ``action`` field tells which (the client of ``client_enabled`` is the event's)."""
+
+    operator: str = ""
+
+
+class HaltRecord(_ControlRecord, frozen=True, tag="halt"):
+    symbol: str | None  # None: the global kill switch
+    halted: bool
+
+
+class ClientRecord(_ControlRecord, frozen=True, tag="client_enabled"):
+    enabled: bool
+
+
+class SpreadRecord(_ControlRecord, frozen=True, tag="tier_spread"):
+    tier: str
+    spread_bps: Decimal
+
+
+class PositionRecord(_ControlRecord, frozen=True, tag="position"):
+    asset: str
+    position: Decimal
+
+
+ControlRecord = HaltRecord | ClientRecord | SpreadRecord | PositionRecord
+_CONTROL_ACTIONS: Final = frozenset(
+    cls.__struct_config__.tag for cls in (HaltRecord, ClientRecord, SpreadRecord, PositionRecord)
+)
+
+
+def read_control(payload: dict[str, object]) -> ControlRecord | None:
+    """The typed payload of a journaled control event; ``None`` for an action the engine does
+    not write. Raises ``msgspec.ValidationError`` for a payload of a known action that is not
+    as the engine writes it."""
+    if payload.get("action") not in _CONTROL_ACTIONS:
+        return None
+    record: ControlRecord = msgspec.convert(payload, ControlRecord)
+    return record
 
 
 class _Trade(msgspec.Struct, frozen=True):
@@ -1047,6 +1099,13 @@ class QuoteEngine:
 
     # -- restart ------------------------------------------------------------------------------
 
+    @property
+    def remembered_ns(self) -> int:
+        """How far back RFQ ids and quotes are remembered: the longer of the duplicate window
+        and a quote's lifetime plus ``quote_memory_ms``. :meth:`restore` needs the journal's
+        RFQs and quotes that recent."""
+        return max(self._duplicate_ns, self._ttl_ns + self._memory_ns)
+
     def restore(self, rows: Iterable[JournalRow], *, operator: str = "start-up") -> Restored:
         """Rebuild the state a previous run left in its journal; call once, before serving.
 
@@ -1096,29 +1155,26 @@ class QuoteEngine:
                         inst, _SIDES[fill.side], qty, price
                     ).items():
                         positions[asset] = positions.get(asset, _ZERO) + change
-                    if row.ts_ns // _NS_PER_DAY == today:
+                    if row.ts_ns // _NS_PER_DAY == today and row.client in self._clients:
                         daily[row.client] = daily.get(row.client, _ZERO) + _CTX.multiply(qty, price)
                     quote = quotes.get(fill.quote_id)
                     if quote is not None:
                         quote.fill, quote.fill_key = fill, (fill.side, qty)
                     fills += 1
                 elif row.kind == "control":
-                    payload = row.payload
-                    action = payload.get("action")
-                    if action == "position":
-                        positions[str(payload["asset"])] = Decimal(str(payload["position"]))
-                    elif action == "halt":
-                        symbol, on = payload.get("symbol"), payload["halted"] is True
-                        if symbol is None:
+                    match read_control(row.payload):
+                        case PositionRecord(asset=asset, position=position):
+                            positions[asset] = position
+                        case HaltRecord(symbol=None, halted=on):
                             halted_all = on
-                        elif on:
-                            halted.add(str(symbol))
-                        else:
-                            halted.discard(str(symbol))
-                    elif action == "client_enabled":
-                        switches[row.client] = payload["enabled"] is True
-                    elif action == "tier_spread":
-                        spreads[str(payload["tier"])] = Decimal(str(payload["spread_bps"]))
+                        case HaltRecord(symbol=str(symbol), halted=True):
+                            halted.add(symbol)
+                        case HaltRecord(symbol=str(symbol), halted=False):
+                            halted.discard(symbol)
+                        case ClientRecord(enabled=on):
+                            switches[row.client] = on
+                        case SpreadRecord(tier=tier, spread_bps=spread):
+                            spreads[tier] = spread
                 elif row.kind == "quote":
                     quote = self._restored_quote(row)
                     if quote is not None and quote.valid_until_ns >= quote_horizon:
@@ -1141,8 +1197,7 @@ class QuoteEngine:
         halted &= set(self._instruments)
         self._positions.update(positions)
         for client, notional in daily.items():
-            if client in self._clients:
-                self._clients[client].add_notional(now, notional)
+            self._clients[client].add_notional(now, notional)
         self._halted_all = halted_all
         self._halted |= halted
         for client in disabled:
@@ -1171,7 +1226,7 @@ class QuoteEngine:
             fills=fills,
             skipped_fills=skipped,
             positions={a: p for a, p in sorted(positions.items()) if p},
-            daily_notional={c: n for c, n in sorted(daily.items()) if n and c in self._clients},
+            daily_notional={c: n for c, n in sorted(daily.items()) if n},
             halted_all=halted_all,
             halted=sorted(halted),
             disabled=disabled,

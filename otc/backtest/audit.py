@@ -40,7 +40,6 @@ import io
 import json
 from collections import deque
 from collections.abc import Iterable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,15 @@ from otc.config import Config
 from otc.journal import JournalEvent, MemoryJournal, _encode_payload, export
 from otc.market import Market
 from otc.model import BookEvent
-from otc.quoting import Outgoing, QuoteEngine
+from otc.quoting import (
+    ClientRecord,
+    HaltRecord,
+    Outgoing,
+    PositionRecord,
+    QuoteEngine,
+    SpreadRecord,
+    read_control,
+)
 
 __all__ = ["AuditResult", "Mismatch", "format_audit", "replay_journal"]
 
@@ -295,21 +302,19 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
 
 
 def _control(engine: QuoteEngine, row: dict[str, Any]) -> None:
-    payload = row["payload"]
-    operator = str(payload.get("operator", ""))
-    action = payload.get("action")
-    if action == "halt":
-        engine.set_halted(payload.get("symbol"), bool(payload["halted"]), operator=operator)
-    elif action == "client_enabled":
-        engine.set_client_enabled(row["client"], bool(payload["enabled"]), operator=operator)
-    elif action == "tier_spread":
-        engine.set_tier_spread(
-            str(payload["tier"]), Decimal(str(payload["spread_bps"])), operator=operator
-        )
-    elif action == "position":
-        engine.set_position(
-            str(payload["asset"]), Decimal(str(payload["position"])), operator=operator
-        )
+    record = read_control(row["payload"])
+    if record is None:
+        return
+    operator = record.operator
+    match record:
+        case HaltRecord():
+            engine.set_halted(record.symbol, record.halted, operator=operator)
+        case ClientRecord():
+            engine.set_client_enabled(row["client"], record.enabled, operator=operator)
+        case SpreadRecord():
+            engine.set_tier_spread(record.tier, record.spread_bps, operator=operator)
+        case PositionRecord():
+            engine.set_position(record.asset, record.position, operator=operator)
 
 
 def format_audit(result: AuditResult) -> str:

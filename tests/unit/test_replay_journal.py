@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -16,7 +17,7 @@ from feeds.sim import SyntheticMarket, default_venues
 from otc.backtest.audit import replay_journal
 from otc.clock import FakeClock
 from otc.config import load_config
-from otc.journal import SqliteJournal, export
+from otc.journal import SqliteJournal, export, recent
 from otc.market import Market
 from otc.quoting import QuoteEngine
 
@@ -44,6 +45,19 @@ async def live_run(folder: Path, seed: int) -> tuple[Path, Path, int]:
                 writer.write([event])
             for step in range(1, 80):
                 clock.advance(ms=37)
+                # Operator controls that change what follows: the replay must apply them too.
+                if step == 20:
+                    engine.set_tier_spread("gold", Decimal(30), operator="ops")
+                elif step == 30:
+                    engine.set_position("BTC", Decimal(-20), operator="ops")
+                elif step == 44:
+                    engine.set_halted("BTC-USDT", True, operator="ops")
+                elif step == 50:
+                    engine.set_halted("BTC-USDT", False, operator="ops")
+                    engine.set_client_enabled("client-a", False, operator="ops")
+                elif step == 54:
+                    engine.set_client_enabled("client-a", True, operator="ops")
+                await engine.flush_controls()
                 for i, event in enumerate(sim.step_events(step, clock.now_ns())):
                     market.apply(event)
                     writer.write([event])
@@ -70,6 +84,11 @@ def test_replay_reproduces_every_quote_exactly(tmp_path: Path) -> None:
     assert result.mismatches == []
     assert result.identical
     assert result.journaled == result.reproduced >= quotes
+    assert result.controls == 6
+    codes = {
+        row.payload.get("code") for row in recent(journal, limit=100_000) if row.kind == "reject"
+    }
+    assert {"MARKET_HALTED", "CLIENT_DISABLED"} <= codes  # the controls took effect live
 
 
 def test_replay_over_another_feed_is_reported_different(tmp_path: Path) -> None:

@@ -51,9 +51,8 @@ class Run:
         await self.journal.aclose()
 
     async def restore(self) -> Restored:
-        q = self.config.quoting
-        window = max(q.duplicate_window_ms, q.quote_memory_ms + q.quote_ttl_ms) * NS_PER_MS
-        restored = self.engine.restore(state_rows(self.path, since_ns=self.clock.now_ns() - window))
+        since = self.clock.now_ns() - self.engine.remembered_ns
+        restored = self.engine.restore(state_rows(self.path, since_ns=since))
         await self.engine.flush_controls()
         return restored
 
