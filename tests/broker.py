@@ -18,8 +18,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
+import msgspec
 import pytest
 
 from otc.broker import (
@@ -30,6 +31,7 @@ from otc.broker import (
     find_mosquitto,
     start_broker,
 )
+from otc.bus import Bus
 
 MOSQUITTO = find_mosquitto()
 AMQTT = find_amqtt()
@@ -122,3 +124,30 @@ async def receive(
     """The next message; fails the test (``TimeoutError``) rather than hang when none comes."""
     async with asyncio.timeout(timeout_s):
         return await anext(messages)
+
+
+async def ask_engine(
+    host: str, port: int, client: str, kind: Literal["rfq", "accept"], body: dict[str, str]
+) -> dict[str, Any]:
+    """Publish ``body`` as ``client`` on ``otc/v1/{client}/{kind}``; the engine's reply (on the
+    client's ``quotes`` topic for an RFQ, ``fills`` for an accept)."""
+    replies = f"otc/v1/{client}/{'quotes' if kind == 'rfq' else 'fills'}"
+    async with Bus(host=host, port=port) as bus:
+        await bus.subscribe(replies)
+        await bus.publish(Publication(f"otc/v1/{client}/{kind}", msgspec.json.encode(body)))
+        messages = bus.messages()
+        while True:  # amqtt may hand a new client an earlier client's subscriptions too
+            topic, payload = await receive(messages)
+            if topic == replies:
+                break
+    answer: dict[str, Any] = msgspec.json.decode(payload)
+    return answer
+
+
+async def retained_status(host: str, port: int) -> dict[str, Any]:
+    """The engine's retained ``otc/v1/status``."""
+    async with Bus(host=host, port=port) as bus:
+        await bus.subscribe("otc/v1/status")
+        _, payload = await receive(bus.messages())
+    status: dict[str, Any] = msgspec.json.decode(payload)
+    return status

@@ -19,12 +19,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from broker import receive, running_broker
-
-from otc.bus import Bus
-from otc.quoting import Outgoing
+from broker import ask_engine, retained_status, running_broker
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -36,6 +34,26 @@ def otc(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[s
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def otc_rfq(
+    url: str, client: str, symbol: str, side: str, qty: str, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`otc rfq` against the broker at ``url`` (``flags``: ``--accept``, ``--json``...)."""
+    return otc(
+        "rfq",
+        "--broker",
+        url,
+        "--client",
+        client,
+        "--symbol",
+        symbol,
+        "--side",
+        side,
+        "--qty",
+        qty,
+        *flags,
     )
 
 
@@ -90,21 +108,7 @@ def test_rfq_quote_accept_fill_and_the_journal(
     service: tuple[str, Path, subprocess.Popen[str]],
 ) -> None:
     url, journal, proc = service
-    got = otc(
-        "rfq",
-        "--broker",
-        url,
-        "--client",
-        "client-a",
-        "--symbol",
-        "BTC-USDT",
-        "--side",
-        "buy",
-        "--qty",
-        "25",
-        "--accept",
-        "--json",
-    )
+    got = otc_rfq(url, "client-a", "BTC-USDT", "buy", "25", "--accept", "--json")
     assert got.returncode == 0, got.stderr
     quote, fill = (json.loads(line) for line in got.stdout.splitlines())
     assert quote["type"] == "quote"
@@ -114,43 +118,17 @@ def test_rfq_quote_accept_fill_and_the_journal(
     assert fill["price"] == quote["ask"]
     assert fill["qty"] == "25"
     # A two-way quote prices both sides, bid below ask.
-    two_way = otc(
-        "rfq",
-        "--broker",
-        url,
-        "--client",
-        "client-b",
-        "--symbol",
-        "ETH-USDT",
-        "--side",
-        "two_way",
-        "--qty",
-        "10",
-        "--json",
-    )
+    two_way = otc_rfq(url, "client-b", "ETH-USDT", "two_way", "10", "--json")
     assert two_way.returncode == 0, two_way.stderr
     q2 = json.loads(two_way.stdout)
     assert float(q2["bid"]) < float(q2["ask"])
     # Unknown symbol: a reject naming the problem, exit status 1.
-    bad = otc(
-        "rfq",
-        "--broker",
-        url,
-        "--client",
-        "client-a",
-        "--symbol",
-        "DOGE-USDT",
-        "--side",
-        "buy",
-        "--qty",
-        "1",
-        "--json",
-    )
+    bad = otc_rfq(url, "client-a", "DOGE-USDT", "buy", "1", "--json")
     assert bad.returncode == 1
     reject = json.loads(bad.stdout)
     assert reject["code"] == "UNKNOWN_SYMBOL"
     assert "DOGE-USDT" in reject["reason"]
-    up = retained_status(url)
+    up = status_of(url)
     assert up["state"] == "up"
     assert "BTC-USDT" in up["symbols"]  # type: ignore[operator]
     # Shut down: status down (retained), and the fill is in the journal.
@@ -158,7 +136,7 @@ def test_rfq_quote_accept_fill_and_the_journal(
     assert proc.wait(timeout=20) == 0
     blotter = otc("blotter", "--journal", journal, "--kind", "fill")
     assert fill["trade_id"] in blotter.stdout
-    assert retained_status(url)["state"] == "down"
+    assert status_of(url)["state"] == "down"
 
 
 def test_a_restart_on_the_same_journal_keeps_the_fill_and_the_position(tmp_path: Path) -> None:
@@ -166,21 +144,7 @@ def test_a_restart_on_the_same_journal_keeps_the_fill_and_the_position(tmp_path:
     with running_broker(tmp_path / "broker") as broker:
         url = f"mqtt://{broker.host}:{broker.port}"
         with serving(url, journal) as proc:
-            got = otc(
-                "rfq",
-                "--broker",
-                url,
-                "--client",
-                "client-a",
-                "--symbol",
-                "BTC-USDT",
-                "--side",
-                "buy",
-                "--qty",
-                "2",
-                "--accept",
-                "--json",
-            )
+            got = otc_rfq(url, "client-a", "BTC-USDT", "buy", "2", "--accept", "--json")
             assert got.returncode == 0, got.stderr
             quote, fill = (json.loads(line) for line in got.stdout.splitlines())
             assert fill["type"] == "fill"
@@ -205,19 +169,10 @@ def test_a_restart_on_the_same_journal_keeps_the_fill_and_the_position(tmp_path:
     )
 
 
-def accept(url: str, client: str, body: dict[str, str]) -> dict[str, object]:
+def accept(url: str, client: str, body: dict[str, str]) -> dict[str, Any]:
     """Publish an accept as ``client`` and return the reply on its fills topic."""
-
-    async def run() -> dict[str, object]:
-        host, port = url.removeprefix("mqtt://").split(":")
-        async with Bus(host=host, port=int(port)) as bus:
-            await bus.subscribe(f"otc/v1/{client}/fills")
-            await bus.publish(Outgoing(f"otc/v1/{client}/accept", json.dumps(body).encode()))
-            _, payload = await receive(bus.messages())
-            doc: dict[str, object] = json.loads(payload)
-            return doc
-
-    return asyncio.run(run())
+    host, port = url.removeprefix("mqtt://").split(":")
+    return asyncio.run(ask_engine(host, int(port), client, "accept", body))
 
 
 def test_a_second_engine_on_the_same_journal_is_refused(
@@ -244,16 +199,9 @@ def test_a_second_engine_on_the_same_journal_is_refused(
     assert proc.poll() is None  # the first one serves on
 
 
-def retained_status(url: str) -> dict[str, object]:
-    async def read() -> dict[str, object]:
-        host, port = url.removeprefix("mqtt://").split(":")
-        async with Bus(host=host, port=int(port)) as bus:
-            await bus.subscribe("otc/v1/status")
-            _, payload = await receive(bus.messages())
-            doc: dict[str, object] = json.loads(payload)
-            return doc
-
-    return asyncio.run(read())
+def status_of(url: str) -> dict[str, Any]:
+    host, port = url.removeprefix("mqtt://").split(":")
+    return asyncio.run(retained_status(host, int(port)))
 
 
 needs_mosquitto_clients = pytest.mark.skipif(
@@ -349,20 +297,7 @@ def test_operator_kill_switch_and_client_disable_take_effect_at_once(
     url, journal, _ = service
 
     def rfq(client: str = "client-a", symbol: str = "BTC-USDT") -> dict[str, str]:
-        got = otc(
-            "rfq",
-            "--broker",
-            url,
-            "--client",
-            client,
-            "--symbol",
-            symbol,
-            "--side",
-            "sell",
-            "--qty",
-            "1",
-            "--json",
-        )
+        got = otc_rfq(url, client, symbol, "sell", "1", "--json")
         doc: dict[str, str] = json.loads(got.stdout)
         return doc
 
