@@ -68,9 +68,10 @@ from otc.quoting import Outgoing, QuoteEngine, Restored
 
 if TYPE_CHECKING:
     from feeds.record import Recorder
+    from feeds.sim import SyntheticMarket
     from otc.console import ConsoleServer
 
-__all__ = ["Engine", "FeedMode"]
+__all__ = ["SIM_MIDS", "Engine", "FeedMode", "sim_markets"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,22 @@ _RECONNECT_STABLE_S = 10.0
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
 CONTROL_SUBSCRIPTION = "otc/v1/control/+"
+
+
+def sim_markets(config: Config, market: Market) -> list[SyntheticMarket]:
+    """The synthetic market of each configured symbol (seeded by its position in the config),
+    on the venues its consolidated book in ``market`` takes, from :data:`SIM_MIDS`."""
+    from feeds.sim import SyntheticMarket, default_venues
+
+    markets = []
+    for seed, inst in enumerate(config.instruments, start=1):
+        consolidated = market.books[inst.symbol]
+        venues = [v for v in default_venues() if v.name in consolidated.venues]
+        if not venues:  # the book would drop every delta of any other venue
+            continue
+        mid = SIM_MIDS.get(inst.base, Decimal(100))
+        markets.append(SyntheticMarket(inst.symbol, inst.scale, mid=mid, venues=venues, seed=seed))
+    return markets
 
 
 class Engine:
@@ -420,20 +437,10 @@ class Engine:
         own turn of the loop, so that RFQs are served in between rather than queued behind a
         whole step.
         """
-        from feeds.sim import SimFeed, SyntheticMarket, default_venues
+        from feeds.sim import SimFeed
 
-        markets = []
-        for seed, inst in enumerate(self.config.instruments, start=1):
-            consolidated = self.market.books[inst.symbol]
-            venues = [v for v in default_venues() if v.name in consolidated.venues]
-            if not venues:  # the book would drop every delta of any other venue
-                continue
-            mid = SIM_MIDS.get(inst.base, Decimal(100))
-            markets.append(
-                SyntheticMarket(inst.symbol, inst.scale, mid=mid, venues=venues, seed=seed)
-            )
         feed = SimFeed(
-            markets,
+            sim_markets(self.config, self.market),
             interval_s=self.sim_interval_s,
             clock_ns=self.clock.now_ns,
         )

@@ -281,6 +281,13 @@ def _parser() -> argparse.ArgumentParser:
         help="echo then engine, this many times; the ratios are the medians",
     )
     rfq_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    quote_bench = bench_sub.add_parser(
+        "quote", help="QuoteEngine.on_rfq in one process, no broker, vs decode + encode"
+    )
+    quote_bench.add_argument("--rfqs", type=_positive_int, default=10_000, help="per run")
+    quote_bench.add_argument("--paced-rfqs", type=_positive_int, default=2_000)
+    quote_bench.add_argument("--repeats", type=_positive_int, default=3)
+    quote_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     bt_bench = bench_sub.add_parser(
         "backtest", help="backtest replay throughput next to the raw book update rate"
     )
@@ -1049,6 +1056,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from otc.bench import feeds as bench_feeds
 
         figures = bench_feeds.run(venues=args.venues, repeats=args.repeats)
+    elif args.bench == "quote":
+        from otc.bench import quote as bench_quote
+
+        figures = bench_quote.run(rfqs=args.rfqs, paced_rfqs=args.paced_rfqs, repeats=args.repeats)
     elif args.bench == "rfq":
         from otc.bench import rfq as bench_rfq
 

@@ -621,7 +621,7 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
-def _loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows, or not installed
@@ -827,7 +827,7 @@ def run(
     if rounds < 1:
         raise ValueError(f"rounds must be positive, got {rounds}")
     write = (out if out is not None else sys.stdout).write
-    factory, loop_name = _loop_factory()
+    factory, loop_name = loop_factory()
     info = machine()
     plan = _Plan(rfqs=rfqs, quick=quick, rounds=rounds)
     with (
