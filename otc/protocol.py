@@ -23,6 +23,7 @@ field in a :class:`ProtocolError` carrying the reject code.
 from __future__ import annotations
 
 import enum
+import json
 from decimal import Decimal, InvalidOperation
 from typing import Literal, TypeVar
 
@@ -61,6 +62,7 @@ __all__ = [
     "encode",
     "parse_accept",
     "parse_rfq",
+    "repeated_member",
     "wire_decimal",
 ]
 
@@ -216,11 +218,48 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes, what: str) -> T:
             Code.INVALID_MESSAGE, f"{what} of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
         )
     try:
-        return decoder.decode(payload)
+        message = decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise ProtocolError(Code.INVALID_MESSAGE, f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(Code.INVALID_MESSAGE, f"{what} is not valid JSON: {exc}") from None
+    name = repeated_member(payload)
+    if name is not None:
+        raise ProtocolError(Code.INVALID_MESSAGE, f"{what}: member {name!r} is given twice")
+    return message
+
+
+class _Repeated(Exception):  # control flow inside repeated_member, never escapes
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _Repeated(name)
+        out[name] = value
+    return out
+
+
+def repeated_member(payload: bytes) -> str | None:
+    """A member name given twice in the object ``payload`` holds (valid JSON), if any.
+
+    JSON leaves repeated names undefined and msgspec keeps the last value, so that
+    ``{"side": "sell", ..., "side": "buy"}`` would be served as a buy: such a message is
+    ambiguous and refused. Messages are flat objects, and every member takes a colon outside
+    the strings: a payload with no more colons than distinct members has no repeats (one count,
+    the usual case); any other is parsed again, member by member.
+    """
+    members = msgspec.json.decode(payload)
+    if isinstance(members, dict) and payload.count(b":") <= len(members):
+        return None
+    try:
+        json.loads(payload, object_pairs_hook=_no_repeats)
+    except _Repeated as exc:
+        return exc.name
+    return None
 
 
 def decode_rfq(payload: bytes) -> Rfq:
@@ -240,6 +279,10 @@ def wire_decimal(text: str, field: str, code: Code = Code.INVALID_QTY) -> Decima
     """A strictly positive, finite decimal from wire text, or a ProtocolError naming ``field``."""
     if not text or len(text) > 64 or not text.isascii() or "_" in text or text != text.strip():
         raise ProtocolError(code, f"{field} must be a decimal string, got {text!r}")
+    if "e" in text or "E" in text:  # "1e3" is 1000: a typo away from "1.3"; we never send it
+        raise ProtocolError(
+            code, f"{field} must be in plain notation (like '250' or '0.5'), got {text!r}"
+        )
     try:
         value = Decimal(text)
     except InvalidOperation:

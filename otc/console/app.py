@@ -63,7 +63,7 @@ from otc.console.activity import Activity
 from otc.console.views import Blotter, BrokerLink, Depth, FeedHealthLike, Overview
 from otc.errors import ConfigError, OtcError
 from otc.market import Market
-from otc.protocol import Control, ControlResult, Ladder
+from otc.protocol import Control, ControlResult, Ladder, repeated_member
 from otc.quoting import QuoteEngine
 
 __all__ = ["Console", "ConsoleServer", "ControlRequest", "listen", "resolve_token", "url_of"]
@@ -320,6 +320,9 @@ class Console:
             return _error(400, f"invalid command: {exc}")
         except msgspec.DecodeError:
             return _error(400, "invalid command: not a JSON object")
+        repeated = repeated_member(body)
+        if repeated is not None:
+            return _error(400, f"invalid command: member {repeated!r} is given twice")
         if not OPERATOR.fullmatch(req.operator):
             return _error(
                 400, "invalid command: operator must be 1-64 letters, digits, '_', '.' or '-'"

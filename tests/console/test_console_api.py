@@ -232,6 +232,16 @@ async def test_client_switch_and_tier_spread(running: Running) -> None:
             "",
         ),
         (b'{"operator": "ops-1", "command": "client", "client": "client-a"}', 400, "enabled"),
+        (
+            b'{"operator": "ops-1", "command": "resume", "command": "halt"}',
+            400,
+            "member 'command' is given twice",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "1e1"}',
+            400,
+            "plain notation",
+        ),
         (b"{" + b" " * 5000 + b"}", 413, "4096"),
     ],
 )

@@ -338,7 +338,21 @@ BAD_RFQS: list[tuple[bytes, Code, str]] = [
     (rfq_bytes(qty="-1"), Code.INVALID_QTY, "qty must be positive"),
     (rfq_bytes(qty="NaN"), Code.INVALID_QTY, "qty must be finite"),
     (rfq_bytes(qty="Infinity"), Code.INVALID_QTY, "qty must be finite"),
-    (rfq_bytes(qty="1e40"), Code.INVALID_QTY, "absurdly large"),
+    (rfq_bytes(qty="1" + "0" * 40), Code.INVALID_QTY, "absurdly large"),
+    (rfq_bytes(qty="1." + "1" * 30), Code.INVALID_QTY, "absurdly large or precise"),
+    (rfq_bytes(qty="1e3"), Code.INVALID_QTY, "qty must be in plain notation"),
+    (rfq_bytes(qty=None, notional="5E+6"), Code.INVALID_QTY, "notional must be in plain"),
+    # A member given twice is ambiguous (msgspec would keep the last): refused, whichever it is.
+    (
+        b'{"rfq_id":"x1","symbol":"BTC-USDT","side":"sell","qty":"1","side":"buy"}',
+        Code.INVALID_MESSAGE,
+        "rfq: member 'side' is given twice",
+    ),
+    (
+        b'{"rfq_id":"x1","symbol":"BTC-USDT","side":"buy","qty":"1", "qty" : "1"}',
+        Code.INVALID_MESSAGE,
+        "member 'qty' is given twice",
+    ),
     (rfq_bytes(qty="1_000"), Code.INVALID_QTY, "qty"),
     (rfq_bytes(qty="abc"), Code.INVALID_QTY, "qty is not a number"),
     (rfq_bytes(qty="1", notional="5"), Code.INVALID_QTY, "exactly one of qty and notional"),
@@ -595,6 +609,7 @@ async def test_expiry_follows_the_clock(desk: Desk) -> None:
         ("buy", {"qty": "0"}, Code.INVALID_QTY, "qty must be positive"),
         ("buy", {"qty": "NaN"}, Code.INVALID_QTY, "qty must be finite"),
         ("buy", {"price": "1"}, Code.INVALID_MESSAGE, "unknown field `price`"),
+        ("buy", {"qty": "2e0"}, Code.INVALID_QTY, "qty must be in plain notation"),
     ],
 )
 async def test_bad_accepts_are_refused_and_the_quote_stays_open(
@@ -607,6 +622,23 @@ async def test_bad_accepts_are_refused_and_the_quote_stays_open(
     assert reject["code"] == code.value
     assert reason in reject["reason"]
     assert (await desk.accept(quote["quote_id"], side="buy"))["type"] == "fill"
+
+
+async def test_an_accept_with_a_member_given_twice_is_refused(desk: Desk) -> None:
+    quote = await desk.quote(side="two_way", qty="2")
+    twice = f'{{"quote_id":"{quote["quote_id"]}","side":"buy","side":"sell"}}'.encode()
+    reject = await desk.send_accept("client-a", twice)
+    assert (reject["type"], reject["code"]) == ("accept_reject", "INVALID_MESSAGE")
+    assert reject["reason"] == "accept: member 'side' is given twice"
+    assert (await desk.accept(quote["quote_id"], side="sell"))["type"] == "fill"
+
+
+async def test_colons_inside_strings_are_not_members(desk: Desk) -> None:
+    """More colons than members: the payload is checked member by member, and passes."""
+    quote = await desk.quote(rfq_id="desk:a:b:c", symbol="BTC-USDT")
+    assert quote["rfq_id"] == "desk:a:b:c"
+    spaced = b'{ "rfq_id" : "r:2" , "symbol" : "BTC-USDT" , "side" : "buy" , "qty" : "1" }'
+    assert (await desk.send_rfq("client-a", spaced))["type"] == "quote"
 
 
 async def test_unknown_quotes_and_other_clients_quotes_look_the_same(desk: Desk) -> None:
