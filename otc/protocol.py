@@ -56,6 +56,8 @@ __all__ = [
     "Reject",
     "Rfq",
     "Status",
+    "check_accept",
+    "check_rfq",
     "decode_accept",
     "decode_control",
     "decode_rfq",
@@ -306,7 +308,11 @@ class ParsedRfq(msgspec.Struct, frozen=True):
 
 def parse_rfq(payload: bytes) -> ParsedRfq:
     """Decode and validate an RFQ (symbol existence and limits are checked by the engine)."""
-    rfq = decode_rfq(payload)
+    return check_rfq(decode_rfq(payload))
+
+
+def check_rfq(rfq: Rfq) -> ParsedRfq:
+    """Validate a decoded RFQ: its id, side and exactly one positive size."""
     if not rfq.rfq_id or len(rfq.rfq_id) > 64:
         raise ProtocolError(Code.INVALID_MESSAGE, "rfq_id must be 1 to 64 characters")
     if rfq.side not in ("buy", "sell", "two_way"):
@@ -328,7 +334,12 @@ class ParsedAccept(msgspec.Struct, frozen=True):
 
 
 def parse_accept(payload: bytes) -> ParsedAccept:
-    accept = decode_accept(payload)
+    """Decode and validate an accept (the quote it names is checked by the engine)."""
+    return check_accept(decode_accept(payload))
+
+
+def check_accept(accept: Accept) -> ParsedAccept:
+    """Validate a decoded accept: its side and, when given, a positive qty."""
     if accept.side not in (None, "buy", "sell"):
         raise ProtocolError(Code.INVALID_SIDE, f"side must be buy or sell, got {accept.side!r}")
     qty = None if accept.qty is None else wire_decimal(accept.qty, "qty")

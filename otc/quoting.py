@@ -101,6 +101,7 @@ from otc.protocol import (
     LADDER_TOPIC,
     MAX_PAYLOAD_BYTES,
     QUOTES_TOPIC,
+    Accept,
     AcceptReject,
     Code,
     Fill,
@@ -111,11 +112,12 @@ from otc.protocol import (
     ProtocolError,
     Quote,
     Reject,
+    Rfq,
+    check_accept,
+    check_rfq,
     decode_accept,
     decode_rfq,
     encode,
-    parse_accept,
-    parse_rfq,
 )
 from otc.slippage import SlippageEstimate, Walk, estimate
 
@@ -169,17 +171,34 @@ def _salvage(payload: bytes, field: str) -> str:
         value = getattr(_salvage_decoder.decode(payload), field)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return ""
+    return _usable_id(value)
+
+
+def _usable_id(value: object) -> str:
     return value if isinstance(value, str) and 0 < len(value) <= 64 else ""
 
 
-def _wire_payload(payload: bytes, decoder: str) -> dict[str, object]:
-    """A client message as journal builtins: its fields when it decodes, else its raw text."""
-    try:
-        message = decode_rfq(payload) if decoder == "rfq" else decode_accept(payload)
-    except ProtocolError as exc:
+def _journal_form(message: msgspec.Struct | ProtocolError, payload: bytes) -> dict[str, object]:
+    """A client message as journal builtins: its fields when it decoded (``message``), else
+    why not, with its raw text."""
+    if isinstance(message, ProtocolError):
         head = payload[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace")
-        return {"invalid": exc.reason, "raw": head, "size_bytes": len(payload)}
+        return {"invalid": message.reason, "raw": head, "size_bytes": len(payload)}
     return {k: v for k, v in msgspec.structs.asdict(message).items() if v is not None}
+
+
+def _decoded_rfq(payload: bytes) -> Rfq | ProtocolError:
+    try:
+        return decode_rfq(payload)
+    except ProtocolError as exc:
+        return exc
+
+
+def _decoded_accept(payload: bytes) -> Accept | ProtocolError:
+    try:
+        return decode_accept(payload)
+    except ProtocolError as exc:
+        return exc
 
 
 class _Quote(msgspec.Struct, kw_only=True, gc=False):
@@ -449,13 +468,14 @@ class QuoteEngine:
         arrived = self._clock.now_ns()
         await self.flush_controls()
         self.prune(arrived)
-        rfq_id = _salvage(payload, "rfq_id")
+        wire = _decoded_rfq(payload)
+        rfq_id = _usable_id(wire.rfq_id) if isinstance(wire, Rfq) else _salvage(payload, "rfq_id")
         received = JournalEvent(
-            "rfq", client, arrived, rfq_id=rfq_id, payload=_wire_payload(payload, "rfq")
+            "rfq", client, arrived, rfq_id=rfq_id, payload=_journal_form(wire, payload)
         )
         topic = QUOTES_TOPIC.format(client=client)
         try:
-            quote, explanations = self._quote(client, payload, arrived)
+            quote, explanations = self._quote(client, wire, arrived)
         except ProtocolError as exc:
             code, reason = exc.code, exc.reason
         except Exception:  # a bug must not take the service down: reject, log
@@ -519,13 +539,15 @@ class QuoteEngine:
         return receipts[-1]
 
     def _quote(
-        self, client: str, payload: bytes, now: int
+        self, client: str, wire: Rfq | ProtocolError, now: int
     ) -> tuple[_Quote, dict[str, PriceExplanation]]:
         """Run every RFQ check and price it: the quote and the explanation of each side.
 
-        Raises ProtocolError with the reject code.
+        Raises ProtocolError with the reject code (``wire`` itself when the RFQ did not decode).
         """
-        rfq = parse_rfq(payload)
+        if isinstance(wire, ProtocolError):
+            raise wire
+        rfq = check_rfq(wire)
         state = self._client(client)
         self._take_token(state, now)
         if rfq.rfq_id in state.rfq_ids:
@@ -822,9 +844,12 @@ class QuoteEngine:
         """
         arrived = self._clock.now_ns()
         await self.flush_controls()
-        quote_id = _salvage(payload, "quote_id")
+        wire = _decoded_accept(payload)
+        quote_id = (
+            _usable_id(wire.quote_id) if isinstance(wire, Accept) else _salvage(payload, "quote_id")
+        )
         received = JournalEvent(
-            "accept", client, arrived, quote_id=quote_id, payload=_wire_payload(payload, "accept")
+            "accept", client, arrived, quote_id=quote_id, payload=_journal_form(wire, payload)
         )
         named = self._quotes.get(quote_id)
         if named is not None and named.client == client and named.journaled is not None:
@@ -835,7 +860,9 @@ class QuoteEngine:
             await self._submit(received)  # committed before any fill: the journal keeps order
         topic = FILLS_TOPIC.format(client=client)
         try:
-            accept = parse_accept(payload)
+            if isinstance(wire, ProtocolError):
+                raise wire
+            accept = check_accept(wire)
             quote = self._quotes.get(accept.quote_id)
             if quote is None or quote.client != client:
                 raise ProtocolError(
