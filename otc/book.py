@@ -598,6 +598,8 @@ class ConsolidatedBook:
         self.scale = scale
         self.max_book_age_ms = max_book_age_ms
         self.venues: dict[str, VenueState] = {}
+        #: ``venues`` sorted by name (venues are only ever added).
+        self._sorted: list[tuple[str, VenueState]] = []
         self._cache: dict[Side, tuple[tuple[tuple[str, int, int], ...], Ladder]] = {}
 
     def add_venue(self, book: L2Book, fee: int, *, in_sync: bool = True) -> VenueState:
@@ -610,6 +612,7 @@ class ConsolidatedBook:
             raise OtcError(f"venue {book.venue} added twice to {self.symbol}")
         state = VenueState(book, fee, in_sync=in_sync)
         self.venues[book.venue] = state
+        self._sorted = sorted(self.venues.items())
         return state
 
     def set_in_sync(self, venue: str, in_sync: bool, detail: str = "") -> None:
@@ -648,11 +651,26 @@ class ConsolidatedBook:
         """The venues usable at ``now_ns`` (ns since the epoch; ``None`` skips staleness)."""
         included: dict[str, VenueState] = {}
         excluded: list[Exclusion] = []
-        for name in sorted(self.venues):
-            why = self.exclusion(name, now_ns)
-            if why is None:
-                included[name] = self.venues[name]
+        # Read on every RFQ: the usual case (every venue usable) is decided inline, and
+        # :meth:`exclusion` (the same rules, in the same order) names the reason otherwise.
+        stale_at = (  # a book last received at or before this is stale
+            None
+            if self.max_book_age_ms is None or now_ns is None
+            else now_ns - (self.max_book_age_ms + 1) * 1_000_000
+        )
+        for name, state in self._sorted:
+            book = state.book
+            bid, ask = book.best_bid, book.best_ask
+            if (
+                state.enabled
+                and state.in_sync
+                and (stale_at is None or book.ts_recv_ns > stale_at)
+                and (bid is None or ask is None or bid < ask)
+            ):
+                included[name] = state
             else:
+                why = self.exclusion(name, now_ns)
+                assert why is not None
                 excluded.append(why)
         return BookView(self, included, excluded)
 

@@ -287,6 +287,21 @@ def test_stale_venue_is_excluded_with_its_age() -> None:
     assert (view.best_bid, view.best_ask) == (101, 103)  # from beta alone
 
 
+@pytest.mark.parametrize(
+    "age_ns", [0, 500 * MS - 1, 500 * MS, 501 * MS - 1, 501 * MS, 501 * MS + 1, -5 * MS]
+)
+def test_the_view_and_exclusion_agree_at_the_staleness_edge(age_ns: int) -> None:
+    """The view decides the usual case inline; at every age around the limit it must say
+    what :meth:`exclusion` says (500 ms: fresh until the age reaches 501 whole ms)."""
+    book = consolidated(max_book_age_ms=500)
+    now = 1_000 * MS + age_ns
+    view = book.view(now_ns=now)
+    expected = [why for name in book.venues if (why := book.exclusion(name, now)) is not None]
+    assert view.excluded == expected
+    assert set(view.included) == set(book.venues) - {why.venue for why in expected}
+    assert bool(view.excluded) == (age_ns >= 501 * MS)
+
+
 def test_staleness_is_skipped_without_a_clock_or_a_limit() -> None:
     assert consolidated(max_book_age_ms=500).view().excluded == []  # now_ns=None
     assert consolidated(max_book_age_ms=None).view(now_ns=10**18).excluded == []
