@@ -402,6 +402,8 @@ class QuoteEngine:
         self._halted_all = False
         self._halted: set[str] = set()
         self._positions: dict[str, Decimal] = {}
+        #: The inventory skew by base asset, with the position it was computed for.
+        self._skews: dict[str, tuple[Decimal, Decimal]] = {}
         risk = config.risk
         #: The volatility part of the risk premium depends on the instrument only.
         self._volatility_bps = {
@@ -466,7 +468,8 @@ class QuoteEngine:
         by then propagates, and the quote is forgotten (never published, it cannot be accepted).
         """
         arrived = self._clock.now_ns()
-        await self.flush_controls()
+        if self._controls:
+            await self.flush_controls()
         self.prune(arrived)
         wire = _decoded_rfq(payload)
         rfq_id = _usable_id(wire.rfq_id) if isinstance(wire, Rfq) else _salvage(payload, "rfq_id")
@@ -787,12 +790,16 @@ class QuoteEngine:
             raise ProtocolError(Code.MARKET_UNAVAILABLE, str(exc)) from None
 
     def _skew(self, inst: InstrumentConfig) -> Decimal:
+        position = self._positions.get(inst.base, _ZERO)
+        cached = self._skews.get(inst.base)
+        if cached is not None and cached[0] is position:  # positions are replaced, not mutated
+            return cached[1]
         inventory = self.config.inventory
-        return inventory_skew_bps(
-            self._positions.get(inst.base, _ZERO),
-            inventory.limits.get(inst.base),
-            inventory.skew_bps_at_limit,
+        skew = inventory_skew_bps(
+            position, inventory.limits.get(inst.base), inventory.skew_bps_at_limit
         )
+        self._skews[inst.base] = (position, skew)
+        return skew
 
     def _check_limits(
         self,

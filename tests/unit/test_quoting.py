@@ -237,6 +237,20 @@ async def test_the_worked_example_is_quoted_exactly(example: Desk) -> None:
     assert explanation["bid"]["price_raw"] == "63940.59417417"
 
 
+async def test_the_skew_follows_the_position_after_every_fill_and_control(example: Desk) -> None:
+    """Long 10 BTC of a 50 limit at 5 bps: -1 bps; each fill or control moves it at once."""
+    skews = []
+    for step in ("start", "fill", "control", "fill"):
+        if step == "fill":
+            quote = await example.quote(qty="5")  # the client buys 5: the desk sells 5
+            assert (await example.accept(quote["quote_id"]))["type"] == "fill"
+        elif step == "control":
+            example.engine.set_position("BTC", D(-25), operator="test")
+        await example.quote(qty="1")
+        skews.append(example.explanations()[-1]["ask"]["skew_bps"])
+    assert skews == ["-1", "-0.5", "2.5", "3"]
+
+
 async def test_a_quote_is_firm_for_the_ttl_and_addressed_to_the_asking_client(desk: Desk) -> None:
     now_ms = desk.clock.now_ns() // 1_000_000
     quote = await desk.quote(rfq_id="mine-1", qty="0.5")
