@@ -430,14 +430,21 @@ class Ladder:
 
     # -- building ------------------------------------------------------------------------------
 
-    def extend(self) -> int:
-        """Build the next batch of levels; returns how many were added (0 once complete)."""
+    def extend(self, max_chunk: int | None = None) -> int:
+        """Build the next batch of levels; returns how many were added (0 once complete).
+
+        Each venue gives as many levels as are built already (at least :attr:`chunk`), so
+        that a deep walk takes few batches; ``max_chunk`` caps that, to bound the work of one
+        call (the engine's ladders build a little per turn of its loop).
+        """
         if self.complete:
             return 0
         for book, version in self._versions:
             if book.side_version(self.side) != version:
                 raise RuntimeError(f"{book.venue} book changed since this ladder was built")
         chunk = max(self.chunk, len(self.prices))
+        if max_chunk is not None:
+            chunk = max(1, min(chunk, max_chunk))
         pending = self._pending
         active: list[Iterator[tuple[int, str, int, int]]] = []
         threshold: int | None = None

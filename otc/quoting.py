@@ -138,6 +138,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _NS_PER_MS = 1_000_000
+#: Levels per venue one step of a ladder may add to the consolidated book (bounds its time).
+_LADDER_CHUNK: Final = 32
 _NS_PER_S = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_S
 _CTX = Context(prec=60)
@@ -1112,12 +1114,30 @@ class QuoteEngine:
         ctx = self._context(inst, view, spread, now)
         bands = []
         for qty in inst.ladder_bands:
-            bid = self._indicative(ctx, Side.SELL, qty) if usable else None
-            yield
-            ask = self._indicative(ctx, Side.BUY, qty) if usable else None
-            bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
-            yield
+            prices: dict[Side, str | None] = {}
+            for side in (Side.SELL, Side.BUY):
+                if usable:
+                    yield from self._deepen(ctx, side, qty)
+                prices[side] = self._indicative(ctx, side, qty) if usable else None
+                yield
+            bands.append(LadderBand(decimal_text(qty), bid=prices[Side.SELL], ask=prices[Side.BUY]))
         return Ladder(symbol=inst.symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
+
+    @staticmethod
+    def _deepen(ctx: _Context, side: Side, qty: Decimal) -> Generator[None, None, None]:
+        """Build the consolidated levels a walk of ``qty`` needs, a bounded batch per step.
+
+        A deep band's first walk after the books moved would otherwise merge hundreds of
+        levels per venue in one go (over a millisecond for 250 ETH). A book that changes in
+        between hands out a new ladder, which is built from its top again.
+        """
+        lots = parse_fixed(qty, ctx.view.scale.size_decimals, what="qty")
+        while True:
+            ladder = ctx.view.ladder(side)
+            if ladder.complete or ladder.cum_qty[-1] >= lots:
+                return
+            ladder.extend(_LADDER_CHUNK)
+            yield
 
     def _indicative(self, ctx: _Context, side: Side, qty: Decimal) -> str | None:
         try:

@@ -1,4 +1,5 @@
-"""The lazily built ladder equals an eager merge of all levels, whatever the chunk size."""
+"""The lazily built ladder equals an eager merge of all levels, whatever the chunk size (or
+its cap per extension)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ def eager_rows(book: ConsolidatedBook, side: Side) -> list[tuple[int, str, int, 
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("chunk", [1, 2, 7, 64])
+@pytest.mark.parametrize(
+    ("chunk", "max_chunk"), [(1, None), (2, None), (7, None), (64, None), (16, 1), (16, 5)]
+)
 def test_lazy_ladder_matches_eager_merge(
-    seed: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+    seed: int, chunk: int, max_chunk: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Ladder, "chunk", chunk)
     rng = random.Random(seed)
@@ -49,7 +52,7 @@ def test_lazy_ladder_matches_eager_merge(
         ladder = book.view().ladder(side)
         built = 0
         while not ladder.complete:  # extend step by step: every prefix must already be final
-            assert ladder.extend() >= 0
+            assert ladder.extend(max_chunk) >= 0
             rows = eager_rows(book, side)[: len(ladder)]
             assert ladder.prices == [r[2] for r in rows]
             assert ladder.venues == [r[1] for r in rows]

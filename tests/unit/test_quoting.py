@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import otc.book
 import otc.quoting
 from feeds.sim import SyntheticMarket
 from otc.clock import FakeClock
@@ -32,7 +33,7 @@ from otc.config import (
 from otc.errors import OtcError
 from otc.journal import JournalError, JournalEvent, MemoryJournal
 from otc.market import Market
-from otc.model import BookSnapshot, Scale, plain
+from otc.model import BookSnapshot, Scale, Side, plain
 from otc.protocol import MAX_PAYLOAD_BYTES, Code
 from otc.quoting import Outgoing, QuoteEngine
 from otc.slippage import ImpactModel
@@ -986,6 +987,49 @@ async def test_the_ladder_prices_every_band_and_publishes_on_change(desk: Desk) 
     )
     assert desk.engine.ladder("BTC-USD") is None  # no bands
     assert desk.engine.ladder("DOGE-USDT") is None
+
+
+def test_a_deep_ladder_is_built_a_bounded_batch_per_step(desk: Desk) -> None:
+    """Each step adds at most _LADDER_CHUNK levels per venue to the consolidated book, and the
+    prices are those a walk of the whole book gives (the same as built in one go)."""
+    one_go = desk.engine.ladder("ETH-USDT", force=True)
+    assert one_go is not None
+    book = desk.market.books["ETH-USDT"]
+    venues = len(book.venues)
+    desk.refresh()  # new books: the ladder is built again, from its top
+    steps = desk.engine.ladder_steps("ETH-USDT", force=True)
+    levels, grown = 0, []
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            stepped = done.value
+            break
+        now = sum(len(book.view().ladder(side)) for side in Side)
+        grown.append(now - levels)
+        levels = now
+    assert stepped is not None
+    assert stepped.payload == one_go.payload  # same books (refreshed unchanged), same ladder
+    bands = len(desk.config.instrument("ETH-USDT").ladder_bands)
+    assert len(grown) > 2 * bands  # the 250 ETH band took several steps of its own
+    # A step builds on one side; the first also finds the touch on the other (16 a venue).
+    assert max(grown) <= (otc.quoting._LADDER_CHUNK + otc.book.Ladder.chunk) * venues
+
+
+def test_a_ladder_survives_books_moving_while_it_is_built(desk: Desk) -> None:
+    steps = desk.engine.ladder_steps("ETH-USDT", force=True)
+    for _ in range(5):
+        next(steps)
+    desk.clock.advance(ms=1)
+    desk.refresh()  # every venue's book replaced mid-ladder: later steps use the new ones
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            ladder = done.value
+            break
+    assert ladder is not None
+    assert all(b["bid"] and b["ask"] for b in msgspec.json.decode(ladder.payload)["bands"])
 
 
 async def test_a_ladder_band_beyond_depth_has_no_price(example: Desk) -> None:
