@@ -330,7 +330,7 @@ def apply_event(book: L2Book, event: BookEvent) -> None:
 # -- consolidation ---------------------------------------------------------------------------
 
 
-class Exclusion(msgspec.Struct, frozen=True):
+class Exclusion(msgspec.Struct, frozen=True, gc=False):
     """Why a venue is left out of a consolidated view."""
 
     venue: str

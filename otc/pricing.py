@@ -104,14 +104,14 @@ _BPS_QUANTUM = Decimal(1).scaleb(-BPS_PLACES)
 _MILLION = Decimal(1_000_000)
 
 
-class BookState(msgspec.Struct, frozen=True):
+class BookState(msgspec.Struct, frozen=True, gc=False):
     """A venue's book as it was when a price was read from it."""
 
     sequence: int | None
     age_ms: int
 
 
-class RiskPremium(msgspec.Struct, frozen=True):
+class RiskPremium(msgspec.Struct, frozen=True, gc=False):
     """The risk premium in bps: a volatility part and a size part."""
 
     volatility_bps: Decimal
@@ -122,7 +122,7 @@ class RiskPremium(msgspec.Struct, frozen=True):
         return self.volatility_bps + self.size_bps
 
 
-class PriceExplanation(msgspec.Struct, frozen=True, kw_only=True):
+class PriceExplanation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """How one side of a quote was priced (journaled with the quote). See the module docstring.
 
     ``side`` is the client's (``"buy"`` is priced at our ask); ``hedge_vwap`` is the average raw
@@ -147,7 +147,9 @@ class PriceExplanation(msgspec.Struct, frozen=True, kw_only=True):
     price_raw: Decimal
     price: Decimal
     books: dict[str, BookState]
-    excluded: list[Exclusion] = []
+    #: A tuple, not a list: with every field immutable, the journal's and the console's copies
+    #: of recent explanations are left out of the cyclic garbage collector's walks.
+    excluded: tuple[Exclusion, ...] = ()
 
 
 def _bps(value: Decimal) -> Decimal:
@@ -371,5 +373,5 @@ def _priced(
         price_raw=raw.normalize(_CTX),
         price=price,
         books=books,
-        excluded=excluded,
+        excluded=tuple(excluded),
     )

@@ -76,7 +76,7 @@ BPS_PLACES = 6
 _CTX = Context(prec=60)
 
 
-class VenueFill(msgspec.Struct, frozen=True):
+class VenueFill(msgspec.Struct, frozen=True, gc=False):
     """The part of a walk routed to one venue: base qty and quote notional before fees."""
 
     qty: Decimal

@@ -8,6 +8,7 @@ exact numbers matter, from the two-venue book of :mod:`otc.pricing`'s worked exa
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -250,6 +251,22 @@ async def test_the_skew_follows_the_position_after_every_fill_and_control(exampl
         await example.quote(qty="1")
         skews.append(example.explanations()[-1]["ask"]["skew_bps"])
     assert skews == ["-1", "-0.5", "2.5", "3"]
+
+
+async def test_what_a_quote_leaves_behind_is_out_of_the_garbage_collectors_walks(
+    desk: Desk,
+) -> None:
+    """The journal's and the console's recent events hold every quote's explanation for a
+    while: immutable, untracked structs keep the collector's full walks short (p99)."""
+    await desk.quote(side="two_way", qty="1")
+    event = desk.events("quote")[-1]
+    explanations = event.payload["explanation"]
+    assert isinstance(explanations, dict)
+    assert not gc.is_tracked(event)
+    for expl in explanations.values():
+        assert not gc.is_tracked(expl)
+        assert isinstance(expl.excluded, tuple)
+        assert not any(gc.is_tracked(v) for v in (*expl.route.values(), *expl.books.values()))
 
 
 async def test_a_quote_is_firm_for_the_ttl_and_addressed_to_the_asking_client(desk: Desk) -> None:
