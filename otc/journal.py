@@ -91,7 +91,7 @@ Receipt = asyncio.Future[None]
 KINDS: Final = frozenset({"rfq", "quote", "reject", "accept", "fill", "accept_reject", "control"})
 
 
-class JournalEvent(msgspec.Struct, frozen=True, gc=False):
+class JournalEvent(msgspec.Struct, frozen=True, gc=False):  # gc=False: see PriceExplanation
     kind: str  # "rfq" | "quote" | "reject" | "accept" | "fill" | "accept_reject" | "control"
     client: str
     ts_ns: int

@@ -147,8 +147,10 @@ class PriceExplanation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     price_raw: Decimal
     price: Decimal
     books: dict[str, BookState]
-    #: A tuple, not a list: with every field immutable, the journal's and the console's copies
-    #: of recent explanations are left out of the cyclic garbage collector's walks.
+    #: A tuple, not a list. Explanations wait in the journal's queue and the console's recent
+    #: events by the thousand: they and their parts are untracked by the cyclic garbage
+    #: collector (``gc=False``: they hold no reference cycles), and a tuple of untracked
+    #: structs is untracked too, where a list would be walked by every collection.
     excluded: tuple[Exclusion, ...] = ()
 
 
