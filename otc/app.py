@@ -43,7 +43,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from feeds.sim import SyntheticMarket
     from otc.console import ConsoleServer
 
-__all__ = ["SIM_MIDS", "Engine", "FeedMode", "sim_markets"]
+__all__ = ["GC_MIDDLE_THRESHOLD", "SIM_MIDS", "Engine", "FeedMode", "sim_markets", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,29 @@ _RECONNECT_STABLE_S = 10.0
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
 CONTROL_SUBSCRIPTION = "otc/v1/control/+"
+
+
+#: Young collections between two of the middle generation (CPython's default is 10).
+GC_MIDDLE_THRESHOLD: Final = 100
+
+
+def tune_gc() -> None:
+    """Set the cyclic garbage collector up for serving, once the engine is up.
+
+    Everything that exists then (modules, configuration, connections, the first books) is
+    moved out of its reach (:func:`gc.freeze`), so that full collections walk only what was
+    allocated since. Then the middle generation is collected every
+    :data:`GC_MIDDLE_THRESHOLD` young collections instead of every 10: most of what survives
+    one young collection is an RFQ or accept in flight (tasks, futures, coroutines), gone by
+    the next; measured over 20,500 RFQs through `otc bench rfq`'s harness, middle collections
+    67 -> 6-7 and full ones 7 -> 1, their time 93-130 -> 21-24 ms in all. The young
+    generation's threshold is kept: raised tenfold, each young collection took 2-2.5 ms
+    instead of 0.16-0.27 ms, for little less in all.
+    """
+    gc.collect()
+    gc.freeze()
+    young, _, old = gc.get_threshold()
+    gc.set_threshold(young, GC_MIDDLE_THRESHOLD, old)
 
 
 def sim_markets(config: Config, market: Market) -> list[SyntheticMarket]:
@@ -126,10 +149,9 @@ class Engine:
         console: serve the operator console (default: ``[console] enabled``).
         console_port: its port (default: ``[console] port``; 0: a free one).
         console_token: its operator token (default: :func:`otc.console.resolve_token`).
-        freeze_heap: once up, move every object that exists then (modules, configuration,
-            connections, the first books) out of the cyclic garbage collector's reach
-            (:func:`gc.freeze`), so that its full collections walk only what the service has
-            allocated since: ``otc serve`` and ``otc demo`` do, as the process's owner.
+        freeze_heap: once up, set the process's cyclic garbage collector up for serving
+            (:func:`tune_gc`: the start-up heap frozen, the middle generation collected less
+            often): ``otc serve`` and ``otc demo`` do, as the process's owner.
     """
 
     def __init__(
@@ -416,8 +438,7 @@ class Engine:
             self._announced = True
             log.info("engine up")
             if self.freeze_heap:
-                gc.collect()
-                gc.freeze()
+                tune_gc()
             if self.on_ready is not None:
                 self.on_ready()
         while True:

@@ -35,7 +35,9 @@ With ``rounds`` > 1, the QoS 1 echo and then the engine (a fresh one, on a fresh
 measured that many times, one right after the other, and the ratios reported are the medians
 of the rounds' (each round's too): on a shared machine the floor itself drifts between runs.
 
-Each series starts with a warm-up (not counted). The requester, the responder (or the engine)
+Each series starts with a warm-up (not counted). The process's garbage collector is set up as
+``otc serve`` sets it (:func:`otc.app.tune_gc`) before the first series, for the echo as for the
+engine, and restored when the benchmark returns. The requester, the responder (or the engine)
 share the loop, so every figure includes the requester's own cost, on both sides of a ratio;
 the broker is another process. Replies are matched to requests by ``rfq_id``.
 """
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import socket
@@ -61,7 +64,7 @@ from typing import Any, Final, TextIO, TypeVar
 
 import msgspec
 
-from otc.app import Engine
+from otc.app import Engine, tune_gc
 from otc.bench.book import machine as book_machine
 from otc.broker import (
     MAX_QUEUED_MESSAGES,
@@ -830,13 +833,18 @@ def run(
     factory, loop_name = loop_factory()
     info = machine()
     plan = _Plan(rfqs=rfqs, quick=quick, rounds=rounds)
-    with (
-        tempfile.TemporaryDirectory(prefix="otc-bench-rfq-") as tmp,
-        asyncio.Runner(loop_factory=factory) as runner,
-    ):
-        return runner.run(
-            _main(write, plan, Path(tmp), info=info, in_flight=in_flight, loop_name=loop_name)
-        )
+    thresholds = gc.get_threshold()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="otc-bench-rfq-") as tmp,
+            asyncio.Runner(loop_factory=factory) as runner,
+        ):
+            return runner.run(
+                _main(write, plan, Path(tmp), info=info, in_flight=in_flight, loop_name=loop_name)
+            )
+    finally:  # the collector as it was for the caller (tune_gc changed it)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 async def _main(
@@ -876,8 +884,11 @@ async def _main(
             "          round trip: the requester's publish -> the reply in its inbox "
             "(perf_counter_ns); TCP_NODELAY on every client socket;\n"
             "          cpu us/rt: this process's CPU time (all threads) per round trip; broker: "
-            "the broker's\n\n" + _HEADER
+            "the broker's;\n"
+            "          garbage collector: set up as `otc serve` sets it (otc.app.tune_gc) before "
+            "every series, the echo's too\n\n" + _HEADER
         )
+        tune_gc()  # the process's, shared by the requester: the same for the floor
         floor0 = await _floor(broker, plan, in_flight, qos=0, tag="echo0")
         rounds: list[_Round] = []
         for n in range(1, plan.rounds + 1):
