@@ -26,10 +26,10 @@ What it measures, per RFQ:
    probe sees a slower ``on_rfq`` than case 2).
 
 Cases 1, 2 and 3 are each the median of ``repeats`` runs (for 2 and 3 a fresh engine each,
-after a warm-up of 500 RFQs), case 4 one run; the heap is frozen as ``otc serve`` freezes it.
-CPU is ``thread_time_ns``, elapsed ``perf_counter_ns``. Every reply must be a quote, and the
-SQLite journal must hold an RFQ and a quote event for every RFQ once it is closed; the benchmark
-fails otherwise.
+after a warm-up of 500 RFQs), case 4 one run; the garbage collector is set up as ``otc serve``
+sets it (:func:`otc.app.tune_gc`), and restored at the end. CPU is ``thread_time_ns``, elapsed
+``perf_counter_ns``. Every reply must be a quote, and the SQLite journal must hold an RFQ and a
+quote event for every RFQ once it is closed; the benchmark fails otherwise.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any, Final, TextIO
 
 import msgspec
 
-from otc.app import sim_markets
+from otc.app import sim_markets, tune_gc
 from otc.bench.rfq import CONFIG_PATH, RFQ_MIX, bench_config, loop_factory
 from otc.clock import FakeClock
 from otc.config import Config
@@ -284,8 +284,8 @@ def run(
             "          cpu: the loop thread's (thread_time_ns), elapsed: perf_counter_ns, "
             "per RFQ, us\n\n"
         )
-        gc.collect()
-        gc.freeze()  # as `otc serve` does once it is up
+        thresholds = gc.get_threshold()
+        tune_gc()  # as `otc serve` does once it is up
         try:
             runs = sorted((_baseline(requests(rfqs, f"b{r}")) for r in range(repeats)), key=_cpu)
             base = runs[len(runs) // 2]
@@ -295,6 +295,7 @@ def run(
                 paced = runner.run(_paced(desk, paced_rfqs, burst, gap_ms))
         finally:
             gc.unfreeze()
+            gc.set_threshold(*thresholds)
     cases = {"baseline": base, "no_journal": null, "sqlite_journal": sqlite, "paced": paced}
     labels = {
         "baseline": "baseline: decode the RFQ, encode a reply",
