@@ -7,6 +7,7 @@ catch what they are for.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import subprocess
@@ -29,6 +30,15 @@ def quick_run() -> tuple[dict[str, Any], str]:
     out = io.StringIO()
     result = bench_quote.run(rfqs=120, paced_rfqs=30, burst=10, gap_ms=1, repeats=2, out=out)
     return result, out.getvalue()
+
+
+def test_the_garbage_collector_is_left_as_it_was() -> None:
+    """The benchmark sets the collector up as `otc serve` does, and puts it back."""
+    gc.unfreeze()
+    before = gc.get_threshold()
+    bench_quote.run(rfqs=20, paced_rfqs=5, burst=5, gap_ms=0, repeats=1, out=io.StringIO())
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_figures_per_case(quick_run: tuple[dict[str, Any], str]) -> None:
