@@ -885,7 +885,7 @@ async def _main(
             "(perf_counter_ns); TCP_NODELAY on every client socket;\n"
             "          cpu us/rt: this process's CPU time (all threads) per round trip; broker: "
             "the broker's;\n"
-            "          garbage collector: set up as `otc serve` sets it (otc.app.tune_gc) before "
+            "          garbage collector: set up as `otc serve` sets it (otc.app.tune_gc) for "
             "every series, the echo's too\n\n" + _HEADER
         )
         tune_gc()  # the process's, shared by the requester: the same for the floor
