@@ -71,7 +71,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from decimal import Context, Decimal
 from typing import Final, TypeVar
 
@@ -134,6 +134,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+M = TypeVar("M", Rfq, Accept)
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +190,10 @@ def _journal_form(message: msgspec.Struct | ProtocolError, payload: bytes) -> di
     return {k: v for k, v in msgspec.structs.asdict(message).items() if v is not None}
 
 
-def _decoded_rfq(payload: bytes) -> Rfq | ProtocolError:
+def _decoded(decode: Callable[[bytes], M], payload: bytes) -> M | ProtocolError:
+    """The decoded message, or why it is not one (both are journaled)."""
     try:
-        return decode_rfq(payload)
-    except ProtocolError as exc:
-        return exc
-
-
-def _decoded_accept(payload: bytes) -> Accept | ProtocolError:
-    try:
-        return decode_accept(payload)
+        return decode(payload)
     except ProtocolError as exc:
         return exc
 
@@ -473,7 +468,7 @@ class QuoteEngine:
         if self._controls:
             await self.flush_controls()
         self.prune(arrived)
-        wire = _decoded_rfq(payload)
+        wire = _decoded(decode_rfq, payload)
         rfq_id = _usable_id(wire.rfq_id) if isinstance(wire, Rfq) else _salvage(payload, "rfq_id")
         received = JournalEvent(
             "rfq", client, arrived, rfq_id=rfq_id, payload=_journal_form(wire, payload)
@@ -853,7 +848,7 @@ class QuoteEngine:
         """
         arrived = self._clock.now_ns()
         await self.flush_controls()
-        wire = _decoded_accept(payload)
+        wire = _decoded(decode_accept, payload)
         quote_id = (
             _usable_id(wire.quote_id) if isinstance(wire, Accept) else _salvage(payload, "quote_id")
         )

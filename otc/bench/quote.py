@@ -50,6 +50,7 @@ import msgspec
 
 from otc.app import sim_markets, tune_gc
 from otc.bench.rfq import CONFIG_PATH, RFQ_MIX, bench_config, loop_factory
+from otc.bench.rfq import requests as rfq_requests
 from otc.clock import FakeClock
 from otc.config import Config
 from otc.errors import OtcError
@@ -118,11 +119,8 @@ class _Desk:
 
 
 def requests(n: int, tag: str) -> list[bytes]:
-    """``n`` RFQ payloads of the mix, ids ``{tag}-{i}``."""
-    return [
-        msgspec.json.encode({"rfq_id": f"{tag}-{i}", "symbol": s, "side": side, "qty": qty})
-        for i, (s, side, qty) in zip(range(n), itertools.cycle(RFQ_MIX), strict=False)
-    ]
+    """``n`` RFQ payloads of the mix, ids ``{tag}-{i}``: those of ``otc bench rfq``."""
+    return [payload for _, payload in rfq_requests(tag, n)]
 
 
 def _check(replies: list[bytes]) -> None:

@@ -79,7 +79,17 @@ from otc.config import Config, load_config
 from otc.protocol import QUOTES_TOPIC, RFQ_TOPIC
 from otc.quoting import Outgoing
 
-__all__ = ["GOALS", "RFQ_MIX", "LatencySeries", "bench_config", "machine", "ratios", "run"]
+__all__ = [
+    "GOALS",
+    "RFQ_MIX",
+    "LatencySeries",
+    "bench_config",
+    "loop_factory",
+    "machine",
+    "ratios",
+    "requests",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -185,7 +195,7 @@ class LatencySeries(msgspec.Struct, kw_only=True):
 # -- requests and replies ------------------------------------------------------------------------
 
 
-def _requests(tag: str, n: int) -> list[tuple[str, bytes]]:
+def requests(tag: str, n: int) -> list[tuple[str, bytes]]:
     """``n`` RFQs of the mix, ids ``{tag}-{i}``: (rfq_id, payload)."""
     out = []
     for i, (symbol, side, qty) in zip(range(n), itertools.cycle(RFQ_MIX), strict=False):
@@ -335,7 +345,7 @@ async def _measure(
         bus,
         inbox,
         topic,
-        _requests(f"{tag}-warm", plan.warmup),
+        requests(f"{tag}-warm", plan.warmup),
         label=f"{tag}-warm",
         qos=qos,
         in_flight=in_flight,
@@ -347,7 +357,7 @@ async def _measure(
             bus,
             inbox,
             topic,
-            _requests(f"{tag}-seq", plan.rfqs),
+            requests(f"{tag}-seq", plan.rfqs),
             label=f"{tag}-sequential",
             qos=qos,
             in_flight=1,
@@ -358,7 +368,7 @@ async def _measure(
         bus,
         inbox,
         topic,
-        _requests(f"{tag}-load", plan.rfqs),
+        requests(f"{tag}-load", plan.rfqs),
         label=f"{tag}-sustained",
         qos=qos,
         in_flight=in_flight,
