@@ -75,6 +75,10 @@ TOKEN_ENV = "OTC_CONSOLE_TOKEN"  # noqa: S105 - a variable name, not a secret
 MAX_BODY_BYTES = 4096
 #: Operator names are journaled and are MQTT topic levels: as client ids.
 OPERATOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A count or sequence number in a query: ASCII digits only (``str.isdigit`` also takes
+#: superscripts, which ``int`` refuses, and other scripts' digits), and few: ``int`` refuses
+#: texts of over 4300 digits.
+COUNT = re.compile(r"[0-9]{1,18}")
 _NS_PER_MS = 1_000_000
 
 ControlFn = Callable[[str, Control], Awaitable[ControlResult]]
@@ -258,7 +262,7 @@ class Console:
         if isinstance(symbol, Response):
             return symbol
         text = request.query_params.get("levels", "50")
-        if not text.isdigit() or not 1 <= int(text) <= 1000:
+        if not COUNT.fullmatch(text) or not 1 <= int(text) <= 1000:
             return _error(400, f"levels must be an integer from 1 to 1000, got {text!r}")
         return _json(self.depth(symbol, int(text)))
 
@@ -280,8 +284,10 @@ class Console:
         numbers = {}
         for key, default in (("after", "0"), ("limit", "200")):
             text = params.get(key, default)
-            if not text.isdigit():
-                return _error(400, f"{key} must be a non-negative integer, got {text!r}")
+            if not COUNT.fullmatch(text):
+                return _error(
+                    400, f"{key} must be a non-negative integer of at most 18 digits, got {text!r}"
+                )
             numbers[key] = int(text)
         kinds = params.getlist("kind")
         known = {"rfq", "quote", "reject", "accept", "fill", "accept_reject", "control"}

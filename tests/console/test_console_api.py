@@ -268,6 +268,15 @@ async def test_bad_commands_are_refused_and_change_nothing(
         ("/api/ladder/BTC-USD", 404, "no ladder bands"),
         ("/api/blotter?kind=trade", 400, "trade"),
         ("/api/blotter?limit=-1", 400, "limit"),
+        # Digits to str.isdigit that int() refuses (superscript two), or takes (Arabic-Indic
+        # one), and more digits than int() converts: a 400 naming the parameter, not a 500.
+        ("/api/depth/BTC-USDT?levels=%C2%B2", 400, "levels"),
+        ("/api/depth/BTC-USDT?levels=%D9%A1", 400, "levels"),
+        ("/api/depth/BTC-USDT?levels=" + "9" * 5000, 400, "levels"),
+        ("/api/blotter?after=%C2%B2", 400, "after"),
+        ("/api/blotter?limit=%D9%A1", 400, "limit"),
+        ("/api/blotter?after=" + "9" * 5000, 400, "after"),
+        ("/api/blotter?limit=" + "9" * 19, 400, "at most 18 digits"),
         ("/api/quotes/unknown-q1", 404, "unknown-q1"),
         ("/api/stream?symbol=NOPE", 404, "NOPE"),
     ],
