@@ -570,7 +570,9 @@ class Engine:
             else:
                 if control.tier is None or control.spread_bps is None:
                     raise OtcError("spread needs 'tier' and 'spread_bps'")
-                spread = wire_decimal(control.spread_bps, "spread_bps", Code.INVALID_MESSAGE)
+                spread = wire_decimal(
+                    control.spread_bps, "spread_bps", Code.INVALID_MESSAGE, zero=True
+                )
                 self.quotes.set_tier_spread(control.tier, spread, operator=operator)
                 detail = f"tier {control.tier} spread {control.spread_bps} bps"
             await self.quotes.flush_controls()

@@ -277,8 +277,11 @@ def decode_accept(payload: bytes) -> Accept:
 _MAX_DIGITS = 30
 
 
-def wire_decimal(text: str, field: str, code: Code = Code.INVALID_QTY) -> Decimal:
-    """A strictly positive, finite decimal from wire text, or a ProtocolError naming ``field``."""
+def wire_decimal(
+    text: str, field: str, code: Code = Code.INVALID_QTY, *, zero: bool = False
+) -> Decimal:
+    """A strictly positive (``zero``: or zero), finite decimal from wire text, or a
+    ProtocolError naming ``field``."""
     if not text or len(text) > 64 or not text.isascii() or "_" in text or text != text.strip():
         raise ProtocolError(code, f"{field} must be a decimal string, got {text!r}")
     if "e" in text or "E" in text:  # "1e3" is 1000: a typo away from "1.3"; we never send it
@@ -291,8 +294,11 @@ def wire_decimal(text: str, field: str, code: Code = Code.INVALID_QTY) -> Decima
         raise ProtocolError(code, f"{field} is not a number: {text!r}") from None
     if not value.is_finite():
         raise ProtocolError(code, f"{field} must be finite, got {text!r}")
-    if value <= 0:
-        raise ProtocolError(code, f"{field} must be positive, got {text!r}")
+    if value < 0 or (value == 0 and not zero):
+        rule = "must not be negative" if zero else "must be positive"
+        raise ProtocolError(code, f"{field} {rule}, got {text!r}")
+    if value == 0:
+        return Decimal(0)  # also for "-0" and "0.00"
     if value.adjusted() >= _MAX_DIGITS or len(value.as_tuple().digits) > _MAX_DIGITS:
         raise ProtocolError(code, f"{field} {text!r} is absurdly large or precise")
     return value

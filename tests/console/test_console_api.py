@@ -211,6 +211,23 @@ async def test_client_switch_and_tier_spread(running: Running) -> None:
     assert clients["client-a"]["spread_bps"] == "50"
 
 
+@pytest.mark.parametrize("text", ["0", "-0", "0.00"])
+async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> None:
+    # The config and QuoteEngine.set_tier_spread take a spread >= 0; the command refused "0"
+    # ("spread_bps must be positive"), so that a tier configured at 0 could not be set back.
+    got = await running.client.post(
+        "/api/control",
+        json={"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": text},
+        headers=AUTH,
+    )
+    assert (got.status_code, got.json()["ok"]) == (200, True)
+    assert running.quotes.tier_spreads["gold"] == 0
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    assert overview["controls"]["tier_spreads_bps"]["gold"] == "0"
+    quote = await rfq(running, "client-a", "r-zero")
+    assert quote["type"] == "quote"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -224,7 +241,7 @@ async def test_client_switch_and_tier_spread(running: Running) -> None:
         (
             b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "-1"}',
             400,
-            "",
+            "spread_bps must not be negative, got '-1'",
         ),
         (
             b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "NaN"}',
