@@ -61,6 +61,7 @@ from otc.protocol import (
     ControlResult,
     ProtocolError,
     Status,
+    check_control,
     decode_control,
     wire_decimal,
 )
@@ -554,6 +555,7 @@ class Engine:
         assert self.quotes is not None
         command = control.command
         try:
+            check_control(control)
             if control.command in ("halt", "resume"):
                 halted = control.command == "halt"
                 self.quotes.set_halted(control.symbol, halted, operator=operator)

@@ -57,6 +57,7 @@ __all__ = [
     "Rfq",
     "Status",
     "check_accept",
+    "check_control",
     "check_rfq",
     "decode_accept",
     "decode_control",
@@ -366,6 +367,33 @@ class Control(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool | None = None
     tier: str | None = None
     spread_bps: str | None = None
+
+
+#: The members each command takes, besides ``command``.
+_CONTROL_MEMBERS: dict[str, tuple[str, ...]] = {
+    "halt": ("symbol",),
+    "resume": ("symbol",),
+    "client": ("client", "enabled"),
+    "spread": ("tier", "spread_bps"),
+}
+
+
+def check_control(control: Control) -> None:
+    """Refuse a command given members of another (``null`` counts as omitted).
+
+    Each command reads only its own members, so that ``{"command": "halt", "client":
+    "client-b"}`` would halt every symbol, and ``{"command": "spread", "tier": "gold",
+    "spread_bps": "9", "client": "client-a"}`` change the spread of every gold client: such a
+    command is ambiguous, and refused (``INVALID_MESSAGE``) before anything changes.
+    """
+    takes = _CONTROL_MEMBERS[control.command]
+    for name in Control.__struct_fields__:
+        if name != "command" and name not in takes and getattr(control, name) is not None:
+            members = " and ".join(repr(m) for m in takes)
+            raise ProtocolError(
+                Code.INVALID_MESSAGE,
+                f"{control.command} takes {members}, not {name!r}",
+            )
 
 
 class ControlResult(msgspec.Struct, frozen=True):

@@ -260,6 +260,24 @@ async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> 
             "plain notation",
         ),
         (b"{" + b" " * 5000 + b"}", 413, "4096"),
+        # Members of another command: each was ignored, so that the first halted everything.
+        (
+            b'{"operator": "ops-1", "command": "halt", "client": "client-a", "enabled": false}',
+            400,
+            "halt takes 'symbol', not 'client'",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "9",'
+            b' "client": "client-a"}',
+            400,
+            "spread takes 'tier' and 'spread_bps', not 'client'",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "client", "client": "client-a", "enabled": false,'
+            b' "symbol": "BTC-USDT"}',
+            400,
+            "client takes 'client' and 'enabled', not 'symbol'",
+        ),
     ],
 )
 async def test_bad_commands_are_refused_and_change_nothing(
@@ -273,6 +291,19 @@ async def test_bad_commands_are_refused_and_change_nothing(
     assert not running.quotes.halted("BTC-USDT")
     assert running.quotes.tier_spreads == spreads
     assert running.quotes.client_enabled("client-a")
+
+
+async def test_a_bus_command_with_members_of_another_is_refused(running: Running) -> None:
+    out = await running.engine.control("ops-1", b'{"command": "resume", "tier": "gold"}')
+    assert out.topic == "otc/v1/control/ops-1/result"
+    assert json.loads(out.payload) == {
+        "ok": False,
+        "command": "resume",
+        "detail": "resume takes 'symbol', not 'tier'",
+    }
+    out = await running.engine.control("ops-1", b'{"command": "halt", "client": null}')
+    assert json.loads(out.payload)["ok"]  # null is omitted, as in every message
+    assert running.quotes.halted("BTC-USDT")
 
 
 @pytest.mark.parametrize(
