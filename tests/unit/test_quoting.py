@@ -8,6 +8,7 @@ exact numbers matter, from the two-venue book of :mod:`otc.pricing`'s worked exa
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,6 +17,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import otc.book
 import otc.quoting
@@ -1053,3 +1056,124 @@ async def test_a_ladder_band_beyond_depth_has_no_price(example: Desk) -> None:
     # The ladder shows the widest tier (gold is the only one) with the same terms as a quote.
     quote = await example.quote(side="two_way", qty="2.5")
     assert (bands[1]["bid"], bands[1]["ask"]) == (quote["bid"], quote["ask"])
+
+
+# -- any payload: invariants --------------------------------------------------------------------
+
+#: Reject codes a client may see for what it sends (INTERNAL_ERROR is a bug, never input's fault).
+CLIENT_CODES = {code.value for code in Code} - {Code.INTERNAL_ERROR.value}
+#: Wire texts that are easy to get wrong: non-finite, signed zero, exponents, too precise or too
+#: large, padded, other scripts' digits, wrong case, empty.
+TRICKY = [
+    *("NaN", "-NaN", "sNaN", "Infinity", "-Infinity", "inf", "-0", "0", "0.0", "1e3", "2E0"),
+    *("0.000000000000000000000001", "9" * 40, " 1", "1 ", "1_0", "+1", ".5", "0x10", "\u0661"),
+    *("", " ", "1", "2", "0.5", "0.00001", "250000", "buy", "sell", "two_way", "BUY", "btc-usdt"),
+    *("BTC-USDT", "ETH-USDT", "BTC-USD", "x" * 65, "\U0001f600"),
+]
+JSON_VALUES = st.one_of(
+    st.sampled_from(TRICKY),
+    st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@st.composite
+def client_payloads(draw: st.DrawFn, fields: dict[str, object]) -> bytes:
+    """``fields`` with some members changed, dropped, added or given twice, as JSON text; or
+    that text cut or bytes spliced in; or any bytes."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=64))
+    members = list(fields.items())
+    names = [*fields, "rfq_id", "quote_id", "symbol", "side", "qty", "notional", "price"]
+    for _ in range(draw(st.integers(0, 3))):
+        action = draw(st.sampled_from(["set", "drop", "add"]))
+        if action == "add" or not members:
+            members.append((draw(st.sampled_from(names)), draw(JSON_VALUES)))
+        elif action == "set":
+            i = draw(st.integers(0, len(members) - 1))
+            members[i] = (members[i][0], draw(JSON_VALUES))
+        else:
+            del members[draw(st.integers(0, len(members) - 1))]
+    encode = msgspec.json.encode
+    text = b"{" + b",".join(encode(k) + b":" + encode(v) for k, v in members) + b"}"
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.binary(max_size=4)) + text[at + draw(st.integers(0, 4)) :]
+    return text
+
+
+def assert_well_formed(reply: dict[str, Any], inst: dict[str, InstrumentConfig]) -> None:
+    """A reject with a documented code and a reason; or a quote of plain, tick-aligned prices."""
+    if reply["type"] in ("reject", "accept_reject"):
+        assert reply["code"] in CLIENT_CODES, reply
+        assert reply["reason"].strip(), reply
+        return
+    assert reply["type"] in ("quote", "fill"), reply
+    tick = inst[reply["symbol"]].tick_size
+    for key in ("bid", "ask", "price"):
+        text = reply.get(key)
+        if text is not None:
+            assert text == plain(D(text)), reply  # plain notation, no float artefacts
+            assert D(text) > 0, reply
+            assert D(text) % tick == 0, reply
+    if reply.get("side") == "two_way" and reply["type"] == "quote":
+        assert D(reply["bid"]) < D(reply["ask"]), reply
+
+
+@functools.cache
+def shared_repo_config() -> Config:
+    return repo_config()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["client-a", "client-b"]),
+            st.sampled_from(["rfq", "two_way", "accept"]),
+            st.data(),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+async def test_any_payload_gets_a_well_formed_reply_and_leaves_the_state_sound(
+    steps: list[tuple[str, str, st.DataObject]],
+) -> None:
+    desk = Desk(shared_repo_config(), sim_refresh())  # a fresh engine, market and journal
+    engine = desk.engine
+    inst = {i.symbol: i for i in desk.config.instruments}
+    for n, (client, kind, data) in enumerate(steps):
+        if kind in ("rfq", "two_way"):
+            size = {"qty": "1"} if kind == "rfq" else {"notional": "250000"}
+            side = "buy" if kind == "rfq" else "two_way"
+            fields = {"rfq_id": f"p{n}", "symbol": "BTC-USDT", "side": side, **size}
+            reply = await desk.send_rfq(client, data.draw(client_payloads(fields)))
+            assert_well_formed(reply, inst)
+            continue
+        quote = await desk.quote(client, rfq_id=f"q{n}", side="two_way", qty="2")
+        fields = {"quote_id": quote["quote_id"], "side": "buy", "qty": "2"}
+        accepter = data.draw(st.sampled_from([client, "client-a", "client-b"]))
+        payload = data.draw(client_payloads(fields))
+        positions, used = engine.positions, engine.daily_notional(accepter)
+        reply = await desk.send_accept(accepter, payload)
+        assert_well_formed(reply, inst)
+        if reply["type"] == "accept_reject":  # a refused accept changes nothing
+            assert (engine.positions, engine.daily_notional(accepter)) == (positions, used)
+        else:
+            assert accepter == client
+            assert reply["quote_id"] == quote["quote_id"]
+    # Every reply went to the sender's own topic (send_rfq and send_accept check each one).
+    # The state is sound: a plain RFQ is quoted, and its accept fills exactly once.
+    quote = await desk.quote("client-a", rfq_id="after-all", side="sell", qty="0.5")
+    accept = msgspec.json.encode({"quote_id": quote["quote_id"]})
+    fill = await desk.send_accept("client-a", accept)
+    position = engine.positions["BTC"]
+    assert fill["type"] == "fill"
+    assert await desk.send_accept("client-a", accept) == fill
+    assert engine.positions["BTC"] == position
