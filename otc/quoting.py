@@ -575,10 +575,19 @@ class QuoteEngine:
                 qty = lots_down(_CTX.divide(rfq.notional, price), inst.lot_size)
                 self._check_min_qty(qty, rfq)
                 explanations = {k: self._price(ctx, _side_of(k), qty) for k in explanations}
-        for key, expl in explanations.items():
-            self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
         bid = explanations.get("bid")
         ask = explanations.get("ask")
+        if bid is not None and ask is not None and bid.price >= ask.price:
+            # Only venues crossed against each other by more than fees and spreads can do this
+            # (each venue's own book is checked uncrossed): most likely one of them is wrong.
+            raise ProtocolError(
+                Code.MARKET_UNAVAILABLE,
+                f"{inst.symbol}: the venues' books cross each other beyond fees and spread "
+                f"(bid {decimal_text(bid.price)} >= ask {decimal_text(ask.price)}): "
+                "no two-way quote",
+            )
+        for key, expl in explanations.items():
+            self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
         quote = _Quote(
             quote_id=f"{self._run}-q{next(self._quote_ids)}",
             client=client,
@@ -1053,7 +1062,9 @@ class QuoteEngine:
 
         Prices each of the instrument's ``ladder_bands`` on both sides with the ladder tier's
         spread (``[quoting].ladder_tier``, else the widest tier), the risk premium and the skew;
-        a side that cannot be priced (halted, no usable market, not enough depth) is ``null``.
+        a side that cannot be priced (halted, no usable market, not enough depth) is ``null``,
+        and so are both sides of a band whose bid would not be below its ask (venues crossed
+        against each other beyond fees and spread: a two-way RFQ is refused then too).
         Returns ``None`` when the symbol is unknown or has no bands, and, unless ``force``,
         when nothing it is priced from changed since the last ladder of the symbol.
         """
@@ -1115,7 +1126,10 @@ class QuoteEngine:
                     yield from self._deepen(ctx, side, qty)
                 prices[side] = self._indicative(ctx, side, qty) if usable else None
                 yield
-            bands.append(LadderBand(decimal_text(qty), bid=prices[Side.SELL], ask=prices[Side.BUY]))
+            bid, ask = prices[Side.SELL], prices[Side.BUY]
+            if bid is not None and ask is not None and Decimal(bid) >= Decimal(ask):
+                bid = ask = None  # venues crossed against each other: as an RFQ, not two-way
+            bands.append(LadderBand(decimal_text(qty), bid=bid, ask=ask))
         return Ladder(symbol=inst.symbol, ts_ms=now // _NS_PER_MS, indicative=True, bands=bands)
 
     @staticmethod

@@ -508,6 +508,39 @@ async def test_venues_out_of_sync_or_crossed_or_an_empty_side_make_the_market_un
     assert "a side of the consolidated book is empty" in reject["reason"]
 
 
+async def test_venues_crossed_against_each_other_get_no_two_way_quote() -> None:
+    # Each book is uncrossed on its own, but alpha bids 1 % over beta's ask: beyond the fees
+    # (10 + 2.5 bps) and spreads, a two-way quote would bid above its ask.
+    books = {
+        "alpha": ([("64700", "5")], [("64710", "5")]),
+        "beta": ([("63990", "5")], [("64000", "5")]),
+    }
+    desk = Desk(example_config(), example_refresh(books))
+    reject = await desk.rfq(side="two_way")
+    assert reject["type"] == "reject"
+    assert reject["code"] == "MARKET_UNAVAILABLE"
+    assert "cross each other" in reject["reason"]
+    bid = D(reject["reason"].split("bid ")[1].split(" ")[0])
+    ask = D(reject["reason"].split("ask ")[1].split(")")[0])
+    assert bid >= ask
+    # One side at a time is still a sound price: the desk can hedge it where it is cheapest.
+    buy = await desk.rfq(rfq_id="b", side="buy")
+    sell = await desk.rfq(rfq_id="s", side="sell")
+    assert (buy["ask"], sell["bid"]) == (str(ask), str(bid))
+
+    ladder = desk.engine.indicative_ladder("BTC-USDT")
+    assert ladder is not None
+    assert [(b.bid, b.ask) for b in ladder.bands[:2]] == [(None, None)] * 2  # 1 and 2.5: crossed
+
+    uncrossed = Desk(example_config(), example_refresh())
+    quote = await uncrossed.rfq(side="two_way")
+    assert D(quote["bid"]) < D(quote["ask"])
+    ladder = uncrossed.engine.indicative_ladder("BTC-USDT")
+    assert ladder is not None
+    assert all(D(b.bid) < D(b.ask) for b in ladder.bands[:2] if b.bid and b.ask)
+    assert ladder.bands[0].bid is not None
+
+
 async def test_depth_impact_model_and_absurd_sizes(example: Desk) -> None:
     reject = await example.rfq(qty="20")  # 12 visible on the ask side
     assert reject["code"] == "NO_LIQUIDITY"
