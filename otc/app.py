@@ -564,6 +564,8 @@ class Engine:
                         if self.quotes.halted(symbol):
                             self.quotes.set_halted(symbol, False, operator=operator)
                 detail = f"{control.symbol or 'all symbols'} {'halted' if halted else 'resumed'}"
+                if control.symbol is not None and not halted and self.quotes.halted(control.symbol):
+                    detail += ", but the global halt still stops it (resume with no symbol)"
             elif control.command == "client":
                 if control.client is None or control.enabled is None:
                     raise OtcError("client needs 'client' and 'enabled'")

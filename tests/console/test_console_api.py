@@ -179,6 +179,16 @@ async def test_halt_resume_through_the_api_is_journaled_and_rejects_the_next_rfq
         "/api/control", json={"operator": "ops-7", "command": "halt"}, headers=AUTH
     )
     assert running.quotes.halted()
+    # Resuming one symbol under the global halt says that the symbol is still stopped.
+    got = await running.client.post(
+        "/api/control",
+        json={"operator": "ops-7", "command": "resume", "symbol": "BTC-USDT"},
+        headers=AUTH,
+    )
+    assert got.json()["detail"] == (
+        "BTC-USDT resumed, but the global halt still stops it (resume with no symbol)"
+    )
+    assert running.quotes.halted("BTC-USDT")
     got = await running.client.post(
         "/api/control", json={"operator": "ops-7", "command": "resume"}, headers=AUTH
     )
