@@ -59,12 +59,26 @@ _EXACT = Context(prec=120)
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _check_decimal(owner: object, key: str, *, positive: bool = False) -> None:
-    """Raise ``ValueError("key: ...")`` unless ``owner.key`` is finite and >= 0 (> 0)."""
+#: A term in bps applied to a price (spread, skew, volatility): 100 % or more leaves no price.
+_MAX_BPS = Decimal(10_000)
+#: A dimensionless multiplier of a bps term (``volatility_coefficient``, ``impact.coefficient``).
+_MAX_COEFFICIENT = Decimal(100)
+#: Sizes and multiples (tick, lot, ladder bands, depth factor): below 1e30.
+_MAX_SIZE = Decimal("1e30")
+
+
+def _check_decimal(
+    owner: object, key: str, *, positive: bool = False, below: Decimal | None = None
+) -> None:
+    """Raise ``ValueError("key: ...")`` unless ``owner.key`` is finite and >= 0 (> 0), and
+    less than ``below`` when given (absurd magnitudes overflow the pricing arithmetic)."""
     value: Decimal = getattr(owner, key)
     if not value.is_finite() or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "non-negative"
         raise ValueError(f"{key}: must be a {kind} number, got {value}")
+    if below is not None and value >= below:
+        bound = format(below, "g").replace("e+", "e")  # 1e30, 10000
+        raise ValueError(f"{key}: must be below {bound}, got {value}")
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -91,21 +105,29 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
 
     def __post_init__(self) -> None:
         for key in ("tick_size", "lot_size"):
-            value: Decimal = getattr(self, key)
-            if not value.is_finite() or value <= 0:
-                raise ValueError(f"{key}: must be a positive number, got {value}")
+            _check_decimal(self, key, positive=True, below=_MAX_SIZE)
         if decimals_of(str(self.tick_size)) > self.price_decimals:
             raise ValueError(f"tick_size: finer than price_decimals = {self.price_decimals}")
         if decimals_of(str(self.lot_size)) > self.size_decimals:
             raise ValueError(f"lot_size: finer than size_decimals = {self.size_decimals}")
         if self.impact is not None:
-            for key in ("daily_volume", "daily_volatility_bps", "coefficient"):
-                value = getattr(self.impact, key)
-                if not value.is_finite() or value <= 0:
-                    raise ValueError(f"impact: {key} must be a positive number, got {value}")
+            for key, below in (
+                ("daily_volume", _MAX_SIZE),
+                ("daily_volatility_bps", _MAX_BPS),
+                ("coefficient", _MAX_COEFFICIENT),
+            ):
+                try:
+                    _check_decimal(self.impact, key, positive=True, below=below)
+                except ValueError as exc:
+                    raise ValueError(f"impact: {str(exc).replace(':', '', 1)}") from None
+            if self.impact.daily_volume < self.lot_size:
+                raise ValueError(
+                    f"impact: daily_volume must be at least lot_size = {self.lot_size}, "
+                    f"got {self.impact.daily_volume}"
+                )
         previous = Decimal(0)
         for i, band in enumerate(self.ladder_bands):
-            if not band.is_finite() or band <= 0 or band.adjusted() >= 30:
+            if not band.is_finite() or band <= 0 or band >= _MAX_SIZE:
                 raise ValueError(
                     f"ladder_bands[{i}]: must be a positive number below 1e30, got {band}"
                 )
@@ -184,9 +206,10 @@ class QuotingConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
 
     def __post_init__(self) -> None:
         _check_decimal(self, "last_look_tolerance_bps")
-        if not self.max_qty_depth_factor.is_finite() or self.max_qty_depth_factor < 1:
+        factor = self.max_qty_depth_factor
+        if not factor.is_finite() or factor < 1 or factor >= _MAX_SIZE:
             raise ValueError(
-                f"max_qty_depth_factor: must be a number >= 1, got {self.max_qty_depth_factor}"
+                f"max_qty_depth_factor: must be a number >= 1 below 1e30, got {factor}"
             )
 
 
@@ -215,12 +238,12 @@ class RiskConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     size_premium_bps_per_million_notional: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
-        for key in (
-            "volatility_coefficient",
-            "default_daily_volatility_bps",
-            "size_premium_bps_per_million_notional",
+        for key, below in (
+            ("volatility_coefficient", _MAX_COEFFICIENT),
+            ("default_daily_volatility_bps", _MAX_BPS),
+            ("size_premium_bps_per_million_notional", _MAX_BPS),
         ):
-            _check_decimal(self, key)
+            _check_decimal(self, key, below=below)
 
 
 class InventoryConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -237,7 +260,7 @@ class InventoryConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     skew_bps_at_limit: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
-        _check_decimal(self, "skew_bps_at_limit")
+        _check_decimal(self, "skew_bps_at_limit", below=_MAX_BPS)
         for asset, limit in self.limits.items():
             if not limit.is_finite() or limit <= 0:
                 raise ValueError(f"limits.{asset}: must be a positive number, got {limit}")
@@ -424,7 +447,7 @@ def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -
     """Cross-references of the quoting sections: tiers, client symbols, inventory assets."""
     for name, tier in config.tiers.items():
         try:
-            _check_decimal(tier, "spread_bps")
+            _check_decimal(tier, "spread_bps", below=_MAX_BPS)
         except ValueError as exc:
             where, problem = _locate(str(exc))
             raise ConfigError(source, f"$.tiers.{name}{where[1:]}", problem) from None

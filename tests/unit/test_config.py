@@ -159,6 +159,24 @@ def test_toml_numbers_are_accepted_for_decimals(tmp_path: Path) -> None:
             "$.instruments[0].impact",
             "daily_volume must be a positive number",
         ),
+        (  # absurd impact parameters overflowed the impact model on every RFQ beyond depth
+            'coefficient = "0.7"',
+            'coefficient = "1e50"',
+            "$.instruments[0].impact",
+            "coefficient must be below 100",
+        ),
+        (
+            'daily_volatility_bps = "250"',
+            'daily_volatility_bps = "1e60"',
+            "$.instruments[0].impact",
+            "daily_volatility_bps must be below 10000",
+        ),
+        (
+            'daily_volume = "25000"',
+            'daily_volume = "1e-999999"',
+            "$.instruments[0].impact",
+            "daily_volume must be at least lot_size = 0.00001",
+        ),
         (
             'taker_fee_bps = "10"',
             'taker_fee_bps = "10000"',

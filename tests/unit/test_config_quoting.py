@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from otc.config import (
@@ -218,6 +220,26 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
          "$.instruments[0].ladder_bands[0]", "positive"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["1", "1e300"]',
          "$.instruments[0].ladder_bands[1]", "below 1e30"),
+        # Absurd magnitudes the pricing arithmetic overflows on (decimal.Overflow or
+        # InvalidOperation on every RFQ): refused at start-up instead.
+        ('silver = { spread_bps = "3" }', 'silver = { spread_bps = "1e999999" }',
+         "$.tiers.silver.spread_bps", "below 10000"),
+        ('silver = { spread_bps = "3" }', 'silver = { spread_bps = "10000" }',
+         "$.tiers.silver.spread_bps", "below 10000"),
+        ('skew_bps_at_limit = "4"', 'skew_bps_at_limit = "1e100"',
+         "$.inventory.skew_bps_at_limit", "below 10000"),
+        ('volatility_coefficient = "0.8"', 'volatility_coefficient = "1e60"',
+         "$.risk.volatility_coefficient", "below 100"),
+        ('default_daily_volatility_bps = "280"', 'default_daily_volatility_bps = "1e999999999"',
+         "$.risk.default_daily_volatility_bps", "below 10000"),
+        ('size_premium_bps_per_million_notional = "0.2"',
+         'size_premium_bps_per_million_notional = "1e60"',
+         "$.risk.size_premium_bps_per_million_notional", "below 10000"),
+        ('max_qty_depth_factor = "4"', 'max_qty_depth_factor = "1e999999"',
+         "$.quoting.max_qty_depth_factor", "below 1e30"),
+        ('tick_size = "0.01"', 'tick_size = "1e999999"', "$.instruments[0].tick_size",
+         "below 1e30"),
+        ('lot_size = "0.0001"', 'lot_size = "1e30"', "$.instruments[1].lot_size", "below 1e30"),
     ],
 )  # fmt: skip
 def test_errors_name_the_file_and_the_path(
@@ -232,3 +254,56 @@ def test_errors_name_the_file_and_the_path(
     assert err.path == path, str(err)
     assert problem in err.problem, str(err)
     assert str(err).startswith(f"{source}: {path}: ")
+
+
+#: Every bounded decimal just inside its bound: the engine built from it still prices.
+AT_THE_BOUNDS = {
+    '[tiers]\ngold = { spread_bps = "2" }': '[tiers]\ngold = { spread_bps = "9999.99" }',
+    'skew_bps_at_limit = "5"': 'skew_bps_at_limit = "9999.99"',
+    'volatility_coefficient = "1"': 'volatility_coefficient = "99.99"',
+    'default_daily_volatility_bps = "300"': 'default_daily_volatility_bps = "9999.99"',
+    'size_premium_bps_per_million_notional = "0.1"': (
+        'size_premium_bps_per_million_notional = "9999.99"'
+    ),
+    'max_qty_depth_factor = "10"': 'max_qty_depth_factor = "9e29"',
+    'coefficient = "0.7"': 'coefficient = "99.99"',
+    'daily_volatility_bps = "250"': 'daily_volatility_bps = "9999.99"',
+    'daily_volume = "25000"': 'daily_volume = "0.00001"',
+    'tick_size = "0.01"': 'tick_size = "9e29"',
+    "use_impact_model = false": "use_impact_model = true",
+}
+
+
+async def test_values_inside_the_bounds_leave_an_engine_that_prices(tmp_path: Path) -> None:
+    from otc.app import sim_markets
+    from otc.clock import FakeClock
+    from otc.market import Market
+    from otc.quoting import QuoteEngine
+
+    text = REPO_CONFIG.read_text()
+    for old, new in AT_THE_BOUNDS.items():
+        assert old in text, old  # the edit must apply, or the test proves nothing
+        text = text.replace(old, new, 1)
+    config = load_config(write(tmp_path, text))
+    clock = FakeClock(1_700_000_000_000_000_000)
+    market = Market(config)
+    for sim in sim_markets(config, market):
+        for event in sim.snapshot_events(clock.now_ns()):
+            market.apply(event)
+
+    class Journal:
+        async def submit(self, event: object) -> asyncio.Future[None]:
+            receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            receipt.set_result(None)
+            return receipt
+
+    engine = QuoteEngine(config, market, Journal(), clock)  # type: ignore[arg-type]
+    assert engine.indicative_ladder("BTC-USDT") is not None
+    for i, (side, size) in enumerate(
+        [("buy", {"qty": "1"}), ("two_way", {"qty": "0.5"}), ("buy", {"qty": "3000"}),
+         ("sell", {"notional": "50000000"}), ("sell", {"qty": "40"})]
+    ):  # fmt: skip
+        rfq = {"rfq_id": f"r{i}", "symbol": "BTC-USDT", "side": side, **size}
+        (out,) = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+        reply = msgspec.json.decode(out.payload)
+        assert reply.get("code") != "INTERNAL_ERROR", reply
