@@ -463,6 +463,12 @@ def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -
                 source, f"$.inventory.limits.{asset}", "not the base or quote of an instrument"
             )
     for i, operator in enumerate(config.broker.operators):
+        if not _CLIENT_ID.fullmatch(operator):  # a broker user and a topic level, as a client id
+            raise ConfigError(
+                source,
+                f"$.broker.operators[{i}]",
+                f"{operator!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')",
+            )
         if operator in config.broker.operators[:i]:
             raise ConfigError(source, f"$.broker.operators[{i}]", f"{operator} given twice")
         if any(client.id == operator for client in config.clients):

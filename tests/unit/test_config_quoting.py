@@ -210,6 +210,14 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
          "$.broker.operators[1]", "given twice"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "client-a"]',
          "$.broker.operators[1]", "also a client"),
+        # Operators are broker users and topic levels (otc/v1/control/{operator}), as client
+        # ids: these loaded, could never send a command, and failed `otc broker auth` later.
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "ops 2"]',
+         "$.broker.operators[1]", "no '/'"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["#"]', "$.broker.operators[0]", "no '/'"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["ops/2"]', "$.broker.operators[0]",
+         "no '/'"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = [""]', "$.broker.operators[0]", "no '/'"),
         ('path = "/var/lib/otc/journal.sqlite"', 'file = "j.sqlite"', "$.journal.file",
          "unknown field"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "1.000001", "10"]',
