@@ -546,7 +546,7 @@ def hash_password(
 
 
 def _check_users(
-    clients: Iterable[str], engine_user: str, operators: Iterable[str] = ()
+    clients: Iterable[str], engine_user: str, operators: Iterable[str] = (), source: str = "clients"
 ) -> list[str]:
     clients = list(clients)
     operators = list(operators)
@@ -561,12 +561,12 @@ def _check_users(
             path = f"$.broker.operators[{i - len(clients) - 1}]"
         if not _USER_NAME.fullmatch(user):
             raise ConfigError(
-                "clients",
+                source,
                 path,
                 f"{user!r} is not a usable broker user: letters, digits, '_', '.', '-'",
             )
         if user in seen:
-            raise ConfigError("clients", path, f"{user!r} given twice")
+            raise ConfigError(source, path, f"{user!r} given twice")
         seen.add(user)
     return users
 
@@ -578,6 +578,7 @@ def generate_auth(
     *,
     operators: Iterable[str] = (),
     passwords: Mapping[str, str] | None = None,
+    source: str = "clients",
 ) -> AuthFiles:
     """Write mosquitto's password file and ACL for ``clients``, the engine and ``operators``.
 
@@ -591,6 +592,7 @@ def generate_auth(
         out_dir: Where to write (created when missing).
         operators: Broker user names of the operators (``otc/v1/control/{operator}``).
         passwords: Passwords to keep, by user name.
+        source: The file the names come from, named by the errors (the config file).
 
     Returns:
         The two paths and every user's password (to hand to the clients and the engine).
@@ -600,7 +602,7 @@ def generate_auth(
             appears twice.
     """
     operators = list(operators)
-    users = _check_users(clients, engine_user, operators)
+    users = _check_users(clients, engine_user, operators, source)
     known = dict(passwords or {})
     chosen = {user: known.get(user) or secrets.token_urlsafe(24) for user in users}
     out_dir = Path(out_dir)

@@ -815,6 +815,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         engine_user,
         args.out,
         operators=config.broker.operators,
+        source=str(args.config),
     )
     sys.stdout.write(f"wrote {files.password_file} and {files.acl_file}\n")
     for user, password in sorted(files.passwords.items()):

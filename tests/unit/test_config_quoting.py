@@ -315,3 +315,17 @@ async def test_values_inside_the_bounds_leave_an_engine_that_prices(tmp_path: Pa
         (out,) = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
         reply = msgspec.json.decode(out.payload)
         assert reply.get("code") != "INTERNAL_ERROR", reply
+
+
+def test_otc_broker_auth_names_the_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker user name the loader allows but mosquitto's files do not (the engine's, which
+    may be any name on a broker of someone else's): the error names the file, not "clients"."""
+    from otc.cli import main
+
+    source = write(tmp_path, GOOD.replace('username = "engine"', 'username = "otc engine"', 1))
+    assert load_config(source).broker.username == "otc engine"
+    assert main(["broker", "auth", "--config", str(source), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"otc: error: {source}: $.broker.username: 'otc engine' is not"), err
