@@ -119,10 +119,10 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
                 try:
                     _check_decimal(self.impact, key, positive=True, below=below)
                 except ValueError as exc:
-                    raise ValueError(f"impact: {str(exc).replace(':', '', 1)}") from None
+                    raise ValueError(f"impact.{exc}") from None  # impact.daily_volume: ...
             if self.impact.daily_volume < self.lot_size:
                 raise ValueError(
-                    f"impact: daily_volume must be at least lot_size = {self.lot_size}, "
+                    f"impact.daily_volume: must be at least lot_size = {self.lot_size}, "
                     f"got {self.impact.daily_volume}"
                 )
         previous = Decimal(0)
