@@ -920,20 +920,43 @@ def _rows(
     try:
         for row in conn.execute(sql, params):
             id_, ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id, payload = row
+            if problem := _row_problem(row):
+                raise JournalError(f"cannot read journal {path}: event {id_!r}: {problem}")
+            try:
+                decoded = _payload_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                raise JournalError(
+                    f"cannot read journal {path}: event {id_}: payload: {exc}"
+                ) from None
             yield JournalRow(
-                id_,
-                ts_ns,
-                recorded_ns,
-                kind,
-                client,
-                symbol,
-                rfq_id,
-                quote_id,
-                trade_id,
-                _payload_decoder.decode(payload),
+                id_, ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id, decoded
             )
     except sqlite3.Error as exc:
         raise JournalError(f"cannot read journal {path}: {exc}") from exc
+
+
+#: ``ts_ns`` a UTC time can be written for (years 1970 to 9999).
+_MAX_TS_NS: Final = 253_402_300_800 * 1_000_000_000
+
+
+def _row_problem(row: tuple[object, ...]) -> str | None:
+    """What is wrong with the column types of a row of :data:`_SELECT`, if anything.
+
+    SQLite keeps whatever a column was given (a hand-edited or foreign file may hold text in
+    ``ts_ns``), and a row must not fail later in a formatter with a bare ``TypeError``.
+    """
+    for name, value in zip(("ts_ns", "recorded_ns"), row[1:3], strict=True):
+        if type(value) is not int or not 0 <= value < _MAX_TS_NS:
+            return f"{name}: not a time in ns since 1970, got {value!r}"
+    for name, value in zip(_TEXT_COLUMNS, row[3:9], strict=True):
+        if type(value) is not str:
+            return f"{name}: not text, got {value!r}"
+    if not isinstance(row[9], str | bytes):
+        return f"payload: not JSON text, got {row[9]!r}"
+    return None
+
+
+_TEXT_COLUMNS: Final = ("kind", "client", "symbol", "rfq_id", "quote_id", "trade_id")
 
 
 def recent(

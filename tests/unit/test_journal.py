@@ -387,6 +387,44 @@ def test_reading_a_missing_journal_raises(tmp_path: Path) -> None:
         export(tmp_path / "absent.db", "csv", io.StringIO())
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("ts_ns", "yesterday", "ts_ns: not a time in ns since 1970, got 'yesterday'"),
+        ("ts_ns", -(2**62), "ts_ns: not a time in ns since 1970"),
+        ("recorded_ns", 1.5, "recorded_ns: not a time in ns since 1970, got 1.5"),
+        ("client", b"\xff", "client: not text, got b'\\xff'"),
+        ("payload", "not json", "payload: JSON is malformed"),
+        ("payload", "[1]", "payload: Expected `object`, got `array`"),
+        ("payload", 3, "payload: Expected `object`, got `int`"),
+    ],
+)
+def test_a_row_of_the_wrong_shape_is_a_journal_error_naming_the_file(
+    tmp_path: Path, column: str, value: object, problem: str
+) -> None:
+    """Found by fuzzing the files the CLI reads: SQLite keeps whatever a column is given (a
+    hand-edited or foreign file), and `otc blotter` / `otc journal export` then failed with a
+    bare TypeError (divmod of a str), OverflowError or msgspec.DecodeError."""
+    file = tmp_path / "otc.db"
+    with closing(sqlite3.connect(file)) as conn, conn:
+        conn.executescript(otc.journal._SCHEMA)
+        row = {"ts_ns": T0, "recorded_ns": T0, "kind": "fill", "client": "client-a"}
+        row |= {"payload": '{"side": "buy"}', column: value}
+        conn.execute(
+            "INSERT INTO events (ts_ns, recorded_ns, kind, client, payload)"
+            " VALUES (:ts_ns, :recorded_ns, :kind, :client, :payload)",
+            row,
+        )
+    for read in (
+        lambda: format_blotter(recent(file)),
+        lambda: export(file, "csv", io.StringIO()),
+        lambda: otc.journal.state_rows(file, since_ns=0),
+    ):
+        with pytest.raises(JournalError) as info:
+            read()
+        assert str(info.value).startswith(f"cannot read journal {file}: event 1: {problem}")
+
+
 async def test_memory_journal_records_and_fails_like_the_real_one() -> None:
     journal: Journal
     async with MemoryJournal() as journal:
