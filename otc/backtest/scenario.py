@@ -83,9 +83,29 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     """Scenario sections: frozen, and a typo is an error rather than a silent default."""
 
 
-def _finite(value: Decimal, key: str, *, positive: bool = False) -> None:
+def _finite(
+    value: Decimal,
+    key: str,
+    *,
+    positive: bool = False,
+    least: Decimal | None = None,
+    most: Decimal | None = None,
+) -> None:
     if not value.is_finite() or value < 0 or (positive and value == 0):
         raise ValueError(f"{key}: must be a finite number {'> 0' if positive else '>= 0'}")
+    if least is not None and value < least:
+        raise ValueError(f"{key}: must be at least {_text(least)}, got {value}")
+    if most is not None and value > most:
+        raise ValueError(f"{key}: must be at most {_text(most)}, got {value}")
+
+
+def _text(bound: Decimal) -> str:
+    return format(bound, "g").replace("e+", "e")  # 1e30, 1e-18, 0.000001, 1
+
+
+#: Sizes (and the flow's size range): the generator draws them as floats, log-uniform.
+_MIN_SIZE = Decimal("1e-18")
+_MAX_SIZE = Decimal("1e30")
 
 
 class Flow(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -103,9 +123,10 @@ class Flow(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     clients: dict[str, Annotated[int, msgspec.Meta(ge=0)]] = {}
 
     def __post_init__(self) -> None:
-        _finite(self.rate_per_s, "rate_per_s", positive=True)
-        _finite(self.size_min, "size_min", positive=True)
-        _finite(self.size_max, "size_max", positive=True)
+        # Arrival gaps are drawn as float seconds: a rate that rounds to 0.0 divided by zero.
+        _finite(self.rate_per_s, "rate_per_s", least=Decimal("1e-6"), most=Decimal("1e6"))
+        _finite(self.size_min, "size_min", least=_MIN_SIZE, most=_MAX_SIZE)
+        _finite(self.size_max, "size_max", least=_MIN_SIZE, most=_MAX_SIZE)
         if self.size_max < self.size_min:
             raise ValueError("size_max: must be >= size_min")
         if not any(self.sides.values()):
@@ -127,6 +148,10 @@ class RfqSpec(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if (self.qty is None) == (self.notional is None):
             raise ValueError("qty: give exactly one of qty and notional")
+        if self.qty is not None:
+            _finite(self.qty, "qty", positive=True, most=_MAX_SIZE)
+        if self.notional is not None:
+            _finite(self.notional, "notional", positive=True, most=_MAX_SIZE)
         if self.side != "two_way" and self.accept_side not in (None, self.side):
             raise ValueError("accept_side: must match side")
 
@@ -161,8 +186,8 @@ class AcceptRandom(
     probability_per_bps: Decimal = Decimal("0.05")
 
     def __post_init__(self) -> None:
-        _finite(self.probability_at_mid, "probability_at_mid")
-        _finite(self.probability_per_bps, "probability_per_bps")
+        _finite(self.probability_at_mid, "probability_at_mid", most=Decimal(1))
+        _finite(self.probability_per_bps, "probability_per_bps", most=Decimal(1))
 
 
 AcceptModel = AcceptAlways | AcceptBenchmark | AcceptRandom

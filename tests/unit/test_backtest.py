@@ -267,6 +267,36 @@ def test_scenario_typo_names_file_and_key(tmp_path: Path) -> None:
         load_scenario(path)
 
 
+_RFQ = '[[rfqs]]\nat_ms = 2500\nclient = "client-a"\nsymbol = "BTC-USDT"\nside = "buy"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "problem"),
+    [
+        # Found by fuzzing the scenario: each loaded, then the backtest failed with a
+        # traceback (ZeroDivisionError, "math domain error", decimal.InvalidOperation/Overflow).
+        ('[flow]\nrate_per_s = "1e-999999"', "$.flow.rate_per_s", "at least 0.000001"),
+        ('[flow]\nsize_min = "1e-999999"', "$.flow.size_min", "at least 1e-18"),
+        ('[flow]\nsize_max = "1e999999"', "$.flow.size_max", "at most 1e30"),
+        (_RFQ + 'qty = "NaN"', "$.rfqs[0].qty", "finite number > 0"),
+        (_RFQ + 'notional = "-5"', "$.rfqs[0].notional", "finite number > 0"),
+        ('[accept]\nmodel = "random"\nprobability_per_bps = "1e999999"',
+         "$.accept.probability_per_bps", "at most 1"),
+        ('[accept]\nmodel = "random"\nprobability_at_mid = "2"',
+         "$.accept.probability_at_mid", "at most 1"),
+    ],
+)  # fmt: skip
+def test_scenario_values_the_flow_cannot_use_name_file_and_key(
+    tmp_path: Path, text: str, path: str, problem: str
+) -> None:
+    file = tmp_path / "s.toml"
+    file.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(file)
+    assert (info.value.source, info.value.path) == (str(file), path), str(info.value)
+    assert problem in info.value.problem, str(info.value)
+
+
 def test_bucket_labels_and_error_stats() -> None:
     edges = [Decimal(100), Decimal(1000)]
     assert bucket_label(Decimal(5), edges) == "<100"
