@@ -1020,7 +1020,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     for path in args.data:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
-    config = backtest_config(load_config(args.config), scenario)
+    config = backtest_config(
+        load_config(args.config), scenario, source=str(args.scenario or "scenario")
+    )
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bt = run_backtest(config, scenario, args.data, progress=sys.stderr if show else None)
     figures = write_outputs(bt, args.out, [p.name for p in args.data], report=not args.no_report)

@@ -52,6 +52,7 @@ from otc.backtest.scenario import (
 from otc.book import ConsolidatedBook, L2Book
 from otc.clock import FakeClock
 from otc.config import Config, InstrumentConfig
+from otc.errors import ConfigError
 from otc.journal import MemoryJournal
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, BookDelta, BookEvent, BookSnapshot, Scale, Side
@@ -84,10 +85,23 @@ _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _BUCKET = 512
 
 
-def backtest_config(config: Config, scenario: Scenario) -> Config:
-    """The engine config of a backtest: the scenario's venues and quote lifetime applied."""
+def backtest_config(config: Config, scenario: Scenario, *, source: str = "scenario") -> Config:
+    """The engine config of a backtest: the scenario's venues and quote lifetime applied.
+
+    Raises:
+        ConfigError: a venue of the scenario (file ``source``) is given twice, or names a
+            symbol that is not an instrument of ``config``.
+    """
     venues = {v.name: v for v in config.venues}
-    for venue in scenario.venues:
+    symbols = {inst.symbol for inst in config.instruments}
+    for i, venue in enumerate(scenario.venues):
+        if any(other.name == venue.name for other in scenario.venues[:i]):
+            raise ConfigError(source, f"$.venues[{i}].name", f"{venue.name} given twice")
+        for symbol in venue.symbols:
+            if symbol not in symbols:
+                raise ConfigError(
+                    source, f"$.venues[{i}].symbols.{symbol}", "not a configured instrument"
+                )
         venues[venue.name] = venue
     quoting = config.quoting
     if scenario.quote_ttl_ms is not None:

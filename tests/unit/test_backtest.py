@@ -297,6 +297,28 @@ def test_scenario_values_the_flow_cannot_use_name_file_and_key(
     assert problem in info.value.problem, str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("venues", "path", "problem"),
+    [
+        # Was a bare KeyError from the recorded scales when the backtest started.
+        ('name = "zz"\ntaker_fee_bps = "1"\nsymbols = { "DOGE-USDT" = "DOGEUSDT" }',
+         "$.venues[0].symbols.DOGE-USDT", "not a configured instrument"),
+        ('name = "zz"\ntaker_fee_bps = "1"\n\n[[venues]]\nname = "zz"\ntaker_fee_bps = "2"',
+         "$.venues[1].name", "zz given twice"),
+    ],
+)  # fmt: skip
+def test_scenario_venues_are_checked_against_the_config(
+    tmp_path: Path, venues: str, path: str, problem: str
+) -> None:
+    config = tmp_path / "otc.toml"
+    config.write_text(CONFIG)
+    file = tmp_path / "s.toml"
+    file.write_text(f"[[venues]]\n{venues}\n")
+    with pytest.raises(ConfigError) as info:
+        backtest_config(load_config(config), load_scenario(file), source=str(file))
+    assert (info.value.source, info.value.path, info.value.problem) == (str(file), path, problem)
+
+
 def test_bucket_labels_and_error_stats() -> None:
     edges = [Decimal(100), Decimal(1000)]
     assert bucket_label(Decimal(5), edges) == "<100"
