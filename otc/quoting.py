@@ -1357,12 +1357,19 @@ class QuoteEngine:
         """Change a tier's spread for the quotes that follow.
 
         Raises:
-            OtcError: ``tier`` is not configured, or ``spread_bps`` is not a finite number >= 0.
+            OtcError: ``tier`` is not configured, or ``spread_bps`` is not a decimal >= 0 and
+                below 10,000 (100 %), the range the configuration allows.
         """
         if tier not in self._tier_spread:
             raise OtcError(f"tier {tier!r} is not configured")
-        if not isinstance(spread_bps, Decimal) or not spread_bps.is_finite() or spread_bps < 0:
-            raise OtcError(f"spread_bps must be a finite decimal >= 0, got {spread_bps!r}")
+        if (
+            not isinstance(spread_bps, Decimal)
+            or not spread_bps.is_finite()
+            or not 0 <= spread_bps < BPS_DENOMINATOR
+        ):
+            raise OtcError(
+                f"spread_bps must be a decimal >= 0 and below {BPS_DENOMINATOR}, got {spread_bps}"
+            )
         self._tier_spread[tier] = spread_bps
         self._control(
             operator, "", {"action": "tier_spread", "tier": tier, "spread_bps": spread_bps}

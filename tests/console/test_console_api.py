@@ -258,6 +258,12 @@ async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> 
             400,
             "",
         ),
+        # The config's range: a spread of 100 % or more would price a bid at or below zero.
+        (
+            b'{"operator": "ops-1", "command": "spread", "tier": "gold", "spread_bps": "10000"}',
+            400,
+            "spread_bps must be a decimal >= 0 and below 10000, got 10000",
+        ),
         (b'{"operator": "ops-1", "command": "client", "client": "client-a"}', 400, "enabled"),
         (
             b'{"operator": "ops-1", "command": "resume", "command": "halt"}',
