@@ -267,9 +267,41 @@ class VenueBookFeed:
         self.mark(error.symbol, False, str(error))
         return error
 
+    def replace_book(
+        self,
+        symbol: str,
+        bids: Levels,
+        asks: Levels,
+        *,
+        sequence: int | None = None,
+        ts_event_ns: int = 0,
+        ts_recv_ns: int = 0,
+    ) -> L2Book:
+        """Replace our ``symbol``'s book by a venue snapshot's levels; returns the book.
+
+        Raises:
+            ValueParseError: the snapshot gives a price twice on a side (the only thing
+                :func:`parse_levels` output can still get wrong); the book is unchanged and the
+                symbol marked out of sync: it waits for the next snapshot.
+        """
+        book = self.book(symbol)
+        try:
+            book.apply_snapshot(
+                bids, asks, sequence=sequence, ts_event_ns=ts_event_ns, ts_recv_ns=ts_recv_ns
+            )
+        except ValueError as exc:
+            self.mark(symbol, False, "malformed snapshot")
+            raise ValueParseError(f"{self.venue} {symbol}: malformed snapshot: {exc}") from None
+        return book
+
     def apply_snapshot(self, event: BookSnapshot) -> None:
-        book = self.book(event.symbol)
-        book.apply_snapshot(
+        """Apply a snapshot and mark its symbol in sync.
+
+        Raises:
+            ValueParseError: see :meth:`replace_book`.
+        """
+        self.replace_book(
+            event.symbol,
             event.bids,
             event.asks,
             sequence=event.sequence,
@@ -344,5 +376,6 @@ class VenueBookFeed:
             SequenceGap: continuity broken; the symbol is marked out of sync first.
             ChecksumMismatch: book disagrees with the venue's checksum; marked out of sync first.
             msgspec.DecodeError / ValidationError: the message is malformed.
+            ValueParseError: a value in it does not parse, or a snapshot gives a price twice.
         """
         raise NotImplementedError

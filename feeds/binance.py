@@ -223,8 +223,6 @@ class BinanceBookFeed(VenueBookFeed):
             self._buffers[symbol] = keep
             self.stats.ignored += 1
             return []
-        self.stats.dropped += len(buffered) - len(keep)
-        self._buffers.pop(symbol, None)
         scale = book.scale
         snap = BookSnapshot(
             self.venue,
@@ -235,7 +233,9 @@ class BinanceBookFeed(VenueBookFeed):
             0,  # the body carries no time
             ts_recv_ns,
         )
-        self.apply_snapshot(snap)
+        self.apply_snapshot(snap)  # a malformed body raises here: still pending, buffer kept
+        self.stats.dropped += len(buffered) - len(keep)
+        self._buffers.pop(symbol, None)
         events: list[BookEvent] = [snap]
         for index, (event, event_ts_recv_ns) in enumerate(keep):
             try:

@@ -516,8 +516,7 @@ class KrakenBookFeed(VenueBookFeed):
         Counts the snapshot and marks the symbol in sync, but leaves ``applied`` to the caller
         (a v2 snapshot counts once its checksum holds).
         """
-        book = self.books[symbol]
-        book.apply_snapshot(bids, asks, ts_event_ns=ts_event_ns, ts_recv_ns=ts_recv_ns)
+        book = self.replace_book(symbol, bids, asks, ts_event_ns=ts_event_ns, ts_recv_ns=ts_recv_ns)
         cut_bids, cut_asks = self._truncate(book, pair.depth)
         if cut_bids or cut_asks:  # more levels than subscribed: publish what the book holds
             bids, asks = list(book.bids()), list(book.asks())

@@ -109,10 +109,13 @@ class L2Book:
         """Replace the whole book. Levels may come in any order; size-0 levels are ignored.
 
         Raises:
-            ValueError: a negative size or non-positive price, or a price given twice on a side.
+            ValueError: a negative size or non-positive price, or a price given twice on a side;
+                the book is then unchanged (both sides are checked before either is replaced).
         """
-        self._bid_sizes = _side_from_levels(bids, "bid")
-        self._ask_sizes = _side_from_levels(asks, "ask")
+        bid_sizes = _side_from_levels(bids, "bid")
+        ask_sizes = _side_from_levels(asks, "ask")
+        self._bid_sizes = bid_sizes
+        self._ask_sizes = ask_sizes
         self._bid_prices = SortedList(self._bid_sizes)
         self._ask_prices = SortedList(self._ask_sizes)
         self.best_bid = self._bid_prices[-1] if self._bid_prices else None

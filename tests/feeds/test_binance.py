@@ -260,3 +260,18 @@ def test_verify_report(shared_data: Path) -> None:
     assert set(report.books) == {"BTCUSDT", "NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"}
     top = report.books["BTCUSDT"]
     assert (top.bid, top.ask) == ("61685.99", "61686")
+
+
+def test_rest_snapshot_giving_a_price_twice_keeps_the_buffer_pending() -> None:
+    # It used to escape as a bare ValueError from the book, after the buffered events had been
+    # dropped: the symbol was no longer pending and waited for the next event to fetch again.
+    feed = BinanceBookFeed()
+    feed.on_message(combined(157, 160, [["0.0024", "10"]], []), 1)
+    bad = snapshot(158, [["0.0024", "9"], ["0.0024", "8"]], [["0.0026", "100"]])
+    with pytest.raises(ValueParseError, match="given twice"):
+        feed.on_rest(URL, bad, 2)
+    assert not feed.in_sync["BNBBTC"]
+    assert feed.pending_snapshots() == ["BNBBTC"]
+    events = feed.on_rest(URL, snapshot(158, [["0.0024", "9"]], [["0.0026", "100"]]), 3)
+    assert [e.sequence for e in events] == [158, 160]
+    assert levels(feed) == (["0.0024@10"], ["0.0026@100"])

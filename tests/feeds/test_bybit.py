@@ -11,6 +11,7 @@ from feeds.base import SequenceGap
 from feeds.bybit import BybitBookFeed
 from feeds.recorded import read_recording
 from feeds.verify import verify
+from otc.errors import ValueParseError
 
 
 def message(kind: str, u: int, bids: list[list[str]], asks: list[list[str]]) -> bytes:
@@ -112,3 +113,20 @@ def test_verify_report(shared_data: Path) -> None:
     )
     assert (report.applied, report.gaps, report.malformed) == (550, 0, 0)
     assert set(report.books) == {"BTCUSDT", "ETHUSDT"}
+
+
+def test_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> None:
+    # A price twice on a side used to escape as a bare ValueError from the book (which the
+    # connection does not catch), with the bids already replaced and the symbol still in sync.
+    feed = BybitBookFeed()
+    feed.on_message(message("snapshot", 10, [["100", "2"]], [["101", "3"]]), 1)
+    bad = message("snapshot", 20, [["99", "1"]], [["102", "1"], ["102", "2"]])
+    with pytest.raises(ValueParseError, match="given twice"):
+        feed.on_message(bad, 2)
+    book = feed.books["BTCUSDT"]
+    book._check()
+    assert not feed.in_sync["BTCUSDT"]
+    assert book.sequence == 10
+    assert list(book.bids()) == [(book.scale.price("100"), book.scale.size("2"))]
+    feed.on_message(message("snapshot", 21, [["99", "1"]], [["102", "1"]]), 3)
+    assert feed.in_sync["BTCUSDT"]

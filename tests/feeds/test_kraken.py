@@ -494,3 +494,21 @@ def test_verify_report(shared_data: Path) -> None:
     assert (report.gaps, report.resyncs, report.malformed, report.errors) == (0, 0, 0, [])
     assert set(report.books) == PAIRS
     assert report.books["XMR/USD"].bid is not None
+
+
+def test_v2_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> None:
+    # It used to escape as a bare ValueError from the book, the bids already replaced.
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
+    asks = [("101.0", "1.00000000")]
+    bids = [("100.0", "1.00000000")]
+    checksum = reference_checksum(asks, bids)
+    feed.on_message(
+        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), checksum), 1
+    )
+    twice = v2_levels([("102.0", "1.00000000"), ("102.0", "2.00000000")])
+    with pytest.raises(ValueParseError, match="given twice"):
+        feed.on_message(v2_message("snapshot", "XBT/USD", v2_levels(bids), twice, 1), 2)
+    book = feed.books["XBT/USD"]
+    book._check()
+    assert not feed.in_sync["XBT/USD"]
+    assert list(book.asks()) == [(book.scale.price("101"), book.scale.size("1"))]

@@ -13,6 +13,7 @@ from feeds.base import ChecksumMismatch, SequenceGap
 from feeds.okx import OkxBookFeed, checksum_text
 from feeds.recorded import read_recording
 from feeds.verify import verify
+from otc.errors import ValueParseError
 
 RECORDING = "okx_v5_books400_3inst_2022-05-13.jsonl"
 
@@ -233,3 +234,16 @@ def test_verify_report(shared_data: Path) -> None:
     assert report.errors == []
     assert report.books["BTC-USDT"].bid == "30236.1"
     assert report.books["BTC-USDT"].ask == "30236.2"
+
+
+def test_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> None:
+    # It used to escape as a bare ValueError from the book, the bids already replaced.
+    feed = OkxBookFeed()
+    feed.on_message(message("snapshot", [["100", "1", "0", "1"]], [["101", "2", "0", "1"]]), 1)
+    twice = [["102", "1", "0", "1"], ["102", "3", "0", "1"]]
+    with pytest.raises(ValueParseError, match="given twice"):
+        feed.on_message(message("snapshot", [["99", "1", "0", "1"]], twice), 2)
+    assert not feed.in_sync["BTC-USDT"]
+    feed._check()
+    feed.books["BTC-USDT"]._check()
+    assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")

@@ -55,6 +55,16 @@ def test_snapshot_rejects_bad_levels(
         book.apply_snapshot(bids, asks)
 
 
+def test_refused_snapshot_leaves_the_book_unchanged() -> None:
+    # The bids were once replaced before the asks were checked: half a new book.
+    book = book_with([(100, 5)], [(101, 2)])
+    with pytest.raises(ValueError, match="ask price 103 given twice"):
+        book.apply_snapshot([(90, 3)], [(103, 1), (103, 2)], sequence=7)
+    book._check()
+    assert (list(book.bids()), list(book.asks())) == ([(100, 5)], [(101, 2)])
+    assert book.sequence is None
+
+
 # -- L2Book: deltas ----------------------------------------------------------------------------
 
 
