@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -78,13 +78,18 @@ class BookArg(msgspec.Struct, gc=False, rename="camel"):
     inst_type: str = ""
 
 
+#: A time in ms sent as text (``"1652459229648"``): checked when decoded, so ``int()`` of it
+#: cannot fail later, in the middle of applying a message.
+_MsText = Annotated[str, msgspec.Meta(pattern="^[0-9]{1,19}$")]
+
+
 class BookData(msgspec.Struct, gc=False, rename="camel"):
     """One ``data`` element. OKX sends ``seqId``/``prevSeqId`` (since 2023), Bitget v2 ``seq``;
     a field a venue (or an older recording) does not send stays ``None``."""
 
     asks: list[list[str]] = []
     bids: list[list[str]] = []
-    ts: str = "0"
+    ts: _MsText = "0"
     checksum: int = 0
     seq_id: int | None = None
     prev_seq_id: int | None = None

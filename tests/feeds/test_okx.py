@@ -247,3 +247,18 @@ def test_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> Non
     feed._check()
     feed.books["BTC-USDT"]._check()
     assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
+
+
+@pytest.mark.parametrize(
+    "ts", ["16524592297@3", "", "-1", "1.5", "1e12", "\u0661\u0662", "9" * 5000]
+)
+def test_time_that_is_not_ms_digits_is_malformed_and_changes_nothing(ts: str) -> None:
+    # int(ts) used to raise a bare ValueError (not a malformed message) after the snapshot
+    # had been decoded, which the connection does not catch.
+    feed = OkxBookFeed()
+    feed.on_message(message("snapshot", [["100", "1", "0", "1"]], [["101", "2", "0", "1"]]), 1)
+    bad = message("update", [["100", "5", "0", "1"]], []).replace(b"1597026383085", ts.encode())
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.data\[0\]\.ts"):
+        feed.on_message(bad, 2)
+    assert feed.in_sync["BTC-USDT"]
+    assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
