@@ -27,7 +27,8 @@ Resync is by REST only: a symbol waiting for a snapshot is listed by :meth:`pend
 (with :meth:`snapshot_url`) and the connection layer fetches it and hands the body to
 :meth:`on_rest`. While it waits, the symbol's events are buffered (at most
 :attr:`BinanceBookFeed.max_buffered`, oldest dropped first), never applied; buffered events
-the snapshot already covers count as ``dropped``.
+the snapshot already covers count as ``dropped``. An event's levels are parsed when it arrives,
+buffered or not, so a malformed one is refused then and leaves a hole the bridge treats as a gap.
 
 Raw payload (combined stream, recorded 2024-08-08, levels shortened)::
 
@@ -250,6 +251,15 @@ class BinanceBookFeed(VenueBookFeed):
     # -- internals -----------------------------------------------------------------------------
 
     def _buffer(self, symbol: str, event: _Depth, ts_recv_ns: int) -> None:
+        """Keep ``event`` for the snapshot to come.
+
+        Raises:
+            ValueParseError: a level does not parse; the event is not kept. Refused now, not
+                when the snapshot arrives, where it would stop the bridge half-way.
+        """
+        scale = self.books[symbol].scale
+        parse_levels(event.bids, scale)
+        parse_levels(event.asks, scale)
         buffered = self._buffers.get(symbol)
         if buffered is None:
             buffered = self._buffers[symbol] = []
@@ -265,16 +275,17 @@ class BinanceBookFeed(VenueBookFeed):
         if event.final_update_id <= book_id:
             self.stats.ignored += 1
             return None
+        scale = book.scale
+        bids, asks = parse_levels(event.bids, scale), parse_levels(event.asks, scale)
         if event.first_update_id > book_id + 1:
-            self._buffers[symbol] = [(event, ts_recv_ns)]
+            self._buffers[symbol] = [(event, ts_recv_ns)]  # parsed above: it will apply
             self._venue_names[symbol] = event.symbol
             raise self.fail(SequenceGap(self.venue, symbol, book_id + 1, event.first_update_id))
-        scale = book.scale
         delta = BookDelta(
             self.venue,
             symbol,
-            parse_levels(event.bids, scale),
-            parse_levels(event.asks, scale),
+            bids,
+            asks,
             event.final_update_id,
             event.event_time_ms * 1_000_000,
             ts_recv_ns,

@@ -275,3 +275,34 @@ def test_rest_snapshot_giving_a_price_twice_keeps_the_buffer_pending() -> None:
     events = feed.on_rest(URL, snapshot(158, [["0.0024", "9"]], [["0.0026", "100"]]), 3)
     assert [e.sequence for e in events] == [158, 160]
     assert levels(feed) == (["0.0024@10"], ["0.0026@100"])
+
+
+def test_malformed_event_is_refused_when_buffered_not_when_the_snapshot_bridges() -> None:
+    # Buffered events were parsed only once the snapshot arrived: a bad one made on_rest raise
+    # after the snapshot and the events before it were applied (the symbol in sync, those
+    # events never returned to the caller) and dropped the events buffered after it.
+    feed = BinanceBookFeed()
+    feed.on_message(combined(157, 160, [["0.0024", "10"]], []), 1)
+    with pytest.raises(ValueParseError, match="finite"):
+        feed.on_message(combined(161, 165, [["0.0023", "NaN"]], []), 2)
+    feed.on_message(combined(166, 170, [["0.0022", "1"]], []), 3)
+    # The refused event is a hole in the buffer: the bridge stops at it as at any gap.
+    with pytest.raises(SequenceGap):
+        feed.on_rest(URL, snapshot(158, [], [["0.0026", "1"]]), 4)
+    assert not feed.in_sync["BNBBTC"]
+    assert feed.pending_snapshots() == ["BNBBTC"]
+    events = feed.on_rest(URL, snapshot(166, [["0.0023", "5"]], [["0.0026", "1"]]), 5)
+    assert [e.sequence for e in events] == [166, 170]
+    assert levels(feed) == (["0.0023@5", "0.0022@1"], ["0.0026@1"])
+
+
+def test_malformed_event_after_a_gap_is_refused_before_it_is_buffered() -> None:
+    feed = BinanceBookFeed()
+    feed.on_message(combined(1, 2, [], []), 1)
+    feed.on_rest(URL, snapshot(2, [["0.0024", "1"]], []), 2)
+    with pytest.raises(ValueParseError):
+        feed.on_message(combined(9, 9, [["0.0023", "-1"]], []), 3)
+    assert feed.in_sync["BNBBTC"]
+    with pytest.raises(SequenceGap):
+        feed.on_message(combined(10, 10, [["0.0023", "1"]], []), 4)
+    assert feed.on_rest(URL, snapshot(9, [], []), 5)[-1].sequence == 10
