@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -115,10 +115,16 @@ class _V2Book(msgspec.Struct, gc=False):
     timestamp: datetime | None = None
 
 
+#: Most decimals a pair's prices or volumes may have (Kraken's have at most 10). More would only
+#: make the checksum rebuild huge integers (and hang on absurd ones such as 10**9 decimals).
+MAX_PRECISION = 18
+_Precision = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRECISION)]
+
+
 class _V2Pair(msgspec.Struct, gc=False):
     symbol: str
-    price_precision: int
-    qty_precision: int
+    price_precision: _Precision
+    qty_precision: _Precision
 
 
 class _V2Instruments(msgspec.Struct, gc=False):
@@ -209,6 +215,16 @@ class _Pair:
         self.ask_version = self.bid_version = -1
 
     def set_decimals(self, price_decimals: int, qty_decimals: int) -> None:
+        """Rebuild checksum texts at these decimals from now on.
+
+        Raises:
+            ValueParseError: a count outside ``0..MAX_PRECISION`` (nothing is changed).
+        """
+        if not (0 <= price_decimals <= MAX_PRECISION and 0 <= qty_decimals <= MAX_PRECISION):
+            raise ValueParseError(
+                f"kraken {self.venue_symbol}: {price_decimals}/{qty_decimals} decimals, "
+                f"more than {MAX_PRECISION}: checksum undefined"
+            )
         self.price_decimals = price_decimals
         self.qty_decimals = qty_decimals
         self.price_mul, self.price_div = _factors(self.scale.price_decimals - price_decimals)

@@ -512,3 +512,37 @@ def test_v2_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> 
     book._check()
     assert not feed.in_sync["XBT/USD"]
     assert list(book.asks()) == [(book.scale.price("101"), book.scale.size("1"))]
+
+
+def test_precision_beyond_18_decimals_is_malformed_not_a_hang() -> None:
+    # An instrument message with price_precision 10**9 made set_decimals compute 10**999999988
+    # (the feed hung); decimals guessed from a text with 5000 trailing zeros made the checksum
+    # str() an int of over 4300 digits, a bare ValueError.
+    feed = KrakenBookFeed()
+    instrument = {
+        "channel": "instrument",
+        "type": "snapshot",
+        "data": {"pairs": [{"symbol": "ETH/USD", "price_precision": 10**9, "qty_precision": 8}]},
+    }
+    with pytest.raises(msgspec.ValidationError, match="price_precision"):
+        feed.on_message(json.dumps(instrument).encode(), 1)
+    assert feed.precisions == {}
+    zeros = "1." + "0" * 5000
+    with pytest.raises(ValueParseError, match="5000/8 decimals"):
+        feed.on_message(
+            v2_message("snapshot", "ETH/USD", v2_levels([(zeros, "1.00000000")]), "[]", 1), 2
+        )
+    assert not feed.in_sync["ETH/USD"]
+    # After an empty snapshot the decimals are guessed from the first update's texts.
+    feed.on_message(v2_message("snapshot", "ETH/USD", "[]", "[]", 0), 3)
+    with pytest.raises(ValueParseError, match="5000/8 decimals"):
+        feed.on_message(
+            v2_message("update", "ETH/USD", v2_levels([(zeros, "1.00000000")]), "[]", 1), 4
+        )
+    book = feed.books["ETH/USD"]
+    assert feed.in_sync["ETH/USD"]
+    assert len(book) == 0
+    update = v2_levels([("2.50", "1.00000000")])
+    checksum = reference_checksum([], [("2.50", "1.00000000")])
+    feed.on_message(v2_message("update", "ETH/USD", update, "[]", checksum), 5)
+    assert feed.stats.checksums_ok == 2  # the empty snapshot's (0) and this update's
