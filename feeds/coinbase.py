@@ -281,18 +281,23 @@ class CoinbaseBookFeed(VenueBookFeed):
             for product in {event.product_id for event in msg.events}:
                 self._check_product(self.our_symbol(product), sequence)
         ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
-        out: list[BookEvent] = []
+        # Every event is parsed before any is applied: a malformed one leaves all books as
+        # they were, not the events before it applied (and never returned).
+        parsed: list[BookEvent] = []
         for event in msg.events:
+            if event.type != "snapshot" and event.type != "update":
+                self.stats.ignored += 1
+                continue
             symbol = self.our_symbol(event.product_id)
-            book = self.books.get(symbol) or self.book(symbol)
+            scale = (self.books.get(symbol) or self.book(symbol)).scale
             bids: list[tuple[str, str]] = []
             asks: list[tuple[str, str]] = []
             for update in event.updates:
                 level = (update.price_level, update.new_quantity)
                 (bids if update.side == "bid" else asks).append(level)
-            scale = book.scale
-            if event.type == "snapshot":
-                snap = BookSnapshot(
+            kind = BookSnapshot if event.type == "snapshot" else BookDelta
+            parsed.append(
+                kind(
                     self.venue,
                     symbol,
                     parse_levels(bids, scale),
@@ -301,25 +306,17 @@ class CoinbaseBookFeed(VenueBookFeed):
                     ts_event_ns,
                     ts_recv_ns,
                 )
-                self.apply_snapshot(snap)
-                out.append(snap)
-            elif event.type == "update":
-                if not self.in_sync[symbol]:
-                    self.stats.dropped += 1
-                    continue
-                delta = BookDelta(
-                    self.venue,
-                    symbol,
-                    parse_levels(bids, scale),
-                    parse_levels(asks, scale),
-                    sequence,
-                    ts_event_ns,
-                    ts_recv_ns,
-                )
-                self.apply_delta(delta)
-                out.append(delta)
+            )
+        out: list[BookEvent] = []
+        for book_event in parsed:
+            if isinstance(book_event, BookSnapshot):
+                self.apply_snapshot(book_event)
+            elif self.in_sync[book_event.symbol]:
+                self.apply_delta(book_event)
             else:
-                self.stats.ignored += 1
+                self.stats.dropped += 1
+                continue
+            out.append(book_event)
         return out
 
     # -- sequence checks -----------------------------------------------------------------------

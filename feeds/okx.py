@@ -62,7 +62,7 @@ from feeds.base import (
     parse_levels,
 )
 from otc.book import L2Book
-from otc.model import Scale
+from otc.model import Levels, Scale
 
 __all__ = ["CHECKSUM_DEPTH", "OkxBookFeed", "OkxStyleBookFeed", "checksum_text"]
 
@@ -239,26 +239,39 @@ class OkxStyleBookFeed(VenueBookFeed):
                 raise ValueError(f"{self.venue}: request refused: {msg.code} {msg.msg}")
             self.stats.ignored += 1  # subscribe/unsubscribe acks
             return []
+        action = msg.action
+        if action != "snapshot" and action != "update":
+            self.stats.ignored += len(msg.data)
+            return []
         symbol = self.our_symbol(arg.inst_id)
+        scale = self.book(symbol).scale
+        # Every item is parsed before any is applied: a malformed one changes nothing.
+        levels = [(parse_levels(i.bids, scale), parse_levels(i.asks, scale)) for i in msg.data]
         events: list[BookEvent] = []
-        for item in msg.data:
-            event = self._on_book(symbol, msg.action, item, ts_recv_ns)
+        for item, (bids, asks) in zip(msg.data, levels, strict=True):
+            event = self._on_book(symbol, action, item, bids, asks, ts_recv_ns)
             if event is not None:
                 events.append(event)
         return events
 
     def _on_book(
-        self, symbol: str, action: str, item: BookData, ts_recv_ns: int
+        self,
+        symbol: str,
+        action: str,
+        item: BookData,
+        bids: Levels,
+        asks: Levels,
+        ts_recv_ns: int,
     ) -> BookEvent | None:
+        """Apply one ``data`` item of a ``snapshot`` or ``update`` (levels already parsed)."""
         book = self.book(symbol)
-        scale = book.scale
         ts_event_ns = int(item.ts) * 1_000_000
         if action == "snapshot":
             snap = BookSnapshot(
                 self.venue,
                 symbol,
-                parse_levels(item.bids, scale),
-                parse_levels(item.asks, scale),
+                bids,
+                asks,
                 self.snapshot_sequence(symbol, item),
                 ts_event_ns,
                 ts_recv_ns,
@@ -270,9 +283,6 @@ class OkxStyleBookFeed(VenueBookFeed):
             )
             self._verify(symbol, item.checksum)
             return snap
-        if action != "update":
-            self.stats.ignored += 1
-            return None
         if not self.in_sync.get(symbol):
             self.stats.dropped += 1
             return None
@@ -280,8 +290,8 @@ class OkxStyleBookFeed(VenueBookFeed):
         delta = BookDelta(
             self.venue,
             symbol,
-            parse_levels(item.bids, scale),
-            parse_levels(item.asks, scale),
+            bids,
+            asks,
             sequence,
             ts_event_ns,
             ts_recv_ns,

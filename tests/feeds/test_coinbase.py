@@ -416,3 +416,20 @@ def test_verify_reports(shared_data: Path) -> None:
     legacy = verify("coinbase_legacy", [data / LEGACY])
     assert (legacy.applied, legacy.gaps, legacy.malformed) == (9729, 0, 0)
     assert len(legacy.books) == 10
+
+
+def test_malformed_event_changes_no_book_even_after_a_good_event() -> None:
+    # The events of a message were parsed and applied one by one: a bad level in the second
+    # left the first applied (book in sync) while the message raised, so the caller never got
+    # that event.
+    feed = CoinbaseBookFeed()
+    feed.on_message(l2("snapshot", 0, [("bid", "100", "1"), ("offer", "101", "1")]), 1)
+    good = msgspec.json.decode(l2("update", 1, [("bid", "100", "2")]))
+    bad = msgspec.json.decode(l2("update", 1, [("offer", "101", "7.25-23674")]))
+    good["events"] += bad["events"]
+    with pytest.raises(ValueParseError, match="not a number"):
+        feed.on_message(msgspec.json.encode(good), 2)
+    assert feed.in_sync["BTC-USD"]
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@1"])
+    feed.on_message(l2("update", 2, [("bid", "100", "3")]), 3)
+    assert levels(feed.books["BTC-USD"]) == (["100@3"], ["101@1"])

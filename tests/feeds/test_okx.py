@@ -262,3 +262,16 @@ def test_time_that_is_not_ms_digits_is_malformed_and_changes_nothing(ts: str) ->
         feed.on_message(bad, 2)
     assert feed.in_sync["BTC-USDT"]
     assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
+
+
+def test_malformed_item_changes_nothing_even_after_a_good_item() -> None:
+    # Items of ``data`` were parsed and applied one by one: a bad level in the second left the
+    # first applied while the message raised.
+    feed = OkxBookFeed()
+    feed.on_message(message("snapshot", [["100", "1", "0", "1"]], [["101", "2", "0", "1"]]), 1)
+    doc = msgspec.json.decode(message("update", [["100", "5", "0", "1"]], []))
+    doc["data"].append(dict(doc["data"][0], bids=[["99", "NaN", "0", "1"]]))
+    with pytest.raises(ValueParseError, match="finite"):
+        feed.on_message(msgspec.json.encode(doc), 2)
+    assert feed.in_sync["BTC-USDT"]
+    assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
