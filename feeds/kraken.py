@@ -314,6 +314,8 @@ def _uniform_decimals(levels: Iterable[list[str]], index: int) -> set[int]:
     """The set of decimal counts of element ``index`` of v1 ``levels`` (one value if fixed)."""
     out: set[int] = set()
     for level in levels:
+        if len(level) < 2:
+            raise ValueParseError(f"kraken v1: level {level!r} has no price and volume")
         text = level[index]
         dot = text.find(".")
         out.add(0 if dot < 0 else len(text) - dot - 1)
@@ -321,12 +323,24 @@ def _uniform_decimals(levels: Iterable[list[str]], index: int) -> set[int]:
 
 
 def _v1_ts_ns(levels: list[list[str]]) -> int:
-    """Latest level timestamp (``"1618678133.365913"``, seconds) in ns; 0 when none."""
+    """Latest level timestamp (``"1618678133.365913"``, seconds) in ns; 0 when none.
+
+    Raises:
+        ValueParseError: a timestamp that is not such a decimal of seconds.
+    """
     # Kraken prints every timestamp with 10 + 6 digits, so text order is time order.
     latest = max((level[2] for level in levels if len(level) > 2), default=None)
     if latest is None:
         return 0
     whole, _, frac = latest.partition(".")
+    if not (
+        0 < len(whole) <= 12
+        and whole.isdigit()
+        and whole.isascii()
+        and (frac.isdigit() or not frac)
+        and frac.isascii()
+    ):
+        raise ValueParseError(f"kraken v1: level timestamp {latest!r}")
     return int(whole) * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
 
 
@@ -568,15 +582,15 @@ class KrakenBookFeed(VenueBookFeed):
         pair = self._pair(venue_symbol, symbol, book)
         pair.v1 = True
         if pair.channel_name != channel_name:
-            pair.channel_id = channel_id
-            pair.channel_name = channel_name
             depth = channel_name.rpartition("-")[2]
-            if depth.isdigit():
+            if depth.isascii() and depth.isdigit() and len(depth) <= 6:
                 pair.depth = int(depth)
             elif venue_symbol in self._v1_depths:
                 pair.depth = self._v1_depths[venue_symbol]
             else:
                 raise msgspec.ValidationError(f"kraken v1: no depth in {channel_name!r}")
+            pair.channel_id = channel_id
+            pair.channel_name = channel_name
         first = bodies[0]
         if first.as_ is not None or first.bs is not None:
             return [self._v1_snapshot(symbol, pair, first, ts_recv_ns)]
@@ -640,10 +654,10 @@ class KrakenBookFeed(VenueBookFeed):
             self._v1_decimals(pair.venue_symbol, pair, raw_asks + raw_bids)
             bids = parse_levels(raw_bids, scale)
             asks = parse_levels(raw_asks, scale)
+            ts_event_ns = max(_v1_ts_ns(raw_bids), _v1_ts_ns(raw_asks))
         except ValueParseError:
             self.mark(symbol, False, "malformed snapshot")
             raise
-        ts_event_ns = max(_v1_ts_ns(raw_bids), _v1_ts_ns(raw_asks))
         snap = self._reset(symbol, pair, bids, asks, ts_event_ns, ts_recv_ns)
         self.stats.applied += 1
         return snap

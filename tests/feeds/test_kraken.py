@@ -546,3 +546,41 @@ def test_precision_beyond_18_decimals_is_malformed_not_a_hang() -> None:
     checksum = reference_checksum([], [("2.50", "1.00000000")])
     feed.on_message(v2_message("update", "ETH/USD", update, "[]", checksum), 5)
     assert feed.stats.checksums_ok == 2  # the empty snapshot's (0) and this update's
+
+
+@pytest.mark.parametrize(
+    ("level", "match"),
+    [
+        (["1.10000"], "has no price and"),
+        (["1.10000", "3.00000000", "1618A78107.100000"], "timestamp"),
+        (["1.10000", "3.00000000", "1618678124.x"], "timestamp"),
+        (["1.10000", "3.00000000", "9" * 5000], "timestamp"),
+    ],
+)
+def test_v1_level_of_a_bad_shape_or_time_is_malformed_and_changes_nothing(
+    level: list[str], match: str
+) -> None:
+    # A one-element level raised IndexError, a timestamp that is not digits a bare ValueError
+    # from int(): neither is a malformed message to the connection, which stopped the feed.
+    asks = [["1.00000", "1.00000000"], ["1.10000", "2.00000000"]]
+    bids = [["0.90000", "1.00000000"]]
+    feed = KrakenBookFeed()
+    feed.on_message(v1_snapshot("XBT/EUR", asks, bids, 10), 1)
+    with pytest.raises(ValueParseError, match=match):
+        feed.on_message(v1_update("XBT/EUR", 10, {"a": [level], "c": "1"}), 2)
+    assert feed.in_sync["XBT/EUR"]
+    assert len(feed.books["XBT/EUR"]) == 3
+    # The same levels in a snapshot: refused, the pair waits for a good one.
+    with pytest.raises(ValueParseError, match=match):
+        feed.on_message(
+            json.dumps([42, {"as": [level], "bs": []}, "book-10", "XBT/EUR"]).encode(), 3
+        )
+    assert not feed.in_sync["XBT/EUR"]
+    assert len(feed.books["XBT/EUR"]) == 3
+
+
+def test_v1_channel_depth_must_be_ascii_digits() -> None:
+    # "book-²" passed str.isdigit() and int() then raised a bare ValueError.
+    feed = KrakenBookFeed()
+    with pytest.raises(msgspec.ValidationError, match="no depth"):
+        feed.on_message(v1_snapshot("XBT/EUR", [], [], 10).replace(b"book-10", b"book-\\u00b2"), 1)
