@@ -50,6 +50,7 @@ __all__ = [
     "ChecksumMismatch",
     "Feed",
     "FeedStats",
+    "RequestRefused",
     "SequenceGap",
     "VenueBookFeed",
     "apply_event",
@@ -93,6 +94,16 @@ class ChecksumMismatch(FeedError):
         super().__init__(
             venue, f"{symbol}: checksum mismatch, venue sent {expected}, book gives {computed}"
         )
+
+
+class RequestRefused(FeedError, ValueError):
+    """The venue answered a request of ours (a subscription, an unsubscription...) with an
+    error: a message of the protocol, not a fault of the book or of the feed.
+
+    The connection logs it (``last_error``) and carries on; the symbols the request was for
+    stay out of sync until a snapshot of theirs arrives. A ``ValueError`` as well, which is what
+    the adapters raised for it before this class existed.
+    """
 
 
 class FeedStats(msgspec.Struct):
@@ -377,5 +388,6 @@ class VenueBookFeed:
             ChecksumMismatch: book disagrees with the venue's checksum; marked out of sync first.
             msgspec.DecodeError / ValidationError: the message is malformed.
             ValueParseError: a value in it does not parse, or a snapshot gives a price twice.
+            RequestRefused: the message is the venue's error answer to a request of ours.
         """
         raise NotImplementedError

@@ -56,6 +56,7 @@ from feeds.base import (
     BookDelta,
     BookEvent,
     BookSnapshot,
+    RequestRefused,
     SequenceGap,
     VenueBookFeed,
     level_texts,
@@ -188,7 +189,7 @@ class BinanceBookFeed(VenueBookFeed):
         body: _Depth = msg if msg.data is None else msg.data
         if body.event != "depthUpdate":
             if msg.error is not None:
-                raise ValueError(f"binance: request {msg.id} refused: {msg.error.msg}")
+                raise RequestRefused(self.venue, f"request {msg.id} refused: {msg.error.msg}")
             self.stats.ignored += 1  # subscription answers, other streams
             return []
         symbol = self.our_symbol(body.symbol)

@@ -28,6 +28,7 @@ from feeds.base import (
     BookDelta,
     BookEvent,
     BookSnapshot,
+    RequestRefused,
     SequenceGap,
     VenueBookFeed,
     level_texts,
@@ -105,7 +106,7 @@ class BybitBookFeed(VenueBookFeed):
         body = msg.data
         if body is None or not msg.topic.startswith("orderbook."):
             if msg.op == "subscribe" and msg.success is False:
-                raise ValueError(f"bybit: subscription refused: {msg.ret_msg}")
+                raise RequestRefused(self.venue, f"subscription refused: {msg.ret_msg}")
             self.stats.ignored += 1
             return []
         symbol = self.our_symbol(body.s)

@@ -79,6 +79,7 @@ from feeds.base import (
     BookDelta,
     BookEvent,
     BookSnapshot,
+    RequestRefused,
     SequenceGap,
     VenueBookFeed,
     level_texts,
@@ -265,7 +266,7 @@ class CoinbaseBookFeed(VenueBookFeed):
     def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
         msg = _decode(data)
         if msg.type == "error":
-            raise ValueError(f"coinbase: request refused: {msg.message}")
+            raise RequestRefused(self.venue, f"request refused: {msg.message}")
         sequence = msg.sequence_num
         is_book = msg.channel == "l2_data"
         if sequence is not None:
@@ -409,7 +410,7 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
         msg = _decode_legacy(data)
         kind = msg.type
         if kind == "error":
-            raise ValueError(f"coinbase: request refused: {msg.message} {msg.reason}".strip())
+            raise RequestRefused(self.venue, f"request refused: {msg.message} {msg.reason}".strip())
         if kind != "l2update" and kind != "snapshot":
             self.stats.ignored += 1  # subscriptions, heartbeat, ticker...
             return []

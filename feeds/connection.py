@@ -13,7 +13,9 @@ connection logic:
   else a reconnect;
 * a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
   connection is reopened after a capped, jittered exponential backoff (reset once data flows);
-* malformed messages are counted and skipped, never fatal;
+* malformed messages are counted and skipped, never fatal; the venue's error answer to a
+  request (:class:`~feeds.base.RequestRefused`, e.g. a refused subscription) is logged and
+  skipped, its symbols staying out of sync;
 * :meth:`FeedConnection.health` reports state, age of the last update and the counters, for the
   quoting service and the console.
 
@@ -36,7 +38,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from feeds.base import BookEvent, ChecksumMismatch, SequenceGap, VenueBookFeed
+from feeds.base import BookEvent, ChecksumMismatch, RequestRefused, SequenceGap, VenueBookFeed
 from otc.errors import ValueParseError
 
 __all__ = ["Backoff", "FeedConnection", "FeedHealth"]
@@ -218,6 +220,10 @@ class FeedConnection:
             except (SequenceGap, ChecksumMismatch) as exc:
                 self.last_error = str(exc)
                 await self._resync(ws, tg, exc.symbol)
+                continue
+            except RequestRefused as exc:
+                self.last_error = str(exc)
+                log.warning("%s", exc)
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
                 self.malformed += 1

@@ -60,6 +60,7 @@ from feeds.base import (
     BookEvent,
     BookSnapshot,
     ChecksumMismatch,
+    RequestRefused,
     VenueBookFeed,
     crc32_unsigned,
     parse_levels,
@@ -479,13 +480,13 @@ class KrakenBookFeed(VenueBookFeed):
     def _on_subscribed(self, msg: _Object) -> None:
         if msg.event:  # v1 subscriptionStatus
             if msg.status == "error":
-                raise ValueError(f"kraken: subscription refused: {msg.error_message}")
+                raise RequestRefused(self.venue, f"subscription refused: {msg.error_message}")
             sub = msg.subscription
             if sub is not None and sub.name == "book" and sub.depth and msg.pair:
                 self._v1_depths[msg.pair] = sub.depth
             return
         if msg.success is False:
-            raise ValueError(f"kraken: subscription refused: {msg.error}")
+            raise RequestRefused(self.venue, f"subscription refused: {msg.error}")
         result = msg.result
         if result is not None and result.channel == "book" and result.depth and result.symbol:
             symbol = self.our_symbol(result.symbol)

@@ -56,6 +56,7 @@ from feeds.base import (
     BookEvent,
     BookSnapshot,
     ChecksumMismatch,
+    RequestRefused,
     SequenceGap,
     VenueBookFeed,
     crc32_signed,
@@ -236,7 +237,7 @@ class OkxStyleBookFeed(VenueBookFeed):
         arg = msg.arg
         if arg is None or arg.channel != self.channel or not msg.data:
             if msg.event == "error":
-                raise ValueError(f"{self.venue}: request refused: {msg.code} {msg.msg}")
+                raise RequestRefused(self.venue, f"request refused: {msg.code} {msg.msg}")
             self.stats.ignored += 1  # subscribe/unsubscribe acks
             return []
         action = msg.action

@@ -81,7 +81,7 @@ from typing import IO, Annotated, Final, Self
 
 import msgspec
 
-from feeds.base import ChecksumMismatch, SequenceGap, VenueBookFeed
+from feeds.base import ChecksumMismatch, RequestRefused, SequenceGap, VenueBookFeed
 from feeds.recorded import read_recording
 from feeds.registry import adapter_class
 from otc.errors import ConfigError, OtcError, ValueParseError
@@ -672,7 +672,7 @@ def _replay_venue(
                     events = feed.on_rest(record.conn, record.data, record.ts_recv_ns)
                 else:
                     events = feed.on_message(record.data, record.ts_recv_ns)
-            except (SequenceGap, ChecksumMismatch) as exc:
+            except (SequenceGap, ChecksumMismatch, RequestRefused) as exc:
                 if len(report.errors) < max_errors:
                     report.errors.append(f"{path}:{record.line}: {exc}")
                 continue

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from feeds.base import ChecksumMismatch, SequenceGap, VenueBookFeed
+from feeds.base import ChecksumMismatch, RequestRefused, SequenceGap, VenueBookFeed
 from feeds.recorded import read_recording
 from feeds.registry import adapter_class
 from otc.errors import ValueParseError
@@ -53,7 +53,7 @@ def verify(venue: str, paths: Iterable[str | Path], *, max_errors: int = 20) -> 
                     feed.on_rest(record.conn, record.data, record.ts_recv_ns)
                 else:
                     feed.on_message(record.data, record.ts_recv_ns)
-            except (SequenceGap, ChecksumMismatch) as exc:
+            except (SequenceGap, ChecksumMismatch, RequestRefused) as exc:
                 if len(errors) < max_errors:
                     errors.append(f"{path}:{record.line}: {exc}")
             except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:

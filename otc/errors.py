@@ -8,7 +8,8 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     ├── ValueParseError      a price/size/fee text is not an exact, finite, allowed number
     ├── FeedError            a venue feed lost integrity (sequence gap, checksum, staleness)
     │   ├── SequenceGap          an update does not follow the last one (feeds.base)
-    │   └── ChecksumMismatch     the book disagrees with the venue's checksum (feeds.base)
+    │   ├── ChecksumMismatch     the book disagrees with the venue's checksum (feeds.base)
+    │   └── RequestRefused       the venue answered a request of ours with an error (feeds.base)
     ├── QuoteError           a request cannot be priced
     │   ├── InsufficientDepth    visible depth cannot cover the size (and no impact model)
     │   └── MarketUnavailable    no venue is fit to price from (all stale, crossed or out of sync)

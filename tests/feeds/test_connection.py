@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from feeds.bybit import BybitBookFeed
 from feeds.connection import Backoff, FeedConnection
@@ -94,3 +95,37 @@ def test_every_adapter_declares_a_public_endpoint_and_subscribes(venue: str) -> 
     messages = feed.subscribe_messages(["BTC-USDT"])
     assert messages
     assert all(isinstance(m, bytes) and m for m in messages)
+
+
+async def test_refused_request_and_malformed_message_do_not_stop_the_feed() -> None:
+    """A venue's error answer to a request used to raise a bare ValueError out of on_message,
+    which _receive did not catch: the connection's task group failed and run() ended."""
+    snapshot = (
+        b'{"topic":"orderbook.200.BTCUSDT","type":"snapshot","ts":1,'
+        b'"data":{"s":"BTCUSDT","b":[["100","1"]],"a":[["101","1"]],"u":1,"seq":1},"cts":1}'
+    )
+    sent = [
+        b'{"topic":"orderbook.200.BTCUSDT","type":"delta","data":{"s":"BTCUSDT","u":"x"}}',
+        b'{"success":false,"ret_msg":"Invalid symbol :[orderbook.200.XYZ]","op":"subscribe"}',
+        snapshot,
+    ]
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription
+        for message in sent:
+            await ws.send(message.decode())
+        await ws.wait_closed()
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, ["BTCUSDT", "XYZ"], url=f"ws://127.0.0.1:{port}")
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed")
+            while not feed.in_sync.get("BTCUSDT"):  # noqa: ASYNC110 - state the feed task owns
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            task.cancel()
+    assert conn.malformed == 1
+    assert conn.reconnects == 0
+    assert "subscription refused: Invalid symbol" in conn.health().last_error
