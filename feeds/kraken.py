@@ -354,7 +354,12 @@ def _guess_decimals(pair: _Pair, texts: list[tuple[str, str]]) -> None:
 
 
 def _v2_texts(levels: list[_V2Level]) -> list[tuple[str, str]]:
-    return [(bytes(lv.price).decode(), bytes(lv.qty).decode()) for lv in levels]
+    # msgspec does not check the UTF-8 of a Raw value; a number is ASCII, so anything that is
+    # not is left for parse_levels to refuse (ValueParseError), not a UnicodeDecodeError here.
+    return [
+        (bytes(lv.price).decode(errors="replace"), bytes(lv.qty).decode(errors="replace"))
+        for lv in levels
+    ]
 
 
 # -- the adapter ----------------------------------------------------------------------------------

@@ -584,3 +584,12 @@ def test_v1_channel_depth_must_be_ascii_digits() -> None:
     feed = KrakenBookFeed()
     with pytest.raises(msgspec.ValidationError, match="no depth"):
         feed.on_message(v1_snapshot("XBT/EUR", [], [], 10).replace(b"book-10", b"book-\\u00b2"), 1)
+
+
+def test_v2_level_with_invalid_utf8_is_malformed() -> None:
+    # msgspec keeps a Raw value's bytes unchecked: decoding them raised UnicodeDecodeError.
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
+    bad = v2_message("snapshot", "XBT/USD", v2_levels([('"1.5\\xff"', "1.0")]), "[]", 0)
+    with pytest.raises(ValueParseError, match="not a number"):
+        feed.on_message(bad.replace(b"\\xff", b"\xff"), 1)
+    assert not feed.in_sync["XBT/USD"]
