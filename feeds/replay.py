@@ -155,8 +155,10 @@ def _rows(path: Path) -> Generator[tuple[int, list[str]], None, None]:
 
 
 def _micros(where: str, number: int, column: str, text: str) -> int:
-    if not (text.isdigit() and text.isascii()):
-        raise ConfigError(where, f"line {number}", f"{column} is not an integer of µs: {text!r}")
+    # At most 19 digits (µs since the epoch have 16): int() of thousands would raise ValueError.
+    if not (text.isdigit() and text.isascii() and len(text) <= 19):
+        what = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise ConfigError(where, f"line {number}", f"{column} is not an integer of µs: {what!r}")
     return int(text)
 
 

@@ -361,6 +361,8 @@ ROW = "deribit,BTC-PERPETUAL,1000,1100,false,bid,100.5,10"
         (ROW.replace("false", "yes"), "is_snapshot must be true or false"),
         (ROW.replace("1000", "1e3"), "timestamp is not an integer"),
         (ROW.replace("1100", "-1100"), "local_timestamp is not an integer"),
+        # int() of 5000 digits raised a bare ValueError (Python's integer string limit)
+        (ROW.replace("1000", "9" * 5000), r"timestamp .* '9{40}\.\.\. \(5000 characters\)'"),
         (ROW.replace("deribit", ""), "exchange and symbol must not be empty"),
         ('deribit,"BTC"X,1000,1100,false,bid,1,1', "bad CSV"),
     ],
@@ -386,6 +388,7 @@ async def test_malformed_incremental_rows_name_file_and_line(
         ("okex,BTC-USDT,5,6,101,1,100,2,,3,99,1", r"asks\[1\].price and asks\[1\].amount"),
         ("okex,BTC-USDT,5,6,101,1,100,2,101,3,99,1", r"asks\[1\].price: price given twice"),
         ("okex,BTC-USDT,5.5,6,101,1,100,2,102,3,99,1", "timestamp is not an integer"),
+        ("okex,BTC-USDT,5," + "6" * 20 + ",101,1,100,2,102,3,99,1", "local_timestamp is not an"),
     ],
 )
 def test_malformed_snapshot_rows_name_file_and_line(tmp_path: Path, bad: str, problem: str) -> None:
