@@ -20,6 +20,8 @@ WebSocket overview:
   and :meth:`CoinbaseBookFeed.resubscribe_messages` resubscribes every product out of sync
   (a new subscription starts with a new snapshot). A new connection numbers from 0 again:
   :meth:`~CoinbaseBookFeed.subscribe_messages` (sent on every connect) resets the count.
+  An ``l2_data`` message that does not parse counts as lost too: its number is not taken, so
+  the next message is a gap (a dropped update would otherwise go unnoticed for good).
 
 Whole connection or not
 -----------------------
@@ -281,6 +283,23 @@ class CoinbaseBookFeed(VenueBookFeed):
         if sequence is not None and not self.whole_connection:
             for product in {event.product_id for event in msg.events}:
                 self._check_product(self.our_symbol(product), sequence)
+        try:
+            return self._on_l2(msg, sequence, ts_recv_ns)
+        except ValueParseError:
+            # An update that could not be applied is as good as lost, and there is no checksum
+            # to notice it later: forget its number, so that the next message of the
+            # connection shows the loss as a gap and the books resync.
+            if self.whole_connection and sequence is not None and sequence == self.last_sequence:
+                self.last_sequence = sequence - 1
+            raise
+
+    def _on_l2(self, msg: _Message, sequence: int | None, ts_recv_ns: int) -> list[BookEvent]:
+        """Parse every event of an ``l2_data`` message, then apply them.
+
+        Raises:
+            ValueParseError: a time or level does not parse, or a snapshot gives a price twice
+                (nothing is applied, or that snapshot's product is marked out of sync).
+        """
         ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
         # Every event is parsed before any is applied: a malformed one leaves all books as
         # they were, not the events before it applied (and never returned).

@@ -433,3 +433,19 @@ def test_malformed_event_changes_no_book_even_after_a_good_event() -> None:
     assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@1"])
     feed.on_message(l2("update", 2, [("bid", "100", "3")]), 3)
     assert levels(feed.books["BTC-USD"]) == (["100@3"], ["101@1"])
+
+
+def test_malformed_update_is_a_lost_message_to_the_connection_check() -> None:
+    # Its sequence_num used to count as received: the next message followed it, no gap was
+    # seen and the book stayed in sync without the update, for good (there is no checksum).
+    feed = CoinbaseBookFeed(check_sequence=True)
+    feed.subscribe_messages(["BTC-USD"])
+    feed.on_message(l2("snapshot", 0, [("bid", "100", "1")]), 1)
+    with pytest.raises(ValueParseError):
+        feed.on_message(l2("update", 1, [("bid", "101", "NaN")]), 2)
+    assert feed.in_sync["BTC-USD"]
+    with pytest.raises(SequenceGap) as info:
+        feed.on_message(l2("update", 2, [("bid", "100", "2")]), 3)
+    assert (info.value.expected, info.value.received) == (1, 2)
+    assert not feed.in_sync["BTC-USD"]
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], [])
