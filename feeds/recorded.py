@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -30,11 +31,17 @@ class RecordedMessage(msgspec.Struct, frozen=True):
     line: int
 
 
+#: Times must give ns that fit an int64 (what msgspec and our recordings hold): year 2262.
+_MAX_NS = 2**63 - 1
+_EpochS = Annotated[float, msgspec.Meta(ge=0, le=_MAX_NS // 1_000_000_000)]
+_EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_MAX_NS // 1_000_000)]
+
+
 class _Record(msgspec.Struct, gc=False):
     msg: msgspec.Raw = msgspec.Raw()
-    recv_ts: float | None = None
+    recv_ts: _EpochS | None = None
     conn: str = ""
-    ts: int | None = None
+    ts: _EpochMs | None = None
 
 
 _decode = msgspec.json.Decoder(_Record).decode
@@ -44,7 +51,8 @@ def read_recording(path: str | Path) -> Iterator[RecordedMessage]:
     """Yield the messages of a derived-JSONL recording in file order.
 
     Raises:
-        ConfigError: a line is not JSON; the message names the file and line.
+        ConfigError: a line is not JSON, or its times are negative or beyond 2262; the message
+            names the file and line.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open

@@ -12,6 +12,7 @@ import pytest
 
 from feeds.base import DEFAULT_SCALE, Feed
 from feeds.record import RecordWriter
+from feeds.recorded import read_recording
 from feeds.replay import ReplayFeed, SourceFormat, detect_format, read_tardis
 from otc.book import L2Book, apply_event
 from otc.errors import ConfigError
@@ -433,3 +434,22 @@ def test_a_truncated_gzip_csv_is_an_error_naming_the_file(tmp_path: Path) -> Non
         list(ReplayFeed(path).iter_events())
     assert info.value.source == str(path)
     assert info.value.path.startswith("line ")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('{"recv_ts":1e300,"msg":{}}', r"recv_ts"),  # round(inf) raised OverflowError
+        ('{"recv_ts":-1.5,"msg":{}}', r"recv_ts"),
+        ('{"ts":-1,"topic":"x"}', r"\$\.ts"),
+        ('{"ts":9223372036854775807,"topic":"x"}', r"\$\.ts"),  # ms beyond an int64 of ns
+    ],
+)
+def test_derived_jsonl_times_out_of_range_name_file_and_line(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    path = tmp_path / "venue.jsonl"
+    path.write_text('{"recv_ts":1.5,"msg":{}}\n' + line + "\n")
+    with pytest.raises(ConfigError, match=problem) as info:
+        list(read_recording(path))
+    assert (info.value.source, info.value.path) == (str(path), "line 2")
