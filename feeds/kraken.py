@@ -671,11 +671,16 @@ class KrakenBookFeed(VenueBookFeed):
     # -- v2 ------------------------------------------------------------------------------------
 
     def _on_v2_book(self, kind: str, entries: list[_V2Book], ts_recv_ns: int) -> list[BookEvent]:
+        if kind != "snapshot" and kind != "update":
+            self.stats.ignored += len(entries)
+            return []
+        # Every entry is parsed before any is applied: a malformed one changes no book.
+        parsed = [self._v2_parse(kind, entry) for entry in entries]
         events: list[BookEvent] = []
         failure: ChecksumMismatch | None = None
-        for entry in entries:
+        for entry, (bid_texts, ask_texts, bids, asks) in zip(entries, parsed, strict=True):
             try:
-                event = self._v2_entry(kind, entry, ts_recv_ns)
+                event = self._v2_entry(kind, entry, bid_texts, ask_texts, bids, asks, ts_recv_ns)
             except ChecksumMismatch as exc:  # already counted; the other entries still apply
                 failure = failure or exc
                 continue
@@ -685,25 +690,50 @@ class KrakenBookFeed(VenueBookFeed):
             raise failure
         return events
 
-    def _v2_entry(self, kind: str, entry: _V2Book, ts_recv_ns: int) -> BookEvent | None:
+    def _v2_parse(
+        self, kind: str, entry: _V2Book
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], Levels, Levels]:
+        """An entry's level texts and levels; a snapshot that does not parse marks its pair
+        out of sync."""
+        symbol = self.our_symbol(entry.symbol)
+        scale = self.book(symbol).scale
+        bid_texts = _v2_texts(entry.bids)
+        ask_texts = _v2_texts(entry.asks)
+        try:
+            return (
+                bid_texts,
+                ask_texts,
+                parse_levels(bid_texts, scale),
+                parse_levels(ask_texts, scale),
+            )
+        except ValueParseError:
+            if kind == "snapshot":
+                self.mark(symbol, False, "malformed snapshot")
+            raise
+
+    def _v2_entry(
+        self,
+        kind: str,
+        entry: _V2Book,
+        bid_texts: list[tuple[str, str]],
+        ask_texts: list[tuple[str, str]],
+        bids: Levels,
+        asks: Levels,
+        ts_recv_ns: int,
+    ) -> BookEvent | None:
         symbol = self.our_symbol(entry.symbol)
         book = self.book(symbol)
         pair = self._pair(entry.symbol, symbol, book)
         pair.v1 = False
-        scale = book.scale
         ts_event_ns = 0
         if entry.timestamp is not None:
             ts = entry.timestamp
             if ts.tzinfo is None:  # RFC 3339 without an offset: Kraken means UTC
                 ts = ts.replace(tzinfo=UTC)
             ts_event_ns = (ts - _EPOCH) // _MICROSECOND * 1000
-        bid_texts = _v2_texts(entry.bids)
-        ask_texts = _v2_texts(entry.asks)
         event: BookEvent
         if kind == "snapshot":
             try:
-                bids = parse_levels(bid_texts, scale)
-                asks = parse_levels(ask_texts, scale)
                 precisions = self.precisions.get(entry.symbol)
                 if precisions is not None:
                     pair.set_decimals(*precisions)
@@ -714,24 +744,13 @@ class KrakenBookFeed(VenueBookFeed):
                 self.mark(symbol, False, "malformed snapshot")
                 raise
             event = self._reset(symbol, pair, bids, asks, ts_event_ns, ts_recv_ns)
-        elif kind == "update":
+        else:
             if not self.in_sync.get(symbol):
                 self.stats.dropped += 1
                 return None
             if pair.price_decimals is None:  # after an empty snapshot
                 _guess_decimals(pair, bid_texts + ask_texts)
-            event = self._apply_levels(
-                symbol,
-                book,
-                pair,
-                parse_levels(bid_texts, scale),
-                parse_levels(ask_texts, scale),
-                ts_event_ns,
-                ts_recv_ns,
-            )
-        else:
-            self.stats.ignored += 1
-            return None
+            event = self._apply_levels(symbol, book, pair, bids, asks, ts_event_ns, ts_recv_ns)
         if entry.checksum is not None:
             self._verify(symbol, pair, book, entry.checksum)
         self.stats.applied += 1

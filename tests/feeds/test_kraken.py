@@ -593,3 +593,28 @@ def test_v2_level_with_invalid_utf8_is_malformed() -> None:
     with pytest.raises(ValueParseError, match="not a number"):
         feed.on_message(bad.replace(b"\\xff", b"\xff"), 1)
     assert not feed.in_sync["XBT/USD"]
+
+
+def test_v2_malformed_entry_changes_no_book_even_after_a_good_entry() -> None:
+    # Entries of ``data`` were parsed and applied one by one: a bad level in the second left
+    # the first applied while the message raised (the next checksum then failed).
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
+    asks = [("101.0", "1.00000000")]
+    bids = [("100.0", "1.00000000")]
+    checksum = reference_checksum(asks, bids)
+    feed.on_message(
+        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), checksum), 1
+    )
+    good = v2_message("update", "XBT/USD", v2_levels([("100.0", "2.00000000")]), "[]", 0)
+    bad = v2_message("update", "XBT/USD", v2_levels([("99.0", "-0.5")]), "[]", 0)
+    entries = [msgspec.json.decode(m)["data"][0] for m in (good, bad)]
+    message = msgspec.json.encode({"channel": "book", "type": "update", "data": entries})
+    with pytest.raises(ValueParseError, match="bad level"):
+        feed.on_message(message, 2)
+    assert feed.in_sync["XBT/USD"]
+    book = feed.books["XBT/USD"]
+    assert list(book.bids()) == [(book.scale.price("100"), book.scale.size("1"))]
+    bids = [("100.0", "2.00000000")]
+    update = v2_message("update", "XBT/USD", v2_levels(bids), "[]", reference_checksum(asks, bids))
+    feed.on_message(update, 3)
+    assert feed.stats.checksums_ok == 2
