@@ -90,10 +90,22 @@ def backtest_config(config: Config, scenario: Scenario, *, source: str = "scenar
 
     Raises:
         ConfigError: a venue of the scenario (file ``source``) is given twice, or names a
-            symbol that is not an instrument of ``config``.
+            symbol that is not an instrument of ``config``; a symbol or client the scenario
+            names (``symbols``, ``flow.clients``, ``rfqs[]``) is not in ``config`` (a typo
+            there would only show as a backtest of rejects).
     """
     venues = {v.name: v for v in config.venues}
     symbols = {inst.symbol for inst in config.instruments}
+    clients = {c.id for c in config.clients}
+    named = [(f"$.symbols[{i}]", s, symbols) for i, s in enumerate(scenario.symbols)]
+    named += [(f"$.flow.clients.{c}", c, clients) for c in scenario.flow.clients]
+    for i, spec in enumerate(scenario.rfqs):
+        named += [(f"$.rfqs[{i}].symbol", spec.symbol, symbols)]
+        named += [(f"$.rfqs[{i}].client", spec.client, clients)]
+    for path, name, known in named:
+        if name not in known:
+            what = "instrument" if known is symbols else "client"
+            raise ConfigError(source, path, f"{name!r} is not a configured {what}")
     for i, venue in enumerate(scenario.venues):
         if any(other.name == venue.name for other in scenario.venues[:i]):
             raise ConfigError(source, f"$.venues[{i}].name", f"{venue.name} given twice")

@@ -319,6 +319,31 @@ def test_scenario_venues_are_checked_against_the_config(
     assert (info.value.source, info.value.path, info.value.problem) == (str(file), path, problem)
 
 
+@pytest.mark.parametrize(
+    ("text", "path", "problem"),
+    [
+        ('symbols = ["BTC-USDC"]', "$.symbols[0]", "'BTC-USDC' is not a configured instrument"),
+        ("[flow.clients]\nclient-z = 1", "$.flow.clients.client-z",
+         "'client-z' is not a configured client"),
+        ('[[rfqs]]\nat_ms = 0\nclient = "client-a"\nsymbol = "BTCUSDT"\nside = "buy"\nqty = "1"',
+         "$.rfqs[0].symbol", "'BTCUSDT' is not a configured instrument"),
+        ('[[rfqs]]\nat_ms = 0\nclient = "clinet-a"\nsymbol = "BTC-USDT"\nside = "buy"\nqty = "1"',
+         "$.rfqs[0].client", "'clinet-a' is not a configured client"),
+    ],
+)  # fmt: skip
+def test_scenario_symbols_and_clients_are_checked_against_the_config(
+    tmp_path: Path, text: str, path: str, problem: str
+) -> None:
+    # A typo here loaded and ran: a backtest of UNKNOWN_SYMBOL or UNKNOWN_CLIENT rejects.
+    config = tmp_path / "otc.toml"
+    config.write_text(CONFIG)
+    file = tmp_path / "s.toml"
+    file.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        backtest_config(load_config(config), load_scenario(file), source=str(file))
+    assert (info.value.source, info.value.path, info.value.problem) == (str(file), path, problem)
+
+
 def test_bucket_labels_and_error_stats() -> None:
     edges = [Decimal(100), Decimal(1000)]
     assert bucket_label(Decimal(5), edges) == "<100"
