@@ -11,9 +11,12 @@ writes and the engine forwards.
 
 Integrity failures raise :class:`SequenceGap` or :class:`ChecksumMismatch` (both
 :class:`~otc.errors.FeedError`); before raising, the adapter marks the symbol out of sync and
-counts the failure. The connection layer answers by resyncing (resubscribe, or a new REST
-snapshot); until a fresh snapshot arrives, further deltas for that symbol are dropped and the
-book is excluded from the consolidated view.
+counts the failure. A snapshot that does not parse or cannot be applied raises
+:class:`MalformedSnapshot` (a :class:`~otc.errors.ValueParseError`), its symbol marked out of
+sync the same way and its book left as it was (:meth:`VenueBookFeed.parse_snapshot`,
+:meth:`VenueBookFeed.malformed_snapshot`). The connection layer answers all three by resyncing
+(resubscribe, or a new REST snapshot); until a fresh snapshot arrives, further deltas for that
+symbol are dropped and the book is excluded from the consolidated view.
 
 Symbols: adapters key books by *our* instrument symbol. ``symbols`` maps the venue's name
 (``XBT/USD``) to ours (``BTC-USD``); a venue symbol missing from the map is used as is, which is
@@ -50,6 +53,7 @@ __all__ = [
     "ChecksumMismatch",
     "Feed",
     "FeedStats",
+    "MalformedSnapshot",
     "RequestRefused",
     "SequenceGap",
     "VenueBookFeed",
@@ -104,6 +108,23 @@ class RequestRefused(FeedError, ValueError):
     stay out of sync until a snapshot of theirs arrives. A ``ValueError`` as well, which is what
     the adapters raised for it before this class existed.
     """
+
+
+class MalformedSnapshot(ValueParseError):
+    """A venue snapshot that does not parse or cannot be applied (a level that is not a number,
+    a price given twice on a side, a precision out of range...).
+
+    Raised through :meth:`VenueBookFeed.malformed_snapshot`: the symbol is marked out of sync
+    first and its book left as it was. Unlike another malformed message it must be answered:
+    the venue sends snapshots only on (re)subscription, so the connection resyncs the symbol as
+    after a :class:`SequenceGap`, or it would wait for one until the next reconnect.
+    """
+
+    def __init__(self, venue: str, symbol: str, problem: str) -> None:
+        self.venue = venue
+        self.symbol = symbol
+        self.problem = problem
+        super().__init__(f"{venue} {symbol}: malformed snapshot: {problem}")
 
 
 class FeedStats(msgspec.Struct):
@@ -278,6 +299,33 @@ class VenueBookFeed:
         self.mark(error.symbol, False, str(error))
         return error
 
+    def malformed_snapshot(self, symbol: str, problem: object) -> MalformedSnapshot:
+        """Count a snapshot of our ``symbol`` that does not parse or cannot be applied (a resync
+        follows), mark the symbol out of sync, and hand back the error to be raised.
+
+        The caller must not have changed the book: it stays as it was, out of sync, until a
+        good snapshot arrives.
+        """
+        error = MalformedSnapshot(self.venue, symbol, str(problem))
+        self.stats.resyncs += 1
+        self.mark(symbol, False, str(error))
+        return error
+
+    def parse_snapshot(
+        self, symbol: str, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]
+    ) -> tuple[Levels, Levels]:
+        """Both sides of a snapshot of our ``symbol`` through :func:`parse_levels`, at its
+        book's scale.
+
+        Raises:
+            MalformedSnapshot: a level does not parse (see :meth:`malformed_snapshot`).
+        """
+        scale = (self.books.get(symbol) or self.book(symbol)).scale
+        try:
+            return parse_levels(bids, scale), parse_levels(asks, scale)
+        except ValueParseError as exc:
+            raise self.malformed_snapshot(symbol, exc) from None
+
     def replace_book(
         self,
         symbol: str,
@@ -291,9 +339,9 @@ class VenueBookFeed:
         """Replace our ``symbol``'s book by a venue snapshot's levels; returns the book.
 
         Raises:
-            ValueParseError: the snapshot gives a price twice on a side (the only thing
+            MalformedSnapshot: the snapshot gives a price twice on a side (the only thing
                 :func:`parse_levels` output can still get wrong); the book is unchanged and the
-                symbol marked out of sync: it waits for the next snapshot.
+                symbol marked out of sync (see :meth:`malformed_snapshot`).
         """
         book = self.book(symbol)
         try:
@@ -301,15 +349,14 @@ class VenueBookFeed:
                 bids, asks, sequence=sequence, ts_event_ns=ts_event_ns, ts_recv_ns=ts_recv_ns
             )
         except ValueError as exc:
-            self.mark(symbol, False, "malformed snapshot")
-            raise ValueParseError(f"{self.venue} {symbol}: malformed snapshot: {exc}") from None
+            raise self.malformed_snapshot(symbol, exc) from None
         return book
 
     def apply_snapshot(self, event: BookSnapshot) -> None:
         """Apply a snapshot and mark its symbol in sync.
 
         Raises:
-            ValueParseError: see :meth:`replace_book`.
+            MalformedSnapshot: see :meth:`replace_book`.
         """
         self.replace_book(
             event.symbol,
@@ -386,8 +433,10 @@ class VenueBookFeed:
         Raises:
             SequenceGap: continuity broken; the symbol is marked out of sync first.
             ChecksumMismatch: book disagrees with the venue's checksum; marked out of sync first.
+            MalformedSnapshot: a snapshot does not parse or cannot be applied; its symbol is
+                marked out of sync first and its book left as it was.
             msgspec.DecodeError / ValidationError: the message is malformed.
-            ValueParseError: a value in it does not parse, or a snapshot gives a price twice.
+            ValueParseError: a value in it does not parse.
             RequestRefused: the message is the venue's error answer to a request of ours.
         """
         raise NotImplementedError

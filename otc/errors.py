@@ -6,6 +6,7 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     OtcError
     ├── ConfigError          a config file or book file is malformed; names the file and the path
     ├── ValueParseError      a price/size/fee text is not an exact, finite, allowed number
+    │   └── MalformedSnapshot    a venue snapshot does not parse or apply; resynced (feeds.base)
     ├── FeedError            a venue feed lost integrity (sequence gap, checksum, staleness)
     │   ├── SequenceGap          an update does not follow the last one (feeds.base)
     │   ├── ChecksumMismatch     the book disagrees with the venue's checksum (feeds.base)
