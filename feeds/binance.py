@@ -206,8 +206,10 @@ class BinanceBookFeed(VenueBookFeed):
         Raises:
             SequenceGap: the buffered events themselves have a gap (the symbol buffers again
                 from the event after it and waits for another snapshot).
+            MalformedSnapshot: a level does not parse, or a price is given twice (the symbol
+                stays pending, its buffer kept).
             msgspec.DecodeError / ValidationError: not a depth snapshot (e.g. an error body).
-            ValueParseError: the url names no symbol, or a level does not parse.
+            ValueParseError: the url names no symbol.
         """
         venue_symbol = _url_symbol(url)
         rest = _decode_rest(data)
@@ -225,17 +227,11 @@ class BinanceBookFeed(VenueBookFeed):
             self._buffers[symbol] = keep
             self.stats.ignored += 1
             return []
-        scale = book.scale
-        snap = BookSnapshot(
-            self.venue,
-            symbol,
-            parse_levels(rest.bids, scale),
-            parse_levels(rest.asks, scale),
-            last_id,
-            0,  # the body carries no time
-            ts_recv_ns,
-        )
-        self.apply_snapshot(snap)  # a malformed body raises here: still pending, buffer kept
+        # A body that does not parse or apply raises MalformedSnapshot here: the symbol stays
+        # pending, its buffer kept, and the connection fetches another snapshot.
+        bids, asks = self.parse_snapshot(symbol, rest.bids, rest.asks)
+        snap = BookSnapshot(self.venue, symbol, bids, asks, last_id, 0, ts_recv_ns)  # no time
+        self.apply_snapshot(snap)
         self.stats.dropped += len(buffered) - len(keep)
         self._buffers.pop(symbol, None)
         events: list[BookEvent] = [snap]

@@ -114,11 +114,12 @@ class BybitBookFeed(VenueBookFeed):
         scale = book.scale
         ts_event_ns = (msg.cts or msg.ts) * 1_000_000
         if msg.type == "snapshot":
+            bids, asks = self.parse_snapshot(symbol, body.b, body.a)
             snap = BookSnapshot(
                 self.venue,
                 symbol,
-                parse_levels(body.b, scale),
-                parse_levels(body.a, scale),
+                bids,
+                asks,
                 body.u,
                 ts_event_ns,
                 ts_recv_ns,

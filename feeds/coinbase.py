@@ -81,6 +81,7 @@ from feeds.base import (
     BookDelta,
     BookEvent,
     BookSnapshot,
+    MalformedSnapshot,
     RequestRefused,
     SequenceGap,
     VenueBookFeed,
@@ -285,11 +286,20 @@ class CoinbaseBookFeed(VenueBookFeed):
                 self._check_product(self.our_symbol(product), sequence)
         try:
             return self._on_l2(msg, sequence, ts_recv_ns)
-        except ValueParseError:
+        except ValueParseError as exc:
             # An update that could not be applied is as good as lost, and there is no checksum
             # to notice it later: forget its number, so that the next message of the
-            # connection shows the loss as a gap and the books resync.
-            if self.whole_connection and sequence is not None and sequence == self.last_sequence:
+            # connection shows the loss as a gap and the books resync. A message of snapshots
+            # only loses no update: its products are out of sync and resubscribed together.
+            if (
+                self.whole_connection
+                and sequence is not None
+                and sequence == self.last_sequence
+                and not (
+                    isinstance(exc, MalformedSnapshot)
+                    and all(event.type != "update" for event in msg.events)
+                )
+            ):
                 self.last_sequence = sequence - 1
             raise
 
@@ -297,10 +307,18 @@ class CoinbaseBookFeed(VenueBookFeed):
         """Parse every event of an ``l2_data`` message, then apply them.
 
         Raises:
-            ValueParseError: a time or level does not parse, or a snapshot gives a price twice
-                (nothing is applied, or that snapshot's product is marked out of sync).
+            MalformedSnapshot: a snapshot's time or levels do not parse, or it gives a price
+                twice; its product is marked out of sync (every snapshot's, for the time).
+            ValueParseError: an update's time or level does not parse (nothing is applied).
         """
-        ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
+        try:
+            ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
+        except ValueParseError as exc:
+            snapshots = [self.our_symbol(e.product_id) for e in msg.events if e.type == "snapshot"]
+            if not snapshots:
+                raise
+            errors = [self.malformed_snapshot(symbol, exc) for symbol in snapshots]
+            raise errors[0] from None
         # Every event is parsed before any is applied: a malformed one leaves all books as
         # they were, not the events before it applied (and never returned).
         parsed: list[BookEvent] = []
@@ -315,9 +333,22 @@ class CoinbaseBookFeed(VenueBookFeed):
             for update in event.updates:
                 level = (update.price_level, update.new_quantity)
                 (bids if update.side == "bid" else asks).append(level)
-            kind = BookSnapshot if event.type == "snapshot" else BookDelta
+            if event.type == "snapshot":
+                bid_levels, ask_levels = self.parse_snapshot(symbol, bids, asks)
+                parsed.append(
+                    BookSnapshot(
+                        self.venue,
+                        symbol,
+                        bid_levels,
+                        ask_levels,
+                        sequence,
+                        ts_event_ns,
+                        ts_recv_ns,
+                    )
+                )
+                continue
             parsed.append(
-                kind(
+                BookDelta(
                     self.venue,
                     symbol,
                     parse_levels(bids, scale),
@@ -437,29 +468,26 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
         book = self.books.get(symbol) or self.book(symbol)
         scale = book.scale
         if kind == "snapshot":
-            snap = BookSnapshot(
-                self.venue,
-                symbol,
-                parse_levels(msg.bids, scale),
-                parse_levels(msg.asks, scale),
-                None,
-                rfc3339_ns(msg.time) if msg.time else 0,
-                ts_recv_ns,
-            )
+            bids, asks = self.parse_snapshot(symbol, msg.bids, msg.asks)
+            try:
+                ts_event_ns = rfc3339_ns(msg.time) if msg.time else 0
+            except ValueParseError as exc:
+                raise self.malformed_snapshot(symbol, exc) from None
+            snap = BookSnapshot(self.venue, symbol, bids, asks, None, ts_event_ns, ts_recv_ns)
             self.apply_snapshot(snap)
             return [snap]
         if not self.in_sync[symbol]:
             self.stats.dropped += 1
             return []
-        bids: list[tuple[str, str]] = []
-        asks: list[tuple[str, str]] = []
+        changed_bids: list[tuple[str, str]] = []
+        changed_asks: list[tuple[str, str]] = []
         for side, price, size in msg.changes:
-            (bids if side == "buy" else asks).append((price, size))
+            (changed_bids if side == "buy" else changed_asks).append((price, size))
         delta = BookDelta(
             self.venue,
             symbol,
-            parse_levels(bids, scale),
-            parse_levels(asks, scale),
+            parse_levels(changed_bids, scale),
+            parse_levels(changed_asks, scale),
             None,
             rfc3339_ns(msg.time) if msg.time else 0,
             ts_recv_ns,

@@ -60,6 +60,7 @@ from feeds.base import (
     BookEvent,
     BookSnapshot,
     ChecksumMismatch,
+    MalformedSnapshot,
     RequestRefused,
     VenueBookFeed,
     crc32_unsigned,
@@ -221,11 +222,7 @@ class _Pair:
         Raises:
             ValueParseError: a count outside ``0..MAX_PRECISION`` (nothing is changed).
         """
-        if not (0 <= price_decimals <= MAX_PRECISION and 0 <= qty_decimals <= MAX_PRECISION):
-            raise ValueParseError(
-                f"kraken {self.venue_symbol}: {price_decimals}/{qty_decimals} decimals, "
-                f"more than {MAX_PRECISION}: checksum undefined"
-            )
+        _check_decimals(self.venue_symbol, price_decimals, qty_decimals)
         self.price_decimals = price_decimals
         self.qty_decimals = qty_decimals
         self.price_mul, self.price_div = _factors(self.scale.price_decimals - price_decimals)
@@ -345,12 +342,35 @@ def _v1_ts_ns(levels: list[list[str]]) -> int:
     return int(whole) * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
 
 
+def _check_decimals(venue_symbol: str, price_decimals: int, qty_decimals: int) -> None:
+    """Refuse decimal counts a checksum cannot be rebuilt at.
+
+    Raises:
+        ValueParseError: a count outside ``0..MAX_PRECISION``.
+    """
+    if not (0 <= price_decimals <= MAX_PRECISION and 0 <= qty_decimals <= MAX_PRECISION):
+        raise ValueParseError(
+            f"kraken {venue_symbol}: {price_decimals}/{qty_decimals} decimals, "
+            f"more than {MAX_PRECISION}: checksum undefined"
+        )
+
+
+def _text_decimals(texts: list[tuple[str, str]]) -> tuple[int, int] | None:
+    """v2 (price, qty) decimals from the number texts themselves (None without texts).
+
+    Raises:
+        ValueParseError: a text that is not a finite number.
+    """
+    if not texts:
+        return None
+    return max(decimals_of(p) for p, _ in texts), max(decimals_of(q) for _, q in texts)
+
+
 def _guess_decimals(pair: _Pair, texts: list[tuple[str, str]]) -> None:
     """v2 precisions from the number texts themselves, until the instrument channel says."""
-    if texts:
-        pair.set_decimals(
-            max(decimals_of(p) for p, _ in texts), max(decimals_of(q) for _, q in texts)
-        )
+    decimals = _text_decimals(texts)
+    if decimals is not None:
+        pair.set_decimals(*decimals)
 
 
 def _v2_texts(levels: list[_V2Level]) -> list[tuple[str, str]]:
@@ -661,9 +681,8 @@ class KrakenBookFeed(VenueBookFeed):
             bids = parse_levels(raw_bids, scale)
             asks = parse_levels(raw_asks, scale)
             ts_event_ns = max(_v1_ts_ns(raw_bids), _v1_ts_ns(raw_asks))
-        except ValueParseError:
-            self.mark(symbol, False, "malformed snapshot")
-            raise
+        except ValueParseError as exc:
+            raise self.malformed_snapshot(symbol, exc) from None
         snap = self._reset(symbol, pair, bids, asks, ts_event_ns, ts_recv_ns)
         self.stats.applied += 1
         return snap
@@ -677,11 +696,16 @@ class KrakenBookFeed(VenueBookFeed):
         # Every entry is parsed before any is applied: a malformed one changes no book.
         parsed = [self._v2_parse(kind, entry) for entry in entries]
         events: list[BookEvent] = []
-        failure: ChecksumMismatch | None = None
-        for entry, (bid_texts, ask_texts, bids, asks) in zip(entries, parsed, strict=True):
+        failure: ChecksumMismatch | MalformedSnapshot | None = None
+        for entry, (bid_texts, ask_texts, bids, asks, decimals) in zip(
+            entries, parsed, strict=True
+        ):
             try:
-                event = self._v2_entry(kind, entry, bid_texts, ask_texts, bids, asks, ts_recv_ns)
-            except ChecksumMismatch as exc:  # already counted; the other entries still apply
+                event = self._v2_entry(
+                    kind, entry, bid_texts, ask_texts, bids, asks, decimals, ts_recv_ns
+                )
+            except (ChecksumMismatch, MalformedSnapshot) as exc:
+                # Already counted, that pair out of sync; the other entries still apply.
                 failure = failure or exc
                 continue
             if event is not None:
@@ -692,24 +716,34 @@ class KrakenBookFeed(VenueBookFeed):
 
     def _v2_parse(
         self, kind: str, entry: _V2Book
-    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], Levels, Levels]:
-        """An entry's level texts and levels; a snapshot that does not parse marks its pair
-        out of sync."""
+    ) -> tuple[
+        list[tuple[str, str]], list[tuple[str, str]], Levels, Levels, tuple[int, int] | None
+    ]:
+        """An entry's level texts, levels and, for a snapshot, the pair's checksum decimals
+        (``None``: not known yet).
+
+        Raises:
+            MalformedSnapshot: a snapshot's level does not parse, or its decimals are out of
+                range (the pair is marked out of sync).
+            ValueParseError: an update's level does not parse.
+        """
         symbol = self.our_symbol(entry.symbol)
         scale = self.book(symbol).scale
         bid_texts = _v2_texts(entry.bids)
         ask_texts = _v2_texts(entry.asks)
         try:
-            return (
-                bid_texts,
-                ask_texts,
-                parse_levels(bid_texts, scale),
-                parse_levels(ask_texts, scale),
-            )
-        except ValueParseError:
+            bids = parse_levels(bid_texts, scale)
+            asks = parse_levels(ask_texts, scale)
+            if kind != "snapshot":
+                return bid_texts, ask_texts, bids, asks, None
+            decimals = self.precisions.get(entry.symbol) or _text_decimals(bid_texts + ask_texts)
+            if decimals is not None:
+                _check_decimals(entry.symbol, *decimals)
+        except ValueParseError as exc:
             if kind == "snapshot":
-                self.mark(symbol, False, "malformed snapshot")
+                raise self.malformed_snapshot(symbol, exc) from None
             raise
+        return bid_texts, ask_texts, bids, asks, decimals
 
     def _v2_entry(
         self,
@@ -719,8 +753,15 @@ class KrakenBookFeed(VenueBookFeed):
         ask_texts: list[tuple[str, str]],
         bids: Levels,
         asks: Levels,
+        decimals: tuple[int, int] | None,
         ts_recv_ns: int,
     ) -> BookEvent | None:
+        """Apply one parsed entry (``decimals``: a snapshot's, checked by :meth:`_v2_parse`).
+
+        Raises:
+            MalformedSnapshot: a snapshot gives a price twice on a side (the book unchanged).
+            ChecksumMismatch: through :meth:`~feeds.base.VenueBookFeed.fail`.
+        """
         symbol = self.our_symbol(entry.symbol)
         book = self.book(symbol)
         pair = self._pair(entry.symbol, symbol, book)
@@ -733,17 +774,11 @@ class KrakenBookFeed(VenueBookFeed):
             ts_event_ns = (ts - _EPOCH) // _MICROSECOND * 1000
         event: BookEvent
         if kind == "snapshot":
-            try:
-                precisions = self.precisions.get(entry.symbol)
-                if precisions is not None:
-                    pair.set_decimals(*precisions)
-                else:
-                    pair.price_decimals = pair.qty_decimals = None
-                    _guess_decimals(pair, bid_texts + ask_texts)
-            except ValueParseError:
-                self.mark(symbol, False, "malformed snapshot")
-                raise
             event = self._reset(symbol, pair, bids, asks, ts_event_ns, ts_recv_ns)
+            if decimals is None:
+                pair.price_decimals = pair.qty_decimals = None
+            else:
+                pair.set_decimals(*decimals)  # checked by _v2_parse: cannot fail
         else:
             if not self.in_sync.get(symbol):
                 self.stats.dropped += 1

@@ -63,6 +63,7 @@ from feeds.base import (
     parse_levels,
 )
 from otc.book import L2Book
+from otc.errors import ValueParseError
 from otc.model import Levels, Scale
 
 __all__ = ["CHECKSUM_DEPTH", "OkxBookFeed", "OkxStyleBookFeed", "checksum_text"]
@@ -247,7 +248,12 @@ class OkxStyleBookFeed(VenueBookFeed):
         symbol = self.our_symbol(arg.inst_id)
         scale = self.book(symbol).scale
         # Every item is parsed before any is applied: a malformed one changes nothing.
-        levels = [(parse_levels(i.bids, scale), parse_levels(i.asks, scale)) for i in msg.data]
+        try:
+            levels = [(parse_levels(i.bids, scale), parse_levels(i.asks, scale)) for i in msg.data]
+        except ValueParseError as exc:
+            if action == "snapshot":  # the symbol must resync: see malformed_snapshot
+                raise self.malformed_snapshot(symbol, exc) from None
+            raise
         events: list[BookEvent] = []
         for item, (bids, asks) in zip(msg.data, levels, strict=True):
             event = self._on_book(symbol, action, item, bids, asks, ts_recv_ns)
