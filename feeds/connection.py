@@ -11,9 +11,14 @@ connection logic:
   :class:`~feeds.base.ChecksumMismatch` triggers a resync of that symbol: the adapter's
   resubscribe messages when it has them, a REST snapshot when it syncs from one (Binance), or
   else a reconnect;
+* a :class:`~feeds.base.MalformedSnapshot` (a snapshot that does not parse or apply, its symbol
+  left out of sync) is counted as malformed and resynced the same way: most venues send a
+  snapshot only on (re)subscription, so skipping it would leave the symbol out of the
+  consolidated book until the next reconnect. A REST snapshot body that does not parse leaves
+  its symbol pending: it is fetched again, ``snapshot_retry_s`` later at the earliest;
 * a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
   connection is reopened after a capped, jittered exponential backoff (reset once data flows);
-* malformed messages are counted and skipped, never fatal; the venue's error answer to a
+* other malformed messages are counted and skipped, never fatal; the venue's error answer to a
   request (:class:`~feeds.base.RequestRefused`, e.g. a refused subscription) is logged and
   skipped, its symbols staying out of sync;
 * :meth:`FeedConnection.health` reports state, age of the last update and the counters, for the
@@ -38,7 +43,14 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from feeds.base import BookEvent, ChecksumMismatch, RequestRefused, SequenceGap, VenueBookFeed
+from feeds.base import (
+    BookEvent,
+    ChecksumMismatch,
+    MalformedSnapshot,
+    RequestRefused,
+    SequenceGap,
+    VenueBookFeed,
+)
 from otc.errors import ValueParseError
 
 __all__ = ["Backoff", "FeedConnection", "FeedHealth"]
@@ -225,6 +237,11 @@ class FeedConnection:
                 self.last_error = str(exc)
                 log.warning("%s", exc)
                 continue
+            except MalformedSnapshot as exc:
+                self.malformed += 1
+                self.last_error = f"malformed message: {exc}"
+                await self._resync(ws, tg, exc.symbol)
+                continue
             except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
                 self.malformed += 1
                 self.last_error = f"malformed message: {exc}"
@@ -265,6 +282,7 @@ class FeedConnection:
         except (SequenceGap, ChecksumMismatch) as exc:
             self.last_error = str(exc)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
+            # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
             self.malformed += 1
             self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
         finally:
