@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import SequenceGap
+from feeds.base import MalformedSnapshot, SequenceGap
 from feeds.binance import BinanceBookFeed
 from feeds.recorded import RecordedMessage, read_recording
 from feeds.verify import verify
@@ -306,3 +306,21 @@ def test_malformed_event_after_a_gap_is_refused_before_it_is_buffered() -> None:
     with pytest.raises(SequenceGap):
         feed.on_message(combined(10, 10, [["0.0023", "1"]], []), 4)
     assert feed.on_rest(URL, snapshot(9, [], []), 5)[-1].sequence == 10
+
+
+@pytest.mark.parametrize("bids", [[["NaN", "1"]], [["0.0024", "1"], ["0.0024", "2"]]])
+def test_malformed_rest_snapshot_stays_pending_and_the_next_one_bridges(
+    bids: list[list[str]],
+) -> None:
+    feed = BinanceBookFeed()
+    feed.on_message(combined(157, 160, [["0.0024", "10"]], []), 1)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_rest(URL, snapshot(158, bids, [["0.0026", "100"]]), 2)
+    assert (info.value.venue, info.value.symbol) == ("binance", "BNBBTC")
+    assert not feed.in_sync["BNBBTC"]
+    assert len(feed.books["BNBBTC"]) == 0
+    assert feed.pending_snapshots() == ["BNBBTC"]  # the connection fetches another
+    events = feed.on_rest(URL, snapshot(158, [["0.0024", "9"]], [["0.0026", "100"]]), 3)
+    assert len(events) == 2  # the snapshot and the buffered event it bridges
+    assert feed.in_sync["BNBBTC"]
+    assert levels(feed) == (["0.0024@10"], ["0.0026@100"])

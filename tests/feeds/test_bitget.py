@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import ChecksumMismatch, SequenceGap
+from feeds.base import ChecksumMismatch, MalformedSnapshot, SequenceGap
 from feeds.bitget import BitgetBookFeed
 from feeds.okx import checksum_text
 from feeds.recorded import read_recording
@@ -183,3 +183,21 @@ def test_verify_report(shared_data: Path) -> None:
     assert (mix.messages, mix.applied, mix.checksums_ok, mix.checksums_failed) == (196, 194, 194, 0)
     assert set(mix.books) == {"DASHUSDT", "UNIUSDT"}
     assert mix.errors == []
+
+
+def test_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_recovers() -> None:
+    feed = BitgetBookFeed()
+    feed.on_message(message("snapshot", [["100.0", "1.5"]], [["101.0", "2.0"]], seq=10), 1)
+    bad = message("snapshot", [["100.0", "1.5"]], [["1e", "2.0"]], seq=20)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(bad, 2)
+    assert (info.value.venue, info.value.symbol) == ("bitget", "BTCUSDT")
+    assert not feed.in_sync["BTCUSDT"]
+    feed._check()
+    book = feed.books["BTCUSDT"]
+    assert book.sequence == 10
+    assert list(book.asks()) == [(book.scale.price("101"), book.scale.size("2"))]
+    assert feed.on_message(message("update", [["100.0", "3"]], [], seq=21), 3) == []
+    feed.on_message(message("snapshot", [["99.0", "1"]], [["102.0", "1"]], seq=22), 4)
+    assert feed.in_sync["BTCUSDT"]
+    assert book.sequence == 22

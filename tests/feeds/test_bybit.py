@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import SequenceGap
+from feeds.base import MalformedSnapshot, SequenceGap
 from feeds.bybit import BybitBookFeed
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -130,3 +130,27 @@ def test_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> Non
     assert list(book.bids()) == [(book.scale.price("100"), book.scale.size("2"))]
     feed.on_message(message("snapshot", 21, [["99", "1"]], [["102", "1"]]), 3)
     assert feed.in_sync["BTCUSDT"]
+
+
+@pytest.mark.parametrize("bids", [[["NaN", "1"]], [["99", "1", "x"], ["99.5"]], [["-99", "1"]]])
+def test_malformed_snapshot_after_a_gap_marks_out_of_sync_and_a_good_one_recovers(
+    bids: list[list[str]],
+) -> None:
+    # The snapshot after a gap's resubscribe, the one that should bring the symbol back, was
+    # a bare malformed message: skipped, and nothing asked for another.
+    feed = BybitBookFeed()
+    feed.on_message(message("snapshot", 10, [["100", "2"]], [["101", "3"]]), 1)
+    with pytest.raises(SequenceGap):
+        feed.on_message(message("delta", 12, [["100", "1"]], []), 2)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(message("snapshot", 20, bids, [["102", "1"]]), 3)
+    assert (info.value.venue, info.value.symbol) == ("bybit", "BTCUSDT")
+    assert not feed.in_sync["BTCUSDT"]
+    assert feed.stats.resyncs == 2  # the gap's and the malformed snapshot's
+    book = feed.books["BTCUSDT"]
+    book._check()
+    assert book.sequence == 10
+    assert list(book.bids()) == [(book.scale.price("100"), book.scale.size("2"))]
+    feed.on_message(message("snapshot", 21, [["99", "1"]], [["102", "1"]]), 4)
+    assert feed.in_sync["BTCUSDT"]
+    assert book.sequence == 21

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import SequenceGap, level_texts
+from feeds.base import MalformedSnapshot, SequenceGap, level_texts
 from feeds.coinbase import CoinbaseBookFeed, CoinbaseLegacyBookFeed, rfc3339_ns
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -449,3 +449,62 @@ def test_malformed_update_is_a_lost_message_to_the_connection_check() -> None:
     assert (info.value.expected, info.value.received) == (1, 2)
     assert not feed.in_sync["BTC-USD"]
     assert levels(feed.books["BTC-USD"]) == (["100@1"], [])
+
+
+def test_malformed_snapshot_marks_its_product_out_of_sync_and_a_good_one_recovers() -> None:
+    feed = CoinbaseBookFeed(check_sequence=True)
+    feed.subscribe_messages(["BTC-USD", "ETH-USD"])
+    feed.on_message(l2("snapshot", 0, [("bid", "100", "1"), ("offer", "101", "1")]), 1)
+    feed.on_message(l2("snapshot", 1, [("bid", "10", "1")], "ETH-USD"), 2)
+    bad = l2("snapshot", 2, [("bid", "99", "1"), ("offer", "102", "inf")])
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(bad, 3)
+    assert (info.value.venue, info.value.symbol) == ("coinbase", "BTC-USD")
+    assert feed.in_sync == {"BTC-USD": False, "ETH-USD": True}
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@1"])
+    # Nothing but the snapshot was lost: its number counts, the other product stays in sync.
+    feed.on_message(l2("update", 3, [("bid", "10", "2")], "ETH-USD"), 4)
+    assert feed.in_sync["ETH-USD"]
+    assert feed.on_message(l2("update", 4, [("bid", "100", "2")]), 5) == []
+    feed.on_message(l2("snapshot", 5, [("bid", "99", "1"), ("offer", "102", "1")]), 6)
+    assert feed.in_sync == {"BTC-USD": True, "ETH-USD": True}
+    assert levels(feed.books["BTC-USD"]) == (["99@1"], ["102@1"])
+
+
+def test_snapshot_with_a_bad_time_or_a_price_twice_is_a_malformed_snapshot() -> None:
+    feed = CoinbaseBookFeed()
+    feed.on_message(l2("snapshot", 0, [("bid", "100", "1")]), 1)
+    bad_time = l2("snapshot", 1, [("bid", "99", "1")]).replace(TIMESTAMP.encode(), b"yesterday")
+    with pytest.raises(MalformedSnapshot, match="yesterday"):
+        feed.on_message(bad_time, 2)
+    assert not feed.in_sync["BTC-USD"]
+    feed.on_message(l2("snapshot", 2, [("bid", "99", "1")]), 3)
+    assert feed.in_sync["BTC-USD"]
+    with pytest.raises(MalformedSnapshot, match="given twice"):
+        feed.on_message(l2("snapshot", 3, [("bid", "98", "1"), ("bid", "98", "2")]), 4)
+    assert not feed.in_sync["BTC-USD"]
+    assert levels(feed.books["BTC-USD"]) == (["99@1"], [])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"bids":[["10101.10","NaN"]],"asks":[]',
+        b'"bids":[["10101.10","1"],["10101.10","2"]],"asks":[]',
+        b'"bids":[],"asks":[],"time":"2019-08-14 20:42"',
+    ],
+)
+def test_legacy_malformed_snapshot_marks_out_of_sync_and_a_good_one_recovers(body: bytes) -> None:
+    feed = CoinbaseLegacyBookFeed()
+    good = b'{"type":"snapshot","product_id":"BTC-USD","bids":[["100","1"]],"asks":[["101","1"]]}'
+    feed.on_message(good, 1)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(b'{"type":"snapshot","product_id":"BTC-USD",' + body + b"}", 2)
+    assert (info.value.venue, info.value.symbol) == ("coinbase", "BTC-USD")
+    assert not feed.in_sync["BTC-USD"]
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@1"])
+    update = b'{"type":"l2update","product_id":"BTC-USD","changes":[["buy","100","2"]]}'
+    assert feed.on_message(update, 3) == []
+    feed.on_message(good.replace(b'"1"]]}', b'"5"]]}'), 4)
+    assert feed.in_sync["BTC-USD"]
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@5"])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
+from feeds.binance import BinanceBookFeed
 from feeds.bybit import BybitBookFeed
 from feeds.connection import Backoff, FeedConnection
 from feeds.loopback import LoopbackExchange
@@ -129,3 +133,95 @@ async def test_refused_request_and_malformed_message_do_not_stop_the_feed() -> N
     assert conn.malformed == 1
     assert conn.reconnects == 0
     assert "subscription refused: Invalid symbol" in conn.health().last_error
+
+
+def bybit_snapshot(u: int, bids: str) -> str:
+    """A Bybit v5 ``orderbook`` snapshot of BTCUSDT; ``bids`` a JSON array written by hand."""
+    return (
+        '{"topic":"orderbook.200.BTCUSDT","type":"snapshot","ts":1,'
+        f'"data":{{"s":"BTCUSDT","b":{bids},"a":[["101","1"]],"u":{u},"seq":1}},"cts":1}}'
+    )
+
+
+async def test_malformed_snapshot_is_resynced_by_resubscribing() -> None:
+    """A snapshot that did not parse was counted and skipped: the symbol stayed out of sync,
+    its deltas dropped, until the next reconnect (the other symbol's messages kept the
+    watchdog happy), for Bybit only resubscribes send snapshots."""
+    eth = (
+        '{"topic":"orderbook.200.ETHUSDT","type":"snapshot","ts":1,'
+        '"data":{"s":"ETHUSDT","b":[["10","1"]],"a":[["11","1"]],"u":1,"seq":1},"cts":1}'
+    )
+    received: list[dict[str, object]] = []
+
+    async def venue(ws: ServerConnection) -> None:
+        received.append(json.loads(await ws.recv()))  # the subscription
+        await ws.send(eth)
+        await ws.send(bybit_snapshot(1, '[["NaN","1"]]'))
+        # The client answers with unsubscribe + subscribe of that topic: a fresh snapshot.
+        received.extend([json.loads(await ws.recv()), json.loads(await ws.recv())])
+        await ws.send(bybit_snapshot(2, '[["100","1"]]'))
+        await ws.wait_closed()
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}")
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed")
+            while conn.state != "live":  # noqa: ASYNC110 - state the feed task owns
+                await asyncio.sleep(0.01)
+            in_sync = dict(feed.in_sync)  # cancelling disconnects: all out of sync then
+            task.cancel()
+    topic = ["orderbook.200.BTCUSDT"]
+    assert received[1:] == [
+        {"op": "unsubscribe", "args": topic},
+        {"op": "subscribe", "args": topic},
+    ]
+    assert in_sync == {"BTCUSDT": True, "ETHUSDT": True}
+    assert feed.books["BTCUSDT"].sequence == 2
+    assert (conn.malformed, conn.reconnects, feed.stats.resyncs) == (1, 0, 1)
+    assert "BTCUSDT: malformed snapshot" in conn.health().last_error
+
+
+async def test_malformed_rest_snapshot_is_fetched_again() -> None:
+    """Binance: a REST body that does not parse leaves the symbol pending; the connection
+    fetches another one, which bridges the buffered events."""
+    sent = [0]  # update id of the last event streamed
+    requests: list[str] = []
+
+    def rest(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        requests.append(request.path)
+        bids = '[["NaN","1"]]' if len(requests) == 1 else '[["0.0024","1"]]'
+        body = f'{{"lastUpdateId":{sent[0]},"bids":{bids},"asks":[]}}'.encode()
+        headers = Headers([("Content-Type", "application/json")])
+        return Response(200, "OK", headers, body)
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription
+        while True:
+            sent[0] += 1
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": sent[0], "u": sent[0]}
+            await ws.send(json.dumps({**event, "b": [["0.0023", str(sent[0])]], "a": []}))
+            await asyncio.sleep(0.005)
+
+    feed = BinanceBookFeed()
+    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed,
+            ["BNBBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{port}",
+            snapshot_retry_s=0.01,
+        )
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed")
+            while not feed.in_sync.get("BNBBTC"):  # noqa: ASYNC110 - state the feed task owns
+                await asyncio.sleep(0.01)
+            task.cancel()
+    assert len(requests) == 2
+    assert conn.malformed == 1
+    assert "malformed snapshot" in conn.last_error
+    assert conn.reconnects == 0

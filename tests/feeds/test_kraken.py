@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from feeds.base import BookDelta, BookSnapshot, ChecksumMismatch
+from feeds.base import BookDelta, BookSnapshot, ChecksumMismatch, MalformedSnapshot
 from feeds.kraken import KrakenBookFeed
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -618,3 +618,82 @@ def test_v2_malformed_entry_changes_no_book_even_after_a_good_entry() -> None:
     update = v2_message("update", "XBT/USD", v2_levels(bids), "[]", reference_checksum(asks, bids))
     feed.on_message(update, 3)
     assert feed.stats.checksums_ok == 2
+
+
+@pytest.mark.parametrize(
+    "asks",
+    [
+        [["1.00000", "NaN"]],
+        [["1.00000", "1.00000000"], ["1.00000", "2.00000000"]],
+        [["1.0000", "1.00000000"], ["1.10000", "2.00000000"]],  # not fixed-width
+    ],
+)
+def test_v1_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_recovers(
+    asks: list[list[str]],
+) -> None:
+    feed = KrakenBookFeed()
+    good_asks = [["1.00000", "1.00000000"]]
+    bids = [["0.90000", "1.00000000"]]
+    feed.on_message(v1_snapshot("XBT/EUR", good_asks, bids, 10), 1)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(v1_snapshot("XBT/EUR", asks, bids, 10), 2)
+    assert (info.value.venue, info.value.symbol) == ("kraken", "XBT/EUR")
+    assert not feed.in_sync["XBT/EUR"]
+    book = feed.books["XBT/EUR"]
+    book._check()
+    assert list(book.asks()) == [(book.scale.price("1"), book.scale.size("1"))]
+    update = v1_update("XBT/EUR", 10, {"a": [["1.00000", "3.00000000", "1618678124.0"]]})
+    assert feed.on_message(update, 3) == []
+    feed.on_message(v1_snapshot("XBT/EUR", [["1.10000", "2.00000000"]], bids, 10), 4)
+    assert feed.in_sync["XBT/EUR"]
+    assert list(book.asks()) == [(book.scale.price("1.1"), book.scale.size("2"))]
+
+
+@pytest.mark.parametrize(
+    "asks",
+    [
+        v2_levels([("101.0", "-1.00000000")]),
+        v2_levels([("101.0", "1.00000000"), ("101.0", "2.00000000")]),
+        v2_levels([("1." + "0" * 40, "1.00000000")]),  # more decimals than a checksum takes
+    ],
+)
+def test_v2_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_recovers(
+    asks: str,
+) -> None:
+    feed = KrakenBookFeed()
+    good = [("101.0", "1.00000000")]
+    bids = [("100.0", "1.00000000")]
+    checksum = reference_checksum(good, bids)
+    feed.on_message(
+        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(good), checksum), 1
+    )
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(v2_message("snapshot", "XBT/USD", v2_levels(bids), asks, 0), 2)
+    assert (info.value.venue, info.value.symbol) == ("kraken", "XBT/USD")
+    assert not feed.in_sync["XBT/USD"]
+    book = feed.books["XBT/USD"]
+    book._check()
+    assert list(book.asks()) == [(book.scale.price("101"), book.scale.size("1"))]
+    update = v2_message("update", "XBT/USD", "[]", v2_levels([("101.0", "3.00000000")]), 0)
+    assert feed.on_message(update, 3) == []
+    asks2 = [("102.0", "1.00000000")]
+    checksum = reference_checksum(asks2, bids)
+    feed.on_message(
+        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks2), checksum), 4
+    )
+    assert feed.in_sync["XBT/USD"]
+    assert feed.stats.checksums_ok == 2
+
+
+def test_v2_malformed_snapshot_entry_leaves_the_other_entries_applied() -> None:
+    # A price twice in one entry is refused when applied: the entries after it were skipped.
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8), "ETH/USD": (2, 8)})
+    twice = v2_levels([("101.0", "1.00000000"), ("101.0", "2.00000000")])
+    bad = v2_message("snapshot", "XBT/USD", "[]", twice, 0)
+    bids = [("10.00", "1.00000000")]
+    good = v2_message("snapshot", "ETH/USD", v2_levels(bids), "[]", reference_checksum([], bids))
+    entries = [msgspec.json.decode(m)["data"][0] for m in (bad, good)]
+    message = msgspec.json.encode({"channel": "book", "type": "snapshot", "data": entries})
+    with pytest.raises(MalformedSnapshot, match="given twice"):
+        feed.on_message(message, 1)
+    assert feed.in_sync == {"XBT/USD": False, "ETH/USD": True}

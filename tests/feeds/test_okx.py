@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import ChecksumMismatch, SequenceGap
+from feeds.base import ChecksumMismatch, MalformedSnapshot, SequenceGap
 from feeds.okx import OkxBookFeed, checksum_text
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -275,3 +275,42 @@ def test_malformed_item_changes_nothing_even_after_a_good_item() -> None:
         feed.on_message(msgspec.json.encode(doc), 2)
     assert feed.in_sync["BTC-USDT"]
     assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
+
+
+@pytest.mark.parametrize(
+    "asks",
+    [
+        [["NaN", "1", "0", "1"]],
+        [["101", "-1", "0", "1"]],
+        [["101", "2", "0", "1"], ["101", "3", "0", "1"]],
+    ],
+)
+def test_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_recovers(
+    asks: list[list[str]],
+) -> None:
+    # A snapshot whose level did not parse raised a bare ValueParseError before anything was
+    # marked: the symbol stayed in sync with its previous, obsolete book.
+    feed = OkxBookFeed()
+    feed.on_message(message("snapshot", [["100", "1", "0", "1"]], [["101", "2", "0", "1"]]), 1)
+    with pytest.raises(MalformedSnapshot) as info:
+        feed.on_message(message("snapshot", [["99", "1", "0", "1"]], asks), 2)
+    assert (info.value.venue, info.value.symbol) == ("okx", "BTC-USDT")
+    assert not feed.in_sync["BTC-USDT"]
+    assert feed.stats.resyncs == 1
+    feed._check()
+    assert feed.checksum("BTC-USDT") == signed_crc("100:1:101:2")
+    # Updates wait for the next snapshot, which brings the symbol back.
+    assert feed.on_message(message("update", [["100", "5", "0", "1"]], []), 3) == []
+    good = message("snapshot", [["99", "1", "0", "1"]], [["102", "1", "0", "1"]])
+    feed.on_message(good, 4)
+    assert feed.in_sync["BTC-USDT"]
+    assert feed.checksum("BTC-USDT") == signed_crc("99:1:102:1")
+
+
+def test_malformed_update_is_not_a_malformed_snapshot() -> None:
+    feed = OkxBookFeed()
+    feed.on_message(message("snapshot", [["100", "1", "0", "1"]], [["101", "2", "0", "1"]]), 1)
+    with pytest.raises(ValueParseError) as info:
+        feed.on_message(message("update", [["100", "NaN", "0", "1"]], []), 2)
+    assert not isinstance(info.value, MalformedSnapshot)
+    assert feed.in_sync["BTC-USDT"]
