@@ -48,6 +48,32 @@ async def test_sim_feed_fills_every_configured_venue_and_is_deterministic() -> N
     assert est == estimate(again.books["BTC-USDT"].view(), Side.BUY, qty=Decimal(25))
 
 
+def test_sim_events_rebuild_the_sims_own_books_step_after_step() -> None:
+    # The events a step publishes are the whole change of the sim's books (kept sorted, its
+    # touch and far end read at their ends): applied to plain dicts, they give the same books.
+    inst = load_config(CONFIG).instrument("BTC-USDT")
+    sim = SyntheticMarket("BTC-USDT", inst.scale, seed=5)
+    books = {e.venue: (dict(e.bids), dict(e.asks)) for e in sim.snapshot_events()}
+    for step in range(1, 301):
+        for event in sim.step_events(step):
+            bids, asks = books[event.venue]
+            for side, levels in ((bids, event.bids), (asks, event.asks)):
+                for price, size in levels:
+                    if size:
+                        side[price] = size
+                    else:
+                        assert side.pop(price, None) is not None, (step, event.venue, price)
+        for venue in sim.venues:
+            bids, asks = books[venue.name]
+            assert sim.levels(venue.name) == (
+                sorted(bids.items(), reverse=True),
+                sorted(asks.items()),
+            )
+            # Refilled to its depth each step; a burst (at most 30 changes) adds or takes some.
+            assert all(abs(len(side) - venue.levels) <= 30 for side in (bids, asks))
+            assert max(bids) < min(asks)
+
+
 def test_unconfigured_venues_start_out_of_sync_and_stay_excluded() -> None:
     market = Market(load_config(CONFIG))
     view = market.books["BTC-USD"].view()
