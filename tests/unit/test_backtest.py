@@ -298,30 +298,14 @@ def test_scenario_values_the_flow_cannot_use_name_file_and_key(
 
 
 @pytest.mark.parametrize(
-    ("venues", "path", "problem"),
-    [
-        # Was a bare KeyError from the recorded scales when the backtest started.
-        ('name = "zz"\ntaker_fee_bps = "1"\nsymbols = { "DOGE-USDT" = "DOGEUSDT" }',
-         "$.venues[0].symbols.DOGE-USDT", "not a configured instrument"),
-        ('name = "zz"\ntaker_fee_bps = "1"\n\n[[venues]]\nname = "zz"\ntaker_fee_bps = "2"',
-         "$.venues[1].name", "zz given twice"),
-    ],
-)  # fmt: skip
-def test_scenario_venues_are_checked_against_the_config(
-    tmp_path: Path, venues: str, path: str, problem: str
-) -> None:
-    config = tmp_path / "otc.toml"
-    config.write_text(CONFIG)
-    file = tmp_path / "s.toml"
-    file.write_text(f"[[venues]]\n{venues}\n")
-    with pytest.raises(ConfigError) as info:
-        backtest_config(load_config(config), load_scenario(file), source=str(file))
-    assert (info.value.source, info.value.path, info.value.problem) == (str(file), path, problem)
-
-
-@pytest.mark.parametrize(
     ("text", "path", "problem"),
     [
+        # Was a bare KeyError from the recorded scales when the backtest started.
+        ('[[venues]]\nname = "zz"\ntaker_fee_bps = "1"\nsymbols = { "DOGE-USDT" = "DOGEUSDT" }',
+         "$.venues[0].symbols.DOGE-USDT", "not a configured instrument"),
+        ('[[venues]]\nname = "zz"\ntaker_fee_bps = "1"\n\n[[venues]]\nname = "zz"\n'
+         'taker_fee_bps = "2"', "$.venues[1].name", "zz given twice"),
+        # A typo in these loaded and ran: a backtest of UNKNOWN_SYMBOL or UNKNOWN_CLIENT rejects.
         ('symbols = ["BTC-USDC"]', "$.symbols[0]", "'BTC-USDC' is not a configured instrument"),
         ("[flow.clients]\nclient-z = 1", "$.flow.clients.client-z",
          "'client-z' is not a configured client"),
@@ -331,10 +315,9 @@ def test_scenario_venues_are_checked_against_the_config(
          "$.rfqs[0].client", "'clinet-a' is not a configured client"),
     ],
 )  # fmt: skip
-def test_scenario_symbols_and_clients_are_checked_against_the_config(
+def test_scenario_venues_symbols_and_clients_are_checked_against_the_config(
     tmp_path: Path, text: str, path: str, problem: str
 ) -> None:
-    # A typo here loaded and ran: a backtest of UNKNOWN_SYMBOL or UNKNOWN_CLIENT rejects.
     config = tmp_path / "otc.toml"
     config.write_text(CONFIG)
     file = tmp_path / "s.toml"
