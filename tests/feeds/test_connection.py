@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,19 @@ from feeds.binance import BinanceBookFeed
 from feeds.bybit import BybitBookFeed
 from feeds.connection import Backoff, FeedConnection
 from feeds.loopback import LoopbackExchange
+
+
+async def run_until(conn: FeedConnection, ready: Callable[[], bool]) -> dict[str, bool]:
+    """Run ``conn`` until ``ready()`` holds (10 s at most), then stop it; returns which symbols
+    were in sync then (stopping disconnects, which marks them all out of sync)."""
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(), name="feed")
+        while not ready():  # noqa: ASYNC110 - state the feed task owns
+            await asyncio.sleep(0.01)
+        in_sync = dict(conn.feed.in_sync)
+        assert not task.done()
+        task.cancel()
+    return in_sync
 
 
 def test_backoff_is_jittered_capped_and_resets() -> None:
@@ -124,12 +138,7 @@ async def test_refused_request_and_malformed_message_do_not_stop_the_feed() -> N
     async with serve(venue, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         conn = FeedConnection(feed, ["BTCUSDT", "XYZ"], url=f"ws://127.0.0.1:{port}")
-        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
-            task = tg.create_task(conn.run(), name="feed")
-            while not feed.in_sync.get("BTCUSDT"):  # noqa: ASYNC110 - state the feed task owns
-                await asyncio.sleep(0.01)
-            assert not task.done()
-            task.cancel()
+        await run_until(conn, lambda: feed.in_sync.get("BTCUSDT", False))
     assert conn.malformed == 1
     assert conn.reconnects == 0
     assert "subscription refused: Invalid symbol" in conn.health().last_error
@@ -166,12 +175,7 @@ async def test_malformed_snapshot_is_resynced_by_resubscribing() -> None:
     async with serve(venue, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         conn = FeedConnection(feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}")
-        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
-            task = tg.create_task(conn.run(), name="feed")
-            while conn.state != "live":  # noqa: ASYNC110 - state the feed task owns
-                await asyncio.sleep(0.01)
-            in_sync = dict(feed.in_sync)  # cancelling disconnects: all out of sync then
-            task.cancel()
+        in_sync = await run_until(conn, lambda: conn.state == "live")
     topic = ["orderbook.200.BTCUSDT"]
     assert received[1:] == [
         {"op": "unsubscribe", "args": topic},
@@ -216,11 +220,7 @@ async def test_malformed_rest_snapshot_is_fetched_again() -> None:
             rest_url=f"http://127.0.0.1:{port}",
             snapshot_retry_s=0.01,
         )
-        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
-            task = tg.create_task(conn.run(), name="feed")
-            while not feed.in_sync.get("BNBBTC"):  # noqa: ASYNC110 - state the feed task owns
-                await asyncio.sleep(0.01)
-            task.cancel()
+        await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
     assert len(requests) == 2
     assert conn.malformed == 1
     assert "malformed snapshot" in conn.last_error
