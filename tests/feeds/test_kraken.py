@@ -67,6 +67,12 @@ def v2_levels(levels: Iterable[tuple[str, str]]) -> str:
     return "[" + ",".join(f'{{"price":{p},"qty":{q}}}' for p, q in levels) + "]"
 
 
+def v2_snapshot(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
+    """A v2 snapshot of XBT/USD with these levels and their checksum."""
+    checksum = reference_checksum(asks, bids)
+    return v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), checksum)
+
+
 @pytest.fixture
 def vectors(shared_data: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(
@@ -270,12 +276,7 @@ def test_v2_truncates_to_the_subscribed_depth() -> None:
     feed.on_message(json.dumps(ack).encode(), 0)
     asks = [(f"{101 + i}.0", "1.00000000") for i in range(10)]
     bids = [(f"{100 - i}.0", "1.00000000") for i in range(10)]
-    feed.on_message(
-        v2_message(
-            "snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), reference_checksum(asks, bids)
-        ),
-        1,
-    )
+    feed.on_message(v2_snapshot(bids, asks), 1)
     # A better ask pushes the 10th (110.0) out of scope: no delete is sent for it.
     asks = [("100.5", "1.00000000"), *asks[:9]]
     (delta,) = feed.on_message(
@@ -308,10 +309,7 @@ def test_v2_truncates_to_the_subscribed_depth() -> None:
 def test_v2_checksum_failure_drops_updates_until_a_new_snapshot() -> None:
     feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
     asks, bids = [("101.0", "1.00000000")], [("100.0", "2.00000000")]
-    snapshot = v2_message(
-        "snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), reference_checksum(asks, bids)
-    )
-    feed.on_message(snapshot, 1)
+    feed.on_message(v2_snapshot(bids, asks), 1)
     new_bids = [("100.0", "3.00000000")]
     bad = v2_message("update", "XBT/USD", v2_levels(new_bids), "[]", reference_checksum(asks, bids))
     with pytest.raises(ChecksumMismatch) as info:
@@ -324,7 +322,7 @@ def test_v2_checksum_failure_drops_updates_until_a_new_snapshot() -> None:
     )
     assert feed.on_message(good, 3) == []
     assert feed.stats.dropped == 1
-    feed.on_message(snapshot, 4)
+    feed.on_message(v2_snapshot(bids, asks), 4)
     feed.on_message(good, 5)
     assert feed.in_sync["XBT/USD"]
     assert feed.stats.checksums_ok == 3  # two snapshots and the last update
@@ -501,10 +499,7 @@ def test_v2_snapshot_giving_a_price_twice_is_malformed_and_changes_nothing() -> 
     feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
     asks = [("101.0", "1.00000000")]
     bids = [("100.0", "1.00000000")]
-    checksum = reference_checksum(asks, bids)
-    feed.on_message(
-        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), checksum), 1
-    )
+    feed.on_message(v2_snapshot(bids, asks), 1)
     twice = v2_levels([("102.0", "1.00000000"), ("102.0", "2.00000000")])
     with pytest.raises(ValueParseError, match="given twice"):
         feed.on_message(v2_message("snapshot", "XBT/USD", v2_levels(bids), twice, 1), 2)
@@ -601,10 +596,7 @@ def test_v2_malformed_entry_changes_no_book_even_after_a_good_entry() -> None:
     feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8)})
     asks = [("101.0", "1.00000000")]
     bids = [("100.0", "1.00000000")]
-    checksum = reference_checksum(asks, bids)
-    feed.on_message(
-        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks), checksum), 1
-    )
+    feed.on_message(v2_snapshot(bids, asks), 1)
     good = v2_message("update", "XBT/USD", v2_levels([("100.0", "2.00000000")]), "[]", 0)
     bad = v2_message("update", "XBT/USD", v2_levels([("99.0", "-0.5")]), "[]", 0)
     entries = [msgspec.json.decode(m)["data"][0] for m in (good, bad)]
@@ -663,10 +655,7 @@ def test_v2_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_r
     feed = KrakenBookFeed()
     good = [("101.0", "1.00000000")]
     bids = [("100.0", "1.00000000")]
-    checksum = reference_checksum(good, bids)
-    feed.on_message(
-        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(good), checksum), 1
-    )
+    feed.on_message(v2_snapshot(bids, good), 1)
     with pytest.raises(MalformedSnapshot) as info:
         feed.on_message(v2_message("snapshot", "XBT/USD", v2_levels(bids), asks, 0), 2)
     assert (info.value.venue, info.value.symbol) == ("kraken", "XBT/USD")
@@ -677,10 +666,7 @@ def test_v2_malformed_snapshot_marks_out_of_sync_keeps_the_book_and_a_good_one_r
     update = v2_message("update", "XBT/USD", "[]", v2_levels([("101.0", "3.00000000")]), 0)
     assert feed.on_message(update, 3) == []
     asks2 = [("102.0", "1.00000000")]
-    checksum = reference_checksum(asks2, bids)
-    feed.on_message(
-        v2_message("snapshot", "XBT/USD", v2_levels(bids), v2_levels(asks2), checksum), 4
-    )
+    feed.on_message(v2_snapshot(bids, asks2), 4)
     assert feed.in_sync["XBT/USD"]
     assert feed.stats.checksums_ok == 2
 
