@@ -16,6 +16,9 @@ connection logic:
   snapshot only on (re)subscription, so skipping it would leave the symbol out of the
   consolidated book until the next reconnect. A REST snapshot body that does not parse leaves
   its symbol pending: it is fetched again, ``snapshot_retry_s`` later at the earliest;
+* resyncs of one symbol that follow each other (none ``resync_calm_s`` apart) are paced by a
+  growing, jittered delay (``resync_base_s`` doubling up to ``resync_cap_s``): a fault that keeps
+  coming back must not turn into a flood of subscriptions, which venues rate-limit or ban;
 * a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
   connection is reopened after a capped, jittered exponential backoff (reset once data flows);
 * other malformed messages are counted and skipped, never fatal; the venue's error answer to a
@@ -116,6 +119,12 @@ class FeedConnection:
         on_events: called with the events each message applied (recorder, engine).
         clock_ns: wall clock in ns (a test clock in tests).
         snapshot_retry_s: least time between two REST snapshot requests for one symbol.
+        resync_base_s, resync_cap_s, resync_calm_s: pacing of a symbol's resyncs by
+            resubscription or reconnection. A symbol's first resync after ``resync_calm_s``
+            without one is immediate; each further one waits ``d / 2 + uniform(0, d / 2)``,
+            ``d = min(resync_cap_s, resync_base_s * 2**n)`` for its ``n``-th in a row, so that
+            a fault that keeps coming back (a checksum that never matches, a venue sending bad
+            snapshots) does not become a flood of subscriptions, which venues rate-limit.
     """
 
     def __init__(
@@ -130,6 +139,9 @@ class FeedConnection:
         on_events: Callable[[list[BookEvent]], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         snapshot_retry_s: float = 1.0,
+        resync_base_s: float = 0.5,
+        resync_cap_s: float = 30.0,
+        resync_calm_s: float = 10.0,
     ) -> None:
         self.feed = feed
         self.venue_symbols = list(venue_symbols)
@@ -148,6 +160,13 @@ class FeedConnection:
         self.connected = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._fetching: set[str] = set()
+        self.resync_base_s = resync_base_s
+        self.resync_cap_s = resync_cap_s
+        self.resync_calm_s = resync_calm_s
+        #: Per symbol: resyncs in a row (none ``resync_calm_s`` apart), and when the last was.
+        self._resyncs: dict[str, tuple[int, int]] = {}
+        self._resync_waiting: set[str] = set()
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
     # -- public --------------------------------------------------------------------------------
 
@@ -257,9 +276,42 @@ class FeedConnection:
                     self._fetching.add(venue_symbol)
                     tg.create_task(self._fetch_snapshot(venue_symbol), name=f"rest-{venue_symbol}")
 
+    def resync_delay(self, symbol: str) -> float:
+        """Seconds to wait before resyncing our ``symbol`` now (see the class's Args), and
+        count that resync."""
+        now = self.clock_ns()
+        in_a_row, last = self._resyncs.get(symbol, (0, 0))
+        if in_a_row and now - last >= self.resync_calm_s * 1e9:
+            in_a_row = 0
+        self._resyncs[symbol] = (in_a_row + 1, now)
+        if not in_a_row:
+            return 0.0
+        ceiling: float = min(self.resync_cap_s, self.resync_base_s * 2 ** (in_a_row - 1))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
     async def _resync(self, ws: ClientConnection, tg: asyncio.TaskGroup, symbol: str) -> None:
-        feed = self.feed
+        """Resync our ``symbol`` (out of sync already), now or, paced, from a task."""
         self.state = "syncing"
+        if symbol in self._resync_waiting:
+            return  # a paced resync of it is on its way
+        delay = self.resync_delay(symbol)
+        if delay <= 0:
+            await self._resync_now(ws, symbol)
+            return
+        log.info("%s %s: resync again in %.2f s", self.feed.venue, symbol, delay)
+        self._resync_waiting.add(symbol)
+        tg.create_task(self._resync_later(ws, symbol, delay), name=f"resync-{symbol}")
+
+    async def _resync_later(self, ws: ClientConnection, symbol: str, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._resync_waiting.discard(symbol)
+        if not self.feed.in_sync.get(symbol):
+            await self._resync_now(ws, symbol)
+
+    async def _resync_now(self, ws: ClientConnection, symbol: str) -> None:
+        feed = self.feed
         venue_symbol = feed.venue_symbol(symbol)
         messages = feed.resubscribe_messages(venue_symbol)
         if messages is not None:

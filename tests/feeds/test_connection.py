@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -185,6 +186,58 @@ async def test_malformed_snapshot_is_resynced_by_resubscribing() -> None:
     assert feed.books["BTCUSDT"].sequence == 2
     assert (conn.malformed, conn.reconnects, feed.stats.resyncs) == (1, 0, 1)
     assert "BTCUSDT: malformed snapshot" in conn.health().last_error
+
+
+def test_resyncs_in_a_row_are_paced_and_a_calm_spell_resets_them() -> None:
+    now = [0]
+    conn = FeedConnection(
+        BybitBookFeed(),
+        ["BTCUSDT"],
+        clock_ns=lambda: now[0],
+        resync_base_s=0.5,
+        resync_cap_s=4.0,
+        resync_calm_s=10.0,
+    )
+    delays = []
+    for _ in range(7):
+        delays.append(conn.resync_delay("BTCUSDT"))
+        now[0] += 1_000_000_000  # a second later: still in a row
+    assert delays[0] == 0
+    for delay, ceiling in zip(delays[1:], [0.5, 1, 2, 4, 4, 4], strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    assert conn.resync_delay("ETHUSDT") == 0  # per symbol
+    now[0] += 10_000_000_000  # ten quiet seconds
+    assert conn.resync_delay("BTCUSDT") == 0
+    assert 0.25 <= conn.resync_delay("BTCUSDT") <= 0.5
+
+
+async def test_a_fault_that_keeps_coming_back_is_resynced_at_a_slowing_pace() -> None:
+    """A venue answering every resubscription with a bad snapshot was resubscribed at once,
+    every time: a flood of subscriptions, which venues rate-limit or ban."""
+    subscribed: list[float] = []
+
+    async def venue(ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = json.loads(await ws.recv())
+            if message["op"] == "subscribe":
+                subscribed.append(loop.time())
+                await ws.send(bybit_snapshot(1, '[["NaN","1"]]'))
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed, ["BTCUSDT"], url=f"ws://127.0.0.1:{port}", resync_base_s=0.1, resync_cap_s=0.4
+        )
+        await run_until(conn, lambda: len(subscribed) >= 5)
+    gaps = [b - a for a, b in itertools.pairwise(subscribed)]
+    # The first resync at once; then at least half of 0.1, 0.2, 0.4 s (the cap).
+    assert gaps[0] < 0.05
+    for gap, least in zip(gaps[1:], [0.05, 0.1, 0.2], strict=False):
+        assert gap >= least, gaps
+    assert conn.reconnects == 0
+    assert conn.malformed in (len(subscribed) - 1, len(subscribed))  # the last may be unread
 
 
 async def test_malformed_rest_snapshot_is_fetched_again() -> None:
