@@ -53,6 +53,7 @@ __all__ = [
     "ChecksumMismatch",
     "Feed",
     "FeedStats",
+    "LostUpdate",
     "MalformedSnapshot",
     "RequestRefused",
     "SequenceGap",
@@ -86,6 +87,18 @@ class SequenceGap(FeedError):
         self.expected = expected
         self.received = received
         super().__init__(venue, f"{symbol}: sequence gap, expected {expected}, got {received}")
+
+
+class LostUpdate(SequenceGap):
+    """An update that cannot be applied (it does not parse), on a feed where nothing would show
+    its loss later (no sequence numbers, or a checksum over the top levels only): it counts as a
+    gap, and the book must resync rather than carry on without it."""
+
+    def __init__(self, venue: str, symbol: str, problem: str) -> None:
+        FeedError.__init__(self, venue, f"{symbol}: update lost, it does not parse: {problem}")
+        self.symbol = symbol
+        self.expected = "an update that parses"
+        self.received = problem
 
 
 class ChecksumMismatch(FeedError):
@@ -297,6 +310,17 @@ class VenueBookFeed:
             self.stats.checksums_failed += 1
         self.stats.resyncs += 1
         self.mark(error.symbol, False, str(error))
+        return error
+
+    def lost_update(self, symbol: str, problem: object) -> LostUpdate:
+        """Count an update of our ``symbol`` that does not parse as a gap (see
+        :class:`LostUpdate`), mark the symbol out of sync, and hand back the error to raise.
+
+        For adapters whose feed would not show the loss by itself; where the next message's
+        sequence number does, a malformed update can simply be refused.
+        """
+        error = LostUpdate(self.venue, symbol, str(problem))
+        self.fail(error)
         return error
 
     def malformed_snapshot(self, symbol: str, problem: object) -> MalformedSnapshot:

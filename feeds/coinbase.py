@@ -483,14 +483,18 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
         changed_asks: list[tuple[str, str]] = []
         for side, price, size in msg.changes:
             (changed_bids if side == "buy" else changed_asks).append((price, size))
-        delta = BookDelta(
-            self.venue,
-            symbol,
-            parse_levels(changed_bids, scale),
-            parse_levels(changed_asks, scale),
-            None,
-            rfc3339_ns(msg.time) if msg.time else 0,
-            ts_recv_ns,
-        )
+        try:
+            delta = BookDelta(
+                self.venue,
+                symbol,
+                parse_levels(changed_bids, scale),
+                parse_levels(changed_asks, scale),
+                None,
+                rfc3339_ns(msg.time) if msg.time else 0,
+                ts_recv_ns,
+            )
+        except ValueParseError as exc:
+            # Nothing numbers this feed's updates: without this one the book would stay wrong.
+            raise self.lost_update(symbol, exc) from None
         self.apply_delta(delta)
         return [delta]

@@ -638,20 +638,21 @@ class KrakenBookFeed(VenueBookFeed):
                     raw_bids += body.b
                 if body.c is not None:
                     checksum = body.c
-        if checksum is not None and not (checksum.isascii() and checksum.isdigit()):
-            raise ValueParseError(f"kraken v1 {venue_symbol}: checksum {checksum!r}")
         scale = book.scale
-        if pair.price_decimals is None:  # an empty snapshot: learn from the first update
-            self._v1_decimals(venue_symbol, pair, raw_asks + raw_bids)
-        delta = self._apply_levels(
-            symbol,
-            book,
-            pair,
-            parse_levels(raw_bids, scale) if raw_bids else [],
-            parse_levels(raw_asks, scale) if raw_asks else [],
-            _v1_ts_ns(raw_asks + raw_bids if raw_asks and raw_bids else raw_asks or raw_bids),
-            ts_recv_ns,
-        )
+        try:
+            if checksum is not None and not (checksum.isascii() and checksum.isdigit()):
+                raise ValueParseError(f"kraken v1 {venue_symbol}: checksum {checksum!r}")
+            if pair.price_decimals is None:  # an empty snapshot: learn from the first update
+                self._v1_decimals(venue_symbol, pair, raw_asks + raw_bids)
+            bids = parse_levels(raw_bids, scale) if raw_bids else []
+            asks = parse_levels(raw_asks, scale) if raw_asks else []
+            ts_event_ns = _v1_ts_ns(
+                raw_asks + raw_bids if raw_asks and raw_bids else raw_asks or raw_bids
+            )
+        except ValueParseError as exc:
+            # The checksum covers the top 10 levels only: a lost update deeper stays unseen.
+            raise self.lost_update(symbol, exc) from None
+        delta = self._apply_levels(symbol, book, pair, bids, asks, ts_event_ns, ts_recv_ns)
         if checksum is not None:
             self._verify(symbol, pair, book, int(checksum))
         self.stats.applied += 1
@@ -725,7 +726,9 @@ class KrakenBookFeed(VenueBookFeed):
         Raises:
             MalformedSnapshot: a snapshot's level does not parse, or its decimals are out of
                 range (the pair is marked out of sync).
-            ValueParseError: an update's level does not parse.
+            LostUpdate: an update's level does not parse (the pair, in sync, is marked out of
+                sync: a resync follows).
+            ValueParseError: that, for a pair out of sync (its update would be dropped).
         """
         symbol = self.our_symbol(entry.symbol)
         scale = self.book(symbol).scale
@@ -742,6 +745,8 @@ class KrakenBookFeed(VenueBookFeed):
         except ValueParseError as exc:
             if kind == "snapshot":
                 raise self.malformed_snapshot(symbol, exc) from None
+            if self.in_sync.get(symbol):  # the checksum covers the top 10 levels only
+                raise self.lost_update(symbol, exc) from None
             raise
         return bid_texts, ask_texts, bids, asks, decimals
 

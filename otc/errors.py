@@ -9,6 +9,7 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     │   └── MalformedSnapshot    a venue snapshot does not parse or apply; resynced (feeds.base)
     ├── FeedError            a venue feed lost integrity (sequence gap, checksum, staleness)
     │   ├── SequenceGap          an update does not follow the last one (feeds.base)
+    │   │   └── LostUpdate       an update that does not parse, where nothing else shows it
     │   ├── ChecksumMismatch     the book disagrees with the venue's checksum (feeds.base)
     │   └── RequestRefused       the venue answered a request of ours with an error (feeds.base)
     ├── QuoteError           a request cannot be priced

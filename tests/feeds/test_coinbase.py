@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.base import MalformedSnapshot, SequenceGap, level_texts
+from feeds.base import LostUpdate, MalformedSnapshot, SequenceGap, level_texts
 from feeds.coinbase import CoinbaseBookFeed, CoinbaseLegacyBookFeed, rfc3339_ns
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -255,6 +255,27 @@ def test_legacy_updates_wait_for_the_snapshot() -> None:
     )
     assert feed.on_message(update, 1) == []
     assert feed.stats.dropped == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [b'[["buy","100","NaN"]]', b'[["sell","-101","1"]]', b'[["buy","100","2"]],"time":"soon"'],
+)
+def test_legacy_update_that_does_not_parse_is_lost_and_resyncs(changes: bytes) -> None:
+    # Nothing numbers the legacy feed's updates: one refused as merely malformed left the book
+    # without it, in sync, for good. It is a gap now, and the connection resyncs the product.
+    feed = CoinbaseLegacyBookFeed()
+    good = b'{"type":"snapshot","product_id":"BTC-USD","bids":[["100","1"]],"asks":[["101","1"]]}'
+    feed.on_message(good, 1)
+    with pytest.raises(LostUpdate) as info:
+        feed.on_message(b'{"type":"l2update","product_id":"BTC-USD","changes":' + changes + b"}", 2)
+    assert isinstance(info.value, SequenceGap)  # the connection resyncs it like any gap
+    assert info.value.symbol == "BTC-USD"
+    assert not feed.in_sync["BTC-USD"]
+    assert (feed.stats.gaps, feed.stats.resyncs) == (1, 1)
+    assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@1"])
+    feed.on_message(good, 3)
+    assert feed.in_sync["BTC-USD"]
 
 
 # -- recordings --------------------------------------------------------------------------------

@@ -12,7 +12,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from feeds.base import BookDelta, BookSnapshot, ChecksumMismatch, MalformedSnapshot
+from feeds.base import (
+    BookDelta,
+    BookSnapshot,
+    ChecksumMismatch,
+    LostUpdate,
+    MalformedSnapshot,
+)
 from feeds.kraken import KrakenBookFeed
 from feeds.recorded import read_recording
 from feeds.verify import verify
@@ -557,14 +563,18 @@ def test_v1_level_of_a_bad_shape_or_time_is_malformed_and_changes_nothing(
 ) -> None:
     # A one-element level raised IndexError, a timestamp that is not digits a bare ValueError
     # from int(): neither is a malformed message to the connection, which stopped the feed.
+    # Such an update is lost (the checksum covers the top 10 levels only): the pair resyncs.
     asks = [["1.00000", "1.00000000"], ["1.10000", "2.00000000"]]
     bids = [["0.90000", "1.00000000"]]
     feed = KrakenBookFeed()
     feed.on_message(v1_snapshot("XBT/EUR", asks, bids, 10), 1)
-    with pytest.raises(ValueParseError, match=match):
+    with pytest.raises(LostUpdate, match=match):
         feed.on_message(v1_update("XBT/EUR", 10, {"a": [level], "c": "1"}), 2)
-    assert feed.in_sync["XBT/EUR"]
+    assert not feed.in_sync["XBT/EUR"]
+    assert (feed.stats.gaps, feed.stats.resyncs) == (1, 1)
     assert len(feed.books["XBT/EUR"]) == 3
+    feed.on_message(v1_snapshot("XBT/EUR", asks, bids, 10), 3)
+    assert feed.in_sync["XBT/EUR"]
     # The same levels in a snapshot: refused, the pair waits for a good one.
     with pytest.raises(ValueParseError, match=match):
         feed.on_message(
@@ -601,15 +611,22 @@ def test_v2_malformed_entry_changes_no_book_even_after_a_good_entry() -> None:
     bad = v2_message("update", "XBT/USD", v2_levels([("99.0", "-0.5")]), "[]", 0)
     entries = [msgspec.json.decode(m)["data"][0] for m in (good, bad)]
     message = msgspec.json.encode({"channel": "book", "type": "update", "data": entries})
-    with pytest.raises(ValueParseError, match="bad level"):
+    with pytest.raises(LostUpdate, match="bad level"):
         feed.on_message(message, 2)
-    assert feed.in_sync["XBT/USD"]
+    # Lost, not skipped: beyond the checksummed top 10 nothing would show it; the pair resyncs.
+    assert not feed.in_sync["XBT/USD"]
     book = feed.books["XBT/USD"]
     assert list(book.bids()) == [(book.scale.price("100"), book.scale.size("1"))]
+    feed.on_message(v2_snapshot(bids, asks), 3)
     bids = [("100.0", "2.00000000")]
     update = v2_message("update", "XBT/USD", v2_levels(bids), "[]", reference_checksum(asks, bids))
-    feed.on_message(update, 3)
-    assert feed.stats.checksums_ok == 2
+    feed.on_message(update, 4)
+    assert feed.stats.checksums_ok == 3
+    # An update for a pair out of sync would be dropped anyway: it is merely malformed.
+    with pytest.raises(LostUpdate):
+        feed.on_message(bad, 5)
+    with pytest.raises(ValueParseError, match="bad level"):
+        feed.on_message(bad, 6)
 
 
 @pytest.mark.parametrize(
