@@ -19,6 +19,9 @@ connection logic:
 * resyncs of one symbol that follow each other (none ``resync_calm_s`` apart) are paced by a
   growing, jittered delay (``resync_base_s`` doubling up to ``resync_cap_s``): a fault that keeps
   coming back must not turn into a flood of subscriptions, which venues rate-limit or ban;
+* a symbol still out of sync ``sync_timeout_s`` after its watchdog first saw it so (a snapshot
+  the adapter could not decode at all, a subscription the venue ignored) is resynced: the
+  safety net behind the rules above;
 * a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
   connection is reopened after a capped, jittered exponential backoff (reset once data flows);
 * other malformed messages are counted and skipped, never fatal; the venue's error answer to a
@@ -119,6 +122,9 @@ class FeedConnection:
         on_events: called with the events each message applied (recorder, engine).
         clock_ns: wall clock in ns (a test clock in tests).
         snapshot_retry_s: least time between two REST snapshot requests for one symbol.
+        sync_timeout_s: a symbol of a live connection out of sync this long (no snapshot came:
+            one the adapter could not even decode, a subscription the venue ignored...) is
+            resynced, as after a gap: the safety net behind every other resync rule.
         resync_base_s, resync_cap_s, resync_calm_s: pacing of a symbol's resyncs by
             resubscription or reconnection. A symbol's first resync after ``resync_calm_s``
             without one is immediate; each further one waits ``d / 2 + uniform(0, d / 2)``,
@@ -139,6 +145,7 @@ class FeedConnection:
         on_events: Callable[[list[BookEvent]], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         snapshot_retry_s: float = 1.0,
+        sync_timeout_s: float = 15.0,
         resync_base_s: float = 0.5,
         resync_cap_s: float = 30.0,
         resync_calm_s: float = 10.0,
@@ -160,6 +167,7 @@ class FeedConnection:
         self.connected = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._fetching: set[str] = set()
+        self.sync_timeout_s = sync_timeout_s
         self.resync_base_s = resync_base_s
         self.resync_cap_s = resync_cap_s
         self.resync_calm_s = resync_calm_s
@@ -232,7 +240,7 @@ class FeedConnection:
             async with asyncio.TaskGroup() as tg:
                 helpers = [
                     tg.create_task(self._heartbeat(ws), name=f"{self.feed.venue}-heartbeat"),
-                    tg.create_task(self._watchdog(ws), name=f"{self.feed.venue}-watchdog"),
+                    tg.create_task(self._watchdog(ws, tg), name=f"{self.feed.venue}-watchdog"),
                 ]
                 try:
                     await self._receive(ws, tg)
@@ -242,6 +250,7 @@ class FeedConnection:
 
     async def _receive(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
         feed = self.feed
+        symbols = [feed.our_symbol(name) for name in self.venue_symbols]
         async for message in ws:
             now = self.clock_ns()
             self.last_message_ns = now
@@ -268,7 +277,9 @@ class FeedConnection:
             if events:
                 if self.on_events is not None:
                     self.on_events(events)
-                if self.state == "syncing" and all(feed.in_sync.values()):
+                if self.state == "syncing" and all(
+                    feed.in_sync.get(symbol) for symbol in symbols
+                ):  # every subscribed symbol, not only those seen so far
                     self.state = "live"
                     self.backoff.reset()
             for venue_symbol in feed.pending_snapshots():
@@ -351,17 +362,32 @@ class FeedConnection:
             await asyncio.sleep(interval)
             await ws.send(message.decode())
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
-        period = self.stale_after_ms / 1e3
+    async def _watchdog(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
+        """Close a connection quiet for ``stale_after_ms``; resync a symbol out of sync for
+        ``sync_timeout_s``."""
+        period = min(self.stale_after_ms / 1e3 / 4, self.sync_timeout_s / 2)
+        out_since: dict[str, int] = {}  # our symbol -> when this watchdog saw it out of sync
         while True:
-            await asyncio.sleep(period / 4)
-            quiet_ms = (self.clock_ns() - self.last_message_ns) // 1_000_000
+            await asyncio.sleep(period)
+            now = self.clock_ns()
+            quiet_ms = (now - self.last_message_ns) // 1_000_000
             if self.last_message_ns and quiet_ms > self.stale_after_ms:
                 self.last_error = f"no data for {quiet_ms} ms"
                 self.state = "stale"
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await ws.close(reason="stale")
                 return
+            for venue_symbol in self.venue_symbols:
+                symbol = self.feed.our_symbol(venue_symbol)
+                if self.feed.in_sync.get(symbol) or venue_symbol in self._fetching:
+                    out_since.pop(symbol, None)
+                    continue
+                since = out_since.setdefault(symbol, now)
+                if now - since >= self.sync_timeout_s * 1e9:
+                    out_since[symbol] = now  # the next check counts from this resync
+                    self.last_error = f"{symbol}: out of sync for {self.sync_timeout_s:g} s"
+                    log.warning("%s %s", self.feed.venue, self.last_error)
+                    await self._resync(ws, tg, symbol)
 
 
 def _http_get(url: str) -> bytes:

@@ -153,14 +153,17 @@ def bybit_snapshot(u: int, bids: str) -> str:
     )
 
 
+ETH_SNAPSHOT = (
+    '{"topic":"orderbook.200.ETHUSDT","type":"snapshot","ts":1,'
+    '"data":{"s":"ETHUSDT","b":[["10","1"]],"a":[["11","1"]],"u":1,"seq":1},"cts":1}'
+)
+
+
 async def test_malformed_snapshot_is_resynced_by_resubscribing() -> None:
     """A snapshot that did not parse was counted and skipped: the symbol stayed out of sync,
     its deltas dropped, until the next reconnect (the other symbol's messages kept the
     watchdog happy), for Bybit only resubscribes send snapshots."""
-    eth = (
-        '{"topic":"orderbook.200.ETHUSDT","type":"snapshot","ts":1,'
-        '"data":{"s":"ETHUSDT","b":[["10","1"]],"a":[["11","1"]],"u":1,"seq":1},"cts":1}'
-    )
+    eth = ETH_SNAPSHOT
     received: list[dict[str, object]] = []
 
     async def venue(ws: ServerConnection) -> None:
@@ -238,6 +241,41 @@ async def test_a_fault_that_keeps_coming_back_is_resynced_at_a_slowing_pace() ->
         assert gap >= least, gaps
     assert conn.reconnects == 0
     assert conn.malformed in (len(subscribed) - 1, len(subscribed))  # the last may be unread
+
+
+async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() -> None:
+    """A snapshot msgspec refuses while decoding names no symbol to the connection: it was
+    counted as malformed, and the symbol stayed out of sync until the next reconnect."""
+    received: list[dict[str, object]] = []
+    unreadable = bybit_snapshot(1, '[["100","1"]]').replace('"u":1', '"u":"x"')
+
+    async def venue(ws: ServerConnection) -> None:
+        received.append(json.loads(await ws.recv()))  # the subscription
+        await ws.send(unreadable)
+        while True:  # ETHUSDT keeps the connection busy, never stale
+            await ws.send(ETH_SNAPSHOT)
+            try:
+                async with asyncio.timeout(0.05):
+                    received.append(json.loads(await ws.recv()))
+            except TimeoutError:
+                continue
+            if received[-1]["op"] == "subscribe":
+                await ws.send(bybit_snapshot(2, '[["100","1"]]'))
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}", sync_timeout_s=0.2
+        )
+        in_sync = await run_until(conn, lambda: conn.state == "live")
+    topic = ["orderbook.200.BTCUSDT"]
+    assert received[1:] == [
+        {"op": "unsubscribe", "args": topic},
+        {"op": "subscribe", "args": topic},
+    ]
+    assert in_sync == {"BTCUSDT": True, "ETHUSDT": True}
+    assert (conn.malformed, conn.reconnects) == (1, 0)
 
 
 async def test_malformed_rest_snapshot_is_fetched_again() -> None:
