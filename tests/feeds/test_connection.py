@@ -235,8 +235,8 @@ async def test_a_fault_that_keeps_coming_back_is_resynced_at_a_slowing_pace() ->
         )
         await run_until(conn, lambda: len(subscribed) >= 5)
     gaps = [b - a for a, b in itertools.pairwise(subscribed)]
-    # The first resync at once; then at least half of 0.1, 0.2, 0.4 s (the cap).
-    assert gaps[0] < 0.05
+    # The first resync at once (its delay is 0: see the test above; no upper bound on a
+    # loopback round trip here); then at least half of 0.1, 0.2, 0.4 s (the cap).
     for gap, least in zip(gaps[1:], [0.05, 0.1, 0.2], strict=False):
         assert gap >= least, gaps
     assert conn.reconnects == 0
