@@ -153,6 +153,11 @@ def bybit_snapshot(u: int, bids: str) -> str:
     )
 
 
+#: What a Bybit connection sends to resync BTCUSDT: a new subscription brings a new snapshot.
+BTC_RESUBSCRIBED = [
+    {"op": "unsubscribe", "args": ["orderbook.200.BTCUSDT"]},
+    {"op": "subscribe", "args": ["orderbook.200.BTCUSDT"]},
+]
 ETH_SNAPSHOT = (
     '{"topic":"orderbook.200.ETHUSDT","type":"snapshot","ts":1,'
     '"data":{"s":"ETHUSDT","b":[["10","1"]],"a":[["11","1"]],"u":1,"seq":1},"cts":1}'
@@ -180,11 +185,7 @@ async def test_malformed_snapshot_is_resynced_by_resubscribing() -> None:
         port = server.sockets[0].getsockname()[1]
         conn = FeedConnection(feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}")
         in_sync = await run_until(conn, lambda: conn.state == "live")
-    topic = ["orderbook.200.BTCUSDT"]
-    assert received[1:] == [
-        {"op": "unsubscribe", "args": topic},
-        {"op": "subscribe", "args": topic},
-    ]
+    assert received[1:] == BTC_RESUBSCRIBED
     assert in_sync == {"BTCUSDT": True, "ETHUSDT": True}
     assert feed.books["BTCUSDT"].sequence == 2
     assert (conn.malformed, conn.reconnects, feed.stats.resyncs) == (1, 0, 1)
@@ -269,11 +270,7 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
             feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}", sync_timeout_s=0.2
         )
         in_sync = await run_until(conn, lambda: conn.state == "live")
-    topic = ["orderbook.200.BTCUSDT"]
-    assert received[1:] == [
-        {"op": "unsubscribe", "args": topic},
-        {"op": "subscribe", "args": topic},
-    ]
+    assert received[1:] == BTC_RESUBSCRIBED
     assert in_sync == {"BTCUSDT": True, "ETHUSDT": True}
     assert (conn.malformed, conn.reconnects) == (1, 0)
 
