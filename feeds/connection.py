@@ -67,26 +67,34 @@ FeedState = Literal["connecting", "syncing", "live", "stale", "down"]
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter: ``uniform(0, min(cap, base * 2**n))``.
+    """Capped exponential backoff with jitter: ``uniform(least * c, c)``, ``c = min(cap, base *
+    2**n)`` for the ``n``-th delay since the last reset (full jitter with ``least`` 0).
 
     Args:
         base_s: first ceiling, seconds.
         cap_s: largest ceiling, seconds.
+        least: share of the ceiling always waited (0 to 1).
         rng: random source (seed it in tests).
     """
 
     def __init__(
-        self, *, base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None
+        self,
+        *,
+        base_s: float = 0.5,
+        cap_s: float = 30.0,
+        least: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.base_s = base_s
         self.cap_s = cap_s
+        self.least = least
         self.attempt = 0
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     def next_delay(self) -> float:
         ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
         self.attempt += 1
-        return self._rng.uniform(0, ceiling)
+        return self._rng.uniform(self.least * ceiling, ceiling)
 
     def reset(self) -> None:
         self.attempt = 0
@@ -171,10 +179,9 @@ class FeedConnection:
         self.resync_base_s = resync_base_s
         self.resync_cap_s = resync_cap_s
         self.resync_calm_s = resync_calm_s
-        #: Per symbol: resyncs in a row (none ``resync_calm_s`` apart), and when the last was.
-        self._resyncs: dict[str, tuple[int, int]] = {}
+        #: Per symbol: the pacing of its resyncs in a row, and when the last was.
+        self._resyncs: dict[str, tuple[Backoff, int]] = {}
         self._resync_waiting: set[str] = set()
-        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
     # -- public --------------------------------------------------------------------------------
 
@@ -291,14 +298,16 @@ class FeedConnection:
         """Seconds to wait before resyncing our ``symbol`` now (see the class's Args), and
         count that resync."""
         now = self.clock_ns()
-        in_a_row, last = self._resyncs.get(symbol, (0, 0))
-        if in_a_row and now - last >= self.resync_calm_s * 1e9:
-            in_a_row = 0
-        self._resyncs[symbol] = (in_a_row + 1, now)
-        if not in_a_row:
+        if symbol in self._resyncs:
+            pacing, last = self._resyncs[symbol]
+        else:
+            pacing = Backoff(base_s=self.resync_base_s, cap_s=self.resync_cap_s, least=0.5)
+            last = None
+        self._resyncs[symbol] = (pacing, now)
+        if last is None or now - last >= self.resync_calm_s * 1e9:
+            pacing.reset()  # the first of a row: at once
             return 0.0
-        ceiling: float = min(self.resync_cap_s, self.resync_base_s * 2 ** (in_a_row - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return pacing.next_delay()
 
     async def _resync(self, ws: ClientConnection, tg: asyncio.TaskGroup, symbol: str) -> None:
         """Resync our ``symbol`` (out of sync already), now or, paced, from a task."""
