@@ -97,14 +97,13 @@ def backtest_config(config: Config, scenario: Scenario, *, source: str = "scenar
     venues = {v.name: v for v in config.venues}
     symbols = {inst.symbol for inst in config.instruments}
     clients = {c.id for c in config.clients}
-    named = [(f"$.symbols[{i}]", s, symbols) for i, s in enumerate(scenario.symbols)]
-    named += [(f"$.flow.clients.{c}", c, clients) for c in scenario.flow.clients]
+    named = [(f"$.symbols[{i}]", s, "instrument") for i, s in enumerate(scenario.symbols)]
+    named += [(f"$.flow.clients.{c}", c, "client") for c in scenario.flow.clients]
     for i, spec in enumerate(scenario.rfqs):
-        named += [(f"$.rfqs[{i}].symbol", spec.symbol, symbols)]
-        named += [(f"$.rfqs[{i}].client", spec.client, clients)]
-    for path, name, known in named:
-        if name not in known:
-            what = "instrument" if known is symbols else "client"
+        named += [(f"$.rfqs[{i}].symbol", spec.symbol, "instrument")]
+        named += [(f"$.rfqs[{i}].client", spec.client, "client")]
+    for path, name, what in named:
+        if name not in (clients if what == "client" else symbols):
             raise ConfigError(source, path, f"{name!r} is not a configured {what}")
     for i, venue in enumerate(scenario.venues):
         if any(other.name == venue.name for other in scenario.venues[:i]):
