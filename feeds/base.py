@@ -16,7 +16,15 @@ counts the failure. A snapshot that does not parse or cannot be applied raises
 sync the same way and its book left as it was (:meth:`VenueBookFeed.parse_snapshot`,
 :meth:`VenueBookFeed.malformed_snapshot`). The connection layer answers all three by resyncing
 (resubscribe, or a new REST snapshot); until a fresh snapshot arrives, further deltas for that
-symbol are dropped and the book is excluded from the consolidated view.
+symbol are dropped and the book is excluded from the consolidated view. One message may put
+several symbols out of sync (a message of many books): the error names the first, lists the
+others in ``others`` and carries in ``applied`` the events the message did apply to other books
+(see :class:`Resync`), so that the connection resyncs them all and forwards those events.
+
+A message that does not even decode is lost as well. Where the venue numbers its messages, the
+next one shows the loss as a gap; where nothing would (no sequence numbers, or a checksum over
+the top levels only), the adapter reads what it can of the message to find the books it was
+about and answers with :meth:`VenueBookFeed.lost_message`.
 
 Symbols: adapters key books by *our* instrument symbol. ``symbols`` maps the venue's name
 (``XBT/USD``) to ours (``BTC-USD``); a venue symbol missing from the map is used as is, which is
@@ -56,6 +64,7 @@ __all__ = [
     "LostUpdate",
     "MalformedSnapshot",
     "RequestRefused",
+    "Resync",
     "SequenceGap",
     "VenueBookFeed",
     "apply_event",
@@ -79,7 +88,22 @@ class Feed(Protocol):
         ...
 
 
-class SequenceGap(FeedError):
+class Resync:
+    """What the integrity errors share: the symbol they put out of sync, and what else the same
+    message did.
+
+    ``symbol`` is our symbol, marked out of sync before the error is raised. A message of several
+    books may put more of them out of sync: ``others`` lists them, to be resynced as well. It may
+    also have applied events to other books before the error is raised: ``applied`` holds them,
+    for whoever forwards events (the recorder), in order. Both empty for a message of one book.
+    """
+
+    symbol: str
+    others: tuple[str, ...] = ()
+    applied: tuple[BookEvent, ...] = ()
+
+
+class SequenceGap(Resync, FeedError):
     """A message does not follow the previous one: updates were lost; the book must resync."""
 
     def __init__(self, venue: str, symbol: str, expected: object, received: object) -> None:
@@ -101,7 +125,7 @@ class LostUpdate(SequenceGap):
         self.received = problem
 
 
-class ChecksumMismatch(FeedError):
+class ChecksumMismatch(Resync, FeedError):
     """Our book disagrees with the venue's checksum after a message; the book must resync."""
 
     def __init__(self, venue: str, symbol: str, expected: int, computed: int) -> None:
@@ -123,7 +147,7 @@ class RequestRefused(FeedError, ValueError):
     """
 
 
-class MalformedSnapshot(ValueParseError):
+class MalformedSnapshot(Resync, ValueParseError):
     """A venue snapshot that does not parse or cannot be applied (a level that is not a number,
     a price given twice on a side, a precision out of range...).
 
@@ -334,6 +358,38 @@ class VenueBookFeed:
         self.stats.resyncs += 1
         self.mark(symbol, False, str(error))
         return error
+
+    def lost_message(
+        self, problem: Exception, books: Iterable[tuple[str, bool]] | None
+    ) -> Exception:
+        """The error to raise for a message that cannot be applied at all (it does not decode,
+        or a part of it does not parse), on a feed where nothing would show its loss later.
+
+        ``books`` are the books the message could be read to be about, as (our symbol, whether
+        it brought a snapshot of it); ``None`` when it could not be read that far, so that any
+        book in sync may have lost an update. Each book the message brought a snapshot for is
+        resynced (:meth:`malformed_snapshot`; only followed symbols, when ``symbols`` names
+        some), each book in sync it updated is lost (:meth:`lost_update`). Returns the first
+        one's error, naming the others (:class:`Resync`), or ``problem`` itself when no book
+        is concerned: all were out of sync already (their updates would be dropped anyway).
+        """
+        if books is None:
+            books = [(symbol, False) for symbol, in_sync in self.in_sync.items() if in_sync]
+        snapshots: dict[str, bool] = {}  # our symbol -> the message brought a snapshot of it
+        for symbol, snapshot in books:
+            snapshots[symbol] = snapshots.get(symbol, False) or snapshot
+        followed = set(self.symbols.values())
+        errors: list[LostUpdate | MalformedSnapshot] = []
+        for symbol, snapshot in snapshots.items():
+            if snapshot and (not followed or symbol in followed):
+                errors.append(self.malformed_snapshot(symbol, problem))
+            elif self.in_sync.get(symbol):
+                errors.append(self.lost_update(symbol, problem))
+        if not errors:
+            return problem
+        first = errors[0]
+        first.others = tuple(error.symbol for error in errors[1:])
+        return first
 
     def parse_snapshot(
         self, symbol: str, bids: Iterable[Sequence[str]], asks: Iterable[Sequence[str]]

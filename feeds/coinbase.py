@@ -54,8 +54,11 @@ Follows https://docs.cdp.coinbase.com/exchange/websocket-feed/channels ("Level2 
 "Level2 Batch Channel"): a ``snapshot`` (``bids``/``asks`` as ``[price, size]``) then
 ``l2update`` s whose ``changes`` are ``[side, price, size]``, side ``buy``/``sell``, size
 absolute, ``"0"`` removing the level. There is no sequence number nor checksum in level2, so
-nothing can be checked. ``level2`` itself now requires authentication; live, the adapter
-subscribes to ``level2_batch``, the same messages batched every 50 ms without authentication.
+nothing can be checked, and nothing would show a lost update: a book message that cannot be
+applied (it does not decode, or a change does not parse) resyncs its product, and every product
+in sync when the message cannot be read far enough to name one. ``level2`` itself now requires
+authentication; live, the adapter subscribes to ``level2_batch``, the same messages batched
+every 50 ms without authentication.
 
 Raw payload (recorded 2021-04-17)::
 
@@ -457,7 +460,11 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
         )
 
     def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
-        msg = _decode_legacy(data)
+        try:
+            msg = _decode_legacy(data)
+        except msgspec.DecodeError as exc:  # ValidationError included: the shape is wrong
+            # Nothing numbers this feed's messages: a book message lost here is lost for good.
+            raise self.lost_message(exc, self._books_of(data)) from None
         kind = msg.type
         if kind == "error":
             raise RequestRefused(self.venue, f"request refused: {msg.message} {msg.reason}".strip())
@@ -498,3 +505,22 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
             raise self.lost_update(symbol, exc) from None
         self.apply_delta(delta)
         return [delta]
+
+    def _books_of(self, data: bytes) -> list[tuple[str, bool]] | None:
+        """The book a message that did not decode is about, read as loosely as possible (for
+        :meth:`~feeds.base.VenueBookFeed.lost_message`): ``[(our symbol, it is a snapshot)]``;
+        ``[]`` for a message of no book (subscriptions, heartbeat...); ``None`` when it cannot
+        be told (not a JSON object, or a book message without a readable product)."""
+        try:
+            msg = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if not isinstance(kind, str):
+            return None
+        if kind != "snapshot" and kind != "l2update":
+            return []
+        product = msg.get("product_id")
+        return (
+            [(self.our_symbol(product), kind == "snapshot")] if isinstance(product, str) else None
+        )

@@ -14,7 +14,9 @@ connection logic:
 * a :class:`~feeds.base.MalformedSnapshot` (a snapshot that does not parse or apply, its symbol
   left out of sync) is counted as malformed and resynced the same way: most venues send a
   snapshot only on (re)subscription, so skipping it would leave the symbol out of the
-  consolidated book until the next reconnect. A REST snapshot body that does not parse leaves
+  consolidated book until the next reconnect. A message of several books that put more than
+  one out of sync resyncs them all (the error's ``others``), and the events it did apply are
+  forwarded all the same (its ``applied``). A REST snapshot body that does not parse leaves
   its symbol pending: it is fetched again, ``snapshot_retry_s`` later at the earliest;
 * resyncs of one symbol that follow each other (none ``resync_calm_s`` apart) are paced by a
   growing, jittered delay (``resync_base_s`` doubling up to ``resync_cap_s``): a fault that keeps
@@ -264,18 +266,20 @@ class FeedConnection:
             data = message.encode() if isinstance(message, str) else message
             try:
                 events = feed.on_message(data, now)
-            except (SequenceGap, ChecksumMismatch) as exc:
-                self.last_error = str(exc)
-                await self._resync(ws, tg, exc.symbol)
+            except (SequenceGap, ChecksumMismatch, MalformedSnapshot) as exc:
+                if isinstance(exc, MalformedSnapshot):
+                    self.malformed += 1
+                    self.last_error = f"malformed message: {exc}"
+                else:
+                    self.last_error = str(exc)
+                if exc.applied and self.on_events is not None:
+                    self.on_events(list(exc.applied))
+                for symbol in (exc.symbol, *exc.others):
+                    await self._resync(ws, tg, symbol)
                 continue
             except RequestRefused as exc:
                 self.last_error = str(exc)
                 log.warning("%s", exc)
-                continue
-            except MalformedSnapshot as exc:
-                self.malformed += 1
-                self.last_error = f"malformed message: {exc}"
-                await self._resync(ws, tg, exc.symbol)
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
                 self.malformed += 1

@@ -21,7 +21,10 @@ scope). The checksum is the unsigned CRC32 of the top 10 asks (ascending) then t
 (descending), each as price text + qty text with ``.`` removed and leading zeros stripped. v1
 snapshots carry no checksum; v2 snapshots and updates both do. There are no sequence numbers:
 the checksum is the only integrity check, and a mismatch resyncs the pair (unsubscribe +
-subscribe, which sends a fresh snapshot).
+subscribe, which sends a fresh snapshot). The checksum covers the top 10 levels only, so a lost
+update deeper would go unseen: a book message that cannot be applied (it does not decode, or one
+of its levels does not parse) resyncs every pair it is about, and every pair in sync when its
+pairs cannot even be read (see :meth:`~feeds.base.VenueBookFeed.lost_message`).
 
 Checksum strings from ints. With ``.`` removed and leading zeros stripped, a price text with
 ``d`` decimals is just ``str()`` of the price as an integer of ``10**-d`` units (``"0.05005"``
@@ -482,9 +485,12 @@ class KrakenBookFeed(VenueBookFeed):
     # -- messages ------------------------------------------------------------------------------
 
     def on_message(self, data: bytes, ts_recv_ns: int) -> list[BookEvent]:
-        msg = _decode(data)
-        if isinstance(msg, list):
-            return self._on_v1_book(msg, ts_recv_ns)
+        try:
+            msg = _decode(data)
+            if isinstance(msg, list):
+                return self._on_v1_book(msg, ts_recv_ns)
+        except msgspec.DecodeError as exc:  # ValidationError included: the shape is wrong
+            raise self.lost_message(exc, self._books_of(data)) from None
         if msg.channel == "book" and isinstance(msg.data, list):
             return self._on_v2_book(msg.type, msg.data, ts_recv_ns)
         if msg.channel == "instrument" and isinstance(msg.data, _V2Instruments):
@@ -494,6 +500,43 @@ class KrakenBookFeed(VenueBookFeed):
             self._on_subscribed(msg)
         self.stats.ignored += 1
         return []
+
+    def _books_of(self, data: bytes) -> list[tuple[str, bool]] | None:
+        """The books a message that did not decode is about, read as loosely as possible (for
+        :meth:`~feeds.base.VenueBookFeed.lost_message`): (our symbol, it is a snapshot); ``[]``
+        for a message of no book (an event, a method response, another channel); ``None`` when
+        it cannot be told (not JSON, or a book message without readable pairs)."""
+        try:
+            msg = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return None
+        if isinstance(msg, list):  # v1: [channelID, {...}, ({...},) channelName, pair]
+            if len(msg) < 2 or not isinstance(msg[-2], str):
+                return None
+            if not msg[-2].startswith("book"):
+                return []
+            if not isinstance(msg[-1], str):
+                return None
+            snapshot = any(
+                isinstance(body, dict) and ("as" in body or "bs" in body) for body in msg
+            )
+            return [(self.our_symbol(msg[-1]), snapshot)]
+        if not isinstance(msg, dict):
+            return None
+        channel = msg.get("channel")
+        if "event" in msg or "method" in msg or (isinstance(channel, str) and channel != "book"):
+            return []
+        kind = msg.get("type")
+        entries = msg.get("data")
+        if channel != "book" or kind not in ("snapshot", "update") or not isinstance(entries, list):
+            return [] if channel == "book" and isinstance(kind, str) else None
+        books = []
+        for entry in entries:
+            name = entry.get("symbol") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                return None
+            books.append((self.our_symbol(name), kind == "snapshot"))
+        return books
 
     def _pair(self, venue_symbol: str, symbol: str, book: L2Book) -> _Pair:
         pair = self._pairs.get(symbol)
@@ -694,10 +737,16 @@ class KrakenBookFeed(VenueBookFeed):
         if kind != "snapshot" and kind != "update":
             self.stats.ignored += len(entries)
             return []
-        # Every entry is parsed before any is applied: a malformed one changes no book.
-        parsed = [self._v2_parse(kind, entry) for entry in entries]
+        # Every entry is parsed before any is applied: a malformed one changes no book, and the
+        # message is lost for every pair it is about (the checksum covers the top 10 levels
+        # only: a lost update deeper would stay unseen).
+        try:
+            parsed = [self._v2_parse(kind, entry) for entry in entries]
+        except ValueParseError as exc:
+            books = [(self.our_symbol(entry.symbol), kind == "snapshot") for entry in entries]
+            raise self.lost_message(exc, books) from None
         events: list[BookEvent] = []
-        failure: ChecksumMismatch | MalformedSnapshot | None = None
+        failures: list[ChecksumMismatch | MalformedSnapshot] = []
         for entry, (bid_texts, ask_texts, bids, asks, decimals) in zip(
             entries, parsed, strict=True
         ):
@@ -707,12 +756,17 @@ class KrakenBookFeed(VenueBookFeed):
                 )
             except (ChecksumMismatch, MalformedSnapshot) as exc:
                 # Already counted, that pair out of sync; the other entries still apply.
-                failure = failure or exc
+                failures.append(exc)
                 continue
             if event is not None:
                 events.append(event)
-        if failure is not None:
-            raise failure
+        if failures:
+            first = failures[0]
+            first.others = tuple(
+                dict.fromkeys(f.symbol for f in failures[1:] if f.symbol != first.symbol)
+            )
+            first.applied = tuple(events)
+            raise first
         return events
 
     def _v2_parse(
@@ -724,30 +778,19 @@ class KrakenBookFeed(VenueBookFeed):
         (``None``: not known yet).
 
         Raises:
-            MalformedSnapshot: a snapshot's level does not parse, or its decimals are out of
-                range (the pair is marked out of sync).
-            LostUpdate: an update's level does not parse (the pair, in sync, is marked out of
-                sync: a resync follows).
-            ValueParseError: that, for a pair out of sync (its update would be dropped).
+            ValueParseError: a level does not parse, or a snapshot's decimals are out of range
+                (nothing marked: see :meth:`_on_v2_book`).
         """
-        symbol = self.our_symbol(entry.symbol)
-        scale = self.book(symbol).scale
+        scale = self.book(self.our_symbol(entry.symbol)).scale
         bid_texts = _v2_texts(entry.bids)
         ask_texts = _v2_texts(entry.asks)
-        try:
-            bids = parse_levels(bid_texts, scale)
-            asks = parse_levels(ask_texts, scale)
-            if kind != "snapshot":
-                return bid_texts, ask_texts, bids, asks, None
-            decimals = self.precisions.get(entry.symbol) or _text_decimals(bid_texts + ask_texts)
-            if decimals is not None:
-                _check_decimals(entry.symbol, *decimals)
-        except ValueParseError as exc:
-            if kind == "snapshot":
-                raise self.malformed_snapshot(symbol, exc) from None
-            if self.in_sync.get(symbol):  # the checksum covers the top 10 levels only
-                raise self.lost_update(symbol, exc) from None
-            raise
+        bids = parse_levels(bid_texts, scale)
+        asks = parse_levels(ask_texts, scale)
+        if kind != "snapshot":
+            return bid_texts, ask_texts, bids, asks, None
+        decimals = self.precisions.get(entry.symbol) or _text_decimals(bid_texts + ask_texts)
+        if decimals is not None:
+            _check_decimals(entry.symbol, *decimals)
         return bid_texts, ask_texts, bids, asks, decimals
 
     def _v2_entry(

@@ -81,7 +81,7 @@ from typing import IO, Annotated, Final, Self
 
 import msgspec
 
-from feeds.base import ChecksumMismatch, RequestRefused, SequenceGap, VenueBookFeed
+from feeds.base import ChecksumMismatch, RequestRefused, Resync, SequenceGap, VenueBookFeed
 from feeds.recorded import read_recording
 from feeds.registry import adapter_class
 from otc.errors import ConfigError, OtcError, ValueParseError
@@ -675,12 +675,12 @@ def _replay_venue(
             except (SequenceGap, ChecksumMismatch, RequestRefused) as exc:
                 if len(report.errors) < max_errors:
                     report.errors.append(f"{path}:{record.line}: {exc}")
-                continue
+                events = list(exc.applied) if isinstance(exc, Resync) else []
             except (msgspec.DecodeError, ValueParseError) as exc:
                 report.malformed += 1
                 if len(report.errors) < max_errors:
                     report.errors.append(f"{path}:{record.line}: malformed message: {exc}")
-                continue
+                events = list(exc.applied) if isinstance(exc, Resync) else []
             if events:
                 yield events
 

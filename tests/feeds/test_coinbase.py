@@ -529,3 +529,46 @@ def test_legacy_malformed_snapshot_marks_out_of_sync_and_a_good_one_recovers(bod
     feed.on_message(good.replace(b'"1"]]}', b'"5"]]}'), 4)
     assert feed.in_sync["BTC-USD"]
     assert levels(feed.books["BTC-USD"]) == (["100@1"], ["101@5"])
+
+
+@pytest.mark.parametrize(
+    ("message", "lost"),
+    [
+        # A legacy book message that does not decode, its product readable: that product.
+        (b'{"type":"l2update","product_id":"ETH-USD","changes":[["bid","100","2"]]}', {"ETH-USD"}),
+        (b'{"type":"l2update","product_id":"BTC-USD","changes":[["buy","100"]]}', {"BTC-USD"}),
+        (b'{"type":"snapshot","product_id":"BTC-USD","bids":{"100":"1"}}', {"BTC-USD"}),
+        # Nothing tells which product: every product in sync.
+        (b'{"type":"l2update","product_id":5,"changes":[]}', {"BTC-USD", "ETH-USD"}),
+        (b'{"type":"l2update","product_id":"BTC-USD","chan', {"BTC-USD", "ETH-USD"}),
+        (b"[1, 2]", {"BTC-USD", "ETH-USD"}),
+        (b'{"type":7}', {"BTC-USD", "ETH-USD"}),
+        # Messages of no book: merely malformed.
+        (b'{"type":"heartbeat","product_id":5}', set()),
+        (b'{"type":"subscriptions","channels":5,"message":[]}', set()),
+        (b'{"type":"error","message":{"a":1}}', set()),
+    ],
+)
+def test_legacy_message_that_does_not_decode_is_lost_for_the_products_it_may_be_about(
+    message: bytes, lost: set[str]
+) -> None:
+    # Such a message was counted as malformed and skipped, its product in sync: nothing numbers
+    # this feed's messages, so the book carried on without that update for good.
+    feed = CoinbaseLegacyBookFeed()
+    for product in ("BTC-USD", "ETH-USD"):
+        feed.on_message(
+            b'{"type":"snapshot","product_id":"%s","bids":[["100","1"]],"asks":[["101","1"]]}'
+            % product.encode(),
+            1,
+        )
+    with pytest.raises((SequenceGap, MalformedSnapshot, msgspec.DecodeError)) as caught:
+        feed.on_message(message, 2)
+    assert {p for p, in_sync in feed.in_sync.items() if not in_sync} == lost
+    if lost:
+        error = caught.value
+        assert isinstance(error, LostUpdate | MalformedSnapshot)
+        assert {error.symbol, *error.others} == lost
+    else:
+        assert isinstance(caught.value, msgspec.DecodeError)
+    for product in ("BTC-USD", "ETH-USD"):  # nothing applied
+        assert levels(feed.books[product]) == (["100@1"], ["101@1"])

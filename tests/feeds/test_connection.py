@@ -14,9 +14,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from feeds.base import BookDelta, BookEvent, BookSnapshot
 from feeds.binance import BinanceBookFeed
 from feeds.bybit import BybitBookFeed
 from feeds.connection import Backoff, FeedConnection
+from feeds.kraken import KrakenBookFeed
 from feeds.loopback import LoopbackExchange
 
 
@@ -313,3 +315,84 @@ async def test_malformed_rest_snapshot_is_fetched_again() -> None:
     assert conn.malformed == 1
     assert "malformed snapshot" in conn.last_error
     assert conn.reconnects == 0
+
+
+def kraken_book(kind: str, entries: list[dict[str, object]]) -> str:
+    """A Kraken v2 book message of these ``data`` entries."""
+    return json.dumps({"channel": "book", "type": kind, "data": entries})
+
+
+def kraken_entry(pair: str, bid: str, checksum: int | None = None) -> dict[str, object]:
+    entry: dict[str, object] = {"symbol": pair, "bids": [{"price": float(bid), "qty": 1.0}]}
+    entry["asks"] = []
+    if checksum is not None:
+        entry["checksum"] = checksum
+    return entry
+
+
+def kraken_resubscribed(pair: str) -> list[dict[str, object]]:
+    params = {"channel": "book", "symbol": [pair], "depth": 1000}
+    return [{"method": "unsubscribe", "params": params}, {"method": "subscribe", "params": params}]
+
+
+async def run_kraken(
+    pairs: list[str], trouble: str, resyncs: int
+) -> tuple[list[dict[str, object]], list[BookEvent], dict[str, bool]]:
+    """A Kraken v2 venue: snapshots of ``pairs`` in one message, then ``trouble``; it answers
+    each of the ``resyncs`` resubscriptions expected with a fresh snapshot. Returns what it
+    received after the subscription, the events forwarded, and which pairs were in sync."""
+    received: list[dict[str, object]] = []
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription (the precisions are known: no instrument channel)
+        await ws.send(kraken_book("snapshot", [kraken_entry(pair, "100") for pair in pairs]))
+        await ws.send(trouble)
+        while len(received) < 2 * resyncs:
+            received.append(json.loads(await ws.recv()))
+            if received[-1]["method"] == "subscribe":
+                pair = received[-1]["params"]["symbol"][0]  # type: ignore[index]
+                await ws.send(kraken_book("snapshot", [kraken_entry(pair, "90")]))
+        await ws.wait_closed()
+
+    events: list[BookEvent] = []
+    feed = KrakenBookFeed(precisions=dict.fromkeys(pairs, (1, 8)))
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, pairs, url=f"ws://127.0.0.1:{port}", on_events=events.extend)
+        # The first snapshots, then one fresh snapshot per resync.
+        snapshots = len(pairs) + resyncs
+        in_sync = await run_until(
+            conn, lambda: sum(isinstance(e, BookSnapshot) for e in events) == snapshots
+        )
+    return received, events, in_sync
+
+
+async def test_a_message_putting_several_pairs_out_of_sync_resyncs_them_all() -> None:
+    """Two pairs' checksums failed in one message: only the first was resubscribed (the second
+    waited for the watchdog), and the update applied to a third pair never reached the
+    recorder, for the message raised."""
+    pairs = ["XBT/USD", "ETH/USD", "SOL/USD"]
+    update = kraken_book(
+        "update",
+        [
+            kraken_entry("XBT/USD", "99", 1),
+            kraken_entry("ETH/USD", "98"),
+            kraken_entry("SOL/USD", "97", 2),
+        ],
+    )
+    received, events, in_sync = await run_kraken(pairs, update, resyncs=2)
+    assert received == kraken_resubscribed("XBT/USD") + kraken_resubscribed("SOL/USD")
+    assert in_sync == dict.fromkeys(pairs, True)
+    (delta,) = [e for e in events if isinstance(e, BookDelta)]
+    assert delta.symbol == "ETH/USD"
+
+
+async def test_a_book_message_that_does_not_decode_resyncs_every_pair() -> None:
+    """Kraken checksums the top 10 levels only: a book message that msgspec refused was
+    counted as malformed and skipped, the pairs staying in sync, an update deeper lost for
+    good. Which pairs it was about cannot be read here: all of them are resynced."""
+    pairs = ["XBT/USD", "ETH/USD"]
+    trouble = kraken_book("update", [{"symbol": 7, "bids": []}])
+    received, _, in_sync = await run_kraken(pairs, trouble, resyncs=2)
+    assert received == kraken_resubscribed("XBT/USD") + kraken_resubscribed("ETH/USD")
+    assert in_sync == dict.fromkeys(pairs, True)

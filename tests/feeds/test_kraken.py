@@ -586,9 +586,11 @@ def test_v1_level_of_a_bad_shape_or_time_is_malformed_and_changes_nothing(
 
 def test_v1_channel_depth_must_be_ascii_digits() -> None:
     # "book-²" passed str.isdigit() and int() then raised a bare ValueError.
+    # A snapshot of the pair all the same: lost, so the pair resyncs.
     feed = KrakenBookFeed()
-    with pytest.raises(msgspec.ValidationError, match="no depth"):
+    with pytest.raises(MalformedSnapshot, match="no depth"):
         feed.on_message(v1_snapshot("XBT/EUR", [], [], 10).replace(b"book-10", b"book-\\u00b2"), 1)
+    assert feed.in_sync["XBT/EUR"] is False
 
 
 def test_v2_level_with_invalid_utf8_is_malformed() -> None:
@@ -700,3 +702,113 @@ def test_v2_malformed_snapshot_entry_leaves_the_other_entries_applied() -> None:
     with pytest.raises(MalformedSnapshot, match="given twice"):
         feed.on_message(message, 1)
     assert feed.in_sync == {"XBT/USD": False, "ETH/USD": True}
+
+
+def _two_pairs(kind: str, first: bytes, second: bytes) -> bytes:
+    """One v2 book message of ``kind`` holding the entries of two one-entry messages."""
+    entries = [msgspec.json.decode(m)["data"][0] for m in (first, second)]
+    return msgspec.json.encode({"channel": "book", "type": kind, "data": entries})
+
+
+def _two_pairs_in_sync() -> KrakenBookFeed:
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8), "ETH/USD": (1, 8)})
+    asks = [("101.0", "1.00000000")]
+    bids = [("100.0", "1.00000000")]
+    checksum = reference_checksum(asks, bids)
+    for pair in ("XBT/USD", "ETH/USD"):
+        feed.on_message(v2_message("snapshot", pair, v2_levels(bids), v2_levels(asks), checksum), 1)
+    return feed
+
+
+def test_v2_message_with_a_bad_entry_is_lost_for_every_pair_it_updates() -> None:
+    # A bad level in one pair's entry stopped the whole message, the other pair's update with
+    # it, while that pair stayed in sync: below the checksummed top 10 nothing would show it.
+    feed = _two_pairs_in_sync()
+    good = v2_message("update", "XBT/USD", v2_levels([("99.0", "1.00000000")]), "[]", 0)
+    bad = v2_message("update", "ETH/USD", v2_levels([("99.0", "-0.5")]), "[]", 0)
+    with pytest.raises(LostUpdate, match="bad level") as caught:
+        feed.on_message(_two_pairs("update", good, bad), 2)
+    assert (caught.value.symbol, caught.value.others) == ("XBT/USD", ("ETH/USD",))
+    assert feed.in_sync == {"XBT/USD": False, "ETH/USD": False}
+    assert (feed.stats.gaps, feed.stats.resyncs) == (2, 2)
+    assert all(len(feed.books[pair]) == 2 for pair in ("XBT/USD", "ETH/USD"))  # unchanged
+
+
+def test_v2_snapshot_message_with_a_bad_entry_resyncs_every_pair_it_brings() -> None:
+    # Both pairs wait for this snapshot: the good entry is lost with the bad one (nothing is
+    # applied), so both must be resubscribed, not only the one that did not parse.
+    feed = KrakenBookFeed(precisions={"XBT/USD": (1, 8), "ETH/USD": (1, 8)})
+    good = v2_snapshot([("100.0", "1.00000000")], [("101.0", "1.00000000")])
+    bad = v2_message("snapshot", "ETH/USD", v2_levels([("99.0", "-0.5")]), "[]", 0)
+    with pytest.raises(MalformedSnapshot, match="bad level") as caught:
+        feed.on_message(_two_pairs("snapshot", good, bad), 1)
+    assert (caught.value.symbol, caught.value.others) == ("XBT/USD", ("ETH/USD",))
+    assert feed.in_sync == {"XBT/USD": False, "ETH/USD": False}
+    assert feed.stats.resyncs == 2
+    assert len(feed.books["XBT/USD"]) == 0
+
+
+def test_v2_checksum_failure_of_one_pair_names_the_others_and_carries_the_applied() -> None:
+    # The entries after a failed checksum still apply; their events were lost to the recorder
+    # (the message raised), and a second failure waited for the watchdog to be resynced.
+    feed = KrakenBookFeed(precisions=dict.fromkeys(("XBT/USD", "ETH/USD", "SOL/USD"), (1, 8)))
+    asks = [("101.0", "1.00000000")]
+    bids = [("100.0", "1.00000000")]
+    checksum = reference_checksum(asks, bids)
+    for pair in ("XBT/USD", "ETH/USD", "SOL/USD"):
+        feed.on_message(v2_message("snapshot", pair, v2_levels(bids), v2_levels(asks), checksum), 1)
+    update = v2_levels([("99.0", "1.00000000")])
+    right = reference_checksum(asks, [*bids, ("99.0", "1.00000000")])
+    entries = [
+        msgspec.json.decode(v2_message("update", pair, update, "[]", ok))["data"][0]
+        for pair, ok in (("XBT/USD", 1), ("ETH/USD", right), ("SOL/USD", 2))
+    ]
+    message = msgspec.json.encode({"channel": "book", "type": "update", "data": entries})
+    with pytest.raises(ChecksumMismatch) as caught:
+        feed.on_message(message, 2)
+    assert (caught.value.symbol, caught.value.others) == ("XBT/USD", ("SOL/USD",))
+    (applied,) = caught.value.applied
+    assert isinstance(applied, BookDelta)
+    assert applied.symbol == "ETH/USD"
+    assert feed.in_sync == {"XBT/USD": False, "ETH/USD": True, "SOL/USD": False}
+
+
+@pytest.mark.parametrize(
+    ("message", "lost"),
+    [
+        # A v2 book message that does not decode, its pair readable: that pair.
+        (
+            b'{"channel":"book","type":"update","data":[{"symbol":"ETH/USD","checksum":"x"}]}',
+            {"ETH/USD"},
+        ),
+        # A v1 one: [channelID, {...}, name, pair] of a wrong shape.
+        (b'[42, {"a": 5}, "book-10", "XBT/USD"]', {"XBT/USD"}),
+        (b'[42, "book-10", "XBT/USD"]', {"XBT/USD"}),
+        # Nothing tells which pairs: every pair in sync.
+        (b'{"channel":"book","type":"update","data":[{"symbol":7}]}', {"XBT/USD", "ETH/USD"}),
+        (b'{"channel":"book","type":"update","data":[{"sym', {"XBT/USD", "ETH/USD"}),
+        (b"\xff\xfe", {"XBT/USD", "ETH/USD"}),
+        (b'[42, {"a": []}, 5, "XBT/USD"]', {"XBT/USD", "ETH/USD"}),
+        # Messages of no book: merely malformed.
+        (b'{"channel":"status","type":"update","data":[{"symbol":7}]}', set()),
+        (b'{"channel":"instrument","type":"snapshot","data":{"pairs":[{"symbol":1}]}}', set()),
+        (b'{"method":"subscribe","success":"yes"}', set()),
+        (b'{"event":"heartbeat","status":5}', set()),
+        (b'[42, {"a": 5}, "trade", "XBT/USD"]', set()),
+    ],
+)
+def test_message_that_does_not_decode_is_lost_for_the_pairs_it_may_be_about(
+    message: bytes, lost: set[str]
+) -> None:
+    # Such a message was counted as malformed and skipped, its pair in sync: an update lost
+    # below the checksummed top 10 levels would never be noticed.
+    feed = _two_pairs_in_sync()
+    with pytest.raises((LostUpdate, msgspec.DecodeError)) as caught:
+        feed.on_message(message, 2)
+    out = {pair for pair, in_sync in feed.in_sync.items() if not in_sync}
+    assert out == lost
+    if lost:
+        assert isinstance(caught.value, LostUpdate)
+        assert {caught.value.symbol, *caught.value.others} == lost
+    else:
+        assert isinstance(caught.value, msgspec.DecodeError)

@@ -472,3 +472,33 @@ def test_conversion_counts_gaps_and_malformed_messages_as_verify_does(
     # The gap's symbol waits for a snapshot that never comes: fewer events, none after the gap.
     assert report.events == len(list(read_events(tmp_path / "holes.otc.gz")[1]))
     assert report.events < 550 - 2
+
+
+def test_conversion_keeps_the_events_of_a_message_that_failed_for_another_pair(
+    tmp_path: Path,
+) -> None:
+    # A Kraken v2 message whose first entry failed its checksum still applied the second; the
+    # conversion wrote none of its events, so the recording lacked that update for good.
+    def entry(pair: str, bid: float, checksum: int | None = None) -> dict[str, object]:
+        levels = {"symbol": pair, "bids": [{"price": bid, "qty": 1.0}], "asks": []}
+        return levels if checksum is None else {**levels, "checksum": checksum}
+
+    messages = [
+        {
+            "channel": "book",
+            "type": "snapshot",
+            "data": [entry("XBT/USD", 100), entry("ETH/USD", 10)],
+        },
+        {
+            "channel": "book",
+            "type": "update",
+            "data": [entry("XBT/USD", 99, 1), entry("ETH/USD", 9)],
+        },
+    ]
+    source = tmp_path / "kraken.jsonl"
+    source.write_text("".join(json.dumps({"recv_ts": 1.0, "msg": m}) + "\n" for m in messages))
+    out = tmp_path / "kraken.otc.jsonl"
+    report = record_from_venue("kraken", [source], out)
+    assert (report.checksums_failed, report.snapshots, report.deltas) == (1, 2, 1)
+    (delta,) = [e for e in read_events(out)[1] if isinstance(e, BookDelta)]
+    assert delta.symbol == "ETH/USD"
