@@ -238,8 +238,9 @@ class BinanceBookFeed(VenueBookFeed):
         for index, (event, event_ts_recv_ns) in enumerate(keep):
             try:
                 delta = self._apply(symbol, book, event, event_ts_recv_ns)
-            except SequenceGap:
+            except SequenceGap as exc:
                 self._buffers[symbol] = keep[index:]
+                exc.applied = tuple(events)  # the snapshot and the deltas bridged before it
                 raise
             if delta is not None:
                 events.append(delta)

@@ -357,6 +357,8 @@ class FeedConnection:
             self.last_error = f"snapshot {venue_symbol}: {exc}"
         except (SequenceGap, ChecksumMismatch) as exc:
             self.last_error = str(exc)
+            if exc.applied and self.on_events is not None:
+                self.on_events(list(exc.applied))
         except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
             # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
             self.malformed += 1

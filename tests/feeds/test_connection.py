@@ -317,6 +317,54 @@ async def test_malformed_rest_snapshot_is_fetched_again() -> None:
     assert conn.reconnects == 0
 
 
+async def test_events_a_rest_snapshot_bridged_before_a_gap_are_forwarded() -> None:
+    """Binance: a snapshot that bridged some buffered events, then met a gap among them, raised
+    with what it had applied: the snapshot and those events never reached the recorder."""
+    requests: list[str] = []
+    sent = [0]  # update id of the last event streamed
+
+    def rest(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        requests.append(request.path)
+        if len(requests) == 1:  # refused: the first events arrive meanwhile
+            body = '{"lastUpdateId":1,"bids":[["NaN","1"]],"asks":[]}'
+        elif len(requests) == 2:  # bridges event 2, then meets the gap
+            body = '{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'
+        else:
+            body = f'{{"lastUpdateId":{sent[0]},"bids":[["0.0024","9"]],"asks":[]}}'
+        headers = Headers([("Content-Type", "application/json")])
+        return Response(200, "OK", headers, body.encode())
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription
+        for update_id in itertools.chain((1, 2), itertools.count(4)):  # 3 is lost
+            sent[0] = update_id
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
+            await ws.send(json.dumps({**event, "b": [["0.0023", str(update_id)]], "a": []}))
+            await asyncio.sleep(0.005)
+
+    events: list[BookEvent] = []
+    feed = BinanceBookFeed()
+    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed,
+            ["BNBBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{port}",
+            snapshot_retry_s=0.05,
+            on_events=events.extend,
+        )
+        await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
+    assert len(requests) == 3
+    assert "sequence gap" in conn.last_error
+    snapshots = [e.sequence for e in events if isinstance(e, BookSnapshot)]
+    assert snapshots[0] == 1
+    assert [e.sequence for e in events[:2]] == [1, 2]  # the first bridge, up to the gap
+    assert len(snapshots) == 2
+
+
 def kraken_book(kind: str, entries: list[dict[str, object]]) -> str:
     """A Kraken v2 book message of these ``data`` entries."""
     return json.dumps({"channel": "book", "type": kind, "data": entries})
