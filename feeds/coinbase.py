@@ -288,7 +288,7 @@ class CoinbaseBookFeed(VenueBookFeed):
             for product in {event.product_id for event in msg.events}:
                 self._check_product(self.our_symbol(product), sequence)
         try:
-            return self._on_l2(msg, sequence, ts_recv_ns)
+            parsed = self._parse_l2(msg, sequence, ts_recv_ns)
         except ValueParseError as exc:
             # An update that could not be applied is as good as lost, and there is no checksum
             # to notice it later: forget its number, so that the next message of the
@@ -305,14 +305,15 @@ class CoinbaseBookFeed(VenueBookFeed):
             ):
                 self.last_sequence = sequence - 1
             raise
+        return self._apply_l2(parsed)
 
-    def _on_l2(self, msg: _Message, sequence: int | None, ts_recv_ns: int) -> list[BookEvent]:
-        """Parse every event of an ``l2_data`` message, then apply them.
+    def _parse_l2(self, msg: _Message, sequence: int | None, ts_recv_ns: int) -> list[BookEvent]:
+        """Every event of an ``l2_data`` message, parsed (none applied yet).
 
         Raises:
-            MalformedSnapshot: a snapshot's time or levels do not parse, or it gives a price
-                twice; its product is marked out of sync (every snapshot's, for the time).
-            ValueParseError: an update's time or level does not parse (nothing is applied).
+            MalformedSnapshot: a snapshot's time or levels do not parse; its product is marked
+                out of sync (every snapshot's, for the time).
+            ValueParseError: an update's time or level does not parse.
         """
         try:
             ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
@@ -361,16 +362,35 @@ class CoinbaseBookFeed(VenueBookFeed):
                     ts_recv_ns,
                 )
             )
+        return parsed
+
+    def _apply_l2(self, parsed: list[BookEvent]) -> list[BookEvent]:
+        """Apply the parsed events of a message; the events applied.
+
+        Raises:
+            MalformedSnapshot: a snapshot gives a price twice (its product out of sync, its book
+                as it was); the other events are applied all the same and carried in its
+                ``applied``. The first such error when there are several: the connection's
+                resubscription covers every product out of sync.
+        """
         out: list[BookEvent] = []
+        failures: list[MalformedSnapshot] = []
         for book_event in parsed:
             if isinstance(book_event, BookSnapshot):
-                self.apply_snapshot(book_event)
+                try:
+                    self.apply_snapshot(book_event)
+                except MalformedSnapshot as exc:
+                    failures.append(exc)
+                    continue
             elif self.in_sync[book_event.symbol]:
                 self.apply_delta(book_event)
             else:
                 self.stats.dropped += 1
                 continue
             out.append(book_event)
+        if failures:
+            failures[0].applied = tuple(out)
+            raise failures[0]
         return out
 
     # -- sequence checks -----------------------------------------------------------------------

@@ -572,3 +572,34 @@ def test_legacy_message_that_does_not_decode_is_lost_for_the_products_it_may_be_
         assert isinstance(caught.value, msgspec.DecodeError)
     for product in ("BTC-USD", "ETH-USD"):  # nothing applied
         assert levels(feed.books[product]) == (["100@1"], ["101@1"])
+
+
+def test_snapshot_giving_a_price_twice_leaves_the_other_products_events_applied() -> None:
+    # The error stopped the message at that snapshot: the other product's update after it was
+    # never applied, the connection's number forgotten so that every product resynced, and the
+    # update before it was applied but never reached the recorder.
+    feed = CoinbaseBookFeed()
+    feed.on_message(heartbeat(0), 1)  # the whole connection: numbers are checked
+    feed.on_message(l2("snapshot", 1, [("bid", "100", "1")]), 2)
+    feed.on_message(l2("snapshot", 2, [("bid", "10", "1")], "ETH-USD"), 3)
+    feed.on_message(l2("snapshot", 3, [("bid", "5", "1")], "SOL-USD"), 4)
+    events = [
+        msgspec.json.decode(l2("update", 4, [("bid", "101", "2")]))["events"][0],
+        msgspec.json.decode(l2("snapshot", 4, [("bid", "9", "1"), ("bid", "9", "2")], "ETH-USD"))[
+            "events"
+        ][0],
+        msgspec.json.decode(l2("update", 4, [("bid", "6", "3")], "SOL-USD"))["events"][0],
+    ]
+    message = msgspec.json.decode(l2("update", 4, []))
+    message["events"] = events
+    with pytest.raises(MalformedSnapshot, match="given twice") as caught:
+        feed.on_message(msgspec.json.encode(message), 5)
+    assert caught.value.symbol == "ETH-USD"
+    assert [e.symbol for e in caught.value.applied] == ["BTC-USD", "SOL-USD"]
+    assert feed.in_sync == {"BTC-USD": True, "ETH-USD": False, "SOL-USD": True}
+    assert levels(feed.books["BTC-USD"]) == (["101@2", "100@1"], [])
+    assert levels(feed.books["SOL-USD"]) == (["6@3", "5@1"], [])
+    assert levels(feed.books["ETH-USD"]) == (["10@1"], [])
+    # Nothing lost: the next message follows on.
+    feed.on_message(heartbeat(5), 6)
+    assert feed.in_sync["SOL-USD"]
