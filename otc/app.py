@@ -531,19 +531,21 @@ class Engine:
         ``control``, with the operator) before the result is published.
         """
         topic = CONTROL_RESULT_TOPIC.format(operator=operator)
+        try:
+            control: Control | None = decode_control(payload)
+        except ProtocolError as exc:
+            control, problem = None, exc.reason
         if operator not in self.config.broker.operators:
             result = ControlResult(
                 ok=False,
                 command="?",
                 detail=f"{operator} is not an operator (config [broker] operators): "
                 "nothing was changed",
+                request_id=None if control is None else control.request_id,
             )
             log.warning("control refused: %s", result.detail)
-            return Outgoing(topic, msgspec.json.encode(result))
-        try:
-            control = decode_control(payload)
-        except ProtocolError as exc:
-            result = ControlResult(ok=False, command="?", detail=exc.reason)
+        elif control is None:
+            result = ControlResult(ok=False, command="?", detail=problem)
             log.info("control by %s: %s", operator, result)
         else:
             result = await self.apply_control(operator, control)
@@ -554,6 +556,7 @@ class Engine:
         operator before it returns; a refused command is a result with ``ok`` false."""
         assert self.quotes is not None
         command = control.command
+        request_id = control.request_id
         try:
             check_control(control)
             if control.command in ("halt", "resume"):
@@ -580,11 +583,15 @@ class Engine:
                 self.quotes.set_tier_spread(control.tier, spread, operator=operator)
                 detail = f"tier {control.tier} spread {control.spread_bps} bps"
             await self.quotes.flush_controls()
-            result = ControlResult(ok=True, command=command, detail=detail)
+            result = ControlResult(ok=True, command=command, detail=detail, request_id=request_id)
         except ProtocolError as exc:
-            result = ControlResult(ok=False, command=command, detail=exc.reason)
+            result = ControlResult(
+                ok=False, command=command, detail=exc.reason, request_id=request_id
+            )
         except OtcError as exc:
-            result = ControlResult(ok=False, command=command, detail=str(exc))
+            result = ControlResult(
+                ok=False, command=command, detail=str(exc), request_id=request_id
+            )
         log.info("control by %s: %s", operator, result)
         return result
 

@@ -41,6 +41,8 @@ DEFAULT_TLS_PORT: Final = 8883
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 #: Pending calls (publications awaiting their PUBACK...) beyond which aiomqtt logs a warning.
 _PENDING_CALLS_WARNING: Final = 10_000
+#: The longest string MQTT carries (a two-byte length prefix): user, password, client id.
+_MAX_MQTT_STRING: Final = 65_535
 
 T = TypeVar("T")
 
@@ -137,6 +139,8 @@ class Bus:
         tcp_nodelay: Set ``TCP_NODELAY`` on the socket (the default). ``False`` leaves Nagle's
             algorithm on, as plain paho does: only to measure what it costs
             (``otc bench rfq``).
+        timeout: Seconds each exchange with the broker may take (connecting, a subscription,
+            a QoS 1 publication) before :class:`BusError`; aiomqtt's 10 s when ``None``.
     """
 
     def __init__(
@@ -151,9 +155,11 @@ class Bus:
         will: Publishable | None = None,
         qos: int = 1,
         tcp_nodelay: bool = True,
+        timeout: float | None = None,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        self._timeout = timeout
         self._host = host
         self._port = port
         self._username = username
@@ -202,6 +208,13 @@ class Bus:
     async def __aenter__(self) -> Self:
         if self._client is not None:
             raise BusError(self.where, "the bus is reusable, but not reentrant")
+        for name, value in (
+            ("username", self._username),
+            ("password", self._password),
+            ("client id", self._client_id),
+        ):  # an MQTT string is at most 65,535 bytes: paho would fail packing it (struct.error)
+            if value is not None and len(value.encode()) > _MAX_MQTT_STRING:
+                raise BusError(self.where, f"the {name} is longer than {_MAX_MQTT_STRING} bytes")
         will = None
         if self._will is not None:
             will = aiomqtt.Will(
@@ -220,6 +233,7 @@ class Bus:
             will=will,
             tls_context=tls_context,
             socket_options=self._socket_options,
+            timeout=self._timeout,
         )
         # aiomqtt logs a warning on every call made while more than 10 are pending: the engine
         # has up to `max_in_flight` publications awaiting their PUBACK under load, and a log

@@ -39,7 +39,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -56,6 +56,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "otc.toml"
 
 class UsageError(OtcError):
     """A command-line argument is invalid."""
+
+
+def _timeout(text: str) -> float:
+    """Seconds to wait for an answer: finite, positive, at most an hour."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600 s, got {text!r}")
+    return seconds
 
 
 def _decimal(text: str) -> Decimal:
@@ -147,7 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     rfq_size.add_argument("--notional", help="quote-currency notional")
     rfq.add_argument("--accept", action="store_true", help="accept the quote at once")
     rfq.add_argument("--accept-side", choices=["buy", "sell"], help="side to accept (two_way)")
-    rfq.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers")
+    rfq.add_argument(
+        "--timeout", type=_timeout, default=5.0, help="seconds each answer may take (default 5)"
+    )
     rfq.add_argument("--json", action="store_true", help="print the raw messages only")
 
     feeds = sub.add_parser("feeds", help="venue feeds: verify recordings")
@@ -212,7 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port")
     ctl.add_argument("--operator", required=True, help="operator name (broker username)")
-    ctl.add_argument("--timeout", type=float, default=5.0)
+    ctl.add_argument(
+        "--timeout", type=_timeout, default=5.0, help="seconds the answer may take (default 5)"
+    )
     ctl_sub = ctl.add_subparsers(dest="command", required=True)
     halt = ctl_sub.add_parser("halt", help="kill switch on (all symbols, or --symbol)")
     halt.add_argument("--symbol")
@@ -670,89 +685,102 @@ def _demo_engine(args: argparse.Namespace) -> int:
     return _recording_outcome("otc demo", engines[0]) if engines else 0
 
 
+def _client_name(name: str, option: str) -> str:
+    """A client or operator name as the config takes it: also a broker user and a topic level."""
+    from otc.config import CLIENT_ID
+
+    if not CLIENT_ID.fullmatch(name):
+        raise UsageError(
+            f"{option} {name!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
+        )
+    return name
+
+
+def _shown(text: str) -> str:
+    """``text`` from the engine for a terminal: control characters escaped (a reason holding a
+    newline must not print a line of its own)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _cmd_rfq(args: argparse.Namespace) -> int:
     import asyncio
-    import uuid
 
     from otc.bus import Bus, BusError
+    from otc.client import ReplyError, accept_quote, new_rfq, request_quote
+    from otc.protocol import AcceptReject, Fill, ProtocolError, Quote, Reject, encode
 
     host, port, user, password, tls = _broker_address(args.broker)
-    client = args.client
-    size = {"qty": args.qty} if args.qty is not None else {"notional": args.notional}
-    rfq = {"rfq_id": uuid.uuid4().hex[:16], "symbol": args.symbol, "side": args.side, **size}
-    result = {"code": 0}
+    client = _client_name(args.client, "--client")
+    accept_side = args.accept_side
+    if accept_side is not None and not args.accept:
+        raise UsageError("--accept-side goes with --accept")
+    if args.accept and args.side == "two_way" and accept_side is None:
+        raise UsageError("--accept-side buy|sell is needed to accept a two-way quote")
+    if args.accept and args.side != "two_way" and accept_side not in (None, args.side):
+        raise UsageError(f"--accept-side {accept_side}: a {args.side} quote is accepted as such")
+    try:
+        rfq, _ = new_rfq(args.symbol, args.side, qty=args.qty, notional=args.notional)
+    except ProtocolError as exc:
+        raise UsageError(exc.reason) from None
     out = sys.stdout
 
-    class _Message:
-        def __init__(self, topic: str, payload: bytes) -> None:
-            self.topic = topic
-            self.payload = payload
-            self.retain = False
-
-    def show(label: str, doc: dict[str, Any]) -> None:
+    def show(label: str, message: msgspec.Struct) -> None:
         if args.json:
-            out.write(msgspec.json.encode(doc).decode() + "\n")
-            return
-        if doc.get("type") == "quote":
-            prices = ", ".join(f"{k} {doc[k]}" for k in ("bid", "ask") if doc.get(k))
-            out.write(
-                f"{label}: {doc['symbol']} {doc['side']} {doc['qty']}: {prices} "
-                f"(quote {doc['quote_id']}, valid until {doc['valid_until_ms']} ms)\n"
+            out.write(encode(message).decode() + "\n")
+        elif isinstance(message, Quote):
+            prices = ", ".join(
+                f"{side} {price}"
+                for side, price in (("bid", message.bid), ("ask", message.ask))
+                if price is not None
             )
-        elif doc.get("type") == "fill":
             out.write(
-                f"{label}: {doc['side']} {doc['qty']} at {doc['price']} (trade {doc['trade_id']})\n"
+                f"{label}: {_shown(message.symbol)} {message.side} {message.qty}: {prices} "
+                f"(quote {_shown(message.quote_id)}, valid until {message.valid_until_ms} ms)\n"
             )
-        else:
-            out.write(f"{label}: {doc.get('type')} {doc.get('code')}: {doc.get('reason')}\n")
+        elif isinstance(message, Fill):
+            out.write(
+                f"{label}: {message.side} {message.qty} at {message.price} "
+                f"(trade {_shown(message.trade_id)})\n"
+            )
+        elif isinstance(message, Reject | AcceptReject):
+            out.write(f"{label}: {_shown(message.code)}: {_shown(message.reason)}\n")
 
-    async def wait_for(bus: Bus, topic: str, key: str, value: str) -> dict[str, Any]:
-        async with asyncio.timeout(args.timeout):
-            async for got_topic, payload in bus.messages():
-                if got_topic != topic:
-                    continue
-                doc = msgspec.json.decode(payload)
-                if isinstance(doc, dict) and doc.get(key) == value:
-                    return doc
-        raise TimeoutError
-
-    async def run() -> None:
-        quotes = f"otc/v1/{client}/quotes"
-        fills = f"otc/v1/{client}/fills"
+    async def run() -> int:
         async with Bus(
-            host=host, port=port, username=user or client, password=password, tls=tls
+            host=host,
+            port=port,
+            username=user or client,
+            password=password,
+            tls=tls,
+            timeout=args.timeout,
         ) as bus:
-            await bus.subscribe(quotes, fills)
-            await bus.publish(_Message(f"otc/v1/{client}/rfq", msgspec.json.encode(rfq)))
             try:
-                quote = await wait_for(bus, quotes, "rfq_id", rfq["rfq_id"])
+                async with asyncio.timeout(args.timeout):
+                    answer = await request_quote(bus, client, rfq)
             except TimeoutError:
-                raise UsageError(f"no answer to the RFQ within {args.timeout} s") from None
-            show("quote" if quote.get("type") == "quote" else "reject", quote)
-            if quote.get("type") != "quote":
-                result["code"] = 1
-                return
+                raise UsageError(f"no answer to the RFQ within {args.timeout:g} s") from None
+            if isinstance(answer, Reject):
+                show("reject", answer)
+                return 1
+            show("quote", answer)
             if not args.accept:
-                return
-            accept: dict[str, Any] = {"quote_id": quote["quote_id"]}
-            if args.side == "two_way":
-                if not args.accept_side:
-                    raise UsageError("--accept-side buy|sell is needed to accept a two-way quote")
-                accept["side"] = args.accept_side
-            await bus.publish(_Message(f"otc/v1/{client}/accept", msgspec.json.encode(accept)))
+                return 0
+            side: Literal["buy", "sell"] = accept_side or args.side  # checked against the quote
             try:
-                fill = await wait_for(bus, fills, "quote_id", quote["quote_id"])
+                async with asyncio.timeout(args.timeout):
+                    fill = await accept_quote(bus, client, answer, side)
             except TimeoutError:
-                raise UsageError(f"no answer to the accept within {args.timeout} s") from None
-            show("fill" if fill.get("type") == "fill" else "accept rejected", fill)
-            if fill.get("type") != "fill":
-                result["code"] = 1
+                raise UsageError(f"no answer to the accept within {args.timeout:g} s") from None
+            if isinstance(fill, AcceptReject):
+                show("accept rejected", fill)
+                return 1
+            show("fill", fill)
+            return 0
 
     try:
-        asyncio.run(run())
-    except BusError as exc:
+        return asyncio.run(run())
+    except (BusError, ReplyError) as exc:
         raise UsageError(str(exc)) from None
-    return result["code"]
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
@@ -760,49 +788,52 @@ def _cmd_control(args: argparse.Namespace) -> int:
     import uuid
 
     from otc.bus import Bus, BusError
+    from otc.client import ReplyError, send_control
+    from otc.protocol import Code, Control, ProtocolError, wire_decimal
 
     host, port, user, password, tls = _broker_address(args.broker)
-    doc: dict[str, Any] = {"command": args.command}
-    if args.command in ("halt", "resume") and args.symbol:
-        doc["symbol"] = args.symbol
+    operator = _client_name(args.operator, "--operator")
+    if args.command in ("halt", "resume"):
+        if args.symbol is not None and not args.symbol.strip():
+            raise UsageError(f"--symbol is empty: to {args.command} every symbol, omit it")
+        control = Control(command=args.command, symbol=args.symbol)
     elif args.command == "client":
-        doc.update(client=args.client, enabled=args.state == "enable")
-    elif args.command == "spread":
-        doc.update(tier=args.tier, spread_bps=args.spread_bps)
-    topic = f"otc/v1/control/{args.operator}"
+        control = Control(
+            command="client",
+            client=_client_name(args.client, "client"),
+            enabled=args.state == "enable",
+        )
+    else:
+        try:
+            spread = wire_decimal(args.spread_bps, "spread_bps", Code.INVALID_MESSAGE, zero=True)
+        except ProtocolError as exc:
+            raise UsageError(exc.reason) from None
+        if spread >= 10_000:
+            raise UsageError(f"spread_bps must be below 10000, got {args.spread_bps!r}")
+        control = Control(command="spread", tier=args.tier, spread_bps=args.spread_bps)
 
-    class _Message:
-        def __init__(self) -> None:
-            self.topic = topic
-            self.payload = msgspec.json.encode(doc)
-            self.retain = False
-
-    async def run() -> dict[str, Any]:
+    async def run() -> int:
         async with Bus(
             host=host,
             port=port,
-            username=user or args.operator,
+            username=user or operator,
             password=password,
             tls=tls,
-            client_id=f"{args.operator}-{uuid.uuid4().hex[:8]}",
+            client_id=f"{operator}-{uuid.uuid4().hex[:8]}",
+            timeout=args.timeout,
         ) as bus:
-            await bus.subscribe(topic + "/result")
-            await bus.publish(_Message())
-            async with asyncio.timeout(args.timeout):
-                async for _, payload in bus.messages():
-                    answer = msgspec.json.decode(payload)
-                    if isinstance(answer, dict):
-                        return answer
-        raise TimeoutError
+            try:
+                async with asyncio.timeout(args.timeout):
+                    result = await send_control(bus, operator, control)
+            except TimeoutError:
+                raise UsageError(f"no answer from the engine within {args.timeout:g} s") from None
+        sys.stdout.write(f"{'ok' if result.ok else 'refused'}: {_shown(result.detail)}\n")
+        return 0 if result.ok else 1
 
     try:
-        answer = asyncio.run(run())
-    except TimeoutError:
-        raise UsageError(f"no answer from the engine within {args.timeout} s") from None
-    except BusError as exc:
+        return asyncio.run(run())
+    except (BusError, ReplyError) as exc:
         raise UsageError(str(exc)) from None
-    sys.stdout.write(f"{'ok' if answer.get('ok') else 'refused'}: {answer.get('detail')}\n")
-    return 0 if answer.get("ok") else 1
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

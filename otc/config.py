@@ -34,6 +34,7 @@ from otc.slippage import ImpactModel
 T = TypeVar("T")
 
 __all__ = [
+    "CLIENT_ID",
     "BrokerConfig",
     "ClientConfig",
     "Config",
@@ -56,7 +57,7 @@ _PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 #: Enough digits for exact remainders of any configured size by a lot.
 _EXACT = Context(prec=120)
 #: Client ids are MQTT topic levels and broker usernames: no ``/``, ``+``, ``#`` or spaces.
-_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 #: A term in bps applied to a price (spread, skew, volatility): 100 % or more leaves no price.
@@ -281,7 +282,7 @@ class ClientConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     max_daily_notional: Decimal
 
     def __post_init__(self) -> None:
-        if not _CLIENT_ID.fullmatch(self.id):
+        if not CLIENT_ID.fullmatch(self.id):
             raise ValueError(
                 f"id: {self.id!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
             )
@@ -463,7 +464,7 @@ def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -
                 source, f"$.inventory.limits.{asset}", "not the base or quote of an instrument"
             )
     for i, operator in enumerate(config.broker.operators):
-        if not _CLIENT_ID.fullmatch(operator):  # a broker user and a topic level, as a client id
+        if not CLIENT_ID.fullmatch(operator):  # a broker user and a topic level, as a client id
             raise ConfigError(
                 source,
                 f"$.broker.operators[{i}]",

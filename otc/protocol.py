@@ -359,6 +359,10 @@ class Control(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     ``halt`` / ``resume``: the kill switch of ``symbol`` (every symbol when omitted);
     ``client``: enable or disable ``client``; ``spread``: set ``tier``'s ``spread_bps``.
+    Any command may carry a ``request_id`` (1 to 64 characters of the sender's choosing), which
+    its result repeats: the result topic is shared by every session of the operator (and the
+    console's commands), and may hold a retained message, so that a sender waiting for its own
+    answer tells it by that id.
     """
 
     command: Literal["halt", "resume", "client", "spread"]
@@ -367,6 +371,7 @@ class Control(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool | None = None
     tier: str | None = None
     spread_bps: str | None = None
+    request_id: str | None = None
 
 
 #: The members each command takes, besides ``command``.
@@ -384,11 +389,16 @@ def check_control(control: Control) -> None:
     Each command reads only its own members, so that ``{"command": "halt", "client":
     "client-b"}`` would halt every symbol, and ``{"command": "spread", "tier": "gold",
     "spread_bps": "9", "client": "client-a"}`` change the spread of every gold client: such a
-    command is ambiguous, and refused (``INVALID_MESSAGE``) before anything changes.
+    command is ambiguous, and refused (``INVALID_MESSAGE``) before anything changes. So is a
+    ``request_id`` that is empty or longer than 64 characters.
     """
     takes = _CONTROL_MEMBERS[control.command]
+    if control.request_id is not None and not 0 < len(control.request_id) <= 64:
+        raise ProtocolError(Code.INVALID_MESSAGE, "request_id must be 1 to 64 characters")
     for name in Control.__struct_fields__:
-        if name != "command" and name not in takes and getattr(control, name) is not None:
+        if name in ("command", "request_id") or name in takes:
+            continue
+        if getattr(control, name) is not None:
             members = " and ".join(repr(m) for m in takes)
             raise ProtocolError(
                 Code.INVALID_MESSAGE,
@@ -396,10 +406,14 @@ def check_control(control: Control) -> None:
             )
 
 
-class ControlResult(msgspec.Struct, frozen=True):
+class ControlResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The answer to a :class:`Control`: ``command`` is ``"?"`` when the command did not decode,
+    ``request_id`` the command's (omitted when it gave none, or did not decode)."""
+
     ok: bool
     command: str
     detail: str
+    request_id: str | None = None
 
 
 _control_decoder = msgspec.json.Decoder(Control)
