@@ -51,25 +51,36 @@ def read_recording(path: str | Path) -> Iterator[RecordedMessage]:
     """Yield the messages of a derived-JSONL recording in file order.
 
     Raises:
-        ConfigError: a line is not JSON, or its times are negative or beyond 2262; the message
-            names the file and line.
+        ConfigError: the file cannot be opened or read (a ``.gz`` that is not gzip, or cut
+            short, included), a line is not JSON, or its times are negative or beyond 2262;
+            the message names the file and line.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = _decode(line)
-            except msgspec.DecodeError as exc:
-                raise ConfigError(
-                    str(path), f"line {number}", f"not a JSON record: {exc}"
-                ) from None
-            if len(record.msg):
-                data = bytes(record.msg)
-                ts_ns = round(record.recv_ts * 1e9) if record.recv_ts is not None else 0
-            else:
-                data = line.rstrip(b"\r\n")
-                ts_ns = record.ts * 1_000_000 if record.ts is not None else 0
-            yield RecordedMessage(record.conn, ts_ns, data, number)
+    number = 0
+    try:
+        with opener(path, "rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield _message(path, number, line)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        where = f"line {number + 1}" if number else "$"
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(str(path), where, f"cannot read: {problem}") from None
+
+
+def _message(path: Path, number: int, line: bytes) -> RecordedMessage:
+    """Line ``number`` of ``path``, a record, as the message it holds."""
+    try:
+        record = _decode(line)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(str(path), f"line {number}", f"not a JSON record: {exc}") from None
+    except RecursionError:
+        raise ConfigError(str(path), f"line {number}", "nested too deeply") from None
+    if len(record.msg):
+        data = bytes(record.msg)
+        ts_ns = round(record.recv_ts * 1e9) if record.recv_ts is not None else 0
+    else:
+        data = line.rstrip(b"\r\n")
+        ts_ns = record.ts * 1_000_000 if record.ts is not None else 0
+    return RecordedMessage(record.conn, ts_ns, data, number)

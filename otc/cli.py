@@ -37,9 +37,9 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 
@@ -69,24 +69,56 @@ def _timeout(text: str) -> float:
     return seconds
 
 
-def _decimal(text: str) -> Decimal:
+def _amount(text: str) -> Decimal:
+    """A positive decimal in plain notation, checked as the wire checks a size."""
+    from otc.protocol import ProtocolError, wire_decimal
+
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"must be finite: {text!r}")
+        return wire_decimal(text, "the value")
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(exc.reason.removeprefix("the value ")) from None
+
+
+def _bps(text: str) -> Decimal:
+    """Basis points in (0, 10000]: beyond 100 % a sell's limit price is below zero."""
+    value = _amount(text)
+    if value > 10_000:
+        raise argparse.ArgumentTypeError(f"must be at most 10000 bps, got {text!r}")
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: an integer in ``[low, high]`` (SQLite and the clock take int64)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """A duration or pause: finite, not negative."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be finite and not negative, got {text!r}")
     return value
+
+
+#: A count of things to do or show: at least 1, at most a billion.
+_positive_int = _int_in(1, 10**9)
+#: A TCP port, 0 for any free one.
+_port = _int_in(0, 65_535)
+#: Nanoseconds since the epoch, as the journal stores them (int64).
+_epoch_ns = _int_in(0, 2**63 - 1)
 
 
 _RECORD_HELP = (
@@ -95,8 +127,17 @@ _RECORD_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors as every other: one line ``otc: error: ...``, status 2 (``--help``
+    still prints the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("otc").strip()
+        self.exit(2, f"otc: error: {command + ': ' if command else ''}{message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otc", description="OTC quote and slippage engine")
+    parser = _Parser(prog="otc", description="OTC quote and slippage engine")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     est = sub.add_parser(
@@ -107,10 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--book", required=True, type=Path, help="book file (JSON)")
     est.add_argument("--side", required=True, choices=["buy", "sell"], help="taker side")
     size = est.add_mutually_exclusive_group(required=True)
-    size.add_argument("--qty", type=_decimal, help="base quantity")
-    size.add_argument("--notional", type=_decimal, help="quote notional (price x qty, pre-fee)")
+    size.add_argument("--qty", type=_amount, help="base quantity")
+    size.add_argument("--notional", type=_amount, help="quote notional (price x qty, pre-fee)")
     size.add_argument(
-        "--max-bps", type=_decimal, help="largest qty whose all-in average is within B bps of mid"
+        "--max-bps", type=_bps, help="largest qty whose all-in average is within B bps of mid"
     )
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument(
@@ -133,8 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dump-book", type=Path, help="also write the book file used (--once)")
     demo.add_argument("--once", action="store_true", help="print estimates and exit")
     demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of our own")
-    demo.add_argument("--mqtt-port", type=int, default=0, help="port of our broker (0: free)")
-    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--mqtt-port", type=_port, default=0, help="port of our broker (0: free)")
+    demo.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
@@ -145,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
     serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
-    serve.add_argument("--duration", type=float, help="stop after this many seconds")
+    serve.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     _console_options(serve)
 
     rfq = sub.add_parser("rfq", help="send an RFQ as a client, print the quote, maybe accept")
@@ -181,8 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--venue", required=True)
     srv.add_argument("file", type=Path, metavar="FILE")
-    srv.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
-    srv.add_argument("--interval-ms", type=float, default=0.0, help="pause between messages")
+    srv.add_argument("--port", type=_port, default=0, help="TCP port on 127.0.0.1 (0: any free)")
+    srv.add_argument("--interval-ms", type=_seconds, default=0.0, help="pause between messages")
     srv.add_argument(
         "--fault",
         action="append",
@@ -204,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--symbols", default="", help="venue symbols, comma-separated (live venue)")
     rec.add_argument("--url", help="websocket endpoint (default: the venue's public one)")
     rec.add_argument("--rest-url", help="REST base for snapshot-synced venues")
-    rec.add_argument("--duration", type=float, default=10.0, help="seconds to record live")
+    rec.add_argument("--duration", type=_seconds, default=10.0, help="seconds to record live")
     rec.add_argument(
         "--from",
         dest="from_files",
@@ -213,7 +254,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="convert these derived-JSONL venue recordings instead of connecting",
     )
-    rec.add_argument("--steps", type=int, default=1_000, help="synthetic market steps (sim)")
+    rec.add_argument(
+        "--steps", type=_positive_int, default=1_000, help="synthetic market steps (sim)"
+    )
     rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
     rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
 
@@ -255,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
     blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     blot.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    blot.add_argument("--limit", type=int, default=50)
+    blot.add_argument("--limit", type=_positive_int, default=50)
     blot.add_argument("--client")
     blot.add_argument("--symbol")
     blot.add_argument("--kind", action="append", dest="kinds", help="only these kinds")
@@ -268,21 +311,21 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
     exp.add_argument("--out", type=Path, help="output file (default: stdout)")
     exp.add_argument("--client")
-    exp.add_argument("--since-ns", type=int)
-    exp.add_argument("--until-ns", type=int)
+    exp.add_argument("--since-ns", type=_epoch_ns)
+    exp.add_argument("--until-ns", type=_epoch_ns)
 
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     book = bench_sub.add_parser("book", help="book updates, walks, inverse query, memory")
-    book.add_argument("--deltas", type=int, default=1_000_000)
-    book.add_argument("--levels", type=int, default=1_000)
+    book.add_argument("--deltas", type=_positive_int, default=1_000_000)
+    book.add_argument("--levels", type=_positive_int, default=1_000)
     book.add_argument("--seed", type=int, default=7)
     book.add_argument("--json", action="store_true", help="also print the figures as JSON")
     feeds_bench = bench_sub.add_parser(
         "feeds", help="decode + apply of recorded venue traffic vs json and cryptofeed"
     )
     feeds_bench.add_argument("--venue", action="append", dest="venues", help="only these venues")
-    feeds_bench.add_argument("--repeats", type=int, default=3)
+    feeds_bench.add_argument("--repeats", type=_positive_int, default=3)
     feeds_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     rfq_bench = bench_sub.add_parser(
         "rfq", help="RFQ -> quote round trips through a broker vs a bare echo responder"
@@ -307,8 +350,8 @@ def _parser() -> argparse.ArgumentParser:
         "backtest", help="backtest replay throughput next to the raw book update rate"
     )
     bt_bench.add_argument("--data", nargs="+", type=Path, help="recordings (default: synthetic)")
-    bt_bench.add_argument("--deltas", type=int, default=200_000, help="synthetic deltas")
-    bt_bench.add_argument("--repeats", type=int, default=3)
+    bt_bench.add_argument("--deltas", type=_positive_int, default=200_000, help="synthetic deltas")
+    bt_bench.add_argument("--repeats", type=_positive_int, default=3)
     bt_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
 
     backtest = sub.add_parser(
@@ -358,9 +401,22 @@ def _impact_for(config_path: Path | None, symbol: str) -> ImpactModel | None:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from otc.snapshot import load_book
+    from otc.snapshot import MAX_DECIMALS, load_book
 
     book = load_book(args.book)
+    # The book's scale is the finest its file needs: a finer query needs a finer one.
+    query = args.qty if args.qty is not None else args.notional
+    if query is not None:
+        places = max(0, -int(query.as_tuple().exponent))
+        finer = places - book.scale.size_decimals
+        if args.notional is not None:
+            finer -= book.scale.price_decimals
+        if finer > 0:
+            sizes = book.scale.size_decimals + finer
+            if sizes > MAX_DECIMALS:
+                what = "--qty" if args.qty is not None else "--notional"
+                raise UsageError(f"{what} {decimal_text(query)} has too many decimal places")
+            book = load_book(args.book, size_decimals=sizes)
     impact = _impact_for(args.config, book.symbol)
     view = book.view()
     side = Side(args.side)
@@ -554,7 +610,9 @@ async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> N
 
 def _console_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--console-port", type=int, help="operator console port (default: [console] port; 0: free)"
+        "--console-port",
+        type=_port,
+        help="operator console port (default: [console] port; 0: free)",
     )
     parser.add_argument("--no-console", action="store_true", help="do not serve the console")
 
@@ -928,7 +986,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
         out.write(f"recorded {count} events from the synthetic market to {args.out}\n")
         return 0
     if args.from_files:
-        report = record_from_venue(args.source, args.from_files, args.out)
+        try:
+            report = record_from_venue(args.source, args.from_files, args.out)
+        except KeyError as exc:  # an unknown venue; the message lists the known ones
+            raise UsageError(f"--source: {exc.args[0]}") from None
         out.write(
             f"converted {report.messages} {report.venue} messages into {report.events} events "
             f"({report.snapshots} snapshots, {report.deltas} deltas; {report.gaps} gaps, "
@@ -1136,6 +1197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # an output file or folder that cannot be written (--out...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"otc: error: {where}{exc.strerror or exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -411,6 +411,8 @@ def load_toml(path: str | Path, type: type[T]) -> T:
         raise config_error(source, exc) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(source, "$", "nested too deeply") from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -928,6 +928,10 @@ def _rows(
                 raise JournalError(
                     f"cannot read journal {path}: event {id_}: payload: {exc}"
                 ) from None
+            except RecursionError:
+                raise JournalError(
+                    f"cannot read journal {path}: event {id_}: payload nested too deeply"
+                ) from None
             yield JournalRow(
                 id_, ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id, decoded
             )

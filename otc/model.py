@@ -172,11 +172,12 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
             and whole.isascii()
             and frac.isascii()
         ):
-            if (
-                len(whole) + decimals > _MAX_DIGITS
-                and len(whole.lstrip("-0")) + decimals > _MAX_DIGITS
-            ):
-                raise ValueParseError(f"{what} {text!r} is out of range")
+            if len(whole) + decimals > _MAX_DIGITS:
+                digits = whole.lstrip("-").lstrip("0")
+                if len(digits) + decimals > _MAX_DIGITS:
+                    raise ValueParseError(f"{what} {text!r} is out of range")
+                # Leading zeros only: int() refuses texts of over 4300 digits, however small.
+                whole = ("-" if whole[0] == "-" else "") + (digits or "0")
             if len(frac) > decimals:
                 stripped = frac.rstrip("0")
                 if len(stripped) > decimals:
@@ -198,15 +199,22 @@ def parse_fixed(text: str | Decimal, decimals: int, *, what: str = "value") -> i
     else:
         raise ValueParseError(f"{what} must be a decimal string, got {type(text).__name__}")
     if not value.is_finite():
-        raise ValueParseError(f"{what} must be finite, got {text!r}")
+        raise ValueParseError(f"{what} must be finite, got {_shown(text)!r}")
     if not value:
         return 0
     if value.adjusted() + 1 + decimals > _MAX_DIGITS:
-        raise ValueParseError(f"{what} {text!r} is out of range")
+        raise ValueParseError(f"{what} {_shown(text)!r} is out of range")
     scaled = value.scaleb(decimals, _EXACT)
     if scaled != scaled.to_integral_value():
-        raise ValueParseError(f"{what} {text!r} has more than {decimals} decimal places")
+        raise ValueParseError(f"{what} {_shown(text)!r} has more than {decimals} decimal places")
     return int(scaled)
+
+
+def _shown(text: str | Decimal) -> str:
+    """A value as an error message shows it: as given, a ``Decimal`` in plain form."""
+    if isinstance(text, str):
+        return text
+    return decimal_text(text) if text.is_finite() else str(text)
 
 
 def to_decimal(value: int, decimals: int) -> Decimal:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from otc.model import decimal_text, plain
 from otc.slippage import MaxQty, SlippageEstimate
 
 __all__ = ["estimate_json", "format_estimate", "format_max_qty"]
+
+_CENT = Decimal("0.01")
 
 
 def _t(value: Decimal | None, unit: str = "") -> str:
@@ -20,7 +22,9 @@ def _grouped(value: Decimal | None) -> str:
     """A money amount with thousands separators and 2 decimals, for reading (not for wire)."""
     if value is None:
         return "n/a"
-    return f"{value.quantize(Decimal('0.01')):,}"
+    # Quantized at the value's own precision: the context's 28 digits would refuse 1e27.
+    digits = max(value.adjusted() + 3, 1)
+    return f"{value.quantize(_CENT, context=Context(prec=digits)):,}"
 
 
 def format_estimate(est: SlippageEstimate, *, base: str = "", quote: str = "") -> str:

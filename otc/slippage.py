@@ -51,8 +51,15 @@ from typing import Literal
 import msgspec
 
 from otc.book import BookView, Exclusion, Ladder
-from otc.errors import QuoteError, ValueParseError
-from otc.model import BPS_DENOMINATOR, FEE_DENOMINATOR, Side, parse_fixed, to_decimal
+from otc.errors import InsufficientDepth, QuoteError, ValueParseError
+from otc.model import (
+    BPS_DENOMINATOR,
+    FEE_DENOMINATOR,
+    Side,
+    decimal_text,
+    parse_fixed,
+    to_decimal,
+)
 
 __all__ = [
     "BPS_PLACES",
@@ -290,6 +297,8 @@ def estimate(
     Raises:
         ValueError: both or neither of ``qty``/``notional``, or a non-positive, non-finite or
             too finely specified value.
+        InsufficientDepth: with ``impact``, a sell the model puts 10,000 bps or more below mid
+            (no positive price: beyond what it can price).
     """
     scale = view.scale
     pd, sd = scale.price_decimals, scale.size_decimals
@@ -403,7 +412,7 @@ def max_qty_within(view: BookView, side: Side, bps: Decimal) -> MaxQty:
         raise ValueParseError(f"bps must be a finite decimal, got {bps!r}")
     mid2 = view.mid2
     if mid2 is None:
-        raise QuoteError(f"{view.symbol}: no mid, a side of the book is empty")
+        raise QuoteError(f"{view.symbol}: no mid: {_no_mid(view)}")
     scale = view.scale
     ladder = view.ladder(side)
     buy = side is Side.BUY
@@ -457,6 +466,17 @@ def _positive(value: Decimal, decimals: int, what: str) -> int:
     return fixed
 
 
+def _no_mid(view: BookView) -> str:
+    """Why ``view`` has no mid: which side is empty, and the venues left out of it."""
+    empty = " and ".join(
+        side for side, best in (("bid", view.best_bid), ("ask", view.best_ask)) if best is None
+    )
+    why = f"no {empty} in the included book"
+    if view.excluded:
+        why += "; excluded: " + ", ".join(f"{e.venue} ({e.reason})" for e in view.excluded)
+    return why
+
+
 def _extrapolate(
     model: ImpactModel,
     ladder: Ladder,
@@ -479,6 +499,14 @@ def _extrapolate(
     def model_avg(q: Decimal) -> Decimal:
         return ctx.multiply(mid, 1 + sign * model.impact_bps(q) / BPS_DENOMINATOR)
 
+    impact = model.impact_bps(total_q)
+    if not buy and impact >= BPS_DENOMINATOR:
+        # A sell 100 % or more below mid: the model says nothing of the price there any more.
+        raise InsufficientDepth(
+            f"{decimal_text(total_q)} (the impact model gives {decimal_text(impact.normalize())}"
+            " bps at that size: no positive price)",
+            decimal_text(visible_q),
+        )
     cost_total = ctx.multiply(total_q, model_avg(total_q))
     cost_visible = ctx.multiply(visible_q, model_avg(visible_q)) if visible_lots else Decimal(0)
     marginal = ctx.divide(cost_total - cost_visible, shortfall)

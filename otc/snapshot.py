@@ -18,6 +18,7 @@ The books' fixed-point scale is the finest one the file needs, so reading is alw
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from otc.config import config_error
 from otc.errors import ConfigError, ValueParseError
 from otc.model import Scale, decimal_text, decimals_of, parse_fee_bps, to_decimal
 
-__all__ = ["BookFile", "VenueLevels", "dump_book", "load_book", "parse_book"]
+__all__ = ["MAX_DECIMALS", "BookFile", "VenueLevels", "dump_book", "load_book", "parse_book"]
 
-_MAX_DECIMALS = 18
+#: Most decimal places a book file's prices or sizes may have.
+MAX_DECIMALS = 18
 
 
 class VenueLevels(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -60,24 +62,32 @@ _decoder = msgspec.json.Decoder(_RawBookFile)
 _venue_decoder = msgspec.json.Decoder(VenueLevels)
 
 
-def load_book(path: str | Path) -> ConsolidatedBook:
-    """Read a book file into a :class:`ConsolidatedBook` (staleness checks off)."""
+def load_book(path: str | Path, *, size_decimals: int = 0) -> ConsolidatedBook:
+    """Read a book file into a :class:`ConsolidatedBook` (staleness checks off); see
+    :func:`parse_book` for ``size_decimals``."""
     source = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(source, "$", f"cannot read: {exc.strerror}") from None
-    return parse_book(data, source=source)
+    return parse_book(data, source=source, size_decimals=size_decimals)
 
 
-def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
-    """Parse the bytes of a book file; ``source`` names it in errors."""
+def parse_book(data: bytes, *, source: str = "<book>", size_decimals: int = 0) -> ConsolidatedBook:
+    """Parse the bytes of a book file; ``source`` names it in errors.
+
+    The books' scale is the finest the file needs, and at least ``size_decimals`` decimal
+    places for sizes: what a query of a finer size (``otc estimate --qty 0.001`` on a book of
+    whole sizes) needs.
+    """
     try:
         raw = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise config_error(source, exc) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(source, "$", "nested too deeply for a book file") from None
     venues: dict[str, VenueLevels] = {}
     for name, body in raw.venues.items():
         try:
@@ -85,11 +95,18 @@ def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
         except msgspec.ValidationError as exc:
             err = config_error(source, exc)
             raise ConfigError(source, f"$.venues.{name}{err.path[1:]}", err.problem) from None
+        except msgspec.DecodeError as exc:  # invalid UTF-8 inside a string
+            raise ConfigError(source, f"$.venues.{name}", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError(source, f"$.venues.{name}", "nested too deeply") from None
+    repeated = _repeated_member(data)
+    if repeated is not None:
+        raise ConfigError(source, repeated, "given twice (JSON leaves which one counts undefined)")
     doc = BookFile(symbol=raw.symbol, venues=venues)
     if not doc.venues:
         raise ConfigError(source, "$.venues", "no venues")
 
-    price_decimals = size_decimals = 0
+    price_decimals = 0
     for name, venue in doc.venues.items():
         for side in ("bids", "asks"):
             for i, (price, size) in enumerate(getattr(venue, side)):
@@ -106,8 +123,8 @@ def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
                     raise ConfigError(
                         source, f"{at}[1]", f"size is not a number: {size!r}"
                     ) from None
-    if price_decimals > _MAX_DECIMALS or size_decimals > _MAX_DECIMALS:
-        raise ConfigError(source, "$.venues", f"more than {_MAX_DECIMALS} decimal places")
+    if price_decimals > MAX_DECIMALS or size_decimals > MAX_DECIMALS:
+        raise ConfigError(source, "$.venues", f"more than {MAX_DECIMALS} decimal places")
     scale = Scale(price_decimals, size_decimals)
 
     book = ConsolidatedBook(doc.symbol, scale)
@@ -145,6 +162,34 @@ def parse_book(data: bytes, *, source: str = "<book>") -> ConsolidatedBook:
         )
         book.add_venue(l2, fee)
     return book
+
+
+def _repeated_member(data: bytes) -> str | None:
+    """The JSON path of the first member given twice in an object of ``data`` (valid JSON,
+    nested a few levels at most), if any."""
+
+    def first(node: object, path: str) -> str | None:
+        if isinstance(node, _Members):
+            names: set[str] = set()
+            for name, value in node:
+                if name in names:
+                    return f"{path}.{name}"
+                names.add(name)
+                found = first(value, f"{path}.{name}")
+                if found is not None:
+                    return found
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                found = first(value, f"{path}[{i}]")
+                if found is not None:
+                    return found
+        return None
+
+    return first(json.loads(data, object_pairs_hook=_Members), "$")
+
+
+class _Members(list[tuple[str, object]]):
+    """A JSON object as its members in order, repeats kept (see :func:`_repeated_member`)."""
 
 
 def dump_book(book: ConsolidatedBook) -> bytes:

@@ -75,6 +75,8 @@ __all__ = [
 
 _CTX = Context(prec=60)
 _NS_PER_MS = 1_000_000
+#: Chart samples a gap in the data may take before the rest of it is skipped (see _run_due).
+_MAX_FLAT_SAMPLES = 10_000
 #: Markout horizons: label -> ms after the quote.
 HORIZONS_MS = {"1s": 1_000, "10s": 10_000, "60s": 60_000}
 #: Depth on the charts: the qty whose all-in average (taker fees included) stays within this
@@ -504,7 +506,14 @@ class Backtest:
                 self.clock.set(due)
             if kind == "sample":
                 self._sample(due)
-                self._schedule(due + self.scenario.chart_sample_ms * _NS_PER_MS, "sample", None)
+                step = self.scenario.chart_sample_ms * _NS_PER_MS
+                following = due + step
+                if t - following > _MAX_FLAT_SAMPLES * step:
+                    # A long gap in the data (a recording of two days, a clock that jumped):
+                    # nothing moves the books in it, so sample once more just before it ends
+                    # rather than millions of times.
+                    following = t - step
+                self._schedule(following, "sample", None)
                 continue
             assert record is not None
             if kind == "rfq":

@@ -397,6 +397,7 @@ def test_reading_a_missing_journal_raises(tmp_path: Path) -> None:
         ("payload", "not json", "payload: JSON is malformed"),
         ("payload", "[1]", "payload: Expected `object`, got `array`"),
         ("payload", 3, "payload: Expected `object`, got `int`"),
+        ("payload", '{"a":' * 2000 + "1" + "}" * 2000, "payload nested too deeply"),
     ],
 )
 def test_a_row_of_the_wrong_shape_is_a_journal_error_naming_the_file(
