@@ -38,7 +38,9 @@ MAX_DECIMALS = 18
 class VenueLevels(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One venue's side of a book file."""
 
-    taker_fee_bps: Decimal
+    #: A decimal string is read as prices are (plain ASCII: not ``"1_000"`` nor ``"١٢"``, which
+    #: ``Decimal`` would take); a JSON number as the shortest text that gives it back.
+    taker_fee_bps: str | int | float
     bids: list[tuple[str, str]]
     asks: list[tuple[str, str]]
     sequence: int | None = None
@@ -130,7 +132,8 @@ def parse_book(data: bytes, *, source: str = "<book>", size_decimals: int = 0) -
     book = ConsolidatedBook(doc.symbol, scale)
     for name, venue in sorted(doc.venues.items()):
         try:
-            fee = parse_fee_bps(venue.taker_fee_bps)
+            fee_bps = venue.taker_fee_bps
+            fee = parse_fee_bps(fee_bps if isinstance(fee_bps, str) else Decimal(repr(fee_bps)))
         except ValueParseError as exc:
             raise ConfigError(source, f"$.venues.{name}.taker_fee_bps", str(exc)) from None
         sides: dict[str, list[tuple[int, int]]] = {}
@@ -199,7 +202,7 @@ def dump_book(book: ConsolidatedBook) -> bytes:
     for name, state in sorted(book.venues.items()):
         l2 = state.book
         venues[name] = VenueLevels(
-            taker_fee_bps=Decimal(_text(state.fee, 4)),
+            taker_fee_bps=_text(state.fee, 4),
             bids=[
                 (_text(p, scale.price_decimals), _text(s, scale.size_decimals))
                 for p, s in l2.bids()

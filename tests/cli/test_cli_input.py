@@ -71,6 +71,15 @@ VENUE = '{"taker_fee_bps": 10, "bids": [["99", "1"]], "asks": [["100", "2"]]}'
         # Read as the last one given, the first venue's levels silently dropped.
         ('{"symbol": "X", "venues": {"a": ' + VENUE + ', "a": ' + VENUE + "}}", "$.venues.a"),
         ('{"symbol": "X", "venues": {"a": ' + VENUE[:-1] + ', "bids": []}}}', "$.venues.a.bids"),
+        # Decimal() takes Python's "1_000" and any script's digits: read as 1000 and 12 bps.
+        (
+            '{"symbol": "X", "venues": {"a": ' + VENUE.replace('bps": 10', 'bps": "1_000"') + "}}",
+            "$.venues.a.taker_fee_bps",
+        ),
+        (
+            '{"symbol": "X", "venues": {"a": ' + VENUE.replace('bps": 10', 'bps": "١٢"') + "}}",
+            "$.venues.a.taker_fee_bps",
+        ),
     ],
 )
 def test_a_malformed_book_file_is_one_line_naming_file_and_path(
