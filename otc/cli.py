@@ -824,11 +824,17 @@ def _cmd_rfq(args: argparse.Namespace) -> int:
             if not args.accept:
                 return 0
             side: Literal["buy", "sell"] = accept_side or args.side  # checked against the quote
+            # Accepts are exactly-once: sending the same accept again returns the same fill.
+            again = f"quote {answer.quote_id} may be filled: accepting it again returns its fill"
             try:
                 async with asyncio.timeout(args.timeout):
                     fill = await accept_quote(bus, client, answer, side)
             except TimeoutError:
-                raise UsageError(f"no answer to the accept within {args.timeout:g} s") from None
+                raise UsageError(
+                    f"no answer to the accept within {args.timeout:g} s; {again}"
+                ) from None
+            except BusError as exc:
+                raise UsageError(f"{exc}; {again}") from None
             if isinstance(fill, AcceptReject):
                 show("accept rejected", fill)
                 return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -350,3 +351,37 @@ def test_bad_arguments_are_refused_before_anything_is_sent(argv: list[str], prob
     (line,) = stderr.getvalue().strip().splitlines()[-1:]
     assert problem in line
     assert "Traceback" not in stderr.getvalue()
+
+
+async def test_an_accept_left_unanswered_says_the_quote_may_be_filled(
+    broker: BrokerProcess,
+) -> None:
+    """`otc rfq --accept` as a process, its accept never answered: the error says how to find
+    out (accepts are exactly-once), rather than leave the user guessing whether they traded."""
+
+    def answers(request: dict[str, Any]) -> list[object]:
+        return [quote_for(request)] if "rfq_id" in request else []
+
+    url = f"mqtt://{broker.host}:{broker.port}"
+    argv = ["rfq", "--broker", url, "--client", CLIENT, "--symbol", "BTC-USDT", "--side", "buy"]
+    async with responder(broker, answers):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "otc.cli",
+            *argv,
+            "--qty",
+            "1.5",
+            "--accept",
+            "--timeout",
+            "1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert out.decode().startswith("quote: BTC-USDT buy 1.5: ask 64001.25 (quote q-1")
+    assert err.decode() == (
+        "otc: error: no answer to the accept within 1 s; quote q-1 may be filled: "
+        "accepting it again returns its fill\n"
+    )
