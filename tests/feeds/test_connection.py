@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -277,41 +278,52 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
     assert (conn.malformed, conn.reconnects) == (1, 0)
 
 
-async def test_malformed_rest_snapshot_is_fetched_again() -> None:
-    """Binance: a REST body that does not parse leaves the symbol pending; the connection
-    fetches another one, which bridges the buffered events."""
-    sent = [0]  # update id of the last event streamed
+async def run_binance(
+    rest_body: Callable[[int, int], str],
+    update_ids: Iterable[int] = itertools.count(1),
+    **options: Any,
+) -> tuple[FeedConnection, int]:
+    """A Binance venue streaming BNBBTC depth events numbered ``update_ids``, one every 5 ms,
+    and answering its ``n``-th REST snapshot request (from 1) with ``rest_body(n, the last
+    update id sent)``; a connection to it (``options``) runs until the symbol is in sync.
+    Returns the connection and how many snapshots were requested."""
+    sent = [0]
     requests: list[str] = []
 
     def rest(connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         requests.append(request.path)
-        bids = '[["NaN","1"]]' if len(requests) == 1 else '[["0.0024","1"]]'
-        body = f'{{"lastUpdateId":{sent[0]},"bids":{bids},"asks":[]}}'.encode()
-        headers = Headers([("Content-Type", "application/json")])
-        return Response(200, "OK", headers, body)
+        body = rest_body(len(requests), sent[0]).encode()
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
 
     async def venue(ws: ServerConnection) -> None:
         await ws.recv()  # the subscription
-        while True:
-            sent[0] += 1
-            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": sent[0], "u": sent[0]}
-            await ws.send(json.dumps({**event, "b": [["0.0023", str(sent[0])]], "a": []}))
+        for update_id in update_ids:
+            sent[0] = update_id
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
+            await ws.send(json.dumps({**event, "b": [["0.0023", str(update_id)]], "a": []}))
             await asyncio.sleep(0.005)
 
     feed = BinanceBookFeed()
     async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
         port = server.sockets[0].getsockname()[1]
-        conn = FeedConnection(
-            feed,
-            ["BNBBTC"],
-            url=f"ws://127.0.0.1:{port}/ws",
-            rest_url=f"http://127.0.0.1:{port}",
-            snapshot_retry_s=0.01,
-        )
+        url, rest_url = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}"
+        conn = FeedConnection(feed, ["BNBBTC"], url=url, rest_url=rest_url, **options)
         await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
-    assert len(requests) == 2
+    return conn, len(requests)
+
+
+async def test_malformed_rest_snapshot_is_fetched_again() -> None:
+    """Binance: a REST body that does not parse leaves the symbol pending; the connection
+    fetches another one, which bridges the buffered events."""
+
+    def body(n: int, last: int) -> str:
+        bids = '[["NaN","1"]]' if n == 1 else '[["0.0024","1"]]'
+        return f'{{"lastUpdateId":{last},"bids":{bids},"asks":[]}}'
+
+    conn, requests = await run_binance(body, snapshot_retry_s=0.01)
+    assert requests == 2
     assert conn.malformed == 1
     assert "malformed snapshot" in conn.last_error
     assert conn.reconnects == 0
@@ -320,44 +332,22 @@ async def test_malformed_rest_snapshot_is_fetched_again() -> None:
 async def test_events_a_rest_snapshot_bridged_before_a_gap_are_forwarded() -> None:
     """Binance: a snapshot that bridged some buffered events, then met a gap among them, raised
     with what it had applied: the snapshot and those events never reached the recorder."""
-    requests: list[str] = []
-    sent = [0]  # update id of the last event streamed
 
-    def rest(connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
-        requests.append(request.path)
-        if len(requests) == 1:  # refused: the first events arrive meanwhile
-            body = '{"lastUpdateId":1,"bids":[["NaN","1"]],"asks":[]}'
-        elif len(requests) == 2:  # bridges event 2, then meets the gap
-            body = '{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'
-        else:
-            body = f'{{"lastUpdateId":{sent[0]},"bids":[["0.0024","9"]],"asks":[]}}'
-        headers = Headers([("Content-Type", "application/json")])
-        return Response(200, "OK", headers, body.encode())
-
-    async def venue(ws: ServerConnection) -> None:
-        await ws.recv()  # the subscription
-        for update_id in itertools.chain((1, 2), itertools.count(4)):  # 3 is lost
-            sent[0] = update_id
-            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
-            await ws.send(json.dumps({**event, "b": [["0.0023", str(update_id)]], "a": []}))
-            await asyncio.sleep(0.005)
+    def body(n: int, last: int) -> str:
+        if n == 1:  # refused: the first events arrive meanwhile
+            return '{"lastUpdateId":1,"bids":[["NaN","1"]],"asks":[]}'
+        if n == 2:  # bridges event 2, then meets the gap
+            return '{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'
+        return f'{{"lastUpdateId":{last},"bids":[["0.0024","9"]],"asks":[]}}'
 
     events: list[BookEvent] = []
-    feed = BinanceBookFeed()
-    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
-        port = server.sockets[0].getsockname()[1]
-        conn = FeedConnection(
-            feed,
-            ["BNBBTC"],
-            url=f"ws://127.0.0.1:{port}/ws",
-            rest_url=f"http://127.0.0.1:{port}",
-            snapshot_retry_s=0.05,
-            on_events=events.extend,
-        )
-        await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
-    assert len(requests) == 3
+    conn, requests = await run_binance(
+        body,
+        itertools.chain((1, 2), itertools.count(4)),  # 3 is lost
+        snapshot_retry_s=0.05,
+        on_events=events.extend,
+    )
+    assert requests == 3
     assert "sequence gap" in conn.last_error
     snapshots = [e.sequence for e in events if isinstance(e, BookSnapshot)]
     assert snapshots[0] == 1
