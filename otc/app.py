@@ -51,7 +51,7 @@ from otc.bus import Bus, BusError
 from otc.clock import Clock, SystemClock
 from otc.config import Config
 from otc.errors import OtcError
-from otc.journal import SqliteJournal, state_rows
+from otc.journal import JournalError, SqliteJournal, state_rows
 from otc.market import Market
 from otc.protocol import (
     CONTROL_RESULT_TOPIC,
@@ -341,7 +341,12 @@ class Engine:
         assert self.quotes is not None
         since = self.clock.now_ns() - self.quotes.remembered_ns
         rows = await asyncio.to_thread(state_rows, journal.path, since_ns=since)
-        restored = self.quotes.restore(rows)
+        try:
+            restored = self.quotes.restore(rows)
+        except JournalError:
+            raise
+        except OtcError as exc:  # a row not as the engine writes it: start from nothing else
+            raise JournalError(f"cannot restart from journal {journal.path}: {exc}") from exc
         await self.quotes.flush_controls()
         self.restored = restored
         if restored.anything:

@@ -955,6 +955,8 @@ def _row_problem(row: tuple[object, ...]) -> str | None:
     for name, value in zip(_TEXT_COLUMNS, row[3:9], strict=True):
         if type(value) is not str:
             return f"{name}: not text, got {value!r}"
+    if row[3] not in KINDS:
+        return f"kind: {row[3]!r} is not a kind the engine writes"
     if not isinstance(row[9], str | bytes):
         return f"payload: not JSON text, got {row[9]!r}"
     return None
@@ -997,29 +999,27 @@ def recent(
 #: Rows a restarting engine folds over (:func:`state_rows`): the partial index ``events_state``
 #: serves this query (its WHERE must be the index's, literally).
 _STATE_WHERE: Final = " WHERE e.kind IN ('fill', 'control') ORDER BY e.id"
-_RECENT_WHERE: Final = " WHERE e.kind IN ('rfq', 'quote') ORDER BY e.id DESC"
-#: How far before ``since_ns`` the backwards scan of :func:`state_rows` goes on: rows are in
-#: the order they were queued, and an event's ``ts_ns`` (its arrival) may precede that of an
-#: event queued before it by the time it took to handle; far less than this.
-_ORDER_SLACK_NS: Final = 60 * 1_000_000_000
+#: The recent RFQs and quotes of one client: the index ``events_client_ts`` serves it.
+_RECENT_WHERE: Final = " WHERE e.client = ? AND e.ts_ns >= ? AND e.kind IN ('rfq', 'quote')"
 
 
 def state_rows(path: str | Path, *, since_ns: int) -> list[JournalRow]:
     """What a restarting engine rebuilds its state from, in journal order: every fill and
     control ever recorded, and the RFQs and quotes stamped at or after ``since_ns``.
 
-    The recent RFQs and quotes are found scanning back from the newest row, so the cost grows
-    with the fills and controls of the whole journal, not with its RFQs. Opens its own
-    read-only connection. Raises :class:`JournalError` when the journal cannot be read.
+    The recent RFQs and quotes are found client by client through the ``(client, ts_ns)``
+    index, so the cost grows with the fills and controls of the whole journal, not with its
+    RFQs, and a row stamped out of order (a clock stepped back) hides none of them. Opens its
+    own read-only connection. Raises :class:`JournalError` when the journal cannot be read.
     """
     with contextlib.closing(_open_read_only(path)) as conn:
         rows = list(_rows(conn, path, [], [], _STATE_WHERE))
-        horizon = since_ns - _ORDER_SLACK_NS
-        for row in _rows(conn, path, [], [], _RECENT_WHERE):
-            if row.ts_ns < horizon:
-                break
-            if row.ts_ns >= since_ns:
-                rows.append(row)
+        try:
+            clients = [c for (c,) in conn.execute("SELECT DISTINCT client FROM events")]
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read journal {path}: {exc}") from exc
+        for client in clients:
+            rows.extend(_rows(conn, path, [], [client, since_ns], _RECENT_WHERE))
     rows.sort(key=lambda row: row.id)
     return rows
 
@@ -1162,9 +1162,17 @@ def _blotter_line(row: JournalRow) -> tuple[str, ...]:
     )
 
 
+def _printable(text: str) -> str:
+    """``text`` for a terminal: control characters escaped (an id holding a newline or an ANSI
+    escape must not forge a line of the blotter)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def format_blotter(rows: Iterable[JournalRow]) -> str:
     """A table of ``rows``, one line each, columns aligned; ``"no events\\n"`` for none."""
-    lines = [_BLOTTER_COLUMNS, *(_blotter_line(row) for row in rows)]
+    lines = [_BLOTTER_COLUMNS, *(tuple(map(_printable, _blotter_line(row))) for row in rows)]
     if len(lines) == 1:
         return "no events\n"
     widths = [max(len(line[i]) for line in lines) for i in range(len(_BLOTTER_COLUMNS))]

@@ -320,8 +320,10 @@ def parse_rfq(payload: bytes) -> ParsedRfq:
 
 def check_rfq(rfq: Rfq) -> ParsedRfq:
     """Validate a decoded RFQ: its id, side and exactly one positive size."""
-    if not rfq.rfq_id or len(rfq.rfq_id) > 64:
-        raise ProtocolError(Code.INVALID_MESSAGE, "rfq_id must be 1 to 64 characters")
+    if not rfq.rfq_id or len(rfq.rfq_id) > 64 or not rfq.rfq_id.isprintable():
+        raise ProtocolError(
+            Code.INVALID_MESSAGE, "rfq_id must be 1 to 64 printable characters (no controls)"
+        )
     if rfq.side not in ("buy", "sell", "two_way"):
         raise ProtocolError(
             Code.INVALID_SIDE, f"side must be buy, sell or two_way, got {rfq.side!r}"

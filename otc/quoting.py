@@ -327,14 +327,45 @@ _CONTROL_ACTIONS: Final = frozenset(
 )
 
 
-def read_control(payload: dict[str, object]) -> ControlRecord | None:
-    """The typed payload of a journaled control event; ``None`` for an action the engine does
-    not write. Raises ``msgspec.ValidationError`` for a payload of a known action that is not
-    as the engine writes it."""
-    if payload.get("action") not in _CONTROL_ACTIONS:
-        return None
+def read_control(payload: dict[str, object]) -> ControlRecord:
+    """The typed payload of a journaled control event.
+
+    Raises:
+        ValueError: an action the engine does not write (a halt that would be silently
+            dropped), or a decimal that is not as the engine writes it.
+        msgspec.ValidationError: a payload of a known action that is not as the engine
+            writes it.
+    """
+    action = payload.get("action")
+    if action not in _CONTROL_ACTIONS:
+        raise ValueError(f"action {action!r} is not a control the engine writes")
+    for field in ("position", "spread_bps"):
+        if field in payload:
+            journaled_decimal(payload[field], field, signed=field == "position")
     record: ControlRecord = msgspec.convert(payload, ControlRecord)
     return record
+
+
+def journaled_decimal(text: object, field: str, *, signed: bool = False) -> Decimal:
+    """A price, size, position or spread as the engine journals it: decimal text (``str()`` of
+    a ``Decimal``), finite, below 1e30 in magnitude, positive unless ``signed``.
+
+    ``Decimal()`` alone would take ``"NaN"``, ``"1_0"`` and any script's digits.
+
+    Raises:
+        ValueError: naming ``field`` and the problem.
+    """
+    if not isinstance(text, str) or not text.isascii() or "_" in text or text != text.strip():
+        raise ValueError(f"{field} {text!r} is not decimal text")
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise ValueError(f"{field} {text!r} is not a number") from None
+    if not value.is_finite() or (value and value.adjusted() >= 30):
+        raise ValueError(f"{field} {text!r} is not a finite decimal below 1e30")
+    if not signed and value <= 0:
+        raise ValueError(f"{field} {text!r} is not positive")
+    return value
 
 
 class _Trade(msgspec.Struct, frozen=True):
@@ -1204,14 +1235,18 @@ class QuoteEngine:
         spreads: dict[str, Decimal] = {}
         quotes: dict[str, _Quote] = {}
         rfq_ids: list[tuple[_Client, str, int]] = []
+        trades: set[str] = set()
+        filled: set[str] = set()  # quote ids of the fills read
         fills = skipped = 0
         for row in rows:
             try:
                 if row.kind == "fill":
                     fill = msgspec.convert(row.payload, Fill)
-                    qty, price = Decimal(fill.qty), Decimal(fill.price)
+                    qty, price = self._restored_fill(row, fill, quotes, trades)
+                    trades.add(fill.trade_id)
+                    filled.add(fill.quote_id)
                     inst = self._instruments.get(fill.symbol)
-                    if inst is None:
+                    if inst is None:  # an instrument no longer configured
                         skipped += 1
                         continue
                     for asset, change in _position_changes(
@@ -1240,22 +1275,30 @@ class QuoteEngine:
                             spreads[tier] = spread
                 elif row.kind == "quote":
                     quote = self._restored_quote(row)
-                    if quote is not None and quote.valid_until_ns >= quote_horizon:
+                    if quote is None:
+                        continue
+                    if quote.quote_id in filled:
+                        raise ValueError(f"quote {quote.quote_id} comes after its fill")
+                    if quote.quote_id in quotes:
+                        raise ValueError(f"quote id {quote.quote_id} is journaled twice")
+                    if quote.valid_until_ns >= quote_horizon:
                         quotes[quote.quote_id] = quote
                 elif row.kind == "rfq":
                     state = self._clients.get(row.client)
                     if state is not None and row.rfq_id and row.ts_ns >= rfq_horizon:
                         rfq_ids.append((state, row.rfq_id, row.ts_ns))
-            except (
-                KeyError,
-                TypeError,
-                ValueError,
-                ArithmeticError,
-                msgspec.ValidationError,
-            ) as exc:
+            except KeyError as exc:
                 raise OtcError(
-                    f"journal row {row.id} ({row.kind}) cannot be restored from: {exc}"
+                    f"journal row {row.id} ({row.kind}) cannot be restored: "
+                    f"no member {exc.args[0]!r}"
                 ) from exc
+            except (TypeError, ValueError, ArithmeticError, msgspec.ValidationError) as exc:
+                raise OtcError(
+                    f"journal row {row.id} ({row.kind}) cannot be restored: {exc}"
+                ) from exc
+        # Remembered in time order: prune() drops them from the oldest on.
+        quotes = dict(sorted(quotes.items(), key=lambda item: item[1].valid_until_ns))
+        rfq_ids.sort(key=lambda entry: entry[2])
         disabled = sorted(c for c, on in switches.items() if not on and c in self._clients)
         halted &= set(self._instruments)
         self._positions.update(positions)
@@ -1298,11 +1341,60 @@ class QuoteEngine:
             rfq_ids=len(rfq_ids),
         )
 
+    def _restored_fill(
+        self, row: JournalRow, fill: Fill, quotes: dict[str, _Quote], trades: set[str]
+    ) -> tuple[Decimal, Decimal]:
+        """The qty and price of a journaled fill, checked against its row, the trades read
+        before it and its quote when remembered (``ValueError`` naming the disagreement)."""
+        if not fill.symbol:
+            raise ValueError("the fill names no symbol")
+        if fill.side not in _SIDES:
+            raise ValueError(f"side {fill.side!r} is not buy or sell")
+        if not fill.trade_id or fill.trade_id in trades:
+            raise ValueError(f"trade id {fill.trade_id!r} is empty or journaled twice")
+        if row.quote_id and row.quote_id != fill.quote_id:
+            raise ValueError(f"the row is for quote {row.quote_id}, the fill {fill.quote_id}")
+        qty = journaled_decimal(fill.qty, "qty")
+        price = journaled_decimal(fill.price, "price")
+        quote = quotes.get(fill.quote_id)
+        if quote is None:
+            return qty, price  # older than the quotes remembered
+        quoted = quote.ask if fill.side == "buy" else quote.bid  # a client buy fills at our ask
+        if quote.fill is not None:
+            raise ValueError(f"quote {quote.quote_id} is filled twice")
+        if (quote.client, quote.symbol) != (row.client, fill.symbol):
+            raise ValueError(
+                f"quote {quote.quote_id} is {quote.client}'s for {quote.symbol}, the fill "
+                f"{row.client}'s for {fill.symbol}"
+            )
+        if quoted is None or price != quoted or qty > quote.qty:
+            raise ValueError(
+                f"the fill ({fill.side} {fill.qty} at {fill.price}) is not of quote "
+                f"{quote.quote_id} ({quote.side} {decimal_text(quote.qty)}, bid "
+                f"{quote.bid}, ask {quote.ask})"
+            )
+        return qty, price
+
     def _restored_quote(self, row: JournalRow) -> _Quote | None:
-        """The remembered form of a journaled quote; ``None`` for a client no longer known."""
+        """The remembered form of a journaled quote; ``None`` for a client or an instrument no
+        longer configured."""
         if row.client not in self._clients:
             return None
         message = msgspec.convert(row.payload["quote"], Quote)
+        if message.symbol not in self._instruments:
+            return None
+        if message.side not in ("buy", "sell", "two_way"):
+            raise ValueError(f"side {message.side!r} is not buy, sell or two_way")
+        journaled_decimal(message.qty, "qty")
+        for name, asked in (
+            ("bid", message.side != "buy"),
+            ("ask", message.side != "sell"),
+        ):
+            price = getattr(message, name)
+            if asked:
+                journaled_decimal(price, name)
+            elif price is not None:
+                raise ValueError(f"a {message.side} quote with a {name}")
         explanation = row.payload.get("explanation")
         hedge: dict[str, Decimal] = {}
         if isinstance(explanation, dict):

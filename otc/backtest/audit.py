@@ -48,7 +48,8 @@ import msgspec
 from otc.backtest.runner import recorded_scales
 from otc.clock import FakeClock
 from otc.config import Config
-from otc.journal import JournalEvent, MemoryJournal, _encode_payload, export
+from otc.errors import OtcError
+from otc.journal import JournalError, JournalEvent, MemoryJournal, _encode_payload, export
 from otc.market import Market
 from otc.model import BookEvent
 from otc.quoting import (
@@ -233,6 +234,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
         engine = QuoteEngine(config, market, journal, clock, run_id=run_id)
         accepts: dict[tuple[str, str], deque[asyncio.Task[list[Outgoing]]]] = {}
         for i, row in enumerate(rows):
+            current[0] = row
             kind = row["kind"]
             if kind in ("fill", "accept_reject"):  # an accept held until here decides now
                 key = (row["client"], row["quote_id"])
@@ -278,7 +280,26 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
                 await task
         reproduced_journal.events = journal.events
 
-    asyncio.run(run())
+    current: list[dict[str, Any] | None] = [None]  # the row being replayed, for errors
+    try:
+        asyncio.run(run())
+    except JournalError:
+        raise
+    except (
+        KeyError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        msgspec.ValidationError,
+        OtcError,
+    ) as exc:
+        # A row the engine did not write so (a hand-edited or foreign journal).
+        row = current[0] or {}
+        problem = f"no member {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        raise JournalError(
+            f"cannot replay journal {journal}: event {row.get('id')} ({row.get('kind')}): {problem}"
+        ) from exc
     journaled = [r for r in rows if r["kind"] in _OUTCOMES]
     reproduced = [_as_journaled(e) for e in reproduced_journal.events if e.kind in _OUTCOMES]
     mismatches = []
@@ -303,8 +324,6 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
 
 def _control(engine: QuoteEngine, row: dict[str, Any]) -> None:
     record = read_control(row["payload"])
-    if record is None:
-        return
     operator = record.operator
     match record:
         case HaltRecord():

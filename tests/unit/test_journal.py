@@ -557,3 +557,25 @@ def test_blotter_shows_both_sides_of_a_two_way_quote() -> None:
         payload={"side": "two_way", "qty": "1", "bid": "63990", "ask": "64010"},
     )
     assert "bid 63990 / ask 64010" in format_blotter([row])
+
+
+async def test_the_blotter_escapes_control_characters(path: Path) -> None:
+    # An id holding a newline and an ANSI escape printed a forged line of the blotter.
+    forged = "a\n\x1b[31mFAKE"
+    await record(path, [JournalEvent("rfq", "client-a", T0, rfq_id=forged, payload={})])
+    text = format_blotter(recent(path))
+    assert len(text.splitlines()) == 2
+    assert "a\\n\\x1b[31mFAKE" in text
+
+
+def test_readers_refuse_a_kind_the_engine_does_not_write(tmp_path: Path) -> None:
+    file = tmp_path / "otc.db"
+    with closing(sqlite3.connect(file)) as conn, conn:
+        conn.executescript(otc.journal._SCHEMA)
+        conn.execute(
+            "INSERT INTO events (ts_ns, recorded_ns, kind, client, payload)"
+            " VALUES (?, ?, 'FILL', 'client-a', '{}')",
+            (T0, T0),
+        )
+    with pytest.raises(JournalError, match="event 1: kind: 'FILL' is not a kind the engine writes"):
+        recent(file)

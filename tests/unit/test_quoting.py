@@ -38,7 +38,7 @@ from otc.errors import OtcError
 from otc.journal import JournalError, JournalEvent, MemoryJournal
 from otc.market import Market
 from otc.model import BookSnapshot, Scale, Side, plain
-from otc.protocol import MAX_PAYLOAD_BYTES, Code
+from otc.protocol import MAX_PAYLOAD_BYTES, Code, ProtocolError, parse_rfq
 from otc.quoting import Outgoing, QuoteEngine
 from otc.slippage import ImpactModel
 
@@ -1210,3 +1210,13 @@ async def test_any_payload_gets_a_well_formed_reply_and_leaves_the_state_sound(
     assert fill["type"] == "fill"
     assert await desk.send_accept("client-a", accept) == fill
     assert engine.positions["BTC"] == position
+
+
+def test_an_rfq_id_with_control_characters_is_refused() -> None:
+    # Journaled as it came, it printed a line of its own in the blotter.
+    for rfq_id in ("a\nb", "\x1b[31m", "tab\there"):
+        with pytest.raises(ProtocolError, match="printable") as info:
+            parse_rfq(
+                msgspec.json.encode({"rfq_id": rfq_id, "symbol": "X", "side": "buy", "qty": "1"})
+            )
+        assert info.value.code == Code.INVALID_MESSAGE

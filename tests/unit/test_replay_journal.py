@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from feeds.record import RecordWriter
 from feeds.sim import SyntheticMarket, default_venues
 from otc.backtest.audit import replay_journal
 from otc.clock import FakeClock
 from otc.config import load_config
-from otc.journal import SqliteJournal, export, recent
+from otc.journal import JournalError, SqliteJournal, export, recent
 from otc.market import Market
 from otc.quoting import QuoteEngine
 
@@ -225,3 +227,38 @@ def test_an_event_applied_after_rfqs_of_another_symbol_replays_identically(
     assert result.mismatches == []
     assert result.identical
     assert result.journaled == result.reproduced == 3
+
+
+def test_a_row_not_as_the_engine_writes_it_is_named(tmp_path: Path) -> None:
+    """Found by fuzzing journals: such rows stopped `otc replay-journal` with a traceback
+    (KeyError, AttributeError), or an error naming neither the journal nor the event."""
+    journal, data, _ = asyncio.run(live_run(tmp_path, seed=5))
+    config = load_config(CONFIG)
+    cases = [
+        (
+            "UPDATE events SET payload = '{\"invalid\": \"x\"}' WHERE kind = 'rfq'",
+            "no member 'raw'",
+        ),
+        (
+            "UPDATE events SET payload = json_set(payload, '$.explanation', json('[1]'))"
+            " WHERE kind = 'quote'",
+            "event",
+        ),
+        (
+            "UPDATE events SET payload = json_set(payload, '$.action', 'Halt')"
+            " WHERE kind = 'control'",
+            "'Halt' is not a control",
+        ),
+    ]
+    for sql, problem in cases:
+        copy = tmp_path / "copy.sqlite"
+        copy.write_bytes(journal.read_bytes())
+        with sqlite3.connect(copy) as conn:
+            first = conn.execute(
+                sql.replace("WHERE", "WHERE id = (SELECT MIN(id) FROM events WHERE", 1) + ")"
+            )
+            assert first.rowcount == 1
+        conn.close()
+        with pytest.raises(JournalError, match=rf"cannot replay journal {copy}: event \d+") as info:
+            replay_journal(config, copy, [data])
+        assert problem in str(info.value)

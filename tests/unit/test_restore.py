@@ -227,5 +227,124 @@ async def test_a_row_that_cannot_be_read_names_itself(tmp_path: Path, config: Co
             JournalEvent("fill", "client-a", clock.now_ns(), payload={"type": "fill", "qty": "1"})
         )
     async with Run(config, path, clock) as run:
-        with pytest.raises(OtcError, match=r"journal row 1 \(fill\) cannot be restored from"):
+        with pytest.raises(
+            OtcError, match=r"journal row 1 \(fill\) cannot be restored: Object missing"
+        ):
             await run.restore()
+
+
+# -- rows that are well formed but not as the engine writes them ----------------------------------
+
+FILL = "kind = 'fill'"
+Q1 = "kind = 'quote' AND rfq_id = 'r1'"  # the quote the fill is of
+Q3 = "kind = 'quote' AND rfq_id = 'r3'"  # a quote still open
+COPY_FILL = (
+    "INSERT INTO events (ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id,"
+    " payload) SELECT ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, trade_id, {}"
+    " FROM events WHERE kind = 'fill'"
+)
+
+
+async def journal_of_one_run(path: Path, clock: FakeClock, config: Config) -> None:
+    """A fill of quote r1, an open quote r3, a halt and a position control."""
+    async with Run(config, path, clock) as one:
+        q1 = await one.rfq("r1")
+        assert (await one.accept(q1["quote_id"]))["type"] == "fill"
+        await one.rfq("r3", qty="3")
+        one.engine.set_halted("ETH-USDT", True, operator="ops")
+        one.engine.set_position("ETH", D("2"), operator="ops")
+        await one.engine.flush_controls()
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        # Decimal() took them all: NaN positions (every later RFQ an INTERNAL_ERROR, the ladder
+        # task dead), "1_0" as 10, a negative qty lifting the client's daily limit.
+        (
+            f"UPDATE events SET payload = json_set(payload, '$.qty', 'NaN') WHERE {FILL}",
+            "qty 'NaN'",
+        ),
+        (
+            f"UPDATE events SET payload = json_set(payload, '$.qty', '1_0') WHERE {FILL}",
+            "qty '1_0'",
+        ),
+        (f"UPDATE events SET payload = json_set(payload, '$.qty', '-9') WHERE {FILL}", "qty '-9'"),
+        (
+            "UPDATE events SET payload = json_set(payload, '$.position', 'NaN')"
+            " WHERE kind = 'control' AND payload LIKE '%position%'",
+            "position 'NaN'",
+        ),
+        # Skipped as of an unconfigured symbol: its quote could be filled again.
+        (f"UPDATE events SET payload = json_remove(payload, '$.symbol') WHERE {FILL}", "no symbol"),
+        (
+            f"UPDATE events SET payload = json_set(payload, '$.side', 'BUY') WHERE {FILL}",
+            "side 'BUY' is not buy or sell",
+        ),
+        # Counted twice, or a second trade of one quote, or a fill of another quote than its
+        # row's: exactly-once broken after the restart.
+        (COPY_FILL.format("payload"), "journaled twice"),
+        (COPY_FILL.format("json_set(payload, '$.trade_id', 'other')"), "filled twice"),
+        (f"UPDATE events SET quote_id = 'another' WHERE {FILL}", "the row is for quote another"),
+        (f"UPDATE events SET payload = json_set(payload, '$.price', '1') WHERE {FILL}", "not of"),
+        (f"UPDATE events SET id = 1000 WHERE {Q1}", "comes after its fill"),
+        # A quote restored as it was: filled at -5, or an INTERNAL_ERROR at its accept.
+        (f"UPDATE events SET payload = json_set(payload, '$.quote.ask', '-5') WHERE {Q3}", "'-5'"),
+        (
+            f"UPDATE events SET payload = json_set(payload, '$.quote.side', 'short') WHERE {Q3}",
+            "'short'",
+        ),
+        (
+            f"UPDATE events SET payload = json_set(payload, '$.quote.bid', '1') WHERE {Q3}",
+            "with a bid",
+        ),
+        # A halt of another spelling was dropped: the kill switch lifted by the restart.
+        (
+            "UPDATE events SET payload = json_set(payload, '$.action', 'Halt')"
+            " WHERE kind = 'control' AND payload LIKE '%halt%'",
+            "'Halt' is not a control",
+        ),
+    ],
+)
+async def test_a_row_the_engine_would_not_write_stops_the_restart_naming_it(
+    tmp_path: Path, config: Config, sql: str, problem: str
+) -> None:
+    """Found by fuzzing journals (rows of the right column types, odd content): each was
+    restored into wrong positions, limits, kill switches or quotes, without a word."""
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    await journal_of_one_run(path, clock, config)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        assert conn.execute(sql).rowcount == 1
+    async with Run(config, path, clock) as two:
+        with pytest.raises(
+            OtcError, match=r"(journal row \d+ \(\w+\) cannot be restored|event \d+)"
+        ):
+            await two.restore()
+    with pytest.raises(OtcError) as info:
+        two.engine.restore(state_rows(path, since_ns=0))
+    assert problem in str(info.value)
+
+
+async def test_what_the_config_no_longer_has_and_out_of_order_stamps_restore(
+    tmp_path: Path, config: Config
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    await journal_of_one_run(path, clock, config)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        # An RFQ stamped in 1970 after the others (a clock stepped back) stopped the scan for
+        # recent rows: every remembered quote and rfq id was forgotten.
+        conn.execute(
+            "INSERT INTO events (ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id,"
+            " trade_id, payload) VALUES (1, 1, 'rfq', 'client-a', 'BTC-USDT', 'r9', '', '', '{}')"
+        )
+    async with Run(config, path, clock) as two:
+        restored = await two.restore()
+    assert (restored.quotes, restored.filled_quotes, restored.rfq_ids) == (2, 1, 2)
+    with closing(sqlite3.connect(path)) as conn, conn:  # an instrument since removed
+        symbol = "json_set(payload, '$.quote.symbol', 'DOGE-USDT')"
+        conn.execute(f"UPDATE events SET payload = {symbol} WHERE {Q3}")
+    async with Run(config, path, clock) as three:
+        restored = await three.restore()
+    assert restored.quotes == 1
