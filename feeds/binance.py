@@ -192,6 +192,9 @@ class BinanceBookFeed(VenueBookFeed):
                 raise RequestRefused(self.venue, f"request {msg.id} refused: {msg.error.msg}")
             self.stats.ignored += 1  # subscription answers, other streams
             return []
+        if self.symbols and body.symbol not in self.symbols:
+            self.stats.ignored += 1  # a symbol not followed: no book, no buffer, no snapshot
+            return []
         symbol = self.our_symbol(body.symbol)
         book = self.books.get(symbol) or self.book(symbol)
         if not self.in_sync[symbol]:

@@ -24,8 +24,14 @@ connection logic:
 * a symbol still out of sync ``sync_timeout_s`` after its watchdog first saw it so (a snapshot
   the adapter could not decode at all, a subscription the venue ignored) is resynced: the
   safety net behind the rules above;
-* a connection that goes quiet for ``stale_after_ms`` is dropped and reopened; a dropped
-  connection is reopened after a capped, jittered exponential backoff (reset once data flows);
+* a connection that goes quiet for ``stale_after_ms`` (counted from its opening: a venue that
+  never says a word is stale too) is dropped and reopened; a dropped connection is reopened
+  after a capped, jittered exponential backoff, which starts over only after a connection that
+  stayed live for 10 s (a venue that hangs up after each snapshot is redialled ever more
+  slowly); closing handshakes the venue does not complete are given up after 1 s;
+* REST snapshots are fetched only for the symbols subscribed, and one that keeps failing (an
+  HTTP error, a broken response, a body that does not parse) is fetched again paced like a
+  resync, never faster than ``snapshot_retry_s``;
 * other malformed messages are counted and skipped, never fatal; the venue's error answer to a
   request (:class:`~feeds.base.RequestRefused`, e.g. a refused subscription) is logged and
   skipped, its symbols staying out of sync;
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import random
 import time
@@ -64,6 +71,9 @@ from otc.errors import ValueParseError
 __all__ = ["Backoff", "FeedConnection", "FeedHealth"]
 
 log = logging.getLogger(__name__)
+
+#: How long a connection must stay live before its end starts the reconnect back-off over.
+_CALM_NS = 10 * 1_000_000_000
 
 FeedState = Literal["connecting", "syncing", "live", "stale", "down"]
 
@@ -184,6 +194,7 @@ class FeedConnection:
         #: Per symbol: the pacing of its resyncs in a row, and when the last was.
         self._resyncs: dict[str, tuple[Backoff, int]] = {}
         self._resync_waiting: set[str] = set()
+        self._live_since: int | None = None  # when the current connection went live
 
     # -- public --------------------------------------------------------------------------------
 
@@ -198,6 +209,7 @@ class FeedConnection:
                 await asyncio.sleep(delay)
             first = False
             self.state = "connecting"
+            self._live_since = None
             try:
                 await self._session()
             except* (
@@ -215,6 +227,11 @@ class FeedConnection:
                 self.state = "down"
                 for symbol in list(self.feed.in_sync):
                     self.feed.mark(symbol, False, "disconnected")
+                # Back-off starts over only after a connection that stayed live for a while: a
+                # venue that sends one snapshot and hangs up must not be redialled at once, forever.
+                live_since = self._live_since
+                if live_since is not None and self.clock_ns() - live_since >= _CALM_NS:
+                    self.backoff.reset()
 
     def health(self, now_ns: int | None = None) -> FeedHealth:
         now = self.clock_ns() if now_ns is None else now_ns
@@ -227,7 +244,10 @@ class FeedConnection:
             venue=self.feed.venue,
             state=state,
             age_ms=age,
-            symbols_in_sync=sum(self.feed.in_sync.values()),
+            symbols_in_sync=sum(
+                bool(self.feed.in_sync.get(self.feed.our_symbol(name)))
+                for name in self.venue_symbols
+            ),
             symbols=len(self.venue_symbols),
             gaps=stats.gaps,
             checksum_failures=stats.checksums_failed,
@@ -240,9 +260,14 @@ class FeedConnection:
     # -- internals -----------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        async with connect(self.url, open_timeout=10, max_size=2**24, compression=None) as ws:
+        async with connect(
+            self.url, open_timeout=10, close_timeout=1, max_size=2**24, compression=None
+        ) as ws:
             self._ws = ws
             self.state = "syncing"
+            # Quiet time counts from the opening: a venue that never says a word is stale too,
+            # and a new connection is not judged by the last message of the one before.
+            self.last_message_ns = self.clock_ns()
             for message in self.feed.subscribe_messages(self.venue_symbols):
                 await ws.send(message.decode())
             self.connected.set()
@@ -260,6 +285,7 @@ class FeedConnection:
     async def _receive(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
         feed = self.feed
         symbols = [feed.our_symbol(name) for name in self.venue_symbols]
+        subscribed = set(self.venue_symbols)  # another symbol the venue sends gets no snapshot
         async for message in ws:
             now = self.clock_ns()
             self.last_message_ns = now
@@ -281,9 +307,14 @@ class FeedConnection:
                 self.last_error = str(exc)
                 log.warning("%s", exc)
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                ValueParseError,
+                RecursionError,
+            ) as exc:
                 self.malformed += 1
-                self.last_error = f"malformed message: {exc}"
+                self.last_error = f"malformed message: {exc or type(exc).__name__}"
                 continue
             if events:
                 if self.on_events is not None:
@@ -292,9 +323,10 @@ class FeedConnection:
                     feed.in_sync.get(symbol) for symbol in symbols
                 ):  # every subscribed symbol, not only those seen so far
                     self.state = "live"
-                    self.backoff.reset()
+                    if self._live_since is None:
+                        self._live_since = self.clock_ns()
             for venue_symbol in feed.pending_snapshots():
-                if venue_symbol not in self._fetching:
+                if venue_symbol in subscribed and venue_symbol not in self._fetching:
                     self._fetching.add(venue_symbol)
                     tg.create_task(self._fetch_snapshot(venue_symbol), name=f"rest-{venue_symbol}")
 
@@ -342,30 +374,42 @@ class FeedConnection:
             for message in messages:
                 await ws.send(message.decode())
             return
-        if feed.pending_snapshots():
+        if venue_symbol in feed.pending_snapshots():
             return  # the receive loop schedules the REST snapshot
         await ws.close(reason="resync")
 
     async def _fetch_snapshot(self, venue_symbol: str) -> None:
         url = self.feed.snapshot_url(venue_symbol, base=self.rest_url)
         try:
-            body = await asyncio.to_thread(_http_get, url)
-            events = self.feed.on_rest(url, body, self.clock_ns())
-            if events and self.on_events is not None:
-                self.on_events(events)
-        except OSError as exc:
-            self.last_error = f"snapshot {venue_symbol}: {exc}"
-        except (SequenceGap, ChecksumMismatch) as exc:
-            self.last_error = str(exc)
-            if exc.applied and self.on_events is not None:
-                self.on_events(list(exc.applied))
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueParseError) as exc:
-            # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
-            self.malformed += 1
-            self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
-        finally:
-            # Space out retries: a deep REST snapshot is expensive in the venue's rate limits.
-            await asyncio.sleep(self.snapshot_retry_s)
+            try:
+                body = await asyncio.to_thread(_http_get, url)
+                events = self.feed.on_rest(url, body, self.clock_ns())
+                if events and self.on_events is not None:
+                    self.on_events(events)
+            except (SequenceGap, ChecksumMismatch) as exc:
+                self.last_error = str(exc)
+                if exc.applied and self.on_events is not None:
+                    self.on_events(list(exc.applied))
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                ValueParseError,
+                RecursionError,
+            ) as exc:
+                # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
+                self.malformed += 1
+                self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # HTTP errors, a broken HTTP response, a bad redirect (urllib's ValueError).
+                self.last_error = f"snapshot {venue_symbol}: {type(exc).__name__}: {exc}"
+            # Space out retries: a deep REST snapshot is expensive in the venue's rate limits,
+            # and snapshots that keep failing are paced like resyncs (a flood gets the IP banned).
+            delay = self.snapshot_retry_s
+            symbol = self.feed.our_symbol(venue_symbol)
+            if not self.feed.in_sync.get(symbol):
+                delay = max(delay, self.resync_delay(symbol))
+            await asyncio.sleep(delay)
+        finally:  # cancelled included: no wait then
             self._fetching.discard(venue_symbol)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:

@@ -434,3 +434,139 @@ async def test_a_book_message_that_does_not_decode_resyncs_every_pair() -> None:
     received, _, in_sync = await run_kraken(pairs, trouble, resyncs=2)
     assert received == kraken_resubscribed("XBT/USD") + kraken_resubscribed("ETH/USD")
     assert in_sync == dict.fromkeys(pairs, True)
+
+
+# -- a hostile venue (found by fuzzing the connection) --------------------------------------------
+
+
+async def test_a_broken_http_answer_to_a_rest_snapshot_does_not_end_the_feed() -> None:
+    """urllib's HTTPException (a bad status line here) escaped the snapshot task and ended
+    `run()`; now it is a failed snapshot like any other, fetched again."""
+    answers: list[bytes] = []
+
+    async def rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        answers.append(b"")
+        writer.write(b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        for update_id in itertools.count(1):
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
+            await ws.send(json.dumps({**event, "b": [], "a": []}))
+            await asyncio.sleep(0.01)
+
+    rest_server = await asyncio.start_server(rest, "127.0.0.1", 0)
+    rest_port = rest_server.sockets[0].getsockname()[1]
+    async with rest_server, serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            BinanceBookFeed(symbols={"BNBBTC": "BNBBTC"}),
+            ["BNBBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{rest_port}",
+            snapshot_retry_s=0.01,
+        )
+        await run_until(conn, lambda: len(answers) >= 2)
+    assert "BadStatusLine" in conn.last_error
+    assert conn.reconnects == 0
+
+
+async def test_a_message_nested_too_deeply_is_malformed_not_the_end_of_the_feed() -> None:
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send('{"x":' + '{"a":' * 100_000 + "1" + "}" * 100_001)
+        await ws.send(bybit_snapshot(1, '[["100","1"]]'))
+        await ws.wait_closed()
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, ["BTCUSDT"], url=f"ws://127.0.0.1:{port}")
+        in_sync = await run_until(conn, lambda: conn.state == "live")
+    assert in_sync == {"BTCUSDT": True}
+    assert conn.malformed == 1
+
+
+async def test_a_venue_that_never_says_a_word_is_stale() -> None:
+    """Staleness counted from the last message only: a connection that never got one was
+    never reopened (and the next connection was judged by the previous one's last message)."""
+    opened: list[float] = []
+
+    async def venue(ws: ServerConnection) -> None:
+        opened.append(asyncio.get_running_loop().time())
+        await ws.wait_closed()
+
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            BybitBookFeed(),
+            ["BTCUSDT"],
+            url=f"ws://127.0.0.1:{port}",
+            stale_after_ms=200,
+            backoff=Backoff(base_s=0.01, cap_s=0.02, rng=random.Random(3)),
+        )
+        await run_until(conn, lambda: len(opened) >= 3)
+    assert "no data" in conn.last_error
+    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    assert all(gap >= 0.2 for gap in gaps), gaps  # each connection given its own quiet time
+
+
+async def test_a_venue_that_hangs_up_after_each_snapshot_is_redialled_ever_more_slowly() -> None:
+    """One message made the connection live, which reset the back-off: such a venue was
+    redialled about four times a second, forever."""
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(bybit_snapshot(1, '[["100","1"]]'))
+        await ws.close()
+
+    conn: FeedConnection
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            BybitBookFeed(),
+            ["BTCUSDT"],
+            url=f"ws://127.0.0.1:{port}",
+            backoff=Backoff(base_s=0.01, cap_s=10, rng=random.Random(3)),
+        )
+        await run_until(conn, lambda: conn.reconnects >= 5)
+    assert conn.backoff.attempt >= 5  # never reset: none of the connections lasted
+
+
+async def test_symbols_the_venue_sends_but_we_did_not_subscribe_get_nothing() -> None:
+    """Binance: events of other symbols got books, buffers and REST snapshots of their own
+    (hundreds of requests a second for a venue sending junk), and counted as in sync."""
+    requests: list[str] = []
+
+    def rest(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        requests.append(request.path)
+        body = b'{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        for update_id in itertools.count(1):
+            for symbol in ("BNBBTC", f"JUNK{update_id}"):
+                event = {"e": "depthUpdate", "E": 1, "s": symbol, "U": update_id, "u": update_id}
+                await ws.send(json.dumps({**event, "b": [], "a": []}))
+            await asyncio.sleep(0.005)
+
+    feed = BinanceBookFeed(symbols={"BNBBTC": "BNBBTC"})
+    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed,
+            ["BNBBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{port}",
+            snapshot_retry_s=0.01,
+        )
+        await run_until(conn, lambda: feed.stats.ignored >= 20 and conn.state == "live")
+    assert all("symbol=BNBBTC" in path for path in requests)
+    assert set(feed.books) == {"BNBBTC"}
+    assert conn.health().symbols_in_sync <= 1
