@@ -50,9 +50,10 @@ import http.client
 import logging
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Literal
+from typing import IO, Literal
 
 import msgspec
 import websockets
@@ -449,10 +450,49 @@ class FeedConnection:
                     await self._resync(ws, tg, symbol)
 
 
+#: A REST snapshot's whole exchange may take this long, and its body be this large, at most:
+#: a venue dripping a body byte by byte must not hold a thread for hours, nor fill the memory.
+_SNAPSHOT_DEADLINE_S = 30.0
+_SNAPSHOT_MAX_BYTES = 64 * 2**20
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect to another http(s) URL only (urllib also follows ``ftp://``)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not newurl.startswith(("http://", "https://")):
+            fp.close()
+            raise urllib.error.HTTPError(
+                newurl, code, "refusing a non-HTTP redirect", headers, None
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _http_get(url: str) -> bytes:
-    """Blocking GET (run in a thread): REST snapshots are rare and small enough."""
+    """Blocking GET (run in a thread): REST snapshots are rare; the body read in chunks within
+    :data:`_SNAPSHOT_DEADLINE_S` (plus one socket timeout) and :data:`_SNAPSHOT_MAX_BYTES`."""
     if not url.startswith(("http://", "https://")):
         raise OSError(f"refusing non-HTTP snapshot url {url!r}")
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - scheme checked
-        body: bytes = response.read()
-        return body
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    size = 0
+    with _OPENER.open(url, timeout=10) as response:
+        while chunk := response.read1(1 << 16):  # what has arrived: the deadline holds
+            size += len(chunk)
+            if size > _SNAPSHOT_MAX_BYTES:
+                raise OSError(f"snapshot body over {_SNAPSHOT_MAX_BYTES} bytes")
+            if time.monotonic() - started > _SNAPSHOT_DEADLINE_S:
+                raise OSError(f"snapshot took over {_SNAPSHOT_DEADLINE_S:g} s")
+            chunks.append(chunk)
+    return b"".join(chunks)

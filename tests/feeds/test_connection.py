@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -570,3 +571,47 @@ async def test_symbols_the_venue_sends_but_we_did_not_subscribe_get_nothing() ->
     assert all("symbol=BNBBTC" in path for path in requests)
     assert set(feed.books) == {"BNBBTC"}
     assert conn.health().symbols_in_sync <= 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/x\r\nContent-Length: 0\r\n\r\n",
+            "non-HTTP",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, "over 1000 bytes"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", "took over 0.3 s"),  # then drips
+    ],
+)
+async def test_a_rest_snapshot_is_bounded_in_size_time_and_scheme(
+    monkeypatch: pytest.MonkeyPatch, answer: bytes, problem: str
+) -> None:
+    """A body dripped byte by byte held the fetching thread for hours (and asyncio.run with
+    it, at exit); a body of any size was read whole; a redirect to ftp:// was followed."""
+    import feeds.connection as connection
+
+    monkeypatch.setattr(connection, "_SNAPSHOT_MAX_BYTES", 1000)
+    monkeypatch.setattr(connection, "_SNAPSHOT_DEADLINE_S", 0.3)
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():  # a byte every 20 ms, for the dripping case
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(b"x")
+
+    server = await asyncio.start_server(rest, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(OSError, match=problem):
+            await asyncio.to_thread(connection._http_get, f"http://127.0.0.1:{port}/x")
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
