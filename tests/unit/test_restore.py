@@ -348,3 +348,21 @@ async def test_what_the_config_no_longer_has_and_out_of_order_stamps_restore(
     async with Run(config, path, clock) as three:
         restored = await three.restore()
     assert restored.quotes == 1
+
+
+async def test_restored_quotes_are_pruned_oldest_first(tmp_path: Path, config: Config) -> None:
+    """prune() forgets from the front, expecting quotes in expiry order; restored in journal
+    order, one quote valid for a day held every later one in memory for good."""
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    await journal_of_one_run(path, clock, config)
+    day_ms = 86_400_000
+    with closing(sqlite3.connect(path)) as conn, conn:
+        later = (
+            f"json_set(payload, '$.quote.valid_until_ms', {clock.now_ns() // NS_PER_MS + day_ms})"
+        )
+        assert conn.execute(f"UPDATE events SET payload = {later} WHERE {Q1}").rowcount == 1
+    async with Run(config, path, clock) as two:
+        assert (await two.restore()).quotes == 2
+        clock.advance(ns=two.engine.remembered_ns + 60 * 10**9)
+        assert two.engine.prune(clock.now_ns()) == 1  # r3's, though r1's came first
