@@ -111,6 +111,10 @@ _encode = msgspec.json.Encoder().encode
 _Buffered = tuple[_Depth, int]
 
 
+def _levels(event: _Depth) -> int:
+    return len(event.bids) + len(event.asks)
+
+
 def _url_symbol(url: str) -> str:
     """The ``symbol=`` of a depth URL (a recording's ``conn`` may prefix it with ``REST``)."""
     symbols = parse_qs(urlsplit(url.removeprefix("REST").strip()).query).get("symbol")
@@ -126,6 +130,9 @@ class BinanceBookFeed(VenueBookFeed):
         symbols: venue symbol (``BTCUSDT``) -> our symbol.
         scales: our symbol -> book scale.
         max_buffered: events kept per symbol while it waits for a snapshot.
+        max_buffered_levels: price levels those events may hold in all (oldest events dropped
+            first): events of thousands of levels each must not fill the memory while
+            snapshots keep failing.
     """
 
     venue: ClassVar[str] = "binance"
@@ -142,11 +149,15 @@ class BinanceBookFeed(VenueBookFeed):
         symbols: Mapping[str, str] | None = None,
         scales: Mapping[str, Scale] | None = None,
         max_buffered: int = 10_000,
+        max_buffered_levels: int = 1_000_000,
     ) -> None:
         super().__init__(symbols=symbols, scales=scales)
         self.max_buffered = max_buffered
+        self.max_buffered_levels = max_buffered_levels
         #: Our symbol -> events waiting for its snapshot (only while out of sync).
         self._buffers: dict[str, list[_Buffered]] = {}
+        #: Our symbol -> the levels its buffered events hold (see ``max_buffered_levels``).
+        self._buffered_levels: dict[str, int] = {}
         #: Our symbol -> the venue's name, as the stream spells it (for the REST query).
         self._venue_names: dict[str, str] = {}
 
@@ -155,6 +166,7 @@ class BinanceBookFeed(VenueBookFeed):
     def subscribe_messages(self, venue_symbols: Iterable[str]) -> list[bytes]:
         # A new connection: events buffered on the previous one can no longer be bridged.
         self._buffers.clear()
+        self._buffered_levels.clear()
         params = [f"{s.lower()}@{self.stream}" for s in venue_symbols]
         return [_encode({"method": "SUBSCRIBE", "params": params, "id": 1})]
 
@@ -227,7 +239,7 @@ class BinanceBookFeed(VenueBookFeed):
         keep = [item for item in buffered if item[0].final_update_id > last_id]
         if keep and keep[0][0].first_update_id > last_id + 1:
             # Older than the first buffered event: nothing bridges it. Stay pending: fetch again.
-            self._buffers[symbol] = keep
+            self._set_buffer(symbol, keep)
             self.stats.ignored += 1
             return []
         # A body that does not parse or apply raises MalformedSnapshot here: the symbol stays
@@ -236,13 +248,13 @@ class BinanceBookFeed(VenueBookFeed):
         snap = BookSnapshot(self.venue, symbol, bids, asks, last_id, 0, ts_recv_ns)  # no time
         self.apply_snapshot(snap)
         self.stats.dropped += len(buffered) - len(keep)
-        self._buffers.pop(symbol, None)
+        self._set_buffer(symbol, [])
         events: list[BookEvent] = [snap]
         for index, (event, event_ts_recv_ns) in enumerate(keep):
             try:
                 delta = self._apply(symbol, book, event, event_ts_recv_ns)
             except SequenceGap as exc:
-                self._buffers[symbol] = keep[index:]
+                self._set_buffer(symbol, keep[index:])
                 exc.applied = tuple(events)  # the snapshot and the deltas bridged before it
                 raise
             if delta is not None:
@@ -266,9 +278,22 @@ class BinanceBookFeed(VenueBookFeed):
             buffered = self._buffers[symbol] = []
             self._venue_names[symbol] = event.symbol
         buffered.append((event, ts_recv_ns))
-        if len(buffered) > self.max_buffered:
-            del buffered[0]
+        levels = self._buffered_levels.get(symbol, 0) + _levels(event)
+        while len(buffered) > 1 and (
+            len(buffered) > self.max_buffered or levels > self.max_buffered_levels
+        ):
+            levels -= _levels(buffered.pop(0)[0])
             self.stats.dropped += 1
+        self._buffered_levels[symbol] = levels
+
+    def _set_buffer(self, symbol: str, events: list[_Buffered]) -> None:
+        """Replace ``symbol``'s buffer (empty: none), its level count with it."""
+        if events:
+            self._buffers[symbol] = events
+            self._buffered_levels[symbol] = sum(_levels(event) for event, _ in events)
+        else:
+            self._buffers.pop(symbol, None)
+            self._buffered_levels.pop(symbol, None)
 
     def _apply(self, symbol: str, book: L2Book, event: _Depth, ts_recv_ns: int) -> BookDelta | None:
         """The documented update procedure on an in-sync book (None: an old event)."""
@@ -279,7 +304,7 @@ class BinanceBookFeed(VenueBookFeed):
         scale = book.scale
         bids, asks = parse_levels(event.bids, scale), parse_levels(event.asks, scale)
         if event.first_update_id > book_id + 1:
-            self._buffers[symbol] = [(event, ts_recv_ns)]  # parsed above: it will apply
+            self._set_buffer(symbol, [(event, ts_recv_ns)])  # parsed above: it will apply
             self._venue_names[symbol] = event.symbol
             raise self.fail(SequenceGap(self.venue, symbol, book_id + 1, event.first_update_id))
         delta = BookDelta(

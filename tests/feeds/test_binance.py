@@ -326,3 +326,19 @@ def test_malformed_rest_snapshot_stays_pending_and_the_next_one_bridges(
     assert len(events) == 2  # the snapshot and the buffered event it bridges
     assert feed.in_sync["BNBBTC"]
     assert levels(feed) == (["0.0024@10"], ["0.0026@100"])
+
+
+def test_the_buffer_is_bounded_by_levels_too() -> None:
+    # Capped at 10,000 events only: events of 20,000 levels each took ~4.6 MiB apiece while
+    # snapshots kept failing (a gigabyte in seconds).
+    feed = BinanceBookFeed(max_buffered_levels=10)
+    for first in range(1, 6):  # five events of four levels each
+        levels = [[f"0.00{20 + first}{i}", "1"] for i in range(4)]
+        feed.on_message(combined(first, first, levels, []), first)
+    assert feed.stats.dropped == 3  # the two newest (8 levels) fit, a third would not
+    events = feed.on_rest(URL, snapshot(3, [], []), 6)
+    assert [e.sequence for e in events] == [3, 4, 5]
+    huge = [[f"0.{i:05d}", "1"] for i in range(1, 30)]
+    feed = BinanceBookFeed(max_buffered_levels=10)
+    feed.on_message(combined(1, 1, huge, []), 1)  # one event over the bound is still kept
+    assert feed.pending_snapshots() == ["BNBBTC"]
