@@ -387,6 +387,12 @@ class FeedConnection:
                 events = self.feed.on_rest(url, body, self.clock_ns())
                 if events and self.on_events is not None:
                     self.on_events(events)
+                symbol = self.feed.our_symbol(venue_symbol)
+                if not events and not self.feed.in_sync.get(symbol):  # say why it still waits
+                    self.last_error = (
+                        f"snapshot {venue_symbol}: older than the events buffered (or they are "
+                        "none yet): fetching another"
+                    )
             except (SequenceGap, ChecksumMismatch) as exc:
                 self.last_error = str(exc)
                 if exc.applied and self.on_events is not None:

@@ -615,3 +615,34 @@ async def test_a_rest_snapshot_is_bounded_in_size_time_and_scheme(
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def test_a_rest_snapshot_older_than_the_events_says_so() -> None:
+    """The symbol waited, fetching snapshot after snapshot, with no word of why."""
+    requests: list[str] = []
+
+    def rest(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        requests.append(request.path)
+        body = b'{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'  # events start at 100
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        for update_id in itertools.count(100):
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
+            await ws.send(json.dumps({**event, "b": [], "a": []}))
+            await asyncio.sleep(0.005)
+
+    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            BinanceBookFeed(),
+            ["BNBBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{port}",
+            snapshot_retry_s=0.01,
+        )
+        await run_until(conn, lambda: len(requests) >= 2)
+    assert "older than the events buffered" in conn.last_error
