@@ -73,6 +73,8 @@ __all__ = ["Backoff", "FeedConnection", "FeedHealth"]
 
 log = logging.getLogger(__name__)
 
+#: What a message or REST body that does not parse raises (nested too deeply included).
+_MALFORMED = (msgspec.DecodeError, msgspec.ValidationError, ValueParseError, RecursionError)
 #: How long a connection must stay live before its end starts the reconnect back-off over.
 _CALM_NS = 10 * 1_000_000_000
 
@@ -308,12 +310,7 @@ class FeedConnection:
                 self.last_error = str(exc)
                 log.warning("%s", exc)
                 continue
-            except (
-                msgspec.DecodeError,
-                msgspec.ValidationError,
-                ValueParseError,
-                RecursionError,
-            ) as exc:
+            except _MALFORMED as exc:
                 self.malformed += 1
                 self.last_error = f"malformed message: {exc or type(exc).__name__}"
                 continue
@@ -397,12 +394,7 @@ class FeedConnection:
                 self.last_error = str(exc)
                 if exc.applied and self.on_events is not None:
                     self.on_events(list(exc.applied))
-            except (
-                msgspec.DecodeError,
-                msgspec.ValidationError,
-                ValueParseError,
-                RecursionError,
-            ) as exc:
+            except _MALFORMED as exc:
                 # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
                 self.malformed += 1
                 self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"

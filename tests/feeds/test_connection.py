@@ -282,12 +282,15 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
 async def run_binance(
     rest_body: Callable[[int, int], str],
     update_ids: Iterable[int] = itertools.count(1),
+    *,
+    ready: Callable[[FeedConnection, int], bool] | None = None,
     **options: Any,
 ) -> tuple[FeedConnection, int]:
     """A Binance venue streaming BNBBTC depth events numbered ``update_ids``, one every 5 ms,
     and answering its ``n``-th REST snapshot request (from 1) with ``rest_body(n, the last
-    update id sent)``; a connection to it (``options``) runs until the symbol is in sync.
-    Returns the connection and how many snapshots were requested."""
+    update id sent)``; a connection to it (``options``) runs until ``ready(connection,
+    snapshots requested)``, by default until the symbol is in sync. Returns the connection
+    and how many snapshots were requested."""
     sent = [0]
     requests: list[str] = []
 
@@ -311,7 +314,10 @@ async def run_binance(
         port = server.sockets[0].getsockname()[1]
         url, rest_url = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}"
         conn = FeedConnection(feed, ["BNBBTC"], url=url, rest_url=rest_url, **options)
-        await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
+        if ready is None:
+            await run_until(conn, lambda: feed.in_sync.get("BNBBTC", False))
+        else:
+            await run_until(conn, lambda: ready(conn, len(requests)))
     return conn, len(requests)
 
 
@@ -619,30 +625,10 @@ async def test_a_rest_snapshot_is_bounded_in_size_time_and_scheme(
 
 async def test_a_rest_snapshot_older_than_the_events_says_so() -> None:
     """The symbol waited, fetching snapshot after snapshot, with no word of why."""
-    requests: list[str] = []
-
-    def rest(connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None
-        requests.append(request.path)
-        body = b'{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}'  # events start at 100
-        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
-
-    async def venue(ws: ServerConnection) -> None:
-        await ws.recv()
-        for update_id in itertools.count(100):
-            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
-            await ws.send(json.dumps({**event, "b": [], "a": []}))
-            await asyncio.sleep(0.005)
-
-    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
-        port = server.sockets[0].getsockname()[1]
-        conn = FeedConnection(
-            BinanceBookFeed(),
-            ["BNBBTC"],
-            url=f"ws://127.0.0.1:{port}/ws",
-            rest_url=f"http://127.0.0.1:{port}",
-            snapshot_retry_s=0.01,
-        )
-        await run_until(conn, lambda: len(requests) >= 2)
+    conn, _ = await run_binance(
+        lambda n, last: '{"lastUpdateId":1,"bids":[["0.0024","1"]],"asks":[]}',
+        itertools.count(100),  # the events start long after the snapshots
+        ready=lambda conn, requests: requests >= 2,
+        snapshot_retry_s=0.01,
+    )
     assert "older than the events buffered" in conn.last_error
