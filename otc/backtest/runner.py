@@ -376,6 +376,9 @@ class Backtest:
         #: Deltas for a venue book that had no snapshot yet (the data starts mid-stream): the
         #: book is out of sync, excluded from every view, until its first snapshot.
         self.unsynced = 0
+        #: Events stamped before one replayed earlier (a recording's clock stepped back, or
+        #: files that overlap out of order): applied at the time the replay had reached.
+        self.out_of_order = 0
         #: Silences longer than ``max_book_age_ms`` in a venue's book (see :class:`DataGap`).
         self.gaps: list[DataGap] = []
         self._gap_ns = config.estimator.max_book_age_ms * _NS_PER_MS
@@ -417,7 +420,9 @@ class Backtest:
                 if last is not None and t - last > gap_ns:
                     self.gaps.append(DataGap(event.venue, symbol, last, t))
                 seen[key] = t
-                if t > now:
+                if t < now:
+                    self.out_of_order += 1  # applied at the time already reached
+                elif t > now:
                     if self.first_ns is None:
                         self._first(t)
                         next_due = heap[0][0] if heap else math.inf

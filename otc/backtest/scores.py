@@ -287,6 +287,7 @@ def summary(bt: Backtest, files: Sequence[str]) -> dict[str, Any]:
         "snapshots_replayed": bt.snapshots,
         "events_ignored": bt.ignored,
         "deltas_before_snapshot": bt.unsynced,
+        "events_out_of_order": bt.out_of_order,
         "data_gaps": _gaps(bt),
         "replay_seconds": text(Decimal(span).scaleb(-9)),
         "by_size_bucket": _groups(groups["size_bucket"], edges),
