@@ -49,7 +49,7 @@ import msgspec
 
 from otc.bus import Bus, BusError
 from otc.clock import Clock, SystemClock
-from otc.config import Config
+from otc.config import CLIENT_ID, Config
 from otc.errors import OtcError
 from otc.journal import JournalError, SqliteJournal, state_rows
 from otc.market import Market
@@ -86,6 +86,11 @@ _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
 #: A connection that lasted this long resets the back-off.
 _RECONNECT_STABLE_S = 10.0
+#: Messages received and not yet handled, at most: beyond, a flood's RFQs are dropped (aiomqtt
+#: logs each) rather than held in memory without end (about 500 bytes each).
+_MAX_QUEUED_MESSAGES = 20_000
+#: How long the shutdown waits for the broker to acknowledge status "down".
+_STATUS_DOWN_WAIT_S = 1.0
 
 RFQ_SUBSCRIPTION = "otc/v1/+/rfq"
 ACCEPT_SUBSCRIPTION = "otc/v1/+/accept"
@@ -264,8 +269,11 @@ class Engine:
                         tg.create_task(server.serve(), name="console")
             finally:
                 if link.bus is not None:
+                    # Briefly: a broker that does not acknowledge must not hold the shutdown for
+                    # aiomqtt's 10 s (the last will says "down" all the same).
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(link.bus.publish(self._status("down")))
+                        async with asyncio.timeout(_STATUS_DOWN_WAIT_S):
+                            await asyncio.shield(link.bus.publish(self._status("down")))
                 if link.bus is not None and link.bus is not first:
                     await _close(link.bus)
 
@@ -279,6 +287,7 @@ class Engine:
             tls=self.tls,
             client_id=self.config.broker.client_id,
             will=self._status("down"),
+            max_queued=_MAX_QUEUED_MESSAGES,
         )
 
     async def _broker(self, link: _Link) -> None:
@@ -509,6 +518,8 @@ class Engine:
                 client, kind = parts[2], parts[3]
                 if kind not in ("rfq", "accept"):
                     continue
+            if not CLIENT_ID.fullmatch(client):
+                continue  # "otc/v1//rfq", a NUL: no topic to answer on that a client could read
             await slots.acquire()
             tg.create_task(self._handle(bus, slots, client, kind, payload), name=f"{kind}-{client}")
         raise BusError(bus.where, "the broker ended the session")  # reconnect, as for a break

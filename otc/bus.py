@@ -21,6 +21,7 @@ Every aiomqtt or socket error leaving this module is a :class:`BusError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import urllib.parse
@@ -141,6 +142,9 @@ class Bus:
             (``otc bench rfq``).
         timeout: Seconds each exchange with the broker may take (connecting, a subscription,
             a QoS 1 publication) before :class:`BusError`; aiomqtt's 10 s when ``None``.
+        max_queued: Received messages kept waiting for :meth:`messages` at most (0: no
+            bound); beyond it they are dropped and aiomqtt logs a warning. The engine bounds
+            it so that a flood costs dropped RFQs, not memory without end.
     """
 
     def __init__(
@@ -156,10 +160,12 @@ class Bus:
         qos: int = 1,
         tcp_nodelay: bool = True,
         timeout: float | None = None,
+        max_queued: int = 0,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         self._timeout = timeout
+        self._max_queued = max_queued
         self._host = host
         self._port = port
         self._username = username
@@ -234,6 +240,7 @@ class Bus:
             tls_context=tls_context,
             socket_options=self._socket_options,
             timeout=self._timeout,
+            max_queued_incoming_messages=self._max_queued,
         )
         # aiomqtt logs a warning on every call made while more than 10 are pending: the engine
         # has up to `max_in_flight` publications awaiting their PUBACK under load, and a log
@@ -242,6 +249,7 @@ class Bus:
         try:
             await _keep_cancellation(client.__aenter__())
         except aiomqtt.MqttError as exc:
+            _drop_socket(client)  # a CONNACK arriving late must not make a session of it
             raise BusError(self.where, f"cannot connect: {exc}") from exc
         self._client = client
         return self
@@ -261,6 +269,9 @@ class Bus:
             if exc is None:  # never hide the error that is already leaving the block
                 raise BusError(self.where, f"disconnect failed: {error}") from error
         finally:
+            # aiomqtt leaves the socket of a connection already lost open (its __aexit__ returns
+            # early): paho would keep reading a packet it cannot handle, at 100 % CPU.
+            _drop_socket(client)
             lost = client._disconnected
             if lost.done() and not lost.cancelled():
                 lost.exception()  # seen: asyncio must not log it as never retrieved
@@ -307,7 +318,11 @@ class Bus:
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's filter checks
             raise BusError(self.where, f"cannot subscribe to {', '.join(topics)}: {exc}") from exc
         codes = [code if isinstance(code, int) else code.value for code in granted]
-        refused = [topic for topic, code in zip(topics, codes, strict=False) if code >= 0x80]
+        if len(codes) != len(topics):
+            raise BusError(
+                self.where, f"the broker answered {len(codes)} codes for {len(topics)} topics"
+            )
+        refused = [topic for topic, code in zip(topics, codes, strict=True) if code >= 0x80]
         if refused:
             raise BusError(self.where, f"the broker refused the subscription to {refused}")
 
@@ -334,6 +349,14 @@ class Bus:
             return None
         sock = self._client._client.socket()  # paho's client inside aiomqtt's
         return sock if isinstance(sock, socket.socket) else None
+
+
+def _drop_socket(client: aiomqtt.Client) -> None:
+    """Close the socket of ``client`` if paho still holds one (no DISCONNECT is sent)."""
+    paho = client._client
+    if paho.socket() is not None:
+        with contextlib.suppress(OSError):
+            paho._sock_close()
 
 
 async def _keep_cancellation(call: Awaitable[T]) -> T:

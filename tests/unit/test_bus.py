@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -425,3 +426,93 @@ def test_hash_password_is_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
     assert hash_password("other", salt=base64.b64decode(salt), iterations=int(iterations)) != (
         stored
     )
+
+
+# --- a broker that misbehaves (found by fuzzing the engine against a fake broker) --------------
+
+
+async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT packet: (its type and flags byte, its body)."""
+    kind = (await reader.readexactly(1))[0]
+    length = shift = 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return kind, await reader.readexactly(length)
+
+
+async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_socket() -> None:
+    """A PUBLISH whose topic is not UTF-8 broke the connection inside aiomqtt, which left the
+    socket open: paho read the same packet again and again, at 100 % CPU with a log line each
+    time, until the keepalive closed it two minutes later."""
+    closed = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        _, body = await _packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, QoS 1 granted
+        topic = b"otc/v1/\xff/rfq"
+        writer.write(b"\x30" + bytes([2 + len(topic) + 1]) + len(topic).to_bytes(2) + topic + b"x")
+        writer.write(b"\xd0\x00")  # and something more to read
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):
+                pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        bus = Bus(host="127.0.0.1", port=port)
+
+        async def read_all() -> None:
+            async with bus, asyncio.timeout(5):
+                await bus.subscribe("otc/v1/+/rfq")
+                async for _ in bus.messages():
+                    pass
+
+        with pytest.raises(BusError):
+            await read_all()
+        async with asyncio.timeout(2):
+            await closed.wait()  # our side closed the socket
+
+
+async def test_a_suback_with_too_few_codes_is_a_refusal() -> None:
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _packet(reader)
+        writer.write(b"\x20\x02\x00\x00")
+        _, body = await _packet(reader)
+        writer.write(b"\x90\x03" + body[:2] + b"\x01")  # one code for two topics
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Bus(host="127.0.0.1", port=port) as bus:
+        with pytest.raises(BusError, match="1 codes for 2 topics"):
+            await bus.subscribe("a/b", "c/d")
+
+
+async def test_messages_beyond_max_queued_are_dropped_not_held(
+    broker: BrokerProcess, prefix: str
+) -> None:
+    """Unbounded, the queue of received messages grew by ~500 bytes per RFQ of a flood the
+    engine could not keep up with (37 -> 84 MB in 30 s, and a 45 s backlog)."""
+    async with bus_for(broker, max_queued=3) as sub, bus_for(broker) as pub:
+        await sub.subscribe(f"{prefix}/#")
+        for i in range(10):
+            await pub.publish(Publication(f"{prefix}/n", str(i).encode()))
+        await asyncio.sleep(0.3)  # all of them delivered to `sub`, none read yet
+        messages = sub.messages()
+        received = [await receive(messages) for _ in range(3)]
+        with pytest.raises(TimeoutError):
+            await receive(messages, timeout_s=0.3)
+    assert [payload for _, payload in received] == [b"0", b"1", b"2"]
