@@ -326,3 +326,33 @@ def test_operator_kill_switch_and_client_disable_take_effect_at_once(
     assert rfq()["type"] == "quote"  # nothing was halted
     controls = otc("blotter", "--journal", journal, "--kind", "control")
     assert "ops-1" in controls.stdout
+
+
+def test_a_topic_whose_client_level_is_not_a_client_id_is_ignored(
+    service: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    """`otc/v1//rfq` was answered on `otc/v1//quotes` (and a NUL in the level echoed in a topic
+    MQTT forbids): no client can hold such an id, so nothing is answered."""
+    from broker import Publication
+
+    from otc.bus import Bus
+
+    url, _, _ = service
+    host, port = url.removeprefix("mqtt://").split(":")
+    rfq = {"rfq_id": "r-1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}
+
+    async def replies() -> list[str]:
+        async with Bus(host=host, port=int(port)) as bus:
+            await bus.subscribe("otc/v1/+/quotes")
+            for client in ("", "client-a"):  # the valid one last: its answer ends the wait
+                body = json.dumps(rfq).encode()
+                await bus.publish(Publication(f"otc/v1/{client}/rfq", body))
+            topics = []
+            async with asyncio.timeout(10):
+                async for topic, _ in bus.messages():
+                    topics.append(topic)
+                    if topic == "otc/v1/client-a/quotes":
+                        return topics
+        return topics
+
+    assert asyncio.run(replies()) == ["otc/v1/client-a/quotes"]
