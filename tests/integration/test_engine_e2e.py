@@ -356,3 +356,63 @@ def test_a_topic_whose_client_level_is_not_a_client_id_is_ignored(
         return topics
 
     assert asyncio.run(replies()) == ["otc/v1/client-a/quotes"]
+
+
+def test_sigterm_does_not_wait_out_a_broker_that_never_acknowledges(tmp_path: Path) -> None:
+    """The shutdown waited aiomqtt's 10 s for the PUBACK of status "down" from a broker that
+    sends none; it waits 1 s now (the last will says "down" all the same)."""
+    published = asyncio.Event()
+
+    async def packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        kind = (await reader.readexactly(1))[0]
+        length = shift = 0
+        while True:
+            byte = (await reader.readexactly(1))[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return kind, await reader.readexactly(length)
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                kind, body = await packet(reader)
+                if kind >> 4 == 1:  # CONNECT: accepted
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind >> 4 == 8:  # SUBSCRIBE: every topic granted QoS 1
+                    topics, at = 0, 2
+                    while at < len(body):
+                        at += 2 + int.from_bytes(body[at : at + 2]) + 1
+                        topics += 1
+                    writer.write(bytes([0x90, 2 + topics]) + body[:2] + b"\x01" * topics)
+                elif kind >> 4 == 3:  # PUBLISH: never acknowledged
+                    published.set()
+                elif kind >> 4 == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                await writer.drain()
+        writer.close()
+
+    async def run() -> float:
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *("-m", "otc.cli", "serve", "--config", str(CONFIG), "--feeds", "sim"),
+                *("--broker", f"mqtt://127.0.0.1:{port}", "--journal", str(tmp_path / "j.db")),
+                "--no-console",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            async with asyncio.timeout(30):
+                await published.wait()  # status "up", unacknowledged
+            await asyncio.sleep(0.5)
+            started = asyncio.get_running_loop().time()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await proc.wait()
+            took = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(0.1)  # the broker's side of the connection closes too
+            return took
+
+    assert asyncio.run(run()) < 5
