@@ -632,3 +632,56 @@ async def test_a_rest_snapshot_older_than_the_events_says_so() -> None:
         snapshot_retry_s=0.01,
     )
     assert "older than the events buffered" in conn.last_error
+
+
+async def test_a_rest_snapshot_that_keeps_failing_is_fetched_ever_more_slowly() -> None:
+    """Refetched at a flat `snapshot_retry_s` (1 s by default: 60 deep snapshots a minute,
+    over twice what Binance allows an IP) however long the fault lasted."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def body(n: int, last: int) -> str:
+        times.append(loop.time())
+        return '{"code": -1003, "msg": "Too many requests"}'  # not a snapshot
+
+    await run_binance(
+        body,
+        ready=lambda conn, requests: requests >= 6,
+        snapshot_retry_s=0.01,
+        resync_base_s=0.1,
+        resync_cap_s=0.4,
+    )
+    # Each refetch after the first waits at least half its ceiling: 0.1, 0.2, 0.4, 0.4 s.
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert sum(gaps[1:5]) >= 0.05 + 0.1 + 0.2 + 0.2, gaps
+
+
+async def test_a_symbol_left_out_of_sync_is_resynced_while_another_waits_for_a_snapshot() -> None:
+    """Binance resyncs by reconnecting a symbol the venue ignores; that waited as long as any
+    other symbol's snapshot was pending (for ever, with a REST that keeps failing)."""
+
+    def rest(connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        return Response(503, "Unavailable", Headers([("Content-Type", "text/plain")]), b"")
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        for update_id in itertools.count(1):  # BNBBTC only: ETHBTC never gets a word
+            event = {"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": update_id, "u": update_id}
+            await ws.send(json.dumps({**event, "b": [], "a": []}))
+            await asyncio.sleep(0.01)
+
+    async with serve(venue, "127.0.0.1", 0, process_request=rest) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            BinanceBookFeed(),
+            ["BNBBTC", "ETHBTC"],
+            url=f"ws://127.0.0.1:{port}/ws",
+            rest_url=f"http://127.0.0.1:{port}",
+            snapshot_retry_s=0.05,
+            sync_timeout_s=0.3,
+            backoff=Backoff(base_s=0.01, cap_s=0.02, rng=random.Random(3)),
+        )
+        await run_until(conn, lambda: conn.reconnects >= 1)
+    assert conn.reconnects >= 1
