@@ -516,3 +516,25 @@ async def test_messages_beyond_max_queued_are_dropped_not_held(
         with pytest.raises(TimeoutError):
             await receive(messages, timeout_s=0.3)
     assert [payload for _, payload in received] == [b"0", b"1", b"2"]
+
+
+async def test_a_connect_that_times_out_closes_its_socket() -> None:
+    """The socket of a connect that failed stayed open, and a CONNACK arriving late made a
+    session of it with the engine's client id and last will, never read again."""
+    closed = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _packet(reader)  # CONNECT, never answered
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):
+                pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(BusError, match="cannot connect"):
+            await Bus(host="127.0.0.1", port=port, timeout=0.3).__aenter__()
+        async with asyncio.timeout(2):
+            await closed.wait()

@@ -385,3 +385,24 @@ async def test_an_accept_left_unanswered_says_the_quote_may_be_filled(
         "otc: error: no answer to the accept within 1 s; quote q-1 may be filled: "
         "accepting it again returns its fill\n"
     )
+
+
+async def test_an_answer_cannot_forge_a_line_of_output(broker: BrokerProcess) -> None:
+    """A reason holding a newline printed a line of its own (`fill: ...` in the helper's case)."""
+
+    def answers(request: dict[str, Any]) -> list[object]:
+        reason = "cheap\nfill: buy 1 at 1 (trade X)"
+        return [{"type": "reject", "rfq_id": request["rfq_id"], "code": "X", "reason": reason}]
+
+    url = f"mqtt://{broker.host}:{broker.port}"
+    argv = ["rfq", "--broker", url, "--client", CLIENT, "--symbol", "BTC-USDT", "--side", "buy"]
+    async with responder(broker, answers):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "otc.cli", *argv, "--qty", "1"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert out.decode() == "reject: X: cheap\\nfill: buy 1 at 1 (trade X)\n"

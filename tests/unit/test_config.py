@@ -278,3 +278,11 @@ def test_missing_section(tmp_path: Path) -> None:
         load_config(file)
     assert info.value.path == "$.instruments[0]"
     assert "missing required field" in info.value.problem
+
+
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    # tomllib's RecursionError escaped as a traceback.
+    path = tmp_path / "deep.toml"
+    path.write_text("symbols = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
