@@ -151,3 +151,26 @@ async def retained_status(host: str, port: int) -> dict[str, Any]:
         _, payload = await receive(bus.messages())
     status: dict[str, Any] = msgspec.json.decode(payload)
     return status
+
+
+# -- a broker of the test's own making, for what real brokers never do ---------------------------
+
+
+async def read_mqtt_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT packet off a raw connection: (its type-and-flags byte, its body)."""
+    kind = (await reader.readexactly(1))[0]
+    length = shift = 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return kind, await reader.readexactly(length)
+
+
+async def until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read and drop whatever the client sends until it closes the connection; close ours."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while await reader.read(1024):
+            pass
+    writer.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import ask_engine, retained_status, running_broker
+from broker import ask_engine, read_mqtt_packet, retained_status, running_broker
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -363,20 +363,10 @@ def test_sigterm_does_not_wait_out_a_broker_that_never_acknowledges(tmp_path: Pa
     sends none; it waits 1 s now (the last will says "down" all the same)."""
     published = asyncio.Event()
 
-    async def packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        kind = (await reader.readexactly(1))[0]
-        length = shift = 0
-        while True:
-            byte = (await reader.readexactly(1))[0]
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return kind, await reader.readexactly(length)
-
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
-                kind, body = await packet(reader)
+                kind, body = await read_mqtt_packet(reader)
                 if kind >> 4 == 1:  # CONNECT: accepted
                     writer.write(b"\x20\x02\x00\x00")
                 elif kind >> 4 == 8:  # SUBSCRIBE: every topic granted QoS 1

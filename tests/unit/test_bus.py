@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import shutil
 import socket
@@ -19,9 +18,11 @@ from broker import (
     RECEIVE_TIMEOUT_S,
     Publication,
     broker_kinds,
+    read_mqtt_packet,
     receive,
     running_broker,
     unique_topic_prefix,
+    until_closed,
 )
 
 from otc.broker import (
@@ -431,19 +432,6 @@ def test_hash_password_is_what_mosquitto_passwd_writes(tmp_path: Path) -> None:
 # --- a broker that misbehaves (found by fuzzing the engine against a fake broker) --------------
 
 
-async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One MQTT packet: (its type and flags byte, its body)."""
-    kind = (await reader.readexactly(1))[0]
-    length = shift = 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return kind, await reader.readexactly(length)
-
-
 async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_socket() -> None:
     """A PUBLISH whose topic is not UTF-8 broke the connection inside aiomqtt, which left the
     socket open: paho read the same packet again and again, at 100 % CPU with a log line each
@@ -451,19 +439,16 @@ async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_s
     closed = asyncio.Event()
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _packet(reader)  # CONNECT
+        await read_mqtt_packet(reader)  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
-        _, body = await _packet(reader)  # SUBSCRIBE
+        _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
         writer.write(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, QoS 1 granted
         topic = b"otc/v1/\xff/rfq"
         writer.write(b"\x30" + bytes([2 + len(topic) + 1]) + len(topic).to_bytes(2) + topic + b"x")
         writer.write(b"\xd0\x00")  # and something more to read
         await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(1024):
-                pass
+        await until_closed(reader, writer)
         closed.set()
-        writer.close()
 
     server = await asyncio.start_server(broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -484,15 +469,12 @@ async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_s
 
 async def test_a_suback_with_too_few_codes_is_a_refusal() -> None:
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _packet(reader)
+        await read_mqtt_packet(reader)
         writer.write(b"\x20\x02\x00\x00")
-        _, body = await _packet(reader)
+        _, body = await read_mqtt_packet(reader)
         writer.write(b"\x90\x03" + body[:2] + b"\x01")  # one code for two topics
         await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(1024):
-                pass
-        writer.close()
+        await until_closed(reader, writer)
 
     server = await asyncio.start_server(broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -524,12 +506,9 @@ async def test_a_connect_that_times_out_closes_its_socket() -> None:
     closed = asyncio.Event()
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _packet(reader)  # CONNECT, never answered
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(1024):
-                pass
+        await read_mqtt_packet(reader)  # CONNECT, never answered
+        await until_closed(reader, writer)
         closed.set()
-        writer.close()
 
     server = await asyncio.start_server(broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
