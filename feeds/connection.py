@@ -378,13 +378,13 @@ class FeedConnection:
 
     async def _fetch_snapshot(self, venue_symbol: str) -> None:
         url = self.feed.snapshot_url(venue_symbol, base=self.rest_url)
+        symbol = self.feed.our_symbol(venue_symbol)
         try:
             try:
                 body = await asyncio.to_thread(_http_get, url)
                 events = self.feed.on_rest(url, body, self.clock_ns())
                 if events and self.on_events is not None:
                     self.on_events(events)
-                symbol = self.feed.our_symbol(venue_symbol)
                 if not events and not self.feed.in_sync.get(symbol):  # say why it still waits
                     self.last_error = (
                         f"snapshot {venue_symbol}: older than the events buffered (or they are "
@@ -404,7 +404,6 @@ class FeedConnection:
             # Space out retries: a deep REST snapshot is expensive in the venue's rate limits,
             # and snapshots that keep failing are paced like resyncs (a flood gets the IP banned).
             delay = self.snapshot_retry_s
-            symbol = self.feed.our_symbol(venue_symbol)
             if not self.feed.in_sync.get(symbol):
                 delay = max(delay, self.resync_delay(symbol))
             await asyncio.sleep(delay)

@@ -45,7 +45,7 @@ import msgspec
 
 from otc.config import Config, load_config
 from otc.errors import OtcError
-from otc.model import Scale, Side, decimal_text, plain
+from otc.model import Scale, Side, decimal_text, plain, printable
 from otc.report import estimate_json, format_estimate, format_max_qty
 from otc.slippage import ImpactModel, estimate, max_qty_within
 
@@ -754,12 +754,6 @@ def _client_name(name: str, option: str) -> str:
     return name
 
 
-def _shown(text: str) -> str:
-    """``text`` from the engine for a terminal: control characters escaped (a reason holding a
-    newline must not print a line of its own)."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def _cmd_rfq(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -792,16 +786,16 @@ def _cmd_rfq(args: argparse.Namespace) -> int:
                 if price is not None
             )
             out.write(
-                f"{label}: {_shown(message.symbol)} {message.side} {message.qty}: {prices} "
-                f"(quote {_shown(message.quote_id)}, valid until {message.valid_until_ms} ms)\n"
+                f"{label}: {printable(message.symbol)} {message.side} {message.qty}: {prices} "
+                f"(quote {printable(message.quote_id)}, valid until {message.valid_until_ms} ms)\n"
             )
         elif isinstance(message, Fill):
             out.write(
                 f"{label}: {message.side} {message.qty} at {message.price} "
-                f"(trade {_shown(message.trade_id)})\n"
+                f"(trade {printable(message.trade_id)})\n"
             )
         elif isinstance(message, Reject | AcceptReject):
-            out.write(f"{label}: {_shown(message.code)}: {_shown(message.reason)}\n")
+            out.write(f"{label}: {printable(message.code)}: {printable(message.reason)}\n")
 
     async def run() -> int:
         async with Bus(
@@ -891,7 +885,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
                     result = await send_control(bus, operator, control)
             except TimeoutError:
                 raise UsageError(f"no answer from the engine within {args.timeout:g} s") from None
-        sys.stdout.write(f"{'ok' if result.ok else 'refused'}: {_shown(result.detail)}\n")
+        sys.stdout.write(f"{'ok' if result.ok else 'refused'}: {printable(result.detail)}\n")
         return 0 if result.ok else 1
 
     try:

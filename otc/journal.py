@@ -64,7 +64,7 @@ from typing import Final, Literal, Protocol, Self, TextIO
 import msgspec
 
 from otc.errors import OtcError
-from otc.model import decimal_text, plain
+from otc.model import decimal_text, plain, printable
 
 __all__ = [
     "KINDS",
@@ -1162,17 +1162,9 @@ def _blotter_line(row: JournalRow) -> tuple[str, ...]:
     )
 
 
-def _printable(text: str) -> str:
-    """``text`` for a terminal: control characters escaped (an id holding a newline or an ANSI
-    escape must not forge a line of the blotter)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def format_blotter(rows: Iterable[JournalRow]) -> str:
     """A table of ``rows``, one line each, columns aligned; ``"no events\\n"`` for none."""
-    lines = [_BLOTTER_COLUMNS, *(tuple(map(_printable, _blotter_line(row))) for row in rows)]
+    lines = [_BLOTTER_COLUMNS, *(tuple(map(printable, _blotter_line(row))) for row in rows)]
     if len(lines) == 1:
         return "no events\n"
     widths = [max(len(line[i]) for line in lines) for i in range(len(_BLOTTER_COLUMNS))]

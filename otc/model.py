@@ -41,6 +41,7 @@ __all__ = [
     "parse_fee_bps",
     "parse_fixed",
     "plain",
+    "printable",
     "to_decimal",
 ]
 
@@ -232,6 +233,14 @@ def decimal_text(value: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def printable(text: str) -> str:
+    """``text`` from a client, the engine or a file, for a terminal: control characters escaped,
+    so that an id or a reason holding a newline or an ANSI escape cannot forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def plain(obj: object) -> object:
