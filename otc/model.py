@@ -19,6 +19,7 @@ instead of rounding it away: a book that silently rounds is not an exact book.
 from __future__ import annotations
 
 import enum
+import json
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
 import msgspec
@@ -42,6 +43,7 @@ __all__ = [
     "parse_fixed",
     "plain",
     "printable",
+    "repeated_member_at",
     "to_decimal",
 ]
 
@@ -233,6 +235,38 @@ def decimal_text(value: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def repeated_member_at(data: bytes) -> tuple[str, str] | None:
+    """The first member given twice in an object of the JSON document ``data`` (valid JSON),
+    in document order, as (its JSON path, its name); ``None`` when there is none.
+
+    JSON leaves repeated names undefined, and msgspec keeps the last value: a wire message or a
+    file holding one is ambiguous, and refused by its reader.
+    """
+
+    def first(node: object, path: str) -> tuple[str, str] | None:
+        if isinstance(node, _Members):
+            names: set[str] = set()
+            for name, value in node:
+                if name in names:
+                    return f"{path}.{name}", name
+                names.add(name)
+                found = first(value, f"{path}.{name}")
+                if found is not None:
+                    return found
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                found = first(value, f"{path}[{i}]")
+                if found is not None:
+                    return found
+        return None
+
+    return first(json.loads(data, object_pairs_hook=_Members), "$")
+
+
+class _Members(list[tuple[str, object]]):
+    """A JSON object as its members in order, repeats kept (see :func:`repeated_member_at`)."""
 
 
 def printable(text: str) -> str:

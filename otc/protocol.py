@@ -23,14 +23,13 @@ field in a :class:`ProtocolError` carrying the reject code.
 from __future__ import annotations
 
 import enum
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Literal, TypeVar
 
 import msgspec
 
 from otc.errors import OtcError
-from otc.model import decimal_text
+from otc.model import decimal_text, repeated_member_at
 
 __all__ = [
     "ACCEPT_TOPIC",
@@ -232,20 +231,6 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes, what: str) -> T:
     return message
 
 
-class _Repeated(Exception):  # control flow inside repeated_member, never escapes
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, value in pairs:
-        if name in out:
-            raise _Repeated(name)
-        out[name] = value
-    return out
-
-
 def repeated_member(payload: bytes) -> str | None:
     """A member name given twice in the object ``payload`` holds (valid JSON), if any.
 
@@ -258,11 +243,8 @@ def repeated_member(payload: bytes) -> str | None:
     members = msgspec.json.decode(payload)
     if isinstance(members, dict) and payload.count(b":") <= len(members):
         return None
-    try:
-        json.loads(payload, object_pairs_hook=_no_repeats)
-    except _Repeated as exc:
-        return exc.name
-    return None
+    repeated = repeated_member_at(payload)
+    return None if repeated is None else repeated[1]
 
 
 def decode_rfq(payload: bytes) -> Rfq:

@@ -18,7 +18,6 @@ The books' fixed-point scale is the finest one the file needs, so reading is alw
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,7 +26,14 @@ import msgspec
 from otc.book import ConsolidatedBook, L2Book
 from otc.config import config_error
 from otc.errors import ConfigError, ValueParseError
-from otc.model import Scale, decimal_text, decimals_of, parse_fee_bps, to_decimal
+from otc.model import (
+    Scale,
+    decimal_text,
+    decimals_of,
+    parse_fee_bps,
+    repeated_member_at,
+    to_decimal,
+)
 
 __all__ = ["MAX_DECIMALS", "BookFile", "VenueLevels", "dump_book", "load_book", "parse_book"]
 
@@ -101,9 +107,11 @@ def parse_book(data: bytes, *, source: str = "<book>", size_decimals: int = 0) -
             raise ConfigError(source, f"$.venues.{name}", f"not valid JSON: {exc}") from None
         except RecursionError:
             raise ConfigError(source, f"$.venues.{name}", "nested too deeply") from None
-    repeated = _repeated_member(data)
+    repeated = repeated_member_at(data)
     if repeated is not None:
-        raise ConfigError(source, repeated, "given twice (JSON leaves which one counts undefined)")
+        raise ConfigError(
+            source, repeated[0], "given twice (JSON leaves which one counts undefined)"
+        )
     doc = BookFile(symbol=raw.symbol, venues=venues)
     if not doc.venues:
         raise ConfigError(source, "$.venues", "no venues")
@@ -165,34 +173,6 @@ def parse_book(data: bytes, *, source: str = "<book>", size_decimals: int = 0) -
         )
         book.add_venue(l2, fee)
     return book
-
-
-def _repeated_member(data: bytes) -> str | None:
-    """The JSON path of the first member given twice in an object of ``data`` (valid JSON,
-    nested a few levels at most), if any."""
-
-    def first(node: object, path: str) -> str | None:
-        if isinstance(node, _Members):
-            names: set[str] = set()
-            for name, value in node:
-                if name in names:
-                    return f"{path}.{name}"
-                names.add(name)
-                found = first(value, f"{path}.{name}")
-                if found is not None:
-                    return found
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                found = first(value, f"{path}[{i}]")
-                if found is not None:
-                    return found
-        return None
-
-    return first(json.loads(data, object_pairs_hook=_Members), "$")
-
-
-class _Members(list[tuple[str, object]]):
-    """A JSON object as its members in order, repeats kept (see :func:`_repeated_member`)."""
 
 
 def dump_book(book: ConsolidatedBook) -> bytes:
