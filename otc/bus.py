@@ -63,7 +63,7 @@ class BusError(OtcError):
 
 
 class Publishable(Protocol):
-    """What the bus publishes: ``otc.quoting.Outgoing`` or anything shaped like it."""
+    """What the bus publishes: ``otc.protocol.Outgoing`` or anything shaped like it."""
 
     @property
     def topic(self) -> str: ...

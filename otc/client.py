@@ -46,6 +46,7 @@ from otc.protocol import (
     Control,
     ControlResult,
     Fill,
+    Outgoing,
     ParsedRfq,
     ProtocolError,
     Quote,
@@ -84,12 +85,6 @@ class _Names(msgspec.Struct):
     rfq_id: object = None
     quote_id: object = None
     request_id: object = None
-
-
-class _Message(msgspec.Struct, frozen=True):
-    topic: str
-    payload: bytes
-    retain: bool = False
 
 
 def _encode(message: msgspec.Struct) -> bytes:
@@ -224,7 +219,7 @@ async def request_quote(bus: Bus, client: str, rfq: Rfq) -> Quote | Reject:
     parsed = check_rfq(rfq)
     topic = QUOTES_TOPIC.format(client=client)
     await bus.subscribe(topic, FILLS_TOPIC.format(client=client))
-    await bus.publish(_Message(RFQ_TOPIC.format(client=client), _encode(rfq)))
+    await bus.publish(Outgoing(RFQ_TOPIC.format(client=client), _encode(rfq)))
     answer = await _answer(
         bus.messages(), topic, "rfq_id", rfq.rfq_id, _quote_answer, f"RFQ {rfq.rfq_id!r}"
     )
@@ -245,7 +240,7 @@ async def accept_quote(
         BusError: from the bus.
     """
     accept = Accept(quote_id=quote.quote_id, side=side if quote.side == "two_way" else None)
-    await bus.publish(_Message(ACCEPT_TOPIC.format(client=client), _encode(accept)))
+    await bus.publish(Outgoing(ACCEPT_TOPIC.format(client=client), _encode(accept)))
     what = f"the accept of quote {quote.quote_id!r}"
     topic = FILLS_TOPIC.format(client=client)
     answer = await _answer(bus.messages(), topic, "quote_id", quote.quote_id, _fill_answer, what)
@@ -268,7 +263,7 @@ async def send_control(bus: Bus, operator: str, control: Control) -> ControlResu
     check_control(control)
     topic = CONTROL_RESULT_TOPIC.format(operator=operator)
     await bus.subscribe(topic)
-    await bus.publish(_Message(CONTROL_TOPIC.format(operator=operator), _encode(control)))
+    await bus.publish(Outgoing(CONTROL_TOPIC.format(operator=operator), _encode(control)))
     assert control.request_id is not None
     what = f"command {control.command!r}"
     result = await _answer(

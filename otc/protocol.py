@@ -50,6 +50,7 @@ __all__ = [
     "Fill",
     "Ladder",
     "LadderBand",
+    "Outgoing",
     "ProtocolError",
     "Quote",
     "Reject",
@@ -181,6 +182,14 @@ class AcceptReject(_Out, frozen=True, tag="accept_reject"):
     quote_id: str
     code: str
     reason: str
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """A message for the bus to publish (engine or client): its topic, its encoded payload."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
 
 
 class Status(msgspec.Struct, frozen=True):

@@ -107,6 +107,7 @@ from otc.protocol import (
     Fill,
     Ladder,
     LadderBand,
+    Outgoing,
     ParsedAccept,
     ParsedRfq,
     ProtocolError,
@@ -146,14 +147,6 @@ _NS_PER_DAY = 86_400 * _NS_PER_S
 _CTX = Context(prec=60)
 _ZERO = Decimal(0)
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
-
-
-class Outgoing(msgspec.Struct, frozen=True):
-    """A message for the bus to publish."""
-
-    topic: str
-    payload: bytes
-    retain: bool = False
 
 
 class _IdOnly(msgspec.Struct):
