@@ -406,13 +406,56 @@ def load_toml(path: str | Path, type: type[T]) -> T:
     except OSError as exc:
         raise ConfigError(source, "$", f"cannot read: {exc.strerror}") from None
     try:
-        return msgspec.toml.decode(data, type=type)
+        decoded = msgspec.toml.decode(data, type=type)
     except msgspec.ValidationError as exc:
         raise config_error(source, exc) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid TOML: {exc}") from None
     except RecursionError:
         raise ConfigError(source, "$", "nested too deeply") from None
+    # msgspec reads a decimal string with Decimal(), which also takes Python's literal syntax
+    # ("1_000"), spaces and non-ASCII digits; the raw document says what the file really holds.
+    problem = _loose_decimal(msgspec.toml.decode(data), msgspec.inspect.type_info(type), "$")
+    if problem is not None:
+        raise ConfigError(source, *problem)
+    return decoded
+
+
+#: A decimal string as a config file may write it: ASCII digits, a sign, a point, an exponent.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _loose_decimal(raw: object, info: msgspec.inspect.Type, path: str) -> tuple[str, str] | None:
+    """(path, problem) of the first string in ``raw`` (a document that decoded as ``info``)
+    read as a Decimal although it is not written as a decimal number; None when there is none."""
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.DecimalType):
+        if isinstance(raw, str) and not _DECIMAL_TEXT.fullmatch(raw):
+            return path, f"expected a decimal number like '0.01', got {raw!r}"
+        return None
+    if isinstance(info, msgspec.inspect.UnionType):
+        for member in info.types:
+            if (found := _loose_decimal(raw, member, path)) is not None:
+                return found
+        return None
+    if isinstance(info, msgspec.inspect.StructType) and isinstance(raw, dict):
+        for field in info.fields:
+            if field.encode_name in raw:
+                at = f"{path}.{field.encode_name}"
+                if (found := _loose_decimal(raw[field.encode_name], field.type, at)) is not None:
+                    return found
+        return None
+    if isinstance(info, msgspec.inspect.DictType) and isinstance(raw, dict):
+        for key, value in raw.items():
+            if (found := _loose_decimal(value, info.value_type, f"{path}.{key}")) is not None:
+                return found
+        return None
+    if isinstance(info, msgspec.inspect.ListType) and isinstance(raw, list):
+        for i, item in enumerate(raw):
+            if (found := _loose_decimal(item, info.item_type, f"{path}[{i}]")) is not None:
+                return found
+    return None
 
 
 def load_config(path: str | Path) -> Config:

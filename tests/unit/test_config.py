@@ -222,6 +222,47 @@ def test_a_broken_value_names_the_file_and_the_path(
     assert str(error).startswith(f"{file}: {path}: ")
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "path"),
+    [
+        # Decimal() takes Python's literal syntax, spaces and any script's digits; msgspec read
+        # these as 0.0001, 2.6 and 25000 where a misplaced character is more likely a typo.
+        ('lot_size = "0.0001"', 'lot_size = "0.000_1"', "$.instruments[1].lot_size"),
+        ('taker_fee_bps = "2.6"', 'taker_fee_bps = " 2.6"', "$.venues[1].taker_fee_bps"),
+        (
+            'daily_volume = "25000"',
+            'daily_volume = "\u0662\u0665000"',
+            "$.instruments[0].impact.daily_volume",
+        ),
+    ],
+)
+def test_a_decimal_string_must_be_written_as_a_number(
+    tmp_path: Path, old: str, new: str, path: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(broken(tmp_path, old, new))
+    assert info.value.path == path
+    assert "expected a decimal number like '0.01'" in info.value.problem
+
+
+def test_decimal_strings_in_lists_and_tables_are_checked_too(tmp_path: Path) -> None:
+    bands = 'lot_size = "0.0001"\nladder_bands = ["1", "1_0"]\n'
+    text = GOOD.replace('lot_size = "0.0001"\n', bands)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.path == "$.instruments[1].ladder_bands[1]"
+    text = GOOD + '\n[inventory.limits]\nBTC = "2_5"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.path == "$.inventory.limits.BTC"
+
+
+@pytest.mark.parametrize("text", ["0.01", "+0.01", "1e-2", "1E-2", ".01", "0.010", "0.01e0"])
+def test_plain_and_exponent_decimal_strings_load(tmp_path: Path, text: str) -> None:
+    config = load_config(broken(tmp_path, 'tick_size = "0.01"', f'tick_size = "{text}"'))
+    assert config.instrument("BTC-USDT").tick_size == Decimal("0.01")
+
+
 def test_unknown_key_message_reads_as_documented(tmp_path: Path) -> None:
     file = broken(tmp_path, "max_book_age_ms = 1500", "max_book_agee_ms = 1500")
     with pytest.raises(ConfigError, match=r"otc\.toml") as info:

@@ -187,7 +187,7 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         ('silver = { spread_bps = "3" }', 'silver = { spread = "3" }', "$.tiers[...].spread",
          "unknown field"),
         ('silver = { spread_bps = "3" }', 'silver = { spread_bps = "NaN" }',
-         "$.tiers.silver.spread_bps", "non-negative"),
+         "$.tiers.silver.spread_bps", "expected a decimal number"),
         ("hedge_latency_ms = 300", "hedge_latency_ms = -1", "$.risk.hedge_latency_ms", ">= 0"),
         ('volatility_coefficient = "0.8"', 'volatility_coefficient = "-0.8"',
          "$.risk.volatility_coefficient", "non-negative"),
