@@ -288,6 +288,7 @@ class Engine:
             client_id=self.config.broker.client_id,
             will=self._status("down"),
             max_queued=_MAX_QUEUED_MESSAGES,
+            keepalive=self.config.broker.keepalive_s,
         )
 
     async def _broker(self, link: _Link) -> None:

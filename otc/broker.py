@@ -11,7 +11,8 @@ lives in its own virtualenv, ``.venv-amqtt`` at the repository root (``make .ven
 ``make demo`` and ``make test`` build it only when mosquitto is missing), and runs as a child
 process (``.venv-amqtt/bin/amqtt -c amqtt.yaml``), as mosquitto does. It speaks MQTT 3.1.1
 only (the bus's protocol: aiomqtt's default), has no ``$share``, runs here without passwords
-or ACL, and is a few times slower than mosquitto: fine for the demo, not for production
+or ACL, never drops a client that went silent (nor publishes its will), and is a few times
+slower than mosquitto: fine for the demo, not for production
 (:attr:`BrokerProcess.notice` says so). ``OTC_NO_MOSQUITTO=1`` in the environment makes
 :func:`find_mosquitto` act as if mosquitto were not installed, to run the demo or the tests on
 amqtt where mosquitto is.
@@ -72,7 +73,8 @@ AMQTT_VERSION: Final = "0.12.1"
 #: What to tell the user when amqtt runs instead of mosquitto (:attr:`BrokerProcess.notice`).
 AMQTT_NOTICE: Final = (
     "amqtt instead of mosquitto: MQTT 3.1.1 only, slower than mosquitto, no $share, "
-    "no passwords or ACL; fine for the demo and the tests, not for production"
+    "no passwords or ACL, no will for a client gone silent; fine for the demo and the tests, "
+    "not for production"
 )
 
 #: QoS 1 messages mosquitto queues per client beyond its in-flight window before it silently

@@ -145,6 +145,11 @@ class Bus:
         max_queued: Received messages kept waiting for :meth:`messages` at most (0: no
             bound); beyond it they are dropped and aiomqtt logs a warning. The engine bounds
             it so that a flood costs dropped RFQs, not memory without end.
+        keepalive: Seconds (1 to 65,535) the connection may stay silent. After that the
+            client pings the broker, and drops the connection when the ping is not answered
+            within as long again (:meth:`messages` then raises :class:`BusError`); the broker
+            drops a client it has not heard from for 1.5 times as long, publishing its will.
+            aiomqtt's 60 s by default: the engine's is shorter (``[broker] keepalive_s``).
     """
 
     def __init__(
@@ -161,9 +166,13 @@ class Bus:
         tcp_nodelay: bool = True,
         timeout: float | None = None,
         max_queued: int = 0,
+        keepalive: int = 60,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if not 1 <= keepalive <= 65_535:  # 0 would turn pings off: a silent peer goes unseen
+            raise ValueError(f"keepalive must be within 1..65535 s, not {keepalive!r}")
+        self._keepalive = keepalive
         self._timeout = timeout
         self._max_queued = max_queued
         self._host = host
@@ -241,6 +250,7 @@ class Bus:
             socket_options=self._socket_options,
             timeout=self._timeout,
             max_queued_incoming_messages=self._max_queued,
+            keepalive=self._keepalive,
         )
         # aiomqtt logs a warning on every call made while more than 10 are pending: the engine
         # has up to `max_in_flight` publications awaiting their PUBACK under load, and a log

@@ -299,6 +299,10 @@ class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     password: str | None = None
     tls: bool = False
     client_id: str = "otc-engine"
+    #: Seconds the engine's connection may stay silent: the broker publishes the engine's last
+    #: will (status ``down``) when it has not heard from it for 1.5 times as long, and the
+    #: engine reconnects when the broker leaves a ping unanswered for as long again.
+    keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 5
     #: Broker usernames allowed to send operator commands on ``otc/v1/control/{operator}``;
     #: the engine refuses commands from anyone else.
     operators: list[str] = []

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def otc_rfq(
 
 
 @contextlib.contextmanager
-def serving(url: str, journal: Path) -> Iterator[subprocess.Popen[str]]:
+def serving(url: str, journal: Path, config: Path = CONFIG) -> Iterator[subprocess.Popen[str]]:
     """`otc serve` on the broker at ``url``, up (its first line says so) until the block ends."""
     proc = subprocess.Popen(
         [
@@ -67,7 +68,7 @@ def serving(url: str, journal: Path) -> Iterator[subprocess.Popen[str]]:
             "otc.cli",
             "serve",
             "--config",
-            str(CONFIG),
+            str(config),
             "--feeds",
             "sim",
             "--broker",
@@ -356,6 +357,41 @@ def test_a_topic_whose_client_level_is_not_a_client_id_is_ignored(
         return topics
 
     assert asyncio.run(replies()) == ["otc/v1/client-a/quotes"]
+
+
+def test_a_frozen_engine_is_marked_down_within_its_keepalive_and_comes_back(
+    tmp_path: Path,
+) -> None:
+    """An engine that stops answering without closing its connection (a frozen process, a lost
+    network): the broker publishes its last will once 1.5 x ``keepalive_s`` passed in silence,
+    not after the 90 s of MQTT clients' usual 60 s keepalive; thawed, it reconnects."""
+    text = CONFIG.read_text()
+    assert "keepalive_s = 5" in text
+    config = tmp_path / "otc.toml"
+    config.write_text(text.replace("keepalive_s = 5", "keepalive_s = 1"))
+
+    def wait_for(url: str, state: str, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while status_of(url)["state"] != state:
+            assert time.monotonic() < deadline, f"status not {state!r} within {within_s} s"
+            time.sleep(0.2)
+
+    with running_broker(tmp_path / "broker") as broker:
+        if broker.kind == "amqtt":
+            pytest.skip(
+                "mosquitto only: amqtt 0.12.1 never drops a client that went silent (its read "
+                "timeout handler does nothing), so it never publishes that client's will"
+            )
+        url = f"mqtt://{broker.host}:{broker.port}"
+        with serving(url, tmp_path / "journal.sqlite", config) as proc:
+            assert status_of(url)["state"] == "up"
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                wait_for(url, "down", 10)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            wait_for(url, "up", 20)
+            assert otc_rfq(url, "client-a", "BTC-USDT", "buy", "1").returncode == 0
 
 
 def test_sigterm_does_not_wait_out_a_broker_that_never_acknowledges(tmp_path: Path) -> None:

@@ -467,6 +467,47 @@ async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_s
             await closed.wait()  # our side closed the socket
 
 
+async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive() -> None:
+    """A broker (or the network to it) gone silent without closing the connection: with
+    aiomqtt's default keepalive of 60 s nothing noticed it for up to two minutes."""
+    pinged = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_mqtt_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, then silence
+        await writer.drain()
+        try:
+            while True:
+                kind, _ = await read_mqtt_packet(reader)
+                if kind == 0xC0:  # PINGREQ, never answered
+                    pinged.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()  # the client hung up
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        bus = Bus(host="127.0.0.1", port=port, keepalive=1)
+
+        async def read_all() -> None:
+            async with bus, asyncio.timeout(10):
+                await bus.subscribe("otc/v1/+/rfq")
+                async for _ in bus.messages():
+                    pass
+
+        with pytest.raises(BusError):
+            await read_all()
+    assert pinged.is_set()
+
+
+def test_keepalive_must_keep_pings_on() -> None:
+    for keepalive in (0, -1, 65_536):
+        with pytest.raises(ValueError, match="keepalive"):
+            Bus(host="127.0.0.1", port=1883, keepalive=keepalive)
+
+
 async def test_a_suback_with_too_few_codes_is_a_refusal() -> None:
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_mqtt_packet(reader)

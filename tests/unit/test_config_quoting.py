@@ -122,6 +122,7 @@ def test_a_books_only_config_gets_every_quoting_default(tmp_path: Path) -> None:
     assert config.inventory == InventoryConfig()
     assert config.clients == []
     assert config.broker == BrokerConfig()
+    assert config.broker.keepalive_s == 5  # the will within 7.5 s, not MQTT's usual 90 s
     assert config.broker.password is None
     assert config.journal == JournalConfig()
     assert config.instrument("BTC-USDT").ladder_bands == []
@@ -205,6 +206,8 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
          "$.clients[1].max_trade_notional", "positive"),
         ('max_daily_notional = "1000000"', "", "$.clients[1]", "max_daily_notional"),
         ("port = 8883", "port = 70000", "$.broker.port", "<= 65535"),
+        # 0 turns MQTT pings off: a frozen engine would be "up" for as long as its socket lives
+        ("port = 8883", "port = 8883\nkeepalive_s = 0", "$.broker.keepalive_s", ">= 1"),
         ("tls = true", 'tls = "yes"', "$.broker.tls", "Expected `bool`"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "ops-1"]',
          "$.broker.operators[1]", "given twice"),
