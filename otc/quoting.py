@@ -231,7 +231,7 @@ class _Quote(msgspec.Struct, kw_only=True, gc=False):
 class _Client:
     """Runtime state of a configured client: switch, rate-limit bucket, ids, daily notional."""
 
-    __slots__ = ("config", "daily_notional", "day", "enabled", "refilled_ns", "rfq_ids", "tokens")
+    __slots__ = ("config", "daily", "enabled", "refilled_ns", "rfq_ids", "tokens")
 
     def __init__(self, config: ClientConfig, tokens: int, now_ns: int) -> None:
         self.config = config
@@ -241,17 +241,21 @@ class _Client:
         self.refilled_ns = now_ns
         #: rfq_id -> when it was first seen (insertion order = time order).
         self.rfq_ids: dict[str, int] = {}
-        self.day = -1
-        self.daily_notional = _ZERO
+        #: Notional filled per UTC day (day number -> notional), the latest two days: accepts
+        #: are handled concurrently, so one that arrived just before midnight may be checked
+        #: and booked after one that arrived just after it, and must count on its own day.
+        self.daily: dict[int, Decimal] = {}
 
     def used_today(self, now_ns: int) -> Decimal:
-        return self.daily_notional if now_ns // _NS_PER_DAY == self.day else _ZERO
+        return self.daily.get(now_ns // _NS_PER_DAY, _ZERO)
 
     def add_notional(self, now_ns: int, notional: Decimal) -> None:
         day = now_ns // _NS_PER_DAY
-        if day != self.day:
-            self.day, self.daily_notional = day, _ZERO
-        self.daily_notional += notional
+        self.daily[day] = self.daily.get(day, _ZERO) + notional
+        if len(self.daily) > 2:
+            latest = max(self.daily)
+            for old in [d for d in self.daily if d < latest - 1]:
+                del self.daily[old]
 
 
 class Restored(msgspec.Struct, frozen=True, kw_only=True):

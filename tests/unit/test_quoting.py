@@ -584,6 +584,59 @@ async def test_per_trade_daily_and_inventory_limits() -> None:
     assert (await desk.quote(qty="14"))["type"] == "quote"
 
 
+class HeldAccepts(MemoryJournal):
+    """Holds the accepts of quote ``hold`` until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = ""
+        self.gate = asyncio.Event()
+
+    async def append(self, event: JournalEvent) -> None:
+        if event.kind == "accept" and event.quote_id == self.hold:
+            await self.gate.wait()
+        await super().append(event)
+
+
+@pytest.mark.parametrize("limit", [100_000, 10_000_000])
+async def test_an_accept_from_before_midnight_booked_after_one_from_after_counts_on_its_day(
+    limit: int,
+) -> None:
+    """Accepts are handled concurrently: one that arrived at 23:59:59.999 can be booked after
+    one that arrived at 00:00:00.5. Each counts on its own UTC day, as a restart counts it."""
+    day = 86_400_000_000_000
+    config = repo_config()
+    clients = [replace(c, max_daily_notional=D(limit)) for c in config.clients]
+    desk = Desk(replace(config, clients=clients), sim_refresh())
+    journal = HeldAccepts()
+    desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
+    desk.journal = journal
+    midnight = (desk.clock.now_ns() // day + 1) * day
+    desk.clock.set(midnight - 2_000_000_000)
+    desk.refresh()
+    earlier = await desk.quote(qty="1")
+    late = await desk.quote(qty="1")
+    before = await desk.accept(earlier["quote_id"])
+    assert before["type"] == "fill"
+    journal.hold = late["quote_id"]
+    desk.clock.set(midnight - 1_000_000)
+    held = asyncio.create_task(desk.accept(late["quote_id"]))  # arrives before midnight
+    for _ in range(5):
+        await asyncio.sleep(0)
+    desk.clock.set(midnight + 500_000_000)
+    desk.refresh()
+    after = await desk.accept((await desk.quote(qty="1"))["quote_id"])
+    assert after["type"] == "fill"
+    journal.gate.set()
+    reply = await held
+    if limit == 100_000:  # two fills of ~64,000 the day before midnight: one too many
+        assert reply["code"] == "LIMIT_EXCEEDED"
+        assert f"on top of {before['price']} traded today" in reply["reason"]
+    else:
+        assert reply["type"] == "fill"
+    assert desk.engine.daily_notional("client-a") == D(after["price"])  # the new day's only
+
+
 async def test_inventory_limits_refuse_what_adds_to_a_position_beyond_them(desk: Desk) -> None:
     desk.engine.set_position("BTC", D(-49), operator="ops")  # short, limit 50
     assert (await desk.rfq(qty="1"))["type"] == "quote"  # to -50: at the limit
