@@ -252,7 +252,8 @@ class InventoryConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     ``limits``: asset -> the largest absolute position the desk may hold, in that asset's units
     (``{"BTC" = "50"}``); a trade that would take a position beyond it is refused
-    (``LIMIT_EXCEEDED``) unless it reduces the position. Assets without a limit are not limited.
+    (``LIMIT_EXCEEDED``) unless it reduces the position without crossing zero (a short turned
+    into a long beyond the limit is refused). Assets without a limit are not limited.
     ``skew_bps_at_limit``: prices move by this much when the base position is at its limit
     (long: both bid and ask lower; short: both higher), in proportion below it.
     """

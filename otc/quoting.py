@@ -24,7 +24,8 @@ RFQ checks, in order (the first that fails decides the reject code):
    instrument has one;
 9. limits (``LIMIT_EXCEEDED``): per-trade notional, the client's daily notional (UTC day,
    filled trades plus this one), the desk's inventory per asset (a trade may always reduce a
-   position). For a two-way quote, each side must pass.
+   position, but not turn it into one beyond the limit on the other side). For a two-way
+   quote, each side must pass.
 
 Accept checks: payload; the quote exists *for this client* (``UNKNOWN_QUOTE``: another client's
 quote is unknown too); a filled quote returns the same fill to the same accept (same quote,
@@ -867,7 +868,10 @@ class QuoteEngine:
                 continue
             before = self._positions.get(asset, _ZERO)
             after = _CTX.add(before, change)
-            if abs(after) > limit and abs(after) > abs(before):
+            # Beyond the limit only by reducing a position already beyond it, without
+            # crossing zero: a short turned into a long beyond the limit is a new position.
+            reduces = abs(after) <= abs(before) and (after < 0) == (before < 0)
+            if abs(after) > limit and not reduces:
                 raise ProtocolError(
                     Code.LIMIT_EXCEEDED,
                     f"a client {side.value} of {decimal_text(qty)} {inst.base} would take the "

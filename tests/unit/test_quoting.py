@@ -652,6 +652,31 @@ async def test_inventory_limits_refuse_what_adds_to_a_position_beyond_them(desk:
     assert reject["code"] == "LIMIT_EXCEEDED"
 
 
+async def test_a_position_beyond_its_limit_may_not_flip_beyond_it_the_other_way() -> None:
+    config = repo_config()
+    clients = [
+        replace(c, max_trade_notional=D(10**9), max_daily_notional=D(10**10))
+        for c in config.clients
+    ]
+    desk = Desk(replace(config, clients=clients), sim_refresh())
+    desk.engine.set_position("BTC", D(-60), operator="ops")  # short beyond the limit of 50
+    assert (await desk.rfq(qty="100", side="sell"))["type"] == "quote"  # to +40: within
+    quote = await desk.quote(qty="100", side="sell")
+    reject = await desk.rfq(qty="115", side="sell")  # to +55: a new long beyond the limit
+    assert reject["code"] == "LIMIT_EXCEEDED"
+    assert "BTC position to 55, beyond its limit 50" in reject["reason"]
+    desk.engine.set_position("BTC", D(-75), operator="ops")
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"  # to +25: within
+    assert desk.engine.positions["BTC"] == 25
+    desk.engine.set_position("BTC", D(-60), operator="ops")
+    to_flat = await desk.quote(qty="60", side="sell")  # a client sell to 0: allowed
+    desk.engine.set_position("BTC", D(-111), operator="ops")
+    assert (await desk.accept(to_flat["quote_id"]))["type"] == "fill"  # still reduces: to -51
+    flip = await desk.quote(qty="60", side="sell")
+    desk.engine.set_position("BTC", D(-5), operator="ops")
+    assert (await desk.accept(flip["quote_id"]))["code"] == "LIMIT_EXCEEDED"  # to +55
+
+
 async def test_an_internal_error_is_a_reject_not_a_crash(
     desk: Desk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
