@@ -45,14 +45,17 @@ with the operator), all through the journal's one ordered queue:
   every quote). A crash in the few milliseconds before their group commit loses them; a write
   that fails is logged and counted by the journal, and a quote whose write failed cannot be
   filled (``INTERNAL_ERROR``). A failure the journal reports at once (a closed journal, an
-  error already on the receipt) propagates, and the quote is then forgotten (never published,
-  it cannot be accepted).
+  error already on the receipt) makes the reply an ``INTERNAL_ERROR`` reject, and the quote
+  is then forgotten (never published, it cannot be accepted).
 * A fill is *appended* (:meth:`~otc.journal.Journal.append`) and returned only once it is
   committed. The journal commits in queue order, so by then the quote and the accept it
   answers are committed too. An accept of a quote whose commit is still pending is appended
   as well, which commits the quote at once, so that the fill is decided on a quote known to
-  be on disk without waiting for the journal's next group commit. A journal error propagates;
-  nothing is filled then.
+  be on disk without waiting for the journal's next group commit. A journal error fills
+  nothing: the accept gets ``INTERNAL_ERROR`` and may be repeated.
+* A journal error never stops the engine: the RFQ or accept it hit is refused
+  ``INTERNAL_ERROR`` (logged), and the next message is served as usual (the journal carries on
+  with later events).
 * Controls are synchronous; their events are appended by :meth:`QuoteEngine.flush_controls`
   (await it after a control) and at the latest before the next RFQ or accept is handled.
 
@@ -68,6 +71,7 @@ exists only for configured clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
@@ -82,7 +86,7 @@ from otc.book import BookView
 from otc.clock import Clock
 from otc.config import ClientConfig, Config, InstrumentConfig
 from otc.errors import InsufficientDepth, OtcError, QuoteError
-from otc.journal import Journal, JournalEvent, JournalRow, Receipt
+from otc.journal import Journal, JournalError, JournalEvent, JournalRow, Receipt
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, Side, decimal_text, parse_fixed, to_decimal
 from otc.pricing import (
@@ -491,8 +495,32 @@ class QuoteEngine:
 
         The RFQ and its outcome are submitted to the journal, in that order, and the reply is
         returned once they are queued, without waiting for their commit. A journal error known
-        by then propagates, and the quote is forgotten (never published, it cannot be accepted).
+        by then (or a control that could not be journaled) makes the reply an
+        ``INTERNAL_ERROR`` reject, and the quote is forgotten (never published, it cannot be
+        accepted); the engine carries on.
         """
+        try:
+            return await self._serve_rfq(client, payload)
+        except JournalError as exc:
+            log.error("rfq from %s refused, the journal failed: %s", client, exc)
+            rfq_id = _salvage(payload, "rfq_id")
+            reject = Reject(
+                rfq_id=rfq_id,
+                code=Code.INTERNAL_ERROR.value,
+                reason="the journal could not record the RFQ: no quote was made",
+            )
+            event = JournalEvent(
+                "reject",
+                client,
+                self._clock.now_ns(),
+                rfq_id=rfq_id,
+                payload=msgspec.to_builtins(reject),
+            )
+            with contextlib.suppress(JournalError):  # as far as the journal can (logged)
+                await self._submit(event)
+            return [Outgoing(QUOTES_TOPIC.format(client=client), encode(reject))]
+
+    async def _serve_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
         if self._controls:
             await self.flush_controls()
@@ -884,9 +912,34 @@ class QuoteEngine:
     async def on_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         """Handle ``otc/v1/{client}/accept``: a Fill or an AcceptReject, to that client.
 
-        The fill is returned only after the journal committed it. Journal errors propagate
-        (nothing is filled then); bad input never raises.
+        The fill is returned only after the journal committed it. A journal error (the
+        accept, its fill or a control could not be journaled) fills nothing: the reply is an
+        ``INTERNAL_ERROR`` accept reject, the accept may be repeated, and the engine carries
+        on. Bad input never raises.
         """
+        try:
+            return await self._serve_accept(client, payload)
+        except JournalError as exc:
+            log.error("accept by %s refused, the journal failed: %s", client, exc)
+            quote_id = _salvage(payload, "quote_id")
+            reject = AcceptReject(
+                quote_id=quote_id,
+                code=Code.INTERNAL_ERROR.value,
+                reason="the journal could not record the accept or its fill: nothing was "
+                "filled (the accept may be repeated)",
+            )
+            event = JournalEvent(
+                "accept_reject",
+                client,
+                self._clock.now_ns(),
+                quote_id=quote_id,
+                payload=msgspec.to_builtins(reject),
+            )
+            with contextlib.suppress(JournalError):  # as far as the journal can (logged)
+                await self._submit(event)
+            return [Outgoing(FILLS_TOPIC.format(client=client), encode(reject))]
+
+    async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
         await self.flush_controls()
         wire = _decoded(decode_accept, payload)

@@ -944,13 +944,37 @@ async def test_a_journal_failure_fills_nothing_and_the_accept_can_be_repeated(de
     desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
     desk.journal = journal
     quote = await desk.quote(qty="1")
-    with pytest.raises(JournalError):
-        await desk.accept(quote["quote_id"])
+    reject = await desk.accept(quote["quote_id"])  # an answer, not an error that ends the engine
+    assert (reject["type"], reject["code"]) == ("accept_reject", "INTERNAL_ERROR")
+    assert reject["quote_id"] == quote["quote_id"]
+    assert "could not record" in reject["reason"]
+    assert "nothing was filled" in reject["reason"]
     assert desk.engine.positions == {"BTC": D(0), "USDT": D(0)}
     assert desk.engine.daily_notional("client-a") == 0
+    assert desk.events("accept_reject")[-1].payload["code"] == "INTERNAL_ERROR"
     journal.fill_error = None
     assert (await desk.accept(quote["quote_id"]))["type"] == "fill"
     assert len(desk.events("fill")) == 1
+
+
+async def test_a_journal_that_records_nothing_gets_answers_not_a_crash(desk: Desk) -> None:
+    quote = await desk.quote(qty="1")
+    desk.journal.error = JournalError("disk full")  # every write fails, controls too
+    desk.engine.set_halted("ETH-USDT", True, operator="ops")
+    reject = await desk.accept(quote["quote_id"])
+    assert (reject["type"], reject["code"]) == ("accept_reject", "INTERNAL_ERROR")
+    assert reject["quote_id"] == quote["quote_id"]
+    refused = await desk.rfq(rfq_id="r-x")
+    assert (refused["type"], refused["code"], refused["rfq_id"]) == (
+        "reject",
+        "INTERNAL_ERROR",
+        "r-x",
+    )
+    assert "could not record" in refused["reason"]
+    assert desk.engine.positions == {}
+    desk.journal.error = None  # the disk has room again: the halt is journaled first, then on
+    assert (await desk.accept(quote["quote_id"]))["type"] == "fill"
+    assert desk.kinds()[-3:] == ["control", "accept", "fill"]
 
 
 async def test_a_quote_the_journal_did_not_take_cannot_be_accepted(desk: Desk) -> None:
@@ -961,8 +985,8 @@ async def test_a_quote_the_journal_did_not_take_cannot_be_accepted(desk: Desk) -
             await super().append(event)
 
     desk.engine = QuoteEngine(desk.config, desk.market, NoQuotes(), desk.clock)
-    with pytest.raises(JournalError):
-        await desk.rfq()
+    reject = await desk.rfq()
+    assert (reject["type"], reject["code"]) == ("reject", "INTERNAL_ERROR")
     assert desk.engine.open_quotes == 0
 
 
