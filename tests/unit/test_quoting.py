@@ -732,6 +732,18 @@ async def test_repeating_an_accept_returns_the_same_fill_and_others_get_already_
     assert desk.engine.positions["BTC"] == D(-2)
 
 
+async def test_a_partial_accept_uses_the_quote_up(desk: Desk) -> None:
+    quote = await desk.quote(qty="2")
+    fill = await desk.accept(quote["quote_id"], qty="0.5")
+    assert (fill["type"], fill["qty"]) == ("fill", "0.5")
+    assert await desk.accept(quote["quote_id"], qty="0.50") == fill  # the same accept again
+    assert await desk.accept(quote["quote_id"], qty="0.5", side="buy") == fill
+    assert (await desk.accept(quote["quote_id"], qty="1.5"))["code"] == "ALREADY_FILLED"
+    assert (await desk.accept(quote["quote_id"]))["code"] == "ALREADY_FILLED"
+    assert len(desk.events("fill")) == 1
+    assert desk.engine.positions["BTC"] == D("-0.5")
+
+
 async def test_expiry_follows_the_clock(desk: Desk) -> None:
     ttl = desk.config.quoting.quote_ttl_ms
     late = await desk.quote()
