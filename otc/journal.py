@@ -3,8 +3,7 @@
 The engine records through the :class:`Journal` protocol, in one of two ways:
 
 * ``await journal.append(event)`` returns once the event is **committed** (with
-  :class:`SqliteJournal`'s default ``synchronous=FULL``: on disk, through a power cut). The engine
-  appends every fill and publishes it only after ``append`` returned.
+  :class:`SqliteJournal`'s default ``synchronous=FULL``: on disk, through a power cut).
 * ``await journal.submit(event)`` returns once the event is **queued**, before it is committed:
   it waits only while the queue is full (back-pressure). The event is committed with the next
   group commit, normally within a few milliseconds (:class:`SqliteJournal`'s
@@ -13,10 +12,13 @@ The engine records through the :class:`Journal` protocol, in one of two ways:
   quote without waiting for its commit: a quote is not a trade. The returned :data:`Receipt`
   completes when the event is committed, or fails with :class:`JournalError`; a submitted
   event that could not be recorded is also logged (``ERROR``) and counted in ``failed``,
-  whether or not anyone awaits its receipt: never silently lost.
+  whether or not anyone awaits its receipt: never silently lost. A fill is submitted
+  ``urgent`` (committed at once, like an append) and published only once its receipt
+  completed: handed over before the engine's next step, and still decided by the journal
+  when the accept waiting for it is cancelled.
 
 Appended and submitted events share one queue to one writer, so they are committed in the order
-they were handed over: once ``append(fill)`` returned, every event queued before the fill (its
+they were handed over: once a fill's receipt completed, every event queued before the fill (its
 quote, the accept) has been committed or has failed (and was reported). :class:`SqliteJournal`
 is the production implementation (SQLite in WAL mode), :class:`MemoryJournal` the one tests use.
 The CLI reads a journal file with :func:`recent` and :func:`export` and prints activity with
@@ -110,13 +112,14 @@ class Journal(Protocol):
     async def append(self, event: JournalEvent) -> None:  # returns once durably committed
         ...
 
-    async def submit(self, event: JournalEvent) -> Receipt:
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
         """Queue ``event`` behind everything handed over before it; returns once queued.
 
         Waits only while the journal's queue is full. The receipt completes at commit (or
         fails with :class:`JournalError`); failures are logged and counted by the journal.
         Raises at once (and queues nothing) for a closed journal or an unknown kind; a payload
-        that cannot be encoded fails the receipt.
+        that cannot be encoded fails the receipt. ``urgent``: commit without waiting to gather
+        more events, as for an append (a fill whose caller awaits the receipt).
         """
         ...
 
@@ -254,7 +257,7 @@ class MemoryJournal:
             raise self.error
         self.events.append(event)
 
-    async def submit(self, event: JournalEvent) -> Receipt:
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
         if self.closed:
             raise JournalClosed("journal is closed")
         _check_kind(event)  # raises here, as with SqliteJournal; a bad payload fails the receipt
@@ -532,18 +535,21 @@ class SqliteJournal:
         """Record ``event``; returns once it is committed. Raises :class:`JournalError`."""
         await self._enqueue(event, submitted=False)
 
-    async def submit(self, event: JournalEvent) -> Receipt:
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
         """Queue ``event`` for the writer; returns its :data:`Receipt` once it is queued.
 
         Waits only while ``max_pending`` events are queued. The event is committed after every
         event queued before it. Raises :class:`JournalClosed` (closed journal) or ``ValueError``
         (unknown kind) at once, queueing nothing. The payload is encoded by the writer thread,
         off the caller's loop: one that cannot be encoded, like a write that fails, fails the
-        receipt, is counted in ``failed`` and logged.
+        receipt, is counted in ``failed`` and logged. ``urgent``: the writer commits it
+        without waiting ``submit_delay_ms`` for more, as it does an append.
         """
-        return await self._enqueue(event, submitted=True)
+        return await self._enqueue(event, submitted=True, urgent=urgent)
 
-    async def _enqueue(self, event: JournalEvent, *, submitted: bool) -> Receipt:
+    async def _enqueue(
+        self, event: JournalEvent, *, submitted: bool, urgent: bool = False
+    ) -> Receipt:
         """Hand ``event`` to the writer; for ``append``, also wait for its commit.
 
         An appended event is encoded here, so that a malformed one raises at once; a submitted
@@ -566,8 +572,9 @@ class SqliteJournal:
         else:
             pending = _Pending(done, False, row=_row(event, self._clock_ns(), payload))
         self._queue.put(pending)
-        if not submitted:
+        if urgent or not submitted:
             self._urgent.set()
+        if not submitted:
             await done
         return done
 

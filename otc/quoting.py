@@ -47,8 +47,11 @@ with the operator), all through the journal's one ordered queue:
   filled (``INTERNAL_ERROR``). A failure the journal reports at once (a closed journal, an
   error already on the receipt) makes the reply an ``INTERNAL_ERROR`` reject, and the quote
   is then forgotten (never published, it cannot be accepted).
-* A fill is *appended* (:meth:`~otc.journal.Journal.append`) and returned only once it is
-  committed. The journal commits in queue order, so by then the quote and the accept it
+* A fill is handed to the journal at once (:meth:`~otc.journal.Journal.submit`, ``urgent``)
+  and returned only once it is committed. An accept cancelled meanwhile (its broker
+  connection lost) leaves the fill to the journal: the quote is filled if it commits, the
+  booking undone if not, and a repeated accept waits for that. The journal commits in queue
+  order, so by then the quote and the accept it
   answers are committed too. An accept of a quote whose commit is still pending is appended
   as well, which commits the quote at once, so that the fill is decided on a quote known to
   be on disk without waiting for the journal's next group commit. A journal error fills
@@ -72,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import uuid
@@ -226,11 +230,27 @@ class _Quote(msgspec.Struct, kw_only=True, gc=False):
     #: The journal's receipt for the quote event while it is not committed (``None`` once it
     #: is); kept when the write failed, so that the quote cannot be filled.
     journaled: Receipt | None = None
+    #: A fill still being written after its accept was cancelled (the next accept waits).
+    writing: _FillWrite | None = None
 
     def recorded(self, receipt: Receipt) -> None:
         """Done callback of :attr:`journaled`: forget a receipt that succeeded."""
         if not receipt.cancelled() and receipt.exception() is None:
             self.journaled = None
+
+
+class _FillWrite(msgspec.Struct, kw_only=True, gc=False):
+    """A fill handed to the journal whose accept was cancelled before the journal decided:
+    the quote is filled if it commits, and what it booked is undone if it fails."""
+
+    receipt: Receipt
+    fill: Fill
+    key: tuple[str, Decimal]
+    changes: dict[str, Decimal]
+    client: _Client
+    notional: Decimal
+    now_ns: int
+    settled: bool = False
 
 
 class _Client:
@@ -971,6 +991,10 @@ class QuoteEngine:
         if quote.lock is None:
             quote.lock = asyncio.Lock()
         async with quote.lock:  # one accept of a quote at a time: exactly one fill
+            if quote.writing is not None:  # a cancelled accept's fill: the journal decides it
+                write = quote.writing
+                await asyncio.wait((write.receipt,))
+                self._fill_written(quote, write, write.receipt)
             if not await self._recorded(quote):
                 reject = await self._accept_reject(
                     client,
@@ -1075,10 +1099,14 @@ class QuoteEngine:
     async def _book(self, quote: _Quote, trade: _Trade, now: int) -> Fill:
         """Book a checked trade and journal its fill; returns once the journal committed it.
 
-        Positions and the daily notional move before the journal await, so that concurrent
-        accepts of other quotes see this trade in their limit checks. A journal error (nothing
-        committed) undoes them and propagates; a cancellation keeps them and the fill, since
-        the event may still be committed: a repeated accept then gets the fill, never a second.
+        Positions and the daily notional move before the fill is handed to the journal, so
+        that concurrent accepts of other quotes see this trade in their limit checks; it is
+        handed over at once (``submit``, urgent: nothing is journaled between the booking and
+        it) and its commit awaited. A journal error (nothing committed) undoes the booking and
+        propagates. A cancellation (the broker connection lost) leaves the fill to the
+        journal: the quote is filled if the fill commits, the booking undone if it fails, and
+        a repeated accept waits for that decision (:meth:`_fill_written`): it never gets a
+        fill the journal did not take, nor a second one.
         """
         side_text = trade.side.value
         notional = _CTX.multiply(trade.qty, trade.price)
@@ -1105,16 +1133,48 @@ class QuoteEngine:
         self._apply(changes, 1)
         trade.client.add_notional(now, notional)
         try:
-            await self._journal.append(event)
-        except asyncio.CancelledError:
-            quote.fill, quote.fill_key = fill, (side_text, trade.qty)
-            raise
-        except BaseException:
+            receipt = await self._journal.submit(event, urgent=True)
+        except BaseException:  # refused, or cancelled before it was handed over: not written
             self._apply(changes, -1)
             trade.client.add_notional(now, -notional)
             raise
-        quote.fill, quote.fill_key = fill, (side_text, trade.qty)
+        write = _FillWrite(
+            receipt=receipt,
+            fill=fill,
+            key=(side_text, trade.qty),
+            changes=changes,
+            client=trade.client,
+            notional=notional,
+            now_ns=now,
+        )
+        try:
+            await asyncio.shield(receipt)
+        except asyncio.CancelledError:
+            if receipt.done():
+                self._fill_written(quote, write, receipt)
+            else:
+                quote.writing = write
+                receipt.add_done_callback(functools.partial(self._fill_written, quote, write))
+            raise
+        except BaseException:
+            self._fill_written(quote, write, receipt)  # failed: undone
+            raise
+        self._fill_written(quote, write, receipt)
         return fill
+
+    def _fill_written(self, quote: _Quote, write: _FillWrite, receipt: Receipt) -> None:
+        """Settle a fill the journal decided: the quote filled if it committed, the booking
+        undone if it did not. Once per fill (also a done callback of its receipt)."""
+        if write.settled:
+            return
+        write.settled = True
+        if quote.writing is write:
+            quote.writing = None
+        if not receipt.cancelled() and receipt.exception() is None:
+            quote.fill, quote.fill_key = write.fill, write.key
+            return
+        self._apply(write.changes, -1)
+        write.client.add_notional(write.now_ns, -write.notional)
 
     def _apply(self, changes: dict[str, Decimal], sign: int) -> None:
         for asset, change in changes.items():

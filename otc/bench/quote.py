@@ -84,7 +84,7 @@ class _NullJournal:
     async def append(self, event: JournalEvent) -> None:
         return None
 
-    async def submit(self, event: JournalEvent) -> Receipt:
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
         receipt: Receipt = asyncio.get_running_loop().create_future()
         receipt.set_result(None)
         return receipt

@@ -54,8 +54,8 @@ class ObservedJournal:
         await self._journal.append(event)
         self._observer(event)
 
-    async def submit(self, event: JournalEvent) -> Receipt:
-        receipt = await self._journal.submit(event)
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
+        receipt = await self._journal.submit(event, urgent=urgent)
         self._observer(event)
         return receipt
 

@@ -14,7 +14,7 @@ import pytest
 from broker import ask_engine, running_broker
 from test_broker_restart import rfq, start_engine
 
-from otc.journal import JournalError, JournalEvent
+from otc.journal import JournalError, JournalEvent, Receipt
 
 
 async def test_a_fill_the_journal_cannot_write_is_refused_and_the_engine_serves_on(
@@ -25,14 +25,16 @@ async def test_a_fill_the_journal_cannot_write_is_refused_and_the_engine_serves_
         try:
             quote = await ask_engine(broker.host, broker.port, "client-a", "rfq", rfq("a1", "buy"))
             assert engine.journal is not None
-            append = engine.journal.append
+            submit = engine.journal.submit
 
-            async def no_fills(event: JournalEvent) -> None:
-                if event.kind == "fill":
-                    raise JournalError("disk full")
-                await append(event)
+            async def no_fills(event: JournalEvent, *, urgent: bool = False) -> Receipt:
+                if event.kind != "fill":
+                    return await submit(event, urgent=urgent)
+                receipt: Receipt = asyncio.get_running_loop().create_future()
+                receipt.set_exception(JournalError("disk full"))  # as the writer reports it
+                return receipt
 
-            monkeypatch.setattr(engine.journal, "append", no_fills)
+            monkeypatch.setattr(engine.journal, "submit", no_fills)
             accept = {"quote_id": quote["quote_id"]}
             reject = await ask_engine(broker.host, broker.port, "client-a", "accept", accept)
             assert (reject["type"], reject["code"]) == ("accept_reject", "INTERNAL_ERROR")

@@ -210,3 +210,15 @@ async def test_memory_journal_submit_records_at_once_and_reports_failures(
     await journal.aclose()
     with pytest.raises(JournalClosed):
         await journal.submit(event("rfq", 3))
+
+
+async def test_an_urgent_submit_does_not_wait_out_the_delay(path: Path) -> None:
+    """A fill is submitted urgent: committed at once, as an append is, not after
+    ``submit_delay_ms`` (a minute here)."""
+    async with SqliteJournal(path, submit_delay_ms=60_000) as journal:
+        receipt = await journal.submit(
+            JournalEvent("fill", "client-a", T0, trade_id="t1"), urgent=True
+        )
+        async with asyncio.timeout(10):  # guards a hang, measures nothing
+            await receipt
+        assert journal.committed == 1

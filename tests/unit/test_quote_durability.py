@@ -129,9 +129,9 @@ async def test_the_journal_keeps_the_order_events_were_handed_over(path: Path) -
             handed.append((event.kind, event.rfq_id, event.quote_id))
             await super().append(event)
 
-        async def submit(self, event: JournalEvent) -> Receipt:
+        async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
             handed.append((event.kind, event.rfq_id, event.quote_id))
-            return await super().submit(event)
+            return await super().submit(event, urgent=urgent)
 
     async with Recording(path) as journal:
         engine = engine_over(journal)
@@ -180,3 +180,48 @@ async def test_a_quote_whose_write_failed_cannot_be_filled(
         assert "quotes refused" in caplog.text
         assert engine.positions == {}
     assert [kind for kind, _, _ in rows_of(path)] == ["rfq", "accept", "accept_reject"]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_an_accept_cancelled_while_its_fill_is_queued_is_settled_by_the_journal(
+    path: Path, fails: bool
+) -> None:
+    """The broker connection lost while a fill waits for its commit cancels the accept, not
+    the fill: the quote was marked filled at once, and a repeated accept got a fill that a
+    failing commit then lost. Now the repeated accept waits for the journal's decision."""
+    async with SqliteJournal(path) as journal:
+        engine = engine_over(journal)
+        quote = decoded(await engine.on_rfq("client-a", rfq("r1")))
+        payload = accept(quote["quote_id"])
+        # The quote on disk (an append commits everything before it): the accept is then only
+        # submitted, and the first accept is cut off while its fill waits for the commit.
+        await journal.append(JournalEvent("control", "ops", 0, payload={"action": "barrier"}))
+        if fails:
+            with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+                conn.execute(
+                    "CREATE TRIGGER no_fills BEFORE INSERT ON events WHEN NEW.kind = 'fill' "
+                    "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+                )
+        with write_lock(path):
+            first = asyncio.create_task(engine.on_accept("client-a", payload))
+            done, _ = await asyncio.wait({first}, timeout=0.05)
+            assert not done  # the fill is queued behind the lock
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            repeated = asyncio.create_task(engine.on_accept("client-a", payload))
+            done, _ = await asyncio.wait({repeated}, timeout=0.05)
+            assert not done  # it waits for the journal to decide the first fill
+        async with asyncio.timeout(GUARD_S):
+            reply = decoded(await repeated)
+        with closing(sqlite3.connect(path)) as conn:
+            on_disk = conn.execute("SELECT trade_id FROM events WHERE kind = 'fill'").fetchall()
+        if fails:
+            assert (reply["type"], reply["code"]) == ("accept_reject", "INTERNAL_ERROR")
+            assert on_disk == []
+            assert engine.positions["BTC"] == 0
+            assert engine.daily_notional("client-a") == 0
+        else:
+            assert reply["type"] == "fill"
+            assert on_disk == [(reply["trade_id"],)]  # the first accept's fill, not a second
+            assert engine.positions["BTC"] == -1

@@ -35,7 +35,7 @@ from otc.config import (
     load_config,
 )
 from otc.errors import OtcError
-from otc.journal import JournalError, JournalEvent, MemoryJournal
+from otc.journal import JournalError, JournalEvent, MemoryJournal, Receipt
 from otc.market import Market
 from otc.model import BookSnapshot, Scale, Side, plain
 from otc.protocol import MAX_PAYLOAD_BYTES, Code, ProtocolError, parse_rfq
@@ -949,20 +949,43 @@ async def test_a_fill_is_returned_only_after_the_journal_committed_it(desk: Desk
     assert desk.kinds()[-1] == "fill"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, not fixed: _book marks the quote filled when the accept is cancelled, "
-    "whether or not the journal took the fill; fixing it needs the fill handed to the journal "
-    "synchronously (journal order against position controls) and its outcome awaited shielded",
-)
+class HandedJournal(MemoryJournal):
+    """Takes a submitted ``fill`` at once and decides it when ``gate`` is set (recorded, or
+    failed with ``fill_error``), as SQLite's writer does with a queued event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fill_error: Exception | None = None
+
+    async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
+        if event.kind != "fill":
+            return await super().submit(event, urgent=urgent)
+        receipt: Receipt = asyncio.get_running_loop().create_future()
+
+        async def decide() -> None:
+            await self.gate.wait()
+            if self.fill_error is not None:
+                receipt.set_exception(self.fill_error)
+            else:
+                self.events.append(event)
+                receipt.set_result(None)
+
+        self.deciding = asyncio.ensure_future(decide())
+        return receipt
+
+
 @pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("journal_kind", [GatedJournal, HandedJournal])
 async def test_an_accept_cancelled_while_its_fill_is_written_fills_only_what_the_journal_took(
-    desk: Desk, fails: bool
+    desk: Desk, fails: bool, journal_kind: type[GatedJournal | HandedJournal]
 ) -> None:
     """An accept is cancelled when its broker connection is lost; the fill it was writing is
     the journal's to decide. A repeated accept waits for that write: it gets the fill once it
-    is committed, never a fill the journal did not take."""
-    journal = GatedJournal()
+    is committed, never a fill the journal did not take. (The quote was marked filled on the
+    cancellation, whatever the journal then did.) ``GatedJournal``: cancelled before the fill
+    was handed over; ``HandedJournal``: after."""
+    journal = journal_kind()
     desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
     desk.journal = journal
     quote = await desk.quote(qty="1")
