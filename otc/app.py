@@ -570,7 +570,8 @@ class Engine:
 
     async def apply_control(self, operator: str, control: Control) -> ControlResult:
         """Apply a decoded operator command (from the bus or the console), journaled with the
-        operator before it returns; a refused command is a result with ``ok`` false."""
+        operator before it returns; a refused command is a result with ``ok`` false. A command
+        applied that the journal could not record is ``ok``, its detail saying so."""
         assert self.quotes is not None
         command = control.command
         request_id = control.request_id
@@ -599,7 +600,16 @@ class Engine:
                 )
                 self.quotes.set_tier_spread(control.tier, spread, operator=operator)
                 detail = f"tier {control.tier} spread {control.spread_bps} bps"
-            await self.quotes.flush_controls()
+            try:
+                await self.quotes.flush_controls()
+            except JournalError as exc:
+                # In effect all the same (a halt must not wait for a disk); the event stays
+                # queued and is journaled before anything else once the journal takes writes.
+                log.error("control by %s applied but not journaled: %s", operator, exc)
+                detail += (
+                    f"; in effect, but not yet journaled ({exc}): it is written when the journal "
+                    "recovers, and lost if the engine stops before"
+                )
             result = ControlResult(ok=True, command=command, detail=detail, request_id=request_id)
         except ProtocolError as exc:
             result = ControlResult(

@@ -14,7 +14,8 @@ import pytest
 from broker import ask_engine, running_broker
 from test_broker_restart import rfq, start_engine
 
-from otc.journal import JournalError, JournalEvent, Receipt
+from otc.journal import JournalError, JournalEvent, Receipt, recent
+from otc.protocol import Control
 
 
 async def test_a_fill_the_journal_cannot_write_is_refused_and_the_engine_serves_on(
@@ -44,6 +45,37 @@ async def test_a_fill_the_journal_cannot_write_is_refused_and_the_engine_serves_
             fill = await ask_engine(broker.host, broker.port, "client-a", "accept", accept)
             assert fill["type"] == "fill", fill
             assert fill["price"] == quote["ask"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_control_the_journal_cannot_write_is_in_effect_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A halt during a disk incident is applied (it must not wait for the disk); the operator
+    used to be told ``ok: false`` for a halt that was in force."""
+    with running_broker(tmp_path / "broker") as broker:
+        engine, task = await start_engine(broker.host, broker.port, tmp_path / "j.sqlite")
+        try:
+            assert engine.journal is not None
+            assert engine.quotes is not None
+            append = engine.journal.append
+
+            async def no_controls(event: JournalEvent) -> None:
+                if event.kind == "control":
+                    raise JournalError("disk full")
+                await append(event)
+
+            monkeypatch.setattr(engine.journal, "append", no_controls)
+            result = await engine.apply_control("ops-1", Control(command="halt", symbol="BTC-USDT"))
+            assert result.ok
+            assert "in effect, but not yet journaled" in result.detail
+            assert engine.quotes.halted("BTC-USDT")
+            monkeypatch.undo()
+            await engine.quotes.flush_controls()  # the journal recovered: written now
+            rows = recent(engine.journal.path, kinds=["control"])
+            assert [row.payload["action"] for row in rows] == ["halt"]
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
