@@ -536,9 +536,7 @@ class QuoteEngine:
                 rfq_id=rfq_id,
                 payload=msgspec.to_builtins(reject),
             )
-            with contextlib.suppress(JournalError):  # as far as the journal can (logged)
-                await self._submit(event)
-            return [Outgoing(QUOTES_TOPIC.format(client=client), encode(reject))]
+            return await self._answer_despite_journal(event, QUOTES_TOPIC, reject)
 
     async def _serve_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
@@ -955,9 +953,16 @@ class QuoteEngine:
                 quote_id=quote_id,
                 payload=msgspec.to_builtins(reject),
             )
-            with contextlib.suppress(JournalError):  # as far as the journal can (logged)
-                await self._submit(event)
-            return [Outgoing(FILLS_TOPIC.format(client=client), encode(reject))]
+            return await self._answer_despite_journal(event, FILLS_TOPIC, reject)
+
+    async def _answer_despite_journal(
+        self, event: JournalEvent, topic: str, reply: Reject | AcceptReject
+    ) -> list[Outgoing]:
+        """The ``INTERNAL_ERROR`` reply to a message the journal failed under, on ``topic``
+        (a template) of ``event``'s client; ``event`` journaled as far as the journal can."""
+        with contextlib.suppress(JournalError):  # a failure is logged by the journal
+            await self._submit(event)
+        return [Outgoing(topic.format(client=event.client), encode(reply))]
 
     async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
