@@ -587,6 +587,9 @@ class QuoteEngine:
                 receipt = await self._submit(received, quoted)
             except BaseException:
                 self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
+                ids = self._clients[client].rfq_ids
+                if ids.get(quote.rfq_id) == arrived:  # nothing was quoted: the id may be reused
+                    del ids[quote.rfq_id]
                 raise
             if not receipt.done():
                 quote.journaled = receipt

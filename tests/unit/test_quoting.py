@@ -1058,15 +1058,20 @@ async def test_a_journal_that_records_nothing_gets_answers_not_a_crash(desk: Des
 
 async def test_a_quote_the_journal_did_not_take_cannot_be_accepted(desk: Desk) -> None:
     class NoQuotes(MemoryJournal):
+        full = True
+
         async def append(self, event: JournalEvent) -> None:
-            if event.kind == "quote":
+            if event.kind == "quote" and self.full:
                 raise JournalError("disk full")
             await super().append(event)
 
-    desk.engine = QuoteEngine(desk.config, desk.market, NoQuotes(), desk.clock)
-    reject = await desk.rfq()
+    journal = NoQuotes()
+    desk.engine = QuoteEngine(desk.config, desk.market, journal, desk.clock)
+    reject = await desk.rfq(rfq_id="r-1")
     assert (reject["type"], reject["code"]) == ("reject", "INTERNAL_ERROR")
     assert desk.engine.open_quotes == 0
+    journal.full = False  # "no quote was made": the client asks again with the same id
+    assert (await desk.rfq(rfq_id="r-1"))["type"] == "quote"  # not DUPLICATE_RFQ_ID
 
 
 # -- journal, isolation, memory ---------------------------------------------------------------
