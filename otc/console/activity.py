@@ -14,6 +14,7 @@ the :class:`Markouts` of the most recent ones.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -43,7 +44,8 @@ class ObservedJournal:
     Args:
         journal: where events are recorded.
         observer: called with each event after ``submit`` queued it or ``append`` committed it
-            (not when the journal refused it).
+            (an ``urgent`` submit, a fill, once committed too; never when the journal refused
+            it).
     """
 
     def __init__(self, journal: Journal, observer: Callable[[JournalEvent], None]) -> None:
@@ -56,8 +58,17 @@ class ObservedJournal:
 
     async def submit(self, event: JournalEvent, *, urgent: bool = False) -> Receipt:
         receipt = await self._journal.submit(event, urgent=urgent)
-        self._observer(event)
+        if not urgent:
+            self._observer(event)
+        elif receipt.done():
+            self._committed(event, receipt)
+        else:  # a fill: a trade only once it is on disk (the engine publishes it then)
+            receipt.add_done_callback(functools.partial(self._committed, event))
         return receipt
+
+    def _committed(self, event: JournalEvent, receipt: Receipt) -> None:
+        if not receipt.cancelled() and receipt.exception() is None:
+            self._observer(event)
 
     async def aclose(self) -> None:
         await self._journal.aclose()
