@@ -342,10 +342,11 @@ class Console:
         symbol = self._symbol(request, request.query_params.get("symbol"))
         if isinstance(symbol, Response):
             return symbol
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers alone: the stream itself never ends
+            return Response(media_type="text/event-stream", headers=headers)
         return StreamingResponse(
-            self._events(symbol),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            self._events(symbol), media_type="text/event-stream", headers=headers
         )
 
     async def _events(self, symbol: str) -> AsyncIterator[bytes]:

@@ -140,6 +140,30 @@ async def test_the_query_token_is_taken_by_the_stream_only(running: Running) -> 
         assert stream.headers["content-type"].startswith("text/event-stream")
 
 
+async def test_head_of_the_stream_answers_and_ends(running: Running) -> None:
+    # Starlette serves HEAD for every GET route: the stream's HEAD ran the endless push loop
+    # (its body discarded), so `curl -I` never returned and the connection was stuck for good.
+    host, port = running.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"HEAD /api/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)  # a hang guard, not a timing
+    finally:
+        writer.close()
+    head = answer.decode().lower()
+    assert head.startswith("http/1.1 200")
+    assert "content-type: text/event-stream" in head
+    assert head.endswith("\r\n\r\n")  # headers only
+    # Still refused without the token, and an unknown symbol is still named.
+    got = await running.client.head("/api/stream")
+    assert got.status_code == 401
+    got = await running.client.head("/api/stream", params={"symbol": "NOPE"}, headers=AUTH)
+    assert got.status_code == 404
+
+
 async def rfq(running: Running, client: str, rfq_id: str, qty: str = "1") -> dict[str, object]:
     payload = json.dumps({"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": "buy", "qty": qty})
     (out,) = await running.quotes.on_rfq(client, payload.encode())
