@@ -51,7 +51,7 @@ from typing import Literal
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -316,10 +316,13 @@ class Console:
         if not self._authorized(request):
             return _error(401, "missing or invalid operator token")
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+        except ClientDisconnect:  # gone before the whole command came: nothing to apply
+            return _error(400, "the client went away before the end of the body")
         try:
             req = _control_decoder.decode(body)
         except msgspec.ValidationError as exc:

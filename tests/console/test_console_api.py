@@ -40,6 +40,7 @@ class Running:
     journal: MemoryJournal
     clock: FakeClock
     url: str
+    console: Console
 
 
 def feed_books(
@@ -92,7 +93,7 @@ async def running() -> AsyncIterator[Running]:
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
-            yield Running(client, engine, quotes, journal, clock, server.url)
+            yield Running(client, engine, quotes, journal, clock, server.url, console)
     finally:
         task.cancel()
         await asyncio.wait({task})
@@ -331,6 +332,44 @@ async def test_bad_commands_are_refused_and_change_nothing(
     assert not running.quotes.halted("BTC-USDT")
     assert running.quotes.tier_spreads == spreads
     assert running.quotes.client_enabled("client-a")
+
+
+async def test_a_command_whose_sender_goes_away_mid_body_is_dropped_quietly(
+    running: Running,
+) -> None:
+    # The body's reader raised ClientDisconnect out of the handler: uvicorn logged "Exception
+    # in ASGI application" with a traceback at ERROR for a page closed while it sent a command.
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": b'{"operator": "ops-1", ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/control",
+        "raw_path": b"/api/control",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", b"60")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    await running.console.app(scope, receive, send)  # type: ignore[arg-type]
+    assert messages == []
+    await running.quotes.flush_controls()
+    assert running.journal.events == []
 
 
 async def test_a_bus_command_with_members_of_another_is_refused(running: Running) -> None:
