@@ -327,8 +327,8 @@ class Console:
             req = _control_decoder.decode(body)
         except msgspec.ValidationError as exc:
             return _error(400, f"invalid command: {exc}")
-        except msgspec.DecodeError:
-            return _error(400, "invalid command: not a JSON object")
+        except msgspec.DecodeError as exc:
+            return _error(400, f"invalid command: not valid JSON: {exc}")
         repeated = repeated_member(body)
         if repeated is not None:
             return _error(400, f"invalid command: member {repeated!r} is given twice")

@@ -266,7 +266,26 @@ async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b"not json", 400, "not a JSON object"),
+        (b"not json", 400, "not valid JSON: JSON is malformed: invalid character"),
+        # Each said "not a JSON object", whatever was wrong: a byte order mark (which some
+        # tools write), text after the object, a truncated body, a lone UTF-16 surrogate.
+        (
+            b'\xef\xbb\xbf{"operator": "ops-1", "command": "halt"}',
+            400,
+            "not valid JSON: JSON is malformed: invalid character (byte 0)",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "halt"} x',
+            400,
+            "not valid JSON: JSON is malformed: trailing characters (byte 42)",
+        ),
+        (b'{"operator": "ops-1", ', 400, "not valid JSON: Input data was truncated"),
+        (b"", 400, "not valid JSON: Input data was truncated"),
+        (
+            b'{"operator": "\\ud800", "command": "halt"}',
+            400,
+            "not valid JSON: JSON is malformed: unexpected end of escaped utf-16 surrogate pair",
+        ),
         (b'{"command": "halt"}', 400, "operator"),
         (b'{"operator": "ops-1", "command": "explode"}', 400, "command"),
         (b'{"operator": "ops-1", "command": "halt", "sybmol": "X"}', 400, "sybmol"),
