@@ -51,8 +51,9 @@ from typing import Literal
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -206,7 +207,8 @@ class Console:
                 Route("/", self._index),
                 *api,
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
-            ]
+            ],
+            exception_handlers={HTTPException: self._http_error},
         )
 
     # -- state ---------------------------------------------------------------------------------
@@ -246,6 +248,22 @@ class Console:
         if name not in self.market.books:
             return _error(404, f"symbol {name!r} is not configured")
         return name
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no route takes the path, or not the method): a JSON error
+        naming the path under ``/api``, plain text elsewhere."""
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        if not path.startswith("/api/"):
+            return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+        if exc.status_code == 405:
+            allowed = sorted((exc.headers or {}).get("Allow", "").replace(",", " ").split())
+            message = f"{request.method} is not allowed on {path}: {' or '.join(allowed)} only"
+        elif exc.status_code == 404:
+            message = f"no API route {request.method} {path}"
+        else:
+            message = exc.detail
+        return _json(ApiError(message), exc.status_code, exc.headers)
 
     async def _index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})

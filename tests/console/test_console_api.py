@@ -425,6 +425,10 @@ async def test_a_bus_command_with_members_of_another_is_refused(running: Running
         ("/api/blotter?limit=" + "9" * 19, 400, "at most 18 digits"),
         ("/api/quotes/unknown-q1", 404, "unknown-q1"),
         ("/api/stream?symbol=NOPE", 404, "NOPE"),
+        # Paths no route takes got a text/plain "Not Found": a JSON error naming the path now.
+        ("/api/nope", 404, "no API route GET /api/nope"),
+        ("/api/depth/BTC%2FUSDT", 404, "no API route GET /api/depth/BTC/USDT"),
+        ("/api/quotes/a/b", 404, "no API route GET /api/quotes/a/b"),
     ],
 )
 async def test_bad_view_requests_name_the_problem(
@@ -433,6 +437,19 @@ async def test_bad_view_requests_name_the_problem(
     got = await running.client.get(path, headers=AUTH)
     assert got.status_code == status
     assert message in got.json()["error"]
+
+
+async def test_a_method_a_route_does_not_take_gets_a_json_error(running: Running) -> None:
+    got = await running.client.get("/api/control", headers=AUTH)
+    assert got.status_code == 405
+    assert got.headers["allow"] == "POST"
+    assert got.json() == {"error": "GET is not allowed on /api/control: POST only"}
+    got = await running.client.delete("/api/overview", headers=AUTH)
+    assert got.status_code == 405
+    assert got.json()["error"].startswith("DELETE is not allowed on /api/overview: GET")
+    # The page's own paths keep their plain answers.
+    got = await running.client.get("/static/nope.js")
+    assert (got.status_code, got.text) == (404, "Not Found")
 
 
 async def test_depth_is_exact_and_consolidated_over_the_usable_venues(running: Running) -> None:
