@@ -3,22 +3,35 @@ the synthetic market, the console on a free port), Debian's Chromium driven by P
 
 The page must show the book moving without a reload, a quote sent by `otc rfq` in its blotter
 (and its explanation), the kill switch flipped from the page rejecting the next RFQ with
-MARKET_HALTED, and the engine's death as "disconnected". Skips when /usr/bin/chromium or the
-playwright package is missing (`.ci/run` installs the `chromium` package).
+MARKET_HALTED, and the engine's death as "disconnected". Against consoles served in-process
+(an engine gone quiet): the page reconnects. Skips when /usr/bin/chromium or the playwright package
+is missing (`.ci/run` installs the `chromium` package).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+
+from otc.app import Engine
+from otc.clock import FakeClock
+from otc.config import load_config
+from otc.console import Activity, Console, ConsoleServer, ObservedJournal, listen
+from otc.journal import MemoryJournal
+from otc.quoting import QuoteEngine
+
+T = TypeVar("T")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -162,3 +175,111 @@ def test_console_in_chromium(demo: Demo, tmp_path: Path) -> None:
             assert errors == []
         finally:
             browser.close()
+
+
+# -- the page against an in-process console -----------------------------------------------------
+
+IN_PROCESS_TOKEN = "in-process-token-0123456789"  # noqa: S105 - a test's token
+
+
+class InProcess:
+    """Consoles served by an event loop in a thread, one at a time and on one port (an engine
+    restarted): the page's side of a reconnection, without an engine process."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = 0
+        self.streams = 0  # push streams opened, over every console served
+        self.task: asyncio.Task[None] | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    async def _start(self, quiet: bool) -> QuoteEngine:
+        config = load_config(Path(__file__).parents[2] / "config" / "otc.toml")
+        clock = FakeClock()
+        engine = Engine(config, clock=clock, console=False)
+        activity = Activity()
+        journal = ObservedJournal(MemoryJournal(), activity.record)
+        quotes = QuoteEngine(config, engine.market, journal, clock)
+        console = Console(
+            config,
+            token=IN_PROCESS_TOKEN,
+            market=engine.market,
+            quotes=quotes,
+            activity=activity,
+            clock=clock,
+            control=engine.apply_control,
+        )
+        if quiet:  # nothing pushed after the first state: an engine gone quiet, socket open
+            console.push_interval_s = 3600.0
+        events = console._events
+
+        def counted(symbol: str) -> AsyncIterator[bytes]:
+            self.streams += 1
+            return events(symbol)
+
+        console._events = counted  # type: ignore[method-assign]
+        server = ConsoleServer(console, listen("127.0.0.1", self.port))
+        self.port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+        self.task = asyncio.create_task(server.serve())
+        return quotes
+
+    def start(self, *, quiet: bool = False) -> QuoteEngine:
+        return self.run(self._start(quiet))
+
+    def stop(self) -> None:
+        async def stop(task: asyncio.Task[None]) -> None:
+            task.cancel()
+            await asyncio.wait({task})
+
+        if self.task is not None:
+            self.run(stop(self.task))
+            self.task = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/#token={IN_PROCESS_TOKEN}"
+
+
+@pytest.fixture
+def in_process() -> Iterator[InProcess]:
+    served = InProcess()
+    try:
+        yield served
+    finally:
+        served.stop()
+        served.loop.call_soon_threadsafe(served.loop.stop)
+        served.thread.join(timeout=30)
+        served.loop.close()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_the_page_reconnects_when_the_engine_goes_quiet(in_process: InProcess, page: Any) -> None:
+    # The page said "disconnected" when the stream went quiet, but waited on the silent socket
+    # for good (a frozen engine, a half-open connection) instead of reconnecting, as it says.
+    from playwright.sync_api import expect
+
+    in_process.start(quiet=True)
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    for _ in range(300):  # until the page opens another stream; a hang guard
+        if in_process.streams >= 2:
+            break
+        page.wait_for_timeout(100)
+    assert in_process.streams >= 2
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)

@@ -21,6 +21,7 @@ const state = {
   symbol: null,
   source: null,
   lastMessage: 0,
+  connectedAt: 0,      // when the stream was last opened
   pushMs: 500,
   rows: [],            // blotter rows, oldest first
   maxRows: 2000,
@@ -99,6 +100,7 @@ function connect() {
   if (state.symbol) params.set("symbol", state.symbol);
   const source = new EventSource(`/api/stream?${params}`);
   state.source = source;
+  state.connectedAt = Date.now();
   source.addEventListener("hello", (e) => onHello(JSON.parse(e.data)));
   source.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   source.addEventListener("activity", (e) => onActivity(JSON.parse(e.data)));
@@ -115,9 +117,11 @@ function connect() {
   };
 }
 
-setInterval(() => {  // a silent stream is a dead engine, whatever the socket says
-  if (state.lastMessage && Date.now() - state.lastMessage > Math.max(3000, 4 * state.pushMs)) {
+setInterval(() => {  // a silent stream is a dead engine, whatever the socket says: reconnect
+  const quiet = Math.max(3000, 4 * state.pushMs);
+  if (state.lastMessage && Date.now() - state.lastMessage > quiet) {
     setConnected(false);
+    if (state.source && Date.now() - state.connectedAt > quiet) connect();
   }
 }, 500);
 
