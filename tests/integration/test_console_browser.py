@@ -4,7 +4,8 @@ the synthetic market, the console on a free port), Debian's Chromium driven by P
 The page must show the book moving without a reload, a quote sent by `otc rfq` in its blotter
 (and its explanation), the kill switch flipped from the page rejecting the next RFQ with
 MARKET_HALTED, and the engine's death as "disconnected". Against consoles served in-process
-(an engine gone quiet): the page reconnects. Skips when /usr/bin/chromium or the playwright package
+(an engine restarted on the same port, or gone quiet): the page reconnects, and shows the
+engine's blotter, not the previous one's. Skips when /usr/bin/chromium or the playwright package
 is missing (`.ci/run` installs the `chromium` package).
 """
 
@@ -283,3 +284,30 @@ def test_the_page_reconnects_when_the_engine_goes_quiet(in_process: InProcess, p
         page.wait_for_timeout(100)
     assert in_process.streams >= 2
     expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+
+
+def test_a_restarted_engine_s_empty_blotter_clears_the_page_s(
+    in_process: InProcess, page: Any
+) -> None:
+    # After a reconnection, the rows of the engine before it stayed on the page until a new
+    # event came: the page showed a blotter the engine no longer had.
+    from playwright.sync_api import expect
+
+    quotes = in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    rfq = b'{"rfq_id": "before-restart", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}'
+    in_process.run(quotes.on_rfq("client-a", rfq))
+    expect(page.locator('#blotter tr[data-rfq-id="before-restart"]').first).to_be_visible(
+        timeout=20_000
+    )
+    opened = in_process.streams
+    in_process.stop()
+    in_process.start()  # on the same port, with nothing happened yet
+    for _ in range(300):  # until the page opens a stream on it; a hang guard
+        if in_process.streams > opened:
+            break
+        page.wait_for_timeout(100)
+    assert in_process.streams > opened
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    expect(page.locator("#blotter tbody tr")).to_have_count(0, timeout=20_000)

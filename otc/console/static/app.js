@@ -144,7 +144,8 @@ function onHello(hello) {
     fcl.replaceChildren(el("option", { value: "" }, "all"), ...hello.clients.map((c) => el("option", { value: c }, c)));
   }
   select.value = hello.symbol;
-  state.rows = [];
+  state.rows = [];     // the backlog follows, if the engine has any
+  renderBlotter();
 }
 
 $("#symbol").addEventListener("change", (e) => {
