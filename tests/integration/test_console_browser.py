@@ -5,8 +5,8 @@ The page must show the book moving without a reload, a quote sent by `otc rfq` i
 (and its explanation), the kill switch flipped from the page rejecting the next RFQ with
 MARKET_HALTED, and the engine's death as "disconnected". Against consoles served in-process
 (an engine restarted on the same port, or gone quiet): the page reconnects, and shows the
-engine's blotter, not the previous one's. Skips when /usr/bin/chromium or the playwright package
-is missing (`.ci/run` installs the `chromium` package).
+engine's blotter, not the previous one's, and a symbol it has. Skips when /usr/bin/chromium or
+the playwright package is missing (`.ci/run` installs the `chromium` package).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from otc.app import Engine
@@ -198,8 +199,11 @@ class InProcess:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
-    async def _start(self, quiet: bool) -> QuoteEngine:
+    async def _start(self, quiet: bool, without: str | None) -> QuoteEngine:
         config = load_config(Path(__file__).parents[2] / "config" / "otc.toml")
+        if without is not None:  # restarted with that instrument taken out of the config
+            kept = [inst for inst in config.instruments if inst.symbol != without]
+            config = msgspec.structs.replace(config, instruments=kept)
         clock = FakeClock()
         engine = Engine(config, clock=clock, console=False)
         activity = Activity()
@@ -228,8 +232,8 @@ class InProcess:
         self.task = asyncio.create_task(server.serve())
         return quotes
 
-    def start(self, *, quiet: bool = False) -> QuoteEngine:
-        return self.run(self._start(quiet))
+    def start(self, *, quiet: bool = False, without: str | None = None) -> QuoteEngine:
+        return self.run(self._start(quiet, without))
 
     def stop(self) -> None:
         async def stop(task: asyncio.Task[None]) -> None:
@@ -311,3 +315,23 @@ def test_a_restarted_engine_s_empty_blotter_clears_the_page_s(
     assert in_process.streams > opened
     expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
     expect(page.locator("#blotter tbody tr")).to_have_count(0, timeout=20_000)
+
+
+def test_the_page_drops_a_symbol_the_restarted_engine_no_longer_has(
+    in_process: InProcess, page: Any
+) -> None:
+    # The page reopened its stream with the symbol it showed: refused (404) by an engine
+    # restarted without it, it retried the same request every second, "disconnected" for good.
+    from playwright.sync_api import expect
+
+    in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    page.select_option("#symbol", "ETH-USDT")
+    expect(page.locator("#depth-symbol")).to_have_text("ETH-USDT", timeout=20_000)
+    opened = in_process.streams
+    in_process.stop()
+    in_process.start(without="ETH-USDT")
+    expect(page.locator("#depth-symbol")).to_have_text("BTC-USDT", timeout=20_000)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    assert in_process.streams > opened

@@ -109,8 +109,10 @@ function connect() {
     if (source.readyState === EventSource.CLOSED) {
       // Refused (401, 404) or gone: ask why, then retry.
       try {
-        const { status } = await api("/api/overview");
+        const { status, body } = await api("/api/overview");
         if (status === 401) return;
+        // An engine restarted without the symbol shown refuses it (404): take its first.
+        if (status === 200 && !body.symbols.includes(state.symbol)) state.symbol = null;
       } catch (_) { /* engine unreachable */ }
       setTimeout(() => { if (state.source === source) connect(); }, 1000);
     }
