@@ -201,9 +201,10 @@ class InProcess:
 
     async def _start(self, quiet: bool, without: str | None) -> QuoteEngine:
         config = load_config(Path(__file__).parents[2] / "config" / "otc.toml")
-        if without is not None:  # restarted with that instrument taken out of the config
-            kept = [inst for inst in config.instruments if inst.symbol != without]
-            config = msgspec.structs.replace(config, instruments=kept)
+        if without is not None:  # restarted with that instrument or client out of the config
+            instruments = [inst for inst in config.instruments if inst.symbol != without]
+            clients = [client for client in config.clients if client.id != without]
+            config = msgspec.structs.replace(config, instruments=instruments, clients=clients)
         clock = FakeClock()
         engine = Engine(config, clock=clock, console=False)
         activity = Activity()
@@ -335,3 +336,26 @@ def test_the_page_drops_a_symbol_the_restarted_engine_no_longer_has(
     expect(page.locator("#depth-symbol")).to_have_text("BTC-USDT", timeout=20_000)
     expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
     assert in_process.streams > opened
+
+
+def test_the_blotter_filters_list_the_restarted_engine_s_clients(
+    in_process: InProcess, page: Any
+) -> None:
+    # The symbol and filter lists were rebuilt only when the number of symbols changed: an
+    # engine restarted with other clients (or symbols, as many) kept the old ones listed.
+    from playwright.sync_api import expect
+
+    in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    expect(page.locator('#filter-client option[value="client-b"]')).to_have_count(1)
+    opened = in_process.streams
+    in_process.stop()
+    in_process.start(without="client-b")
+    for _ in range(300):  # until the page opens a stream on it; a hang guard
+        if in_process.streams > opened:
+            break
+        page.wait_for_timeout(100)
+    assert in_process.streams > opened
+    expect(page.locator('#filter-client option[value="client-b"]')).to_have_count(0, timeout=20_000)
+    expect(page.locator('#filter-client option[value="client-a"]')).to_have_count(1)

@@ -29,6 +29,7 @@ const state = {
   chart: null,
   chartKey: "",
   hello: null,
+  layout: "",          // the symbols and clients the lists were built from
 };
 
 // -- token and operator -------------------------------------------------------------------
@@ -138,7 +139,9 @@ function onHello(hello) {
   state.pushMs = hello.push_interval_ms;
   state.symbol = hello.symbol;
   const select = $("#symbol");
-  if (select.options.length !== hello.symbols.length) {
+  const layout = JSON.stringify([hello.symbols, hello.clients]);
+  if (state.layout !== layout) {  // first hello, or an engine restarted with another config
+    state.layout = layout;
     select.replaceChildren(...hello.symbols.map((s) => el("option", { value: s }, s)));
     const fsym = $("#filter-symbol");
     fsym.replaceChildren(el("option", { value: "" }, "all"), ...hello.symbols.map((s) => el("option", { value: s }, s)));
