@@ -210,6 +210,7 @@ class InProcess:
         activity = Activity()
         journal = ObservedJournal(MemoryJournal(), activity.record)
         quotes = QuoteEngine(config, engine.market, journal, clock)
+        engine.quotes = quotes
         console = Console(
             config,
             token=IN_PROCESS_TOKEN,
@@ -359,3 +360,24 @@ def test_the_blotter_filters_list_the_restarted_engine_s_clients(
     assert in_process.streams > opened
     expect(page.locator('#filter-client option[value="client-b"]')).to_have_count(0, timeout=20_000)
     expect(page.locator('#filter-client option[value="client-a"]')).to_have_count(1)
+
+
+def test_a_client_switch_in_the_blotter_names_its_operator(
+    in_process: InProcess, page: Any
+) -> None:
+    # A control row showed its client in the client column when it had one, so that who
+    # disabled a client (the operator, journaled) was shown nowhere on the page.
+    from playwright.sync_api import expect
+
+    in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    page.fill("#operator", "ops-9")
+    page.click('button[data-toggle-client="client-b"]')
+    expect(page.locator("#last-action")).to_contain_text("client-b disabled", timeout=20_000)
+    row = page.locator('#blotter tr[data-kind="control"]')
+    expect(row).to_have_count(1, timeout=20_000)
+    expect(row.locator("td").nth(2)).to_have_text("ops-9")
+    expect(row).to_contain_text("client-b disabled")
+    page.select_option("#filter-client", "client-b")  # still the client's row
+    expect(row).to_have_count(1)

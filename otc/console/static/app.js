@@ -317,9 +317,9 @@ function renderBlotter() {
       "data-kind": r.kind, "data-seq": r.seq, "data-quote-id": r.quote_id, "data-rfq-id": r.rfq_id,
     },
       el("td", {}, new Date(r.ts_ms).toISOString().slice(11, 23)), el("td", {}, r.kind),
-      el("td", {}, r.client || r.operator), el("td", {}, r.symbol), el("td", {}, r.side),
+      el("td", {}, r.kind === "control" ? r.operator : r.client), el("td", {}, r.symbol), el("td", {}, r.side),
       el("td", {}, dash(r.qty ?? r.notional)), el("td", { class: "bid" }, dash(r.bid)), el("td", { class: "ask" }, dash(r.ask)),
-      el("td", {}, dash(r.price)), el("td", { title: r.reason }, r.code ? `${r.code}: ${r.reason}` : r.detail || r.reason),
+      el("td", {}, dash(r.price)), el("td", { title: r.reason }, r.code ? `${r.code}: ${r.reason}` : r.kind === "control" && r.client ? `${r.client} ${r.detail}` : r.detail || r.reason),
       el("td", {}, r.trade_id || r.quote_id || r.rfq_id));
     if (r.kind === "quote") tr.addEventListener("click", () => explain(r.quote_id));
     return tr;
