@@ -55,7 +55,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import PathLike, StaticFiles
+from starlette.types import Scope
 
 from otc.clock import Clock
 from otc.config import CONSOLE_TOKEN, CONSOLE_TOKEN_RULE, Config
@@ -152,6 +153,23 @@ def _sse(event: str, data: object) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
 
 
+class _PageFiles(StaticFiles):
+    """The page's script, style and vendored chart, revalidated on every load (``no-cache``:
+    a ``304`` while unchanged), so that a browser never runs an upgraded engine's page with the
+    previous script (without it, browsers cache by heuristic, for days)."""
+
+    def file_response(
+        self,
+        full_path: PathLike,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 class Console:
     """The console of one running engine.
 
@@ -206,7 +224,7 @@ class Console:
             routes=[
                 Route("/", self._index),
                 *api,
-                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+                Mount("/static", _PageFiles(directory=STATIC), name="static"),
             ],
             exception_handlers={HTTPException: self._http_error},
         )

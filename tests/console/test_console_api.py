@@ -452,6 +452,20 @@ async def test_a_method_a_route_does_not_take_gets_a_json_error(running: Running
     assert (got.status_code, got.text) == (404, "Not Found")
 
 
+async def test_the_page_s_files_are_revalidated_on_every_load(running: Running) -> None:
+    # Served without Cache-Control (the page itself is no-store), the script was cached by
+    # heuristic (a tenth of its file's age: days for an installed package), so that after an
+    # upgrade a browser ran the previous engine's script against the new API.
+    for path in ("/static/app.js", "/static/console.css", "/static/vendor/uPlot.iife.min.js"):
+        got = await running.client.get(path)
+        assert got.status_code == 200
+        assert got.headers["cache-control"] == "no-cache"
+        again = await running.client.get(path, headers={"If-None-Match": got.headers["etag"]})
+        assert again.status_code == 304  # revalidation costs no transfer
+        assert again.headers["cache-control"] == "no-cache"
+    assert (await running.client.get("/")).headers["cache-control"] == "no-store"
+
+
 async def test_depth_is_exact_and_consolidated_over_the_usable_venues(running: Running) -> None:
     depth = (await running.client.get("/api/depth/BTC-USDT", headers=AUTH)).json()
     assert depth["best_bid"] == "64000"
