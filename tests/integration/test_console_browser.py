@@ -381,3 +381,22 @@ def test_a_client_switch_in_the_blotter_names_its_operator(
     expect(row).to_contain_text("client-b disabled")
     page.select_option("#filter-client", "client-b")  # still the client's row
     expect(row).to_have_count(1)
+
+
+def test_a_command_the_engine_does_not_answer_says_so(in_process: InProcess, page: Any) -> None:
+    # With the engine gone, a click on a kill switch failed silently (an unhandled rejection
+    # of fetch): the status line went on showing the previous command's "ok: ...".
+    from playwright.sync_api import expect
+
+    in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    page.click('button[data-halt-symbol="BTC-USDT"]')
+    expect(page.locator("#last-action")).to_have_text("ok: BTC-USDT halted", timeout=20_000)
+    in_process.stop()
+    expect(page.locator("#conn-status")).to_have_text("disconnected", timeout=20_000)
+    page.click("#resume-all")
+    expect(page.locator("#last-action")).to_contain_text(
+        "no answer from the engine", timeout=20_000
+    )
+    expect(page.locator("#last-action")).to_have_class("last-action error")

@@ -73,10 +73,17 @@ function showLogin(message) {
 // -- controls -----------------------------------------------------------------------------
 
 async function control(command) {
-  const { status, body } = await api("/api/control", {
-    method: "POST",
-    body: JSON.stringify({ operator: operator(), ...command }),
-  });
+  let status, body;
+  try {
+    ({ status, body } = await api("/api/control", {
+      method: "POST",
+      body: JSON.stringify({ operator: operator(), ...command }),
+    }));
+  } catch (_) {  // engine gone or connection broken: the command may or may not have been applied
+    $("#last-action").textContent = "failed: no answer from the engine (the command may not have been applied)";
+    $("#last-action").className = "last-action error";
+    return;
+  }
   const text = body.detail || body.error || `HTTP ${status}`;
   $("#last-action").textContent = `${body.ok ? "ok" : "refused"}: ${text}`;
   $("#last-action").className = "last-action" + (body.ok ? "" : " error");
