@@ -268,12 +268,15 @@ class Console:
         return name
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
-        """Starlette's own refusals (no route takes the path, or not the method): a JSON error
-        naming the path under ``/api``, plain text elsewhere."""
+        """Starlette's own refusals (no route takes the path, or not the method): under
+        ``/api``, ``401`` without the token, else a JSON error naming the path; plain text
+        elsewhere."""
         assert isinstance(exc, HTTPException)
         path = request.url.path
         if not path.startswith("/api/"):
             return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+        if not self._authorized(request, query=path == "/api/stream"):
+            return _error(401, "missing or invalid operator token")
         if exc.status_code == 405:
             allowed = sorted((exc.headers or {}).get("Allow", "").replace(",", " ").split())
             message = f"{request.method} is not allowed on {path}: {' or '.join(allowed)} only"

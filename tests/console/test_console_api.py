@@ -106,6 +106,11 @@ ROUTES = [
     ("GET", "/api/blotter"),
     ("GET", "/api/quotes/x-q1"),
     ("GET", "/api/stream"),
+    # No route takes these: refused for the token all the same (they were 404 and 405, which
+    # told a caller without the token which paths and methods the API has).
+    ("GET", "/api/nope"),
+    ("GET", "/api/control"),
+    ("DELETE", "/api/overview"),
 ]
 
 
