@@ -146,6 +146,8 @@ def _json(obj: object, status: int = 200, headers: Mapping[str, str] | None = No
 
 def _error(status: int, message: str) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="otc"'} if status == 401 else None
+    if status == 413:  # the rest of the body is not read: the connection cannot serve another
+        headers = {"Connection": "close"}
     return _json(ApiError(message), status, headers)
 
 
@@ -354,6 +356,9 @@ class Console:
     async def _command(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "missing or invalid operator token")
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(413, f"body over {MAX_BODY_BYTES} bytes")  # refused before it is sent
         body = b""
         try:
             async for chunk in request.stream():

@@ -396,6 +396,27 @@ async def test_a_command_whose_sender_goes_away_mid_body_is_dropped_quietly(
     assert running.journal.events == []
 
 
+async def test_a_command_declared_over_the_limit_is_refused_before_it_is_sent(
+    running: Running,
+) -> None:
+    # A client that asks first (Expect: 100-continue, as curl does for bodies over 1 KiB) was
+    # told to send its body whatever the size it declared, and refused 4 KiB into it.
+    host, port = running.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/control HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    try:
+        status = await asyncio.wait_for(reader.readline(), 10)  # a hang guard, not a timing
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in answer.lower()  # and closed: the body will not be read
+    assert b"body over 4096 bytes" in answer
+
+
 async def test_a_bus_command_with_members_of_another_is_refused(running: Running) -> None:
     out = await running.engine.control("ops-1", b'{"command": "resume", "tier": "gold"}')
     assert out.topic == "otc/v1/control/ops-1/result"
