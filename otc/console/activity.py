@@ -178,10 +178,14 @@ class Activity:
         self.markouts.add(fill)
 
     def since(self, seq: int) -> list[tuple[int, JournalEvent]]:
-        """Events numbered after ``seq`` still kept, oldest first."""
-        if seq >= self.last_seq:
+        """Events numbered after ``seq`` still kept, oldest first; read from the newest back,
+        as the numbers kept are consecutive: what is new costs, not what is kept."""
+        newer = self.last_seq - seq
+        if newer <= 0:
             return []
-        return [(n, e) for n, e in self._events if n > seq]
+        if newer >= len(self._events):
+            return list(self._events)
+        return list(itertools.islice(reversed(self._events), newer))[::-1]
 
     def events(self) -> list[tuple[int, JournalEvent]]:
         """Every event kept, oldest first."""

@@ -51,10 +51,12 @@ from typing import Literal
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import PathLike, StaticFiles
+from starlette.types import Scope
 
 from otc.clock import Clock
 from otc.config import CONSOLE_TOKEN, CONSOLE_TOKEN_RULE, Config
@@ -144,11 +146,30 @@ def _json(obj: object, status: int = 200, headers: Mapping[str, str] | None = No
 
 def _error(status: int, message: str) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="otc"'} if status == 401 else None
+    if status == 413:  # the rest of the body is not read: the connection cannot serve another
+        headers = {"Connection": "close"}
     return _json(ApiError(message), status, headers)
 
 
 def _sse(event: str, data: object) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
+
+
+class _PageFiles(StaticFiles):
+    """The page's script, style and vendored chart, revalidated on every load (``no-cache``:
+    a ``304`` while unchanged), so that a browser never runs an upgraded engine's page with the
+    previous script (without it, browsers cache by heuristic, for days)."""
+
+    def file_response(
+        self,
+        full_path: PathLike,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class Console:
@@ -205,8 +226,9 @@ class Console:
             routes=[
                 Route("/", self._index),
                 *api,
-                Mount("/static", StaticFiles(directory=STATIC), name="static"),
-            ]
+                Mount("/static", _PageFiles(directory=STATIC), name="static"),
+            ],
+            exception_handlers={HTTPException: self._http_error},
         )
 
     # -- state ---------------------------------------------------------------------------------
@@ -246,6 +268,25 @@ class Console:
         if name not in self.market.books:
             return _error(404, f"symbol {name!r} is not configured")
         return name
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no route takes the path, or not the method): under
+        ``/api``, ``401`` without the token, else a JSON error naming the path; plain text
+        elsewhere."""
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        if not path.startswith("/api/"):
+            return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+        if not self._authorized(request, query=path == "/api/stream"):
+            return _error(401, "missing or invalid operator token")
+        if exc.status_code == 405:
+            allowed = sorted((exc.headers or {}).get("Allow", "").replace(",", " ").split())
+            message = f"{request.method} is not allowed on {path}: {' or '.join(allowed)} only"
+        elif exc.status_code == 404:
+            message = f"no API route {request.method} {path}"
+        else:
+            message = exc.detail
+        return _json(ApiError(message), exc.status_code, exc.headers)
 
     async def _index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -315,17 +356,23 @@ class Console:
     async def _command(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "missing or invalid operator token")
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(413, f"body over {MAX_BODY_BYTES} bytes")  # refused before it is sent
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return _error(413, f"body over {MAX_BODY_BYTES} bytes")
+        except ClientDisconnect:  # gone before the whole command came: nothing to apply
+            return _error(400, "the client went away before the end of the body")
         try:
             req = _control_decoder.decode(body)
         except msgspec.ValidationError as exc:
             return _error(400, f"invalid command: {exc}")
-        except msgspec.DecodeError:
-            return _error(400, "invalid command: not a JSON object")
+        except msgspec.DecodeError as exc:
+            return _error(400, f"invalid command: not valid JSON: {exc}")
         repeated = repeated_member(body)
         if repeated is not None:
             return _error(400, f"invalid command: member {repeated!r} is given twice")
@@ -342,10 +389,11 @@ class Console:
         symbol = self._symbol(request, request.query_params.get("symbol"))
         if isinstance(symbol, Response):
             return symbol
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # the headers alone: the stream itself never ends
+            return Response(media_type="text/event-stream", headers=headers)
         return StreamingResponse(
-            self._events(symbol),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            self._events(symbol), media_type="text/event-stream", headers=headers
         )
 
     async def _events(self, symbol: str) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Context, Decimal
-from itertools import islice
+from itertools import islice, takewhile
 from typing import Protocol
 
 import msgspec
@@ -388,13 +388,22 @@ class Blotter:
         kinds: Sequence[str] = (),
         limit: int | None = None,
     ) -> list[BlotterRow]:
-        """Rows numbered after ``after``, oldest first, filtered; the newest ``limit`` of them."""
+        """Rows numbered after ``after``, oldest first, filtered; the newest ``limit`` of them.
+
+        Rows after ``after`` are read from the newest back: a push stream, which asks for the
+        few since its last, does not scan every row kept."""
         self._update()
+        kept = self._rows
+        newer: Iterable[BlotterRow]
+        if after:
+            backwards = map(kept.__getitem__, reversed(kept))
+            newer = list(takewhile(lambda row: row.seq > after, backwards))[::-1]
+        else:
+            newer = kept.values()
         rows = [
             row
-            for seq, row in self._rows.items()
-            if seq > after
-            and (not client or row.client == client)
+            for row in newer
+            if (not client or row.client == client)
             and (not symbol or row.symbol == symbol)
             and (not kinds or row.kind in kinds)
         ]

@@ -1,10 +1,13 @@
-"""The console's activity feed: waiting for the next journal event."""
+"""The console's activity feed: waiting for the next journal event, reading the new ones."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import ItemsView, Iterator, ValuesView
 
 from otc.console import Activity, ObservedJournal
+from otc.console.views import Blotter, BlotterRow
 from otc.journal import JournalError, JournalEvent, MemoryJournal, Receipt
 
 
@@ -60,3 +63,42 @@ async def test_a_fill_is_observed_once_committed_and_never_when_its_write_failed
     lost.exception()
     await asyncio.sleep(0)
     assert seen == ["r1", "t1"]
+
+
+class _NoWalk(deque[tuple[int, JournalEvent]]):
+    """The events kept, refusing a walk from the oldest."""
+
+    def __iter__(self) -> Iterator[tuple[int, JournalEvent]]:
+        raise AssertionError("walked every event kept")
+
+
+class _NoScan(dict[int, BlotterRow]):
+    """The blotter's rows, refusing a scan of them all."""
+
+    def items(self) -> ItemsView[int, BlotterRow]:  # type: ignore[override]
+        raise AssertionError("scanned every row")
+
+    def values(self) -> ValuesView[BlotterRow]:  # type: ignore[override]
+        raise AssertionError("scanned every row")
+
+
+def test_what_a_push_stream_asks_for_costs_what_is_new_not_what_is_kept() -> None:
+    # Each wake of each push stream asked for the events after its last: Activity.since and
+    # Blotter.rows walked every event and row kept (blotter_size, up to 100,000: milliseconds
+    # per event per stream, on the engine's loop), for the one or two new ones.
+    activity = Activity(size=50)
+    blotter = Blotter(activity, size=50)
+    for n in range(1, 81):  # more than kept
+        activity.record(_event(n))
+    assert [seq for seq, _ in activity.since(0)] == list(range(31, 81))
+    assert [seq for seq, _ in activity.since(40)] == list(range(41, 81))
+    assert [row.seq for row in blotter.rows()] == list(range(31, 81))
+    activity._events = _NoWalk(activity._events, maxlen=50)
+    blotter._rows = _NoScan(blotter._rows)
+    assert [seq for seq, _ in activity.since(78)] == [79, 80]
+    assert activity.since(80) == []
+    activity.record(_event(81))
+    assert [seq for seq, _ in activity.since(79)] == [80, 81]
+    assert [row.seq for row in blotter.rows(after=79)] == [80, 81]
+    assert [row.rfq_id for row in blotter.rows(after=80)] == ["r81"]
+    assert blotter.rows(after=81) == []

@@ -40,6 +40,7 @@ class Running:
     journal: MemoryJournal
     clock: FakeClock
     url: str
+    console: Console
 
 
 def feed_books(
@@ -92,7 +93,7 @@ async def running() -> AsyncIterator[Running]:
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
-            yield Running(client, engine, quotes, journal, clock, server.url)
+            yield Running(client, engine, quotes, journal, clock, server.url, console)
     finally:
         task.cancel()
         await asyncio.wait({task})
@@ -105,6 +106,11 @@ ROUTES = [
     ("GET", "/api/blotter"),
     ("GET", "/api/quotes/x-q1"),
     ("GET", "/api/stream"),
+    # No route takes these: refused for the token all the same (they were 404 and 405, which
+    # told a caller without the token which paths and methods the API has).
+    ("GET", "/api/nope"),
+    ("GET", "/api/control"),
+    ("DELETE", "/api/overview"),
 ]
 
 
@@ -138,6 +144,30 @@ async def test_the_query_token_is_taken_by_the_stream_only(running: Running) -> 
     ) as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_head_of_the_stream_answers_and_ends(running: Running) -> None:
+    # Starlette serves HEAD for every GET route: the stream's HEAD ran the endless push loop
+    # (its body discarded), so `curl -I` never returned and the connection was stuck for good.
+    host, port = running.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"HEAD /api/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)  # a hang guard, not a timing
+    finally:
+        writer.close()
+    head = answer.decode().lower()
+    assert head.startswith("http/1.1 200")
+    assert "content-type: text/event-stream" in head
+    assert head.endswith("\r\n\r\n")  # headers only
+    # Still refused without the token, and an unknown symbol is still named.
+    got = await running.client.head("/api/stream")
+    assert got.status_code == 401
+    got = await running.client.head("/api/stream", params={"symbol": "NOPE"}, headers=AUTH)
+    assert got.status_code == 404
 
 
 async def rfq(running: Running, client: str, rfq_id: str, qty: str = "1") -> dict[str, object]:
@@ -241,7 +271,26 @@ async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b"not json", 400, "not a JSON object"),
+        (b"not json", 400, "not valid JSON: JSON is malformed: invalid character"),
+        # Each said "not a JSON object", whatever was wrong: a byte order mark (which some
+        # tools write), text after the object, a truncated body, a lone UTF-16 surrogate.
+        (
+            b'\xef\xbb\xbf{"operator": "ops-1", "command": "halt"}',
+            400,
+            "not valid JSON: JSON is malformed: invalid character (byte 0)",
+        ),
+        (
+            b'{"operator": "ops-1", "command": "halt"} x',
+            400,
+            "not valid JSON: JSON is malformed: trailing characters (byte 42)",
+        ),
+        (b'{"operator": "ops-1", ', 400, "not valid JSON: Input data was truncated"),
+        (b"", 400, "not valid JSON: Input data was truncated"),
+        (
+            b'{"operator": "\\ud800", "command": "halt"}',
+            400,
+            "not valid JSON: JSON is malformed: unexpected end of escaped utf-16 surrogate pair",
+        ),
         (b'{"command": "halt"}', 400, "operator"),
         (b'{"operator": "ops-1", "command": "explode"}', 400, "command"),
         (b'{"operator": "ops-1", "command": "halt", "sybmol": "X"}', 400, "sybmol"),
@@ -309,6 +358,65 @@ async def test_bad_commands_are_refused_and_change_nothing(
     assert running.quotes.client_enabled("client-a")
 
 
+async def test_a_command_whose_sender_goes_away_mid_body_is_dropped_quietly(
+    running: Running,
+) -> None:
+    # The body's reader raised ClientDisconnect out of the handler: uvicorn logged "Exception
+    # in ASGI application" with a traceback at ERROR for a page closed while it sent a command.
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": b'{"operator": "ops-1", ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/control",
+        "raw_path": b"/api/control",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", b"60")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    await running.console.app(scope, receive, send)  # type: ignore[arg-type]
+    assert messages == []
+    await running.quotes.flush_controls()
+    assert running.journal.events == []
+
+
+async def test_a_command_declared_over_the_limit_is_refused_before_it_is_sent(
+    running: Running,
+) -> None:
+    # A client that asks first (Expect: 100-continue, as curl does for bodies over 1 KiB) was
+    # told to send its body whatever the size it declared, and refused 4 KiB into it.
+    host, port = running.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/control HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    try:
+        status = await asyncio.wait_for(reader.readline(), 10)  # a hang guard, not a timing
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in answer.lower()  # and closed: the body will not be read
+    assert b"body over 4096 bytes" in answer
+
+
 async def test_a_bus_command_with_members_of_another_is_refused(running: Running) -> None:
     out = await running.engine.control("ops-1", b'{"command": "resume", "tier": "gold"}')
     assert out.topic == "otc/v1/control/ops-1/result"
@@ -343,6 +451,10 @@ async def test_a_bus_command_with_members_of_another_is_refused(running: Running
         ("/api/blotter?limit=" + "9" * 19, 400, "at most 18 digits"),
         ("/api/quotes/unknown-q1", 404, "unknown-q1"),
         ("/api/stream?symbol=NOPE", 404, "NOPE"),
+        # Paths no route takes got a text/plain "Not Found": a JSON error naming the path now.
+        ("/api/nope", 404, "no API route GET /api/nope"),
+        ("/api/depth/BTC%2FUSDT", 404, "no API route GET /api/depth/BTC/USDT"),
+        ("/api/quotes/a/b", 404, "no API route GET /api/quotes/a/b"),
     ],
 )
 async def test_bad_view_requests_name_the_problem(
@@ -351,6 +463,33 @@ async def test_bad_view_requests_name_the_problem(
     got = await running.client.get(path, headers=AUTH)
     assert got.status_code == status
     assert message in got.json()["error"]
+
+
+async def test_a_method_a_route_does_not_take_gets_a_json_error(running: Running) -> None:
+    got = await running.client.get("/api/control", headers=AUTH)
+    assert got.status_code == 405
+    assert got.headers["allow"] == "POST"
+    assert got.json() == {"error": "GET is not allowed on /api/control: POST only"}
+    got = await running.client.delete("/api/overview", headers=AUTH)
+    assert got.status_code == 405
+    assert got.json()["error"].startswith("DELETE is not allowed on /api/overview: GET")
+    # The page's own paths keep their plain answers.
+    got = await running.client.get("/static/nope.js")
+    assert (got.status_code, got.text) == (404, "Not Found")
+
+
+async def test_the_page_s_files_are_revalidated_on_every_load(running: Running) -> None:
+    # Served without Cache-Control (the page itself is no-store), the script was cached by
+    # heuristic (a tenth of its file's age: days for an installed package), so that after an
+    # upgrade a browser ran the previous engine's script against the new API.
+    for path in ("/static/app.js", "/static/console.css", "/static/vendor/uPlot.iife.min.js"):
+        got = await running.client.get(path)
+        assert got.status_code == 200
+        assert got.headers["cache-control"] == "no-cache"
+        again = await running.client.get(path, headers={"If-None-Match": got.headers["etag"]})
+        assert again.status_code == 304  # revalidation costs no transfer
+        assert again.headers["cache-control"] == "no-cache"
+    assert (await running.client.get("/")).headers["cache-control"] == "no-store"
 
 
 async def test_depth_is_exact_and_consolidated_over_the_usable_venues(running: Running) -> None:

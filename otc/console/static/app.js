@@ -21,6 +21,7 @@ const state = {
   symbol: null,
   source: null,
   lastMessage: 0,
+  connectedAt: 0,      // when the stream was last opened
   pushMs: 500,
   rows: [],            // blotter rows, oldest first
   maxRows: 2000,
@@ -28,6 +29,7 @@ const state = {
   chart: null,
   chartKey: "",
   hello: null,
+  layout: "",          // the symbols and clients the lists were built from
 };
 
 // -- token and operator -------------------------------------------------------------------
@@ -71,10 +73,17 @@ function showLogin(message) {
 // -- controls -----------------------------------------------------------------------------
 
 async function control(command) {
-  const { status, body } = await api("/api/control", {
-    method: "POST",
-    body: JSON.stringify({ operator: operator(), ...command }),
-  });
+  let status, body;
+  try {
+    ({ status, body } = await api("/api/control", {
+      method: "POST",
+      body: JSON.stringify({ operator: operator(), ...command }),
+    }));
+  } catch (_) {  // engine gone or connection broken: the command may or may not have been applied
+    $("#last-action").textContent = "failed: no answer from the engine (the command may not have been applied)";
+    $("#last-action").className = "last-action error";
+    return;
+  }
   const text = body.detail || body.error || `HTTP ${status}`;
   $("#last-action").textContent = `${body.ok ? "ok" : "refused"}: ${text}`;
   $("#last-action").className = "last-action" + (body.ok ? "" : " error");
@@ -99,6 +108,7 @@ function connect() {
   if (state.symbol) params.set("symbol", state.symbol);
   const source = new EventSource(`/api/stream?${params}`);
   state.source = source;
+  state.connectedAt = Date.now();
   source.addEventListener("hello", (e) => onHello(JSON.parse(e.data)));
   source.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   source.addEventListener("activity", (e) => onActivity(JSON.parse(e.data)));
@@ -107,17 +117,21 @@ function connect() {
     if (source.readyState === EventSource.CLOSED) {
       // Refused (401, 404) or gone: ask why, then retry.
       try {
-        const { status } = await api("/api/overview");
+        const { status, body } = await api("/api/overview");
         if (status === 401) return;
+        // An engine restarted without the symbol shown refuses it (404): take its first.
+        if (status === 200 && !body.symbols.includes(state.symbol)) state.symbol = null;
       } catch (_) { /* engine unreachable */ }
       setTimeout(() => { if (state.source === source) connect(); }, 1000);
     }
   };
 }
 
-setInterval(() => {  // a silent stream is a dead engine, whatever the socket says
-  if (state.lastMessage && Date.now() - state.lastMessage > Math.max(3000, 4 * state.pushMs)) {
+setInterval(() => {  // a silent stream is a dead engine, whatever the socket says: reconnect
+  const quiet = Math.max(3000, 4 * state.pushMs);
+  if (state.lastMessage && Date.now() - state.lastMessage > quiet) {
     setConnected(false);
+    if (state.source && Date.now() - state.connectedAt > quiet) connect();
   }
 }, 500);
 
@@ -132,7 +146,9 @@ function onHello(hello) {
   state.pushMs = hello.push_interval_ms;
   state.symbol = hello.symbol;
   const select = $("#symbol");
-  if (select.options.length !== hello.symbols.length) {
+  const layout = JSON.stringify([hello.symbols, hello.clients]);
+  if (state.layout !== layout) {  // first hello, or an engine restarted with another config
+    state.layout = layout;
     select.replaceChildren(...hello.symbols.map((s) => el("option", { value: s }, s)));
     const fsym = $("#filter-symbol");
     fsym.replaceChildren(el("option", { value: "" }, "all"), ...hello.symbols.map((s) => el("option", { value: s }, s)));
@@ -140,7 +156,8 @@ function onHello(hello) {
     fcl.replaceChildren(el("option", { value: "" }, "all"), ...hello.clients.map((c) => el("option", { value: c }, c)));
   }
   select.value = hello.symbol;
-  state.rows = [];
+  state.rows = [];     // the backlog follows, if the engine has any
+  renderBlotter();
 }
 
 $("#symbol").addEventListener("change", (e) => {
@@ -307,9 +324,9 @@ function renderBlotter() {
       "data-kind": r.kind, "data-seq": r.seq, "data-quote-id": r.quote_id, "data-rfq-id": r.rfq_id,
     },
       el("td", {}, new Date(r.ts_ms).toISOString().slice(11, 23)), el("td", {}, r.kind),
-      el("td", {}, r.client || r.operator), el("td", {}, r.symbol), el("td", {}, r.side),
+      el("td", {}, r.kind === "control" ? r.operator : r.client), el("td", {}, r.symbol), el("td", {}, r.side),
       el("td", {}, dash(r.qty ?? r.notional)), el("td", { class: "bid" }, dash(r.bid)), el("td", { class: "ask" }, dash(r.ask)),
-      el("td", {}, dash(r.price)), el("td", { title: r.reason }, r.code ? `${r.code}: ${r.reason}` : r.detail || r.reason),
+      el("td", {}, dash(r.price)), el("td", { title: r.reason }, r.code ? `${r.code}: ${r.reason}` : r.kind === "control" && r.client ? `${r.client} ${r.detail}` : r.detail || r.reason),
       el("td", {}, r.trade_id || r.quote_id || r.rfq_id));
     if (r.kind === "quote") tr.addEventListener("click", () => explain(r.quote_id));
     return tr;
