@@ -211,6 +211,9 @@ class Console:
         self._broker = broker
         self.blotter = Blotter(activity, config.console.blotter_size)
         self.push_interval_s = config.console.push_interval_ms / 1e3
+        #: symbol -> (push tick, its ``state`` event): streams push on the same ticks of the
+        #: loop's clock, and the first of a tick computes what every stream of that symbol sends.
+        self._states: dict[str, tuple[int, bytes]] = {}
         #: Set when the server shuts down: push streams end.
         self.closing = asyncio.Event()
         api = [
@@ -414,22 +417,34 @@ class Console:
         if backlog:
             yield _sse("activity", backlog)
         loop = asyncio.get_running_loop()
-        due = 0.0
+        interval = self.push_interval_s
+        pushed = -1
         while not self.closing.is_set():
-            now = loop.time()
-            if now >= due:
-                state = StreamState(
-                    overview=self.overview(),
-                    depth=self.depth(symbol),
-                    ladder=views.ladder(self.quotes, symbol),
-                )
-                yield _sse("state", state)
-                due = now + self.push_interval_s
-            await self.activity.wait(seen, max(0.0, due - loop.time()))
+            tick = int(loop.time() // interval)
+            if tick != pushed:
+                yield self._state(symbol, tick)
+                pushed = tick
+            await self.activity.wait(seen, max(0.0, (tick + 1) * interval - loop.time()))
             rows = self.blotter.rows(after=seen)
             if rows:
                 seen = rows[-1].seq
                 yield _sse("activity", rows)
+
+    def _state(self, symbol: str, tick: int) -> bytes:
+        """The ``state`` event of ``symbol`` for push tick ``tick``: computed once per tick
+        however many streams show the symbol (each computed its own: about 1.6 ms per stream
+        every 500 ms with six venues of 1,000 levels, on the engine's loop)."""
+        cached = self._states.get(symbol)
+        if cached is not None and cached[0] == tick:
+            return cached[1]
+        state = StreamState(
+            overview=self.overview(),
+            depth=self.depth(symbol),
+            ladder=views.ladder(self.quotes, symbol),
+        )
+        event = _sse("state", state)
+        self._states[symbol] = (tick, event)
+        return event
 
 
 class _Uvicorn(uvicorn.Server):

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -610,6 +611,40 @@ async def test_the_stream_pushes_state_and_activity_as_it_happens(running: Runni
             ("rfq", "client-b"),
             ("quote", "client-b"),
         ]
+
+
+async def test_streams_of_one_symbol_share_each_push_s_state(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open stream computed the overview, depth and ladder on its own, on the engine's
+    loop: N console tabs cost N times the CPU. Streams now push on common ticks, and the
+    state of a tick is computed once."""
+    console = running.console
+    monkeypatch.setattr(console, "push_interval_s", 1e9)  # one tick for the whole test
+    computed = 0
+    overview = console.overview
+
+    def counted() -> Any:
+        nonlocal computed
+        computed += 1
+        return overview()
+
+    monkeypatch.setattr(console, "overview", counted)
+
+    async def first_state() -> dict[str, Any]:
+        async with running.client.stream(
+            "GET", "/api/stream", params={"symbol": "BTC-USDT"}, headers=AUTH
+        ) as stream:
+            lines = stream.aiter_lines()
+            while True:
+                (event,) = await asyncio.wait_for(read_events(lines, 1), 10)
+                if event[0] == "state":
+                    return event[1]  # type: ignore[return-value]
+
+    states = await asyncio.gather(*(first_state() for _ in range(5)))
+    assert computed == 1
+    assert all(state == states[0] for state in states)
+    assert states[0]["depth"]["best_bid"] == "64000"
 
 
 async def test_shutdown_ends_open_streams() -> None:
