@@ -53,6 +53,7 @@ from otc.config import CLIENT_ID, Config
 from otc.errors import OtcError
 from otc.journal import JournalError, SqliteJournal, state_rows
 from otc.market import Market
+from otc.model import decimal_text
 from otc.protocol import (
     CONTROL_RESULT_TOPIC,
     STATUS_TOPIC,
@@ -599,7 +600,7 @@ class Engine:
                     control.spread_bps, "spread_bps", Code.INVALID_MESSAGE, zero=True
                 )
                 self.quotes.set_tier_spread(control.tier, spread, operator=operator)
-                detail = f"tier {control.tier} spread {control.spread_bps} bps"
+                detail = f"tier {control.tier} spread {decimal_text(spread)} bps"
             try:
                 await self.quotes.flush_controls()
             except JournalError as exc:

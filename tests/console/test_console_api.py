@@ -262,6 +262,7 @@ async def test_a_tier_spread_can_be_set_to_zero(running: Running, text: str) -> 
         headers=AUTH,
     )
     assert (got.status_code, got.json()["ok"]) == (200, True)
+    assert got.json()["detail"] == "tier gold spread 0 bps"  # as the blotter shows it
     assert running.quotes.tier_spreads["gold"] == 0
     overview = (await running.client.get("/api/overview", headers=AUTH)).json()
     assert overview["controls"]["tier_spreads_bps"]["gold"] == "0"
