@@ -1157,15 +1157,12 @@ class QuoteEngine:
         )
         try:
             await asyncio.shield(receipt)
-        except asyncio.CancelledError:
-            if receipt.done():
+        except BaseException:
+            if receipt.done():  # the write failed: undone
                 self._fill_written(quote, write, receipt)
-            else:
+            else:  # cancelled while the journal writes it: the journal decides
                 quote.writing = write
                 receipt.add_done_callback(functools.partial(self._fill_written, quote, write))
-            raise
-        except BaseException:
-            self._fill_written(quote, write, receipt)  # failed: undone
             raise
         self._fill_written(quote, write, receipt)
         return fill
