@@ -1260,6 +1260,26 @@ async def test_the_ladder_prices_every_band_and_publishes_on_change(desk: Desk) 
     assert desk.engine.ladder("DOGE-USDT") is None
 
 
+async def test_a_band_is_priced_as_an_rfq_of_its_size_but_checks_no_limit(example: Desk) -> None:
+    """The README's ladder row: the ladder tier's RFQ of a band's qty gets the band's prices
+    (gold, the only tier, is the widest); the worked example's 2.5 BTC is a band."""
+    out = example.engine.ladder("BTC-USDT", force=True)
+    assert out is not None
+    bands = {b["qty"]: (b["bid"], b["ask"]) for b in msgspec.json.decode(out.payload)["bands"]}
+    assert bands["2.5"] == ("63940.59", "64054.24")
+    assert bands["20"] == (None, None)  # beyond visible depth on both sides
+    for qty in ("1", "2.5"):
+        quote = await example.quote(side="two_way", qty=qty)
+        assert (quote["bid"], quote["ask"]) == bands[qty]
+    example.engine.set_position("BTC", D(-49), operator="test")  # a client buy of 2.5: -51.5
+    out = example.engine.ladder("BTC-USDT")
+    assert out is not None
+    band = msgspec.json.decode(out.payload)["bands"][1]
+    assert band["qty"] == "2.5"
+    assert band["ask"] is not None
+    assert (await example.rfq(side="buy", qty="2.5"))["code"] == "LIMIT_EXCEEDED"
+
+
 def test_a_deep_ladder_is_built_a_bounded_batch_per_step(desk: Desk) -> None:
     """Each step adds at most _LADDER_CHUNK levels per venue to the consolidated book, and the
     prices are those a walk of the whole book gives (the same as built in one go)."""
