@@ -30,7 +30,8 @@ the notional at mid. Terms are rounded half-even to 6 decimals of a bps (``BPS_P
 raw price is exact; the tick rounding is always against the client, so the desk never gives
 away a fraction of a tick. Quantities are rounded to the lot by the engine: a quantity request
 must already be a multiple of the lot (else ``INVALID_QTY``); a notional request is quoted for
-``floor_to_lot(notional / price)``.
+``floor_to_lot(notional / price)`` at the price of its hedge's size, cut again while ``qty x
+price`` is over the notional (never more than the notional; maybe a lot or two less).
 
 Worked example
 --------------

@@ -649,10 +649,13 @@ class QuoteEngine:
         }
         if rfq.notional is not None:  # the notional buys this many lots at the quoted prices
             price = max(e.price for e in explanations.values())
-            if _CTX.multiply(qty, price) > rfq.notional:
+            # A smaller qty lowers an ask but raises a bid: a sell cut once may pay more than
+            # the notional at its own bid, so cut until it fits (qty falls every time).
+            while _CTX.multiply(qty, price) > rfq.notional:
                 qty = lots_down(_CTX.divide(rfq.notional, price), inst.lot_size)
                 self._check_min_qty(qty, rfq)
                 explanations = {k: self._price(ctx, _side_of(k), qty) for k in explanations}
+                price = max(e.price for e in explanations.values())
         bid = explanations.get("bid")
         ask = explanations.get("ask")
         if bid is not None and ask is not None and bid.price >= ask.price:

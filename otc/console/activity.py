@@ -87,7 +87,8 @@ class TradeFill(msgspec.Struct, frozen=True):
 
 
 class Markout(msgspec.Struct):
-    """A fill and the mid at each horizon after it (``None`` until the horizon is reached)."""
+    """A fill and the mid at each horizon after it: a horizon is absent until it is reached,
+    then the mid sampled then, ``None`` when there was no usable mid (never a later one)."""
 
     fill: TradeFill
     mids: dict[str, Decimal | None]
@@ -110,13 +111,16 @@ class Markouts:
         self._items: deque[Markout] = deque(maxlen=size)
 
     def add(self, fill: TradeFill) -> None:
-        self._items.append(Markout(fill, dict.fromkeys(HORIZONS)))
+        self._items.append(Markout(fill, {}))
 
     def sample(self, now_ns: int, mid: Callable[[str], Decimal | None]) -> None:
-        """Record the mid of every horizon that has come; call it often (every ~100 ms)."""
+        """Record the mid of every horizon that has come; call it often (every ~100 ms).
+
+        A horizon is sampled once: without a usable mid then, its markout stays unknown
+        rather than be read from a mid that comes back later."""
         for item in self._items:
             for label, after_ns in HORIZONS.items():
-                if item.mids[label] is None and now_ns >= item.fill.ts_ns + after_ns:
+                if label not in item.mids and now_ns >= item.fill.ts_ns + after_ns:
                     item.mids[label] = mid(item.fill.symbol)
 
     def __iter__(self) -> Iterator[Markout]:

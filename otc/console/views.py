@@ -554,7 +554,8 @@ class InstrumentPnl(_View, frozen=True, kw_only=True):
 
 class FillMarkout(_View, frozen=True, kw_only=True):
     """A recent fill and its markout in bps from the desk's side (positive: the mid moved in
-    our favour) at 1, 5, 30 and 60 s (``None`` until reached) and against the mid now."""
+    our favour) at 1, 5, 30 and 60 s (``None`` until reached, and for good when there was no
+    usable mid then) and against the mid now."""
 
     trade_id: str
     client: str
@@ -664,10 +665,9 @@ def overview(
                 price=decimal_text(fill.price),
                 ts_ms=fill.ts_ns // _NS_PER_MS,
                 markouts_bps={
-                    label: None
-                    if item.mids[label] is None
-                    else decimal_text(markout_bps(fill, item.mids[label]))  # type: ignore[arg-type]
+                    label: None if at is None else decimal_text(markout_bps(fill, at))
                     for label in HORIZONS
+                    for at in (item.mids.get(label),)
                 },
                 now_bps=None if now_mid is None else decimal_text(markout_bps(fill, now_mid)),
             )

@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import ItemsView, Iterator, ValuesView
+from decimal import Decimal
+from pathlib import Path
 
+from otc.clock import FakeClock
+from otc.config import load_config
 from otc.console import Activity, ObservedJournal
-from otc.console.views import Blotter, BlotterRow
+from otc.console.activity import Markouts, TradeFill
+from otc.console.views import Blotter, BlotterRow, overview
 from otc.journal import JournalError, JournalEvent, MemoryJournal, Receipt
+from otc.market import Market
+from otc.quoting import QuoteEngine
+
+CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+_S = 1_000_000_000
 
 
 def _event(n: int) -> JournalEvent:
@@ -102,3 +112,26 @@ def test_what_a_push_stream_asks_for_costs_what_is_new_not_what_is_kept() -> Non
     assert [row.seq for row in blotter.rows(after=79)] == [80, 81]
     assert [row.rfq_id for row in blotter.rows(after=80)] == ["r81"]
     assert blotter.rows(after=81) == []
+
+
+def test_a_markout_horizon_without_a_mid_stays_unknown_rather_than_take_a_later_mid() -> None:
+    """A fill's 1 s markout is the mid 1 s after it: with no usable mid then (every venue stale,
+    say), it stays unknown; it used to be taken from whatever mid came back later (here 60 s
+    on), shown as the 1 s and 5 s markouts."""
+    fill = TradeFill("t1", "client-a", "BTC-USDT", "buy", Decimal(1), Decimal(64010), 0)
+    markouts = Markouts()
+    markouts.add(fill)
+    mids: dict[str, Decimal | None] = {"BTC-USDT": None}
+    markouts.sample(5 * _S, mids.get)  # 1 s and 5 s came: no mid
+    mids["BTC-USDT"] = Decimal(64000)
+    markouts.sample(60 * _S, mids.get)  # 30 s and 60 s: the mid is back
+    (item,) = markouts
+    assert item.mids == {"1s": None, "5s": None, "30s": Decimal(64000), "60s": Decimal(64000)}
+    activity = Activity()
+    activity.markouts = markouts
+    config = load_config(CONFIG)
+    quotes = QuoteEngine(config, Market(config), MemoryJournal(), FakeClock())
+    view = overview(config, quotes, activity, [], mids.get, 60 * _S)
+    (shown,) = view.markouts
+    # (64010 - 64000) / 64000 x 1e4 = 1.5625 -> 1.56 (half-even)
+    assert shown.markouts_bps == {"1s": None, "5s": None, "30s": "1.56", "60s": "1.56"}

@@ -325,6 +325,38 @@ async def test_a_notional_request_is_quoted_for_the_lots_it_buys(desk: Desk) -> 
     assert qty * D(two_way["bid"]) <= D("250000.5")
 
 
+async def test_a_notional_sell_is_cut_until_it_fits_the_notional_at_its_own_bid() -> None:
+    """A client sell's bid rises as its qty falls: one cut to floor(notional / bid) may leave
+    a qty whose own (higher) bid pays more than the notional asked, so it is cut again.
+
+    Worked by hand: lots of 1 BTC, one venue, no fee, spread or risk premium; the desk short at
+    its limit with a 2000 bps skew (bid = all-in x 1.2). Bids 200 x 3, 50 x 1000; 716 USDT:
+    the hedge walk sizes it 5 (all-in 140, bid 168); 716 / 168 -> 4 (all-in 162.5, bid 195:
+    780 > 716); 716 / 195 -> 3 (all-in 200, bid 240: 720 > 716, where the engine stopped);
+    716 / 240 -> 2 (bid 240: 480 <= 716).
+    """
+    book = {"alpha": ([("200", "3"), ("50", "1000")], [("201", "1000")])}
+    config = example_config()
+    config = replace(
+        config,
+        instruments=[replace(config.instruments[0], lot_size=D(1), ladder_bands=[])],
+        venues=[VenueConfig(name="alpha", taker_fee_bps=D(0), symbols={"BTC-USDT": "A"})],
+        tiers={"gold": TierConfig(spread_bps=D(0))},
+        risk=RiskConfig(
+            volatility_coefficient=D(0),
+            hedge_latency_ms=240,
+            default_daily_volatility_bps=D(300),
+            size_premium_bps_per_million_notional=D(0),
+        ),
+        inventory=InventoryConfig(limits={"BTC": D(100)}, skew_bps_at_limit=D(2000)),
+    )
+    desk = Desk(config, example_refresh(book))
+    desk.engine.set_position("BTC", D(-100), operator="test")
+    quote = await desk.quote(side="sell", notional="716")
+    assert (quote["qty"], quote["bid"]) == ("2", "240")
+    assert D(quote["qty"]) * D(quote["bid"]) <= 716
+
+
 async def test_a_tier_spread_change_applies_to_the_next_quote(desk: Desk) -> None:
     before = await desk.quote(qty="1")
     desk.engine.set_tier_spread("gold", D(50), operator="ops")
@@ -1226,6 +1258,26 @@ async def test_the_ladder_prices_every_band_and_publishes_on_change(desk: Desk) 
     )
     assert desk.engine.ladder("BTC-USD") is None  # no bands
     assert desk.engine.ladder("DOGE-USDT") is None
+
+
+async def test_a_band_is_priced_as_an_rfq_of_its_size_but_checks_no_limit(example: Desk) -> None:
+    """The README's ladder row: the ladder tier's RFQ of a band's qty gets the band's prices
+    (gold, the only tier, is the widest); the worked example's 2.5 BTC is a band."""
+    out = example.engine.ladder("BTC-USDT", force=True)
+    assert out is not None
+    bands = {b["qty"]: (b["bid"], b["ask"]) for b in msgspec.json.decode(out.payload)["bands"]}
+    assert bands["2.5"] == ("63940.59", "64054.24")
+    assert bands["20"] == (None, None)  # beyond visible depth on both sides
+    for qty in ("1", "2.5"):
+        quote = await example.quote(side="two_way", qty=qty)
+        assert (quote["bid"], quote["ask"]) == bands[qty]
+    example.engine.set_position("BTC", D(-49), operator="test")  # a client buy of 2.5: -51.5
+    out = example.engine.ladder("BTC-USDT")
+    assert out is not None
+    band = msgspec.json.decode(out.payload)["bands"][1]
+    assert band["qty"] == "2.5"
+    assert band["ask"] is not None
+    assert (await example.rfq(side="buy", qty="2.5"))["code"] == "LIMIT_EXCEEDED"
 
 
 def test_a_deep_ladder_is_built_a_bounded_batch_per_step(desk: Desk) -> None:
