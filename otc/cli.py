@@ -1031,8 +1031,12 @@ def _record_live(args: argparse.Namespace, symbols: list[str]) -> tuple[int, int
             flush_bytes=None,
         )
         async with writer:
+            wanted = {feed.our_symbol(s) for s in symbols}
 
             def on_events(events: list[BookEvent]) -> None:
+                # A venue (or a loopback exchange replaying a wider session) may send books of
+                # symbols we did not subscribe to: they are not recorded.
+                events = [e for e in events if e.symbol in wanted]
                 writer.write(events)
                 counts[0] += len(events)
                 counts[1] += sum(isinstance(e, BookSnapshot) for e in events)

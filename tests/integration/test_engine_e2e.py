@@ -151,12 +151,19 @@ def test_a_restart_on_the_same_journal_keeps_the_fill_and_the_position(tmp_path:
             assert fill["type"] == "fill"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
-        with serving(url, journal):
+        with serving(url, journal) as restarted:
             # The client never saw its fill (say): it accepts again, and gets the same one.
             again = accept(url, "client-a", {"quote_id": quote["quote_id"]})
             other = accept(url, "client-a", {"quote_id": quote["quote_id"], "qty": "1"})
+            restarted.send_signal(signal.SIGTERM)
+            assert restarted.wait(timeout=20) == 0
+            assert restarted.stderr is not None
+            log = restarted.stderr.read()
     assert again == fill
     assert other["code"] == "ALREADY_FILLED"
+    # The log says what was restored (an info line used to go nowhere: nothing shows info).
+    assert f"restored from {journal}: 1 fills" in log, log
+    assert "positions {'BTC': '-2'" in log, log
     with contextlib.closing(sqlite3.connect(journal)) as conn:
         started = [
             json.loads(payload)

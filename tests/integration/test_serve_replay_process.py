@@ -124,3 +124,44 @@ def test_record_a_live_session_then_replay_it_losslessly(
         )
         apply_event(book, event)
     assert books == clean.books
+
+
+def test_record_only_the_symbols_asked_for(server: str, recording: Path, tmp_path: Path) -> None:
+    """The served session has BTCUSDT and ETHUSDT; `--symbols BTCUSDT` records BTCUSDT alone.
+    The venue's messages of the other symbol ended the recording with a traceback (`... has no
+    scale in the header`), status 1."""
+    out = tmp_path / "btc.rec.gz"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otc.cli",
+            "record",
+            "--source",
+            "bybit",
+            "--url",
+            server,
+            "--symbols",
+            "BTCUSDT",
+            "--duration",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded" in proc.stdout
+    clean = BybitBookFeed()
+    for record in read_recording(recording):
+        clean.on_message(record.data, record.ts_recv_ns)
+    header, events = read_events(out)
+    assert set(header.scales) == {"BTCUSDT"}
+    book = L2Book("bybit", "BTCUSDT", header.scale("BTCUSDT"))
+    for event in events:
+        assert event.symbol == "BTCUSDT"
+        apply_event(book, event)
+    assert book == clean.books["BTCUSDT"]
