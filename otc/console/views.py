@@ -26,10 +26,10 @@ from typing import Protocol
 import msgspec
 
 from otc.book import ConsolidatedBook, Exclusion, L2Book
-from otc.config import Config
+from otc.config import Config, InstrumentConfig
 from otc.console.activity import HORIZONS, Activity, markout_bps
 from otc.journal import JournalEvent
-from otc.model import decimal_text, plain
+from otc.model import decimal_text, decimals_of, plain
 from otc.protocol import Ladder
 from otc.quoting import QuoteEngine
 
@@ -587,6 +587,12 @@ def _pct(used: Decimal, limit: Decimal) -> str:
     return decimal_text(_CTX.divide(used * 100, limit).quantize(Decimal("0.01"), context=_CTX))
 
 
+def _pnl_unit(inst: InstrumentConfig) -> Decimal:
+    """What P&L in ``inst``'s quote currency is rounded to: the decimals of its tick, at
+    least cents (0.01 USDT for BTC-USDT; 0.00001 BTC for an ETH-BTC ticking at 0.00001)."""
+    return Decimal(1).scaleb(-max(2, decimals_of(str(inst.tick_size))))
+
+
 def overview(
     config: Config,
     quotes: QuoteEngine,
@@ -647,7 +653,7 @@ def overview(
                 pnl=None
                 if m is None
                 else decimal_text(
-                    (cash + _CTX.multiply(base, m)).quantize(Decimal("0.01"), context=_CTX)
+                    (cash + _CTX.multiply(base, m)).quantize(_pnl_unit(inst), context=_CTX)
                 ),
             )
         )

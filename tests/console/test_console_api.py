@@ -773,3 +773,34 @@ def test_live_feed_health_comes_from_the_connections_report() -> None:
     assert health["okx"].source == "sim"  # no connection: judged from its books
     assert health["okx"].state == "out_of_sync"  # its ETH-USDT book never had a snapshot
     assert health["okx"].gaps == 0
+
+
+async def test_pnl_is_rounded_to_the_instrument_s_tick_not_always_to_cents(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P&L is in the quote currency: cents suit USDT, not a BTC-quoted instrument (0.01 BTC
+    is hundreds of dollars). It is rounded to the decimals of the instrument's tick."""
+    quote = await rfq(running, "client-a", "r-pnl", qty="0.12345")
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (out,) = await running.quotes.on_accept("client-a", accept)
+    price = Decimal(json.loads(out.payload)["price"])
+    exact = Decimal("0.12345") * (price - Decimal("64002.5"))  # cash - 0.12345 x the mid
+    assert exact != exact.quantize(Decimal("0.01"))  # finer than cents, or this proves nothing
+
+    def pnl_of(tick: str) -> str:
+        config = running.console.config
+        instruments = [
+            msgspec.structs.replace(i, tick_size=Decimal(tick)) if i.symbol == "BTC-USDT" else i
+            for i in config.instruments
+        ]
+        monkeypatch.setattr(
+            running.console, "config", msgspec.structs.replace(config, instruments=instruments)
+        )
+        rows = {p.symbol: p for p in running.console.overview().pnl}
+        pnl = rows["BTC-USDT"].pnl
+        assert pnl is not None
+        return pnl
+
+    assert Decimal(pnl_of("0.01")) == exact.quantize(Decimal("0.01"))
+    assert Decimal(pnl_of("0.00001")) == exact.quantize(Decimal("0.00001"))
+    assert Decimal(pnl_of("0.5")) == exact.quantize(Decimal("0.01"))  # never coarser than cents
