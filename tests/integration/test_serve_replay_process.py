@@ -82,12 +82,9 @@ async def test_client_syncs_from_a_served_recording_despite_faults(
         book._check()
 
 
-def test_record_a_live_session_then_replay_it_losslessly(
-    server: str, recording: Path, tmp_path: Path
-) -> None:
-    """`otc record` connects to the served session (a second real process), writes our format,
-    and the books rebuilt from the file equal the books of the clean recording."""
-    out = tmp_path / "session.rec.gz"
+def record_bybit(server: str, symbols: str, out: Path, recording: Path) -> BybitBookFeed:
+    """Run `otc record --source bybit --url server --symbols symbols` for 3 s into ``out``
+    (a real process); the feed holding the clean books of ``recording``, to compare with."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -99,7 +96,7 @@ def test_record_a_live_session_then_replay_it_losslessly(
             "--url",
             server,
             "--symbols",
-            "BTCUSDT,ETHUSDT",
+            symbols,
             "--duration",
             "3",
             "--out",
@@ -115,6 +112,16 @@ def test_record_a_live_session_then_replay_it_losslessly(
     clean = BybitBookFeed()
     for record in read_recording(recording):
         clean.on_message(record.data, record.ts_recv_ns)
+    return clean
+
+
+def test_record_a_live_session_then_replay_it_losslessly(
+    server: str, recording: Path, tmp_path: Path
+) -> None:
+    """`otc record` connects to the served session (a second real process), writes our format,
+    and the books rebuilt from the file equal the books of the clean recording."""
+    out = tmp_path / "session.rec.gz"
+    clean = record_bybit(server, "BTCUSDT,ETHUSDT", out, recording)
     header, events = read_events(out)
     assert set(header.scales) == {"BTCUSDT", "ETHUSDT"}
     books: dict[str, L2Book] = {}
@@ -131,33 +138,7 @@ def test_record_only_the_symbols_asked_for(server: str, recording: Path, tmp_pat
     The venue's messages of the other symbol ended the recording with a traceback (`... has no
     scale in the header`), status 1."""
     out = tmp_path / "btc.rec.gz"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "otc.cli",
-            "record",
-            "--source",
-            "bybit",
-            "--url",
-            server,
-            "--symbols",
-            "BTCUSDT",
-            "--duration",
-            "3",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "recorded" in proc.stdout
-    clean = BybitBookFeed()
-    for record in read_recording(recording):
-        clean.on_message(record.data, record.ts_recv_ns)
+    clean = record_bybit(server, "BTCUSDT", out, recording)
     header, events = read_events(out)
     assert set(header.scales) == {"BTCUSDT"}
     book = L2Book("bybit", "BTCUSDT", header.scale("BTCUSDT"))
