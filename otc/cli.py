@@ -445,6 +445,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.once:
+        if args.dump_book is not None:  # ignored, it would have left no file and no word
+            raise UsageError("--dump-book writes the book of --once: give --once too")
         return _demo_engine(args)
     from feeds.sim import SyntheticMarket
     from otc.snapshot import dump_book
@@ -609,12 +611,13 @@ async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> N
 
 
 def _console_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    console = parser.add_mutually_exclusive_group()  # a port for a console not served: a typo
+    console.add_argument(
         "--console-port",
         type=_port,
         help="operator console port (default: [console] port; 0: free)",
     )
-    parser.add_argument("--no-console", action="store_true", help="do not serve the console")
+    console.add_argument("--no-console", action="store_true", help="do not serve the console")
 
 
 def _console_settings(args: argparse.Namespace, config: Config) -> dict[str, Any]:

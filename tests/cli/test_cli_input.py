@@ -218,6 +218,19 @@ def test_argparse_errors_are_one_line_too() -> None:
     )
 
 
+@pytest.mark.parametrize("command", ["demo", "serve"])
+def test_a_console_port_for_no_console_is_refused(command: str) -> None:
+    # --no-console won silently: the operator who also gave a port expected a console there.
+    assert "not allowed with argument" in refused(command, "--no-console", "--console-port", "0")
+
+
+def test_dump_book_without_once_is_refused() -> None:
+    # It was ignored: the demo started its engine and the book file never appeared.
+    assert refused("demo", "--dump-book", "book.json") == (
+        "otc: error: --dump-book writes the book of --once: give --once too"
+    )
+
+
 # -- otc backtest ---------------------------------------------------------------------------------
 
 
