@@ -333,7 +333,7 @@ class Console:
                     400, f"{key} must be a non-negative integer of at most 18 digits, got {text!r}"
                 )
             numbers[key] = int(text)
-        kinds = params.getlist("kind")
+        kinds = [kind for kind in params.getlist("kind") if kind]  # empty: no filter, as client=
         known = {"rfq", "quote", "reject", "accept", "fill", "accept_reject", "control"}
         unknown = sorted(set(kinds) - known)
         if unknown:

@@ -542,6 +542,12 @@ async def test_quotes_fills_explanations_limits_inventory_and_markouts(running: 
     assert other.json() == []
     only = await running.client.get("/api/blotter", params={"kind": "fill"}, headers=AUTH)
     assert [r["trade_id"] for r in only.json()] == [fill["trade_id"]]
+    # An empty filter is no filter, kind= as client= (kind= was a 400 'unknown kind'), and
+    # limit=0 is every row kept.
+    every = await running.client.get(
+        "/api/blotter", params={"kind": "", "client": "", "limit": "0"}, headers=AUTH
+    )
+    assert [r["kind"] for r in every.json()] == ["rfq", "quote", "accept", "fill"]
     explained = (await running.client.get(f"/api/quotes/{quote['quote_id']}", headers=AUTH)).json()
     assert explained["tier"] == "gold"
     ask = explained["explanation"]["ask"]
