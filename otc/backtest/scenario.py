@@ -3,7 +3,9 @@
 Decoded straight into frozen msgspec Structs (as :mod:`otc.config`): an unknown key, a wrong
 type or an invalid value fails naming the file and the key, e.g.
 ``scenario.toml: $.accept.benchmark_bps: unknown field``. Every key has a default, so an empty
-file is a valid scenario (the default flow, below). Units are in the names.
+file is a valid scenario (the default flow, below), except ``model`` in an ``[accept]`` section,
+which names the model the section's keys belong to (no section: "always"). Units are in the
+names.
 
 Example (every key shown; the values are the defaults unless noted)::
 
@@ -34,8 +36,8 @@ Example (every key shown; the values are the defaults unless noted)::
     qty = "2"                      # or notional = "100000"
     accept_side = "buy"            # which side the client takes if it accepts (two_way)
 
-    [accept]                       # the client's accept model; model = "always" (default),
-    model = "benchmark"            # "benchmark" or "random"
+    [accept]                       # the client's accept model (no section: "always");
+    model = "benchmark"            # required here: "always", "benchmark" or "random"
     delay_ms = 200                 # the client answers this long after the quote
     benchmark_bps = "5"            # benchmark: accept when our price is within mid +/- N bps
     # random: p = clamp(probability_at_mid - probability_per_bps x markup_bps, 0, 1), where
