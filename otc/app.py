@@ -361,7 +361,7 @@ class Engine:
         await self.quotes.flush_controls()
         self.restored = restored
         if restored.anything:
-            log.warning(
+            log.info(
                 "restored from %s: %d fills (%d of unconfigured symbols skipped), positions %s, "
                 "halted %s, disabled clients %s, %d remembered quotes (%d filled), %d rfq ids",
                 journal.path,

@@ -5,9 +5,9 @@ Subcommands::
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
     otc demo [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH] [--record FILE]
-             [--console-port N | --no-console] [--once [--dump-book PATH]]
+             [--console-port N | --no-console] [--log-level LEVEL] [--once [--dump-book PATH]]
     otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH] [--record FILE]
-              [--console-port N | --no-console]
+              [--console-port N | --no-console] [--log-level LEVEL]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
             [--accept [--accept-side buy|sell]] [--json]
     otc feeds verify --venue V FILE... [--json]
@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn
 
 import msgspec
 
@@ -179,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
+    _log_options(demo)
 
     serve = sub.add_parser("serve", help="run the quoting service")
     serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -188,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     serve.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     _console_options(serve)
+    _log_options(serve)
 
     rfq = sub.add_parser("rfq", help="send an RFQ as a client, print the quote, maybe accept")
     rfq.add_argument("--broker", required=True, help="mqtt://[user:password@]host:port")
@@ -610,6 +613,29 @@ async def _run_for(main: Coroutine[Any, Any, None], duration: float | None) -> N
             await main
 
 
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default="info",
+        help="what the engine logs to stderr (default info: start-up, restores, reconnects, "
+        "operator commands)",
+    )
+
+
+def _setup_logging(level: str) -> None:
+    """The engine's log on stderr, one line per record with its time and level: ours
+    (``otc``, ``feeds``) from ``level`` up, the libraries' from warnings up."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("otc", "feeds"):
+        logging.getLogger(name).setLevel(level.upper())
+
+
 def _console_options(parser: argparse.ArgumentParser) -> None:
     console = parser.add_mutually_exclusive_group()  # a port for a console not served: a typo
     console.add_argument(
@@ -645,6 +671,8 @@ def _console_settings(args: argparse.Namespace, config: Config) -> dict[str, Any
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
+    _setup_logging(args.log_level)
+
     config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     options: dict[str, Any] = {}
     if args.broker:
@@ -670,6 +698,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
     from otc.app import Engine
     from otc.broker import find_mosquitto, start_broker
 
+    _setup_logging(args.log_level)
     config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
     out = sys.stdout
     console = _console_settings(args, config)

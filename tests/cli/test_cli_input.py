@@ -258,3 +258,7 @@ def test_a_recording_with_a_clock_jump_replays_without_sampling_the_gap(tmp_path
     assert times[0] < t0 + 60 * 100_000_000
     assert len(times) < 10_100  # the samples of the first 6 s, at most 10,000 in the gap, the last
     assert bt.out_of_order == len(back) > 0  # counted (summary.json: events_out_of_order)
+
+
+def test_an_unknown_log_level_is_refused() -> None:
+    assert "argument --log-level: invalid choice: 'loud'" in refused("serve", "--log-level", "loud")
