@@ -331,7 +331,8 @@ class BrokerProcess:
                     raise
             else:
                 break
-        log.info("%s listening on %s:%d %s", self.kind, self.host, self.port, self.notice)
+        notice = f" ({self.notice})" if self.notice else ""
+        log.info("%s listening on %s:%d%s", self.kind, self.host, self.port, notice)
 
     def _start_once(self) -> None:
         self.port = self._requested_port or _free_port(self.host)
