@@ -529,14 +529,10 @@ class QuoteEngine:
                 code=Code.INTERNAL_ERROR.value,
                 reason="the journal could not record the RFQ: no quote was made",
             )
-            event = JournalEvent(
-                "reject",
-                client,
-                self._clock.now_ns(),
-                rfq_id=rfq_id,
-                payload=msgspec.to_builtins(reject),
-            )
-            return await self._answer_despite_journal(event, QUOTES_TOPIC, reject)
+            event = self._answer_event(client, "reject", reject, rfq_id=rfq_id)
+            with contextlib.suppress(JournalError):  # as far as it can (it logs a failure)
+                await self._submit(event)
+            return [Outgoing(QUOTES_TOPIC.format(client=client), encode(reject))]
 
     async def _serve_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
@@ -946,29 +942,16 @@ class QuoteEngine:
         except JournalError as exc:
             log.error("accept by %s refused, the journal failed: %s", client, exc)
             quote_id = _salvage(payload, "quote_id")
-            reject = AcceptReject(
-                quote_id=quote_id,
-                code=Code.INTERNAL_ERROR.value,
-                reason="the journal could not record the accept or its fill: nothing was "
-                "filled (the accept may be repeated)",
+            reason = (
+                "the journal could not record the accept or its fill: nothing was filled "
+                "(the accept may be repeated)"
             )
-            event = JournalEvent(
-                "accept_reject",
-                client,
-                self._clock.now_ns(),
-                quote_id=quote_id,
-                payload=msgspec.to_builtins(reject),
-            )
-            return await self._answer_despite_journal(event, FILLS_TOPIC, reject)
-
-    async def _answer_despite_journal(
-        self, event: JournalEvent, topic: str, reply: Reject | AcceptReject
-    ) -> list[Outgoing]:
-        """The ``INTERNAL_ERROR`` reply to a message the journal failed under, on ``topic``
-        (a template) of ``event``'s client; ``event`` journaled as far as the journal can."""
-        with contextlib.suppress(JournalError):  # a failure is logged by the journal
-            await self._submit(event)
-        return [Outgoing(topic.format(client=event.client), encode(reply))]
+            topic, code = FILLS_TOPIC.format(client=client), Code.INTERNAL_ERROR
+            try:
+                return [await self._accept_reject(client, topic, quote_id, "", code, reason)]
+            except JournalError:  # not even the reject: the journal logged it, answer anyway
+                reject = AcceptReject(quote_id=quote_id, code=code.value, reason=reason)
+                return [Outgoing(topic, encode(reject))]
 
     async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
@@ -1042,18 +1025,32 @@ class QuoteEngine:
     async def _accept_reject(
         self, client: str, topic: str, quote_id: str, rfq_id: str, code: Code, reason: str
     ) -> Outgoing:
+        """An AcceptReject on ``topic`` (the client's fills), journaled."""
         reject = AcceptReject(quote_id=quote_id, code=code.value, reason=reason)
-        await self._submit(
-            JournalEvent(
-                "accept_reject",
-                client,
-                self._clock.now_ns(),
-                rfq_id=rfq_id,
-                quote_id=quote_id,
-                payload=msgspec.to_builtins(reject),
-            )
+        event = self._answer_event(
+            client, "accept_reject", reject, rfq_id=rfq_id, quote_id=quote_id
         )
+        await self._submit(event)
         return Outgoing(topic, encode(reject))
+
+    def _answer_event(
+        self,
+        client: str,
+        kind: str,
+        answer: msgspec.Struct,
+        *,
+        rfq_id: str = "",
+        quote_id: str = "",
+    ) -> JournalEvent:
+        """The journal event of an answer made now."""
+        return JournalEvent(
+            kind,
+            client,
+            self._clock.now_ns(),
+            rfq_id=rfq_id,
+            quote_id=quote_id,
+            payload=msgspec.to_builtins(answer),
+        )
 
     @staticmethod
     async def _recorded(quote: _Quote) -> bool:
