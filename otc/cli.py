@@ -103,7 +103,7 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
+def _duration(text: str) -> float:
     """A duration or pause: finite, not negative."""
     try:
         value = float(text)
@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="print estimates and exit")
     demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of our own")
     demo.add_argument("--mqtt-port", type=_port, default=0, help="port of our broker (0: free)")
-    demo.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    demo.add_argument("--duration", type=_duration, help="stop after this many seconds")
     demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
     serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
-    serve.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    serve.add_argument("--duration", type=_duration, help="stop after this many seconds")
     _console_options(serve)
     _log_options(serve)
 
@@ -226,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--venue", required=True)
     srv.add_argument("file", type=Path, metavar="FILE")
     srv.add_argument("--port", type=_port, default=0, help="TCP port on 127.0.0.1 (0: any free)")
-    srv.add_argument("--interval-ms", type=_seconds, default=0.0, help="pause between messages")
+    srv.add_argument("--interval-ms", type=_duration, default=0.0, help="pause between messages")
     srv.add_argument(
         "--fault",
         action="append",
@@ -248,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--symbols", default="", help="venue symbols, comma-separated (live venue)")
     rec.add_argument("--url", help="websocket endpoint (default: the venue's public one)")
     rec.add_argument("--rest-url", help="REST base for snapshot-synced venues")
-    rec.add_argument("--duration", type=_seconds, default=10.0, help="seconds to record live")
+    rec.add_argument("--duration", type=_duration, default=10.0, help="seconds to record live")
     rec.add_argument(
         "--from",
         dest="from_files",
