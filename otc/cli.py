@@ -1112,15 +1112,14 @@ def _cmd_blotter(args: argparse.Namespace) -> int:
 
 
 def _cmd_journal(args: argparse.Namespace) -> int:
-    from otc.journal import export
+    from otc.journal import export, export_file
 
     path = _journal_path(args)
     options = {"client": args.client, "since_ns": args.since_ns, "until_ns": args.until_ns}
     if args.out is None:
-        count = export(path, args.format, sys.stdout, **options)
+        export(path, args.format, sys.stdout, **options)
     else:
-        with args.out.open("w", newline="", encoding="utf-8") as fh:
-            count = export(path, args.format, fh, **options)
+        count = export_file(path, args.format, args.out, **options)
         sys.stderr.write(f"exported {count} events to {args.out}\n")
     return 0
 

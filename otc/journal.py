@@ -49,11 +49,14 @@ import asyncio
 import collections
 import contextlib
 import csv
+import errno
 import fcntl
 import logging
 import os
 import queue
+import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -79,6 +82,7 @@ __all__ = [
     "Receipt",
     "SqliteJournal",
     "export",
+    "export_file",
     "format_blotter",
     "recent",
     "state_rows",
@@ -1059,10 +1063,106 @@ def export(
 
     ``csv``: a header, then one line per event with ``payload`` as JSON text. ``json``: one
     array of objects with ``payload`` as a nested object. Both in commit order, streamed (the
-    journal is never loaded whole), with ``time_utc`` next to the exact ``ts_ns``.
+    journal is never loaded whole), with ``time_utc`` next to the exact ``ts_ns``. Nothing is
+    written when the journal cannot be opened (:class:`JournalError`).
     """
+    _check_format(fmt)
+    with contextlib.closing(_open_read_only(path)) as conn:
+        rows = _export_rows(conn, path, since_ns=since_ns, until_ns=until_ns, client=client)
+        return _write_export(rows, fmt, out)
+
+
+def export_file(
+    path: str | Path,
+    fmt: Literal["csv", "json"],
+    out: str | Path,
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    client: str | None = None,
+) -> int:
+    """:func:`export` into the file ``out``, all or nothing; returns how many events.
+
+    The export is written to a new file next to ``out`` and renamed over it once complete
+    (and synced): a journal that cannot be read, a bad row half-way or a full disk leaves
+    ``out`` as it was (an earlier export is not truncated) and no partial file behind. ``out``
+    that is not a regular file (``/dev/stdout``, a pipe) is written in place. ``out`` naming
+    the journal itself, or one of its ``-wal``/``-shm``/``-journal``/``.lock`` files, is
+    refused: it would destroy the journal.
+
+    Raises:
+        JournalError: the journal cannot be read, or ``out`` is the journal.
+        OSError: ``out`` cannot be written (``filename`` is ``out``).
+    """
+    _check_format(fmt)
+    journal, target = Path(path), Path(out)
+    _refuse_journal_as_output(journal, target)
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
+    with contextlib.closing(_open_read_only(journal)) as conn:
+        rows = _export_rows(conn, journal, since_ns=since_ns, until_ns=until_ns, client=client)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+        if mode is not None and not stat.S_ISREG(mode):
+            with target.open("w", newline="", encoding="utf-8") as fh:
+                return _write_export(rows, fmt, fh)
+        final = Path(os.path.realpath(target))  # through a symlink: replace what it points to
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
+        try:
+            if mode is not None:
+                os.chmod(fd, stat.S_IMODE(mode))  # as the file it replaces
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+                count = _write_export(rows, fmt, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+    return count
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in ("csv", "json"):
         raise ValueError(f"export format must be csv or json, got {fmt!r}")
+
+
+#: The files SQLite and :class:`SqliteJournal` keep next to a journal.
+_SIDECARS: Final = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+def _refuse_journal_as_output(journal: Path, out: Path) -> None:
+    where = os.path.realpath(out)
+    for suffix in _SIDECARS:
+        part = Path(f"{journal}{suffix}")
+        same = os.path.realpath(part) == where
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(part, out)  # a hard link, another path
+        if same:
+            raise JournalError(
+                f"--out {out} is the journal {journal}"
+                + (f" (its {suffix} file)" if suffix else "")
+                + ": refusing to overwrite it"
+            )
+
+
+def _export_rows(
+    conn: sqlite3.Connection,
+    path: str | Path,
+    *,
+    since_ns: int | None,
+    until_ns: int | None,
+    client: str | None,
+) -> Iterator[JournalRow]:
     where: list[str] = []
     params: list[object] = []
     if since_ns is not None:
@@ -1074,8 +1174,7 @@ def export(
     if client is not None:
         where.append("e.client = ?")
         params.append(client)
-    with contextlib.closing(_open_read_only(path)) as conn:
-        return _write_export(_rows(conn, path, where, params, " ORDER BY e.id"), fmt, out)
+    return _rows(conn, path, where, params, " ORDER BY e.id")
 
 
 def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:

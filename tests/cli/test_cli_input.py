@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from otc.backtest.runner import backtest_config, run_backtest
 from otc.backtest.scenario import Scenario
 from otc.cli import main
 from otc.config import load_config
+from otc.journal import _SCHEMA
 from otc.model import BookDelta, BookSnapshot, Scale
 
 DATA = Path(__file__).parents[1] / "data"
@@ -210,6 +212,20 @@ def test_unknown_venue_and_unwritable_outputs_are_one_line(tmp_path: Path) -> No
     assert "--steps: must be in [1," in refused(
         "record", "--source", "sim", "--out", tmp_path / "s.gz", "--steps", "-5"
     )
+
+
+def test_an_export_onto_its_own_journal_is_refused(tmp_path: Path) -> None:
+    # It opened --out first: the journal was truncated, then "not a database".
+    journal = tmp_path / "otc.db"
+    with contextlib.closing(sqlite3.connect(journal)) as conn, conn:
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT INTO events (ts_ns, recorded_ns, kind, client, payload)"
+                     " VALUES (1, 1, 'fill', 'client-a', '{}')")  # fmt: skip
+    line = refused("journal", "export", "--journal", journal, "--out", journal)
+    assert line == f"otc: error: --out {journal} is the journal {journal}: refusing to overwrite it"
+    status, out, _ = run("journal", "export", "--journal", journal)
+    assert status == 0
+    assert len(out.splitlines()) == 2
 
 
 def test_argparse_errors_are_one_line_too() -> None:

@@ -27,6 +27,7 @@ from otc.journal import (
     MemoryJournal,
     SqliteJournal,
     export,
+    export_file,
     format_blotter,
     recent,
 )
@@ -131,6 +132,13 @@ async def record(path: Path, events: list[JournalEvent]) -> None:
     async with SqliteJournal(path, clock_ns=FakeClock(T0 + 10**9).now_ns) as journal:
         for event in events:
             await journal.append(event)
+
+
+@pytest.fixture
+def recorded(path: Path) -> Path:
+    """A journal file holding :func:`session`, for the tests that read it synchronously."""
+    asyncio.run(record(path, list(session())))
+    return path
 
 
 # -- appending ------------------------------------------------------------------------------------
@@ -485,6 +493,48 @@ async def test_export_json_round_trips_with_filters(path: Path) -> None:
     out = io.StringIO()
     assert export(path, "json", out, client="nobody") == 0
     assert json.loads(out.getvalue()) == []
+
+
+def test_an_export_to_a_file_is_all_or_nothing(recorded: Path, tmp_path: Path) -> None:
+    # The file was opened (truncated) before the journal was read: a mistyped --journal or a
+    # bad row half-way destroyed the previous export, or left a partial one that looked whole.
+    path = recorded
+    out = tmp_path / "export.csv"
+    out.write_text("yesterday's export\n")
+    with pytest.raises(JournalError, match="no journal at"):
+        export_file(tmp_path / "typo.db", "csv", out)
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(path.read_bytes())
+    with closing(sqlite3.connect(broken)) as conn, conn:
+        conn.execute("UPDATE events SET payload = 'not json' WHERE id = 7")
+    for fmt in ("csv", "json"):
+        with pytest.raises(JournalError, match="event 7: payload"):
+            export_file(broken, fmt, out)  # type: ignore[arg-type]
+    assert out.read_text() == "yesterday's export\n"
+    assert [p.name for p in tmp_path.iterdir() if "export" in p.name] == ["export.csv"]
+
+    out.chmod(0o640)
+    assert export_file(path, "csv", out) == 7
+    whole = io.StringIO()
+    export(path, "csv", whole)
+    assert out.read_text() == whole.getvalue()
+    assert out.stat().st_mode & 0o777 == 0o640  # the mode of the file it replaced
+    assert [p.name for p in tmp_path.iterdir() if "export" in p.name] == ["export.csv"]
+
+
+def test_an_export_refuses_to_overwrite_its_journal(recorded: Path, tmp_path: Path) -> None:
+    # `otc journal export --journal otc.db --out otc.db` truncated the journal to a CSV header.
+    path = recorded
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    hard = tmp_path / "hard.db"
+    hard.hardlink_to(path)
+    sidecars = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal", ".lock")]
+    for out in [path, link, hard, *sidecars]:
+        with pytest.raises(JournalError, match=r"is the journal .*: refusing to overwrite it"):
+            export_file(path, "csv", out)
+    assert not any(p.exists() for p in sidecars[:3])  # none written as a CSV file
+    assert len(recent(path)) == 7
 
 
 async def test_recent_filters(path: Path) -> None:
