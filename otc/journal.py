@@ -912,16 +912,82 @@ _payload_decoder: Final = msgspec.json.Decoder(dict[str, object])
 
 
 def _open_read_only(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the journal at ``path``, its schema checked.
+
+    It takes no lock of the writer's and never blocks it (WAL: readers read a snapshot). A
+    journal in a directory this process cannot write (an archived copy, a read-only mount)
+    and with no ``-wal`` file is read as a file nobody writes (``immutable``): SQLite cannot
+    create there the ``-shm`` file a reader of a WAL database otherwise needs.
+
+    Raises:
+        JournalError: no such file, not an SQLite file or not a journal, a journal of
+            another schema version, or SQLite cannot read it.
+    """
     file = Path(path)
     if not file.is_file():
         raise JournalError(f"no journal at {file}")
+    uri = file.resolve().as_uri() + "?mode=ro"
+    wal = Path(f"{file}-wal")
+    conn: sqlite3.Connection | None = None
     try:
-        conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA query_only = 1")
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read journal {file}: {exc}") from exc
+        conn = _connect_read_only(uri)
+        try:
+            version = _schema_version(conn)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or os.access(file.parent, os.W_OK):
+                raise
+            if wal.exists() and wal.stat().st_size:
+                raise JournalError(
+                    f"cannot read journal {file}: {exc} (its folder is read-only and its "
+                    f"{wal.name} holds commits: read a copy of both in a writable folder)"
+                ) from exc
+            conn.close()
+            conn = _connect_read_only(uri + "&immutable=1")
+            version = _schema_version(conn)
+        _check_schema(conn, file, version)
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise JournalError(f"cannot read journal {file}: {exc}") from exc
+        raise
     return conn
+
+
+def _connect_read_only(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+#: The columns of ``events`` the readers select.
+_COLUMNS: Final = (
+    "id", "ts_ns", "recorded_ns", "kind", "client", "symbol", "rfq_id", "quote_id", "trade_id",
+    "payload",
+)  # fmt: skip
+
+
+def _check_schema(conn: sqlite3.Connection, file: Path, version: int) -> None:
+    """Refuse, before anything is read or written, a file that is not a journal this version
+    reads (``user_version`` 0 is a journal whose schema was created without it)."""
+    if version not in (0, _SCHEMA_VERSION):
+        raise JournalError(
+            f"journal {file}: schema version {version}, this otc reads version "
+            f"{_SCHEMA_VERSION} (was it written by another version of otc?)"
+        )
+    columns = {name for (name,) in conn.execute("SELECT name FROM pragma_table_info('events')")}
+    if not columns:
+        raise JournalError(f"{file} is not an otc journal (it has no events table)")
+    if missing := [name for name in _COLUMNS if name not in columns]:
+        raise JournalError(
+            f"{file} is not an otc journal (its events table has no {', '.join(missing)})"
+        )
 
 
 def _rows(

@@ -7,7 +7,10 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
@@ -393,6 +396,86 @@ def test_reading_a_missing_journal_raises(tmp_path: Path) -> None:
         recent(tmp_path / "absent.db")
     with pytest.raises(JournalError, match="no journal at"):
         export(tmp_path / "absent.db", "csv", io.StringIO())
+
+
+def _not_a_journal(file: Path, kind: str) -> None:
+    if kind == "text":
+        file.write_text("hello\n")
+    elif kind == "empty":
+        file.write_bytes(b"")
+    else:
+        with closing(sqlite3.connect(file)) as conn, conn:
+            if kind == "other table":
+                conn.execute("CREATE TABLE trades (id INTEGER)")
+            elif kind == "other columns":
+                conn.execute("CREATE TABLE events (id INTEGER, ts_ns INTEGER, kind TEXT)")
+            else:  # a journal of a later schema
+                conn.executescript(otc.journal._SCHEMA)
+                conn.execute("PRAGMA user_version = 2")
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("text", "cannot read journal {file}: file is not a database"),
+        ("empty", "{file} is not an otc journal (it has no events table)"),
+        ("other table", "{file} is not an otc journal (it has no events table)"),
+        (
+            "other columns",
+            "{file} is not an otc journal (its events table has no recorded_ns, client, symbol,"
+            " rfq_id, quote_id, trade_id, payload)",
+        ),
+        (
+            "later schema",
+            "journal {file}: schema version 2, this otc reads version 1 (was it written by"
+            " another version of otc?)",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_journal_is_refused_before_anything_is_written(
+    tmp_path: Path, kind: str, problem: str
+) -> None:
+    # A journal of a later schema was read as if it were this one; a file with no events table
+    # said "no such table: events", after the export had printed its CSV header.
+    file = tmp_path / "otc.db"
+    _not_a_journal(file, kind)
+    for fmt in ("csv", "json"):
+        out = io.StringIO()
+        with pytest.raises(JournalError) as info:
+            export(file, fmt, out)  # type: ignore[arg-type]
+        assert str(info.value) == problem.format(file=file)
+        assert out.getvalue() == ""
+    for read in (lambda: recent(file), lambda: otc.journal.state_rows(file, since_ns=0)):
+        with pytest.raises(JournalError) as info:
+            read()
+        assert str(info.value) == problem.format(file=file)
+
+
+def test_a_journal_in_a_read_only_folder_is_read(recorded: Path) -> None:
+    """An archived journal on a read-only mount: SQLite could not create the -shm file a WAL
+    reader needs there, and both readers said "unable to open database file". The folder is
+    made read-only by a bind mount in a mount namespace of its own (root only: a chmod does
+    not stop root)."""
+    folder = recorded.parent
+    script = (
+        f'mount --bind -o ro "{folder}" "{folder}" || exit 97\n'
+        f'"$0" -m otc.cli blotter --journal "{recorded}" --kind fill || exit\n'
+        f'exec "$0" -m otc.cli journal export --journal "{recorded}" --format json\n'
+    )
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, sys.executable],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 97 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot mount a read-only folder here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    blotter, _, exported = done.stdout.partition("[")
+    assert blotter.splitlines()[1].split()[2:4] == ["fill", "client-a"]
+    assert [e["kind"] for e in json.loads("[" + exported)] == [e.kind for e in session()]
 
 
 @pytest.mark.parametrize(
