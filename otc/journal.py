@@ -1127,7 +1127,8 @@ def export(
 ) -> int:
     """Write the events with ``since_ns <= ts_ns < until_ns`` to ``out``; returns how many.
 
-    ``csv``: a header, then one line per event with ``payload`` as JSON text; a text cell that
+    ``csv`` (RFC 4180, CRLF line ends): a header, then one line per event with ``payload`` as
+    JSON text; a text cell that
     a spreadsheet would run as a formula is escaped with a leading ``'`` (:func:`_csv_text`).
     ``json``: one array of objects with ``payload`` as a nested object, every value exact.
     Both in commit order, streamed (the journal is never loaded whole), with ``time_utc`` next
@@ -1261,7 +1262,9 @@ def _csv_text(text: str) -> str:
 def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
     count = 0
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
+        # RFC 4180's CRLF: the csv module quotes a cell holding a character of the line end, and
+        # a bare CR (in an id a client sent) unquoted ends the row for every CSV reader.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(_CSV_COLUMNS)
         for row in rows:
             writer.writerow(

@@ -564,7 +564,7 @@ async def test_the_csv_export_runs_no_formula_in_a_spreadsheet(path: Path) -> No
         "trade_id": "'quoted",
         "symbol": "@SUM(1)",
     }
-    tricky = ["\tx", "\uff1d1+1", "a=b", "x-1"]  # the last two start harmlessly
+    tricky = ["\tx", "\rx", "\uff1d1+1", "a=b", "x-1"]  # the last two start harmlessly
     events = [
         JournalEvent(
             "rfq",
@@ -586,10 +586,26 @@ async def test_the_csv_export_runs_no_formula_in_a_spreadsheet(path: Path) -> No
     assert json.loads(first["payload"]) == {"symbol": "@SUM(1)", "qty": "-5", "reason": "=1+1"}
     assert first["id"] == "1"
     assert first["ts_ns"] == str(T0)
-    assert [o["rfq_id"] for o in others] == ["'\tx", "'\uff1d1+1", "a=b", "x-1"]
+    assert [o["rfq_id"] for o in others] == ["'\tx", "'\rx", "'\uff1d1+1", "a=b", "x-1"]
     out = io.StringIO()
     export(path, "json", out)  # JSON is not opened as a sheet: exact
     assert [d["rfq_id"] for d in json.loads(out.getvalue())] == [e.rfq_id for e in events]
+
+
+async def test_a_carriage_return_in_an_id_splits_no_csv_row(path: Path) -> None:
+    # Lines ended in LF, and the csv module then quotes a cell holding LF but not one holding
+    # a bare CR, which CSV readers take for a line end: an rfq_id a client sent (the engine
+    # journals an invalid RFQ with its id as given) cut its row in two, the second one with an
+    # id of the client's choosing and the columns shifted.
+    forged = "r1\r99"
+    await record(path, [JournalEvent("rfq", "client-a", T0, rfq_id=forged, payload={})])
+    out = io.StringIO()
+    export(path, "csv", out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert [(r["id"], r["kind"], r["rfq_id"], r["payload"]) for r in rows] == [
+        ("1", "rfq", forged, "{}")
+    ]
+    assert out.getvalue().endswith(",{}\r\n")
 
 
 async def test_export_json_round_trips_with_filters(path: Path) -> None:
@@ -638,7 +654,7 @@ def test_an_export_to_a_file_is_all_or_nothing(recorded: Path, tmp_path: Path) -
     assert export_file(path, "csv", out) == 7
     whole = io.StringIO()
     export(path, "csv", whole)
-    assert out.read_text() == whole.getvalue()
+    assert out.read_bytes() == whole.getvalue().encode()
     assert out.stat().st_mode & 0o777 == 0o640  # the mode of the file it replaced
     assert [p.name for p in tmp_path.iterdir() if "export" in p.name] == ["export.csv"]
 
