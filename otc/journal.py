@@ -1266,6 +1266,9 @@ def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
         # a bare CR (in an id a client sent) unquoted ends the row for every CSV reader.
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(_CSV_COLUMNS)
+        # On a terminal (not into a file or a pipe), a control character in an id is shown
+        # escaped, as the blotter shows it, not acted on (an ANSI escape, a line of its own).
+        shown: Callable[[str], str] = printable if out.isatty() else str
         for row in rows:
             writer.writerow(
                 (
@@ -1274,12 +1277,12 @@ def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
                     row.time_utc,
                     row.recorded_ns,
                     row.kind,
-                    _csv_text(row.client),
-                    _csv_text(row.symbol),
-                    _csv_text(row.rfq_id),
-                    _csv_text(row.quote_id),
-                    _csv_text(row.trade_id),
-                    msgspec.json.encode(row.payload).decode(),  # "{...}": never a formula
+                    shown(_csv_text(row.client)),
+                    shown(_csv_text(row.symbol)),
+                    shown(_csv_text(row.rfq_id)),
+                    shown(_csv_text(row.quote_id)),
+                    shown(_csv_text(row.trade_id)),
+                    _json_text(row.payload),  # "{...}": never a formula
                 )
             )
             count += 1
@@ -1287,10 +1290,27 @@ def _write_export(rows: Iterator[JournalRow], fmt: str, out: TextIO) -> int:
     out.write("[")
     for row in rows:
         document = {name: getattr(row, name) for name in _CSV_COLUMNS}
-        out.write(("\n" if count == 0 else ",\n") + msgspec.json.encode(document).decode())
+        out.write(("\n" if count == 0 else ",\n") + _json_text(document))
         count += 1
     out.write("\n]\n" if count else "]\n")
     return count
+
+
+def _json_text(value: object) -> str:
+    """``value`` as JSON with every character that is not printable written ``\\uXXXX``: the
+    same JSON value, which no terminal acts on (msgspec escapes only the C0 controls; a C1
+    control such as CSI, a bidi override or a zero-width space would reach the screen)."""
+    text = msgspec.json.encode(value).decode()
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    units = ch.encode("utf-16-be")
+    return "".join(
+        f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2)
+    )
 
 
 # -- the blotter ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -606,6 +607,61 @@ async def test_a_carriage_return_in_an_id_splits_no_csv_row(path: Path) -> None:
         ("1", "rfq", forged, "{}")
     ]
     assert out.getvalue().endswith(",{}\r\n")
+
+
+SCREEN_TRICKS = ["\x1b[2J", "\x9b31mred", "\u202eevil", "zero\u200bwidth", "tag\U000e0041"]
+
+
+async def test_the_json_export_prints_no_character_a_terminal_acts_on(path: Path) -> None:
+    # msgspec escapes the C0 controls only: a C1 CSI, a bidi override or a zero-width space in
+    # an id or a reason reached the terminal of whoever ran the export (or a pager, a log).
+    events = [
+        JournalEvent("rfq", "client-a", T0 + i, rfq_id=text, payload={"reason": text})
+        for i, text in enumerate(SCREEN_TRICKS)
+    ]
+    await record(path, events)
+    out = io.StringIO()
+    export(path, "json", out)
+    assert all(line.isprintable() for line in out.getvalue().splitlines())
+    documents = json.loads(out.getvalue())
+    assert [(d["rfq_id"], d["payload"]["reason"]) for d in documents] == [
+        (text, text) for text in SCREEN_TRICKS
+    ]  # the same values, exactly
+    out = io.StringIO()
+    export(path, "csv", out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert all(r["payload"].isprintable() for r in rows)  # the payload column is JSON too
+    assert [json.loads(r["payload"])["reason"] for r in rows] == SCREEN_TRICKS
+    assert [r["rfq_id"] for r in rows] == SCREEN_TRICKS  # exact, into a file or a pipe
+
+
+def test_the_csv_export_on_a_terminal_shows_control_characters_escaped(recorded: Path) -> None:
+    # Into a file or a pipe the CSV is exact; on a terminal an ANSI escape in an id was acted on.
+    asyncio.run(
+        record(recorded, [JournalEvent("rfq", "client-a", T0, rfq_id="\x1b[2Jgone", payload={})])
+    )
+    controller, terminal = os.openpty()
+    with closing(os.fdopen(controller, "rb")) as screen:
+        done = subprocess.run(
+            [sys.executable, "-m", "otc.cli", "journal", "export", "--journal", str(recorded)],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        os.close(terminal)
+        assert done.returncode == 0, done.stderr
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+            while chunk := screen.read1(65536):
+                shown += chunk
+    assert b"\x1b" not in shown
+    assert b",\\x1b[2Jgone," in shown
+    piped = subprocess.run(
+        [sys.executable, "-m", "otc.cli", "journal", "export", "--journal", str(recorded)],
+        capture_output=True,
+        check=True,
+    )
+    assert b",\x1b[2Jgone," in piped.stdout
 
 
 async def test_export_json_round_trips_with_filters(path: Path) -> None:
