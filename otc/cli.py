@@ -46,6 +46,7 @@ import msgspec
 
 from otc.config import Config, load_config
 from otc.errors import OtcError
+from otc.journal import KINDS
 from otc.model import Scale, Side, decimal_text, plain, printable
 from otc.report import estimate_json, format_estimate, format_max_qty
 from otc.slippage import ImpactModel, estimate, max_qty_within
@@ -304,7 +305,9 @@ def _parser() -> argparse.ArgumentParser:
     blot.add_argument("--limit", type=_positive_int, default=50)
     blot.add_argument("--client")
     blot.add_argument("--symbol")
-    blot.add_argument("--kind", action="append", dest="kinds", help="only these kinds")
+    blot.add_argument(
+        "--kind", action="append", dest="kinds", choices=sorted(KINDS), help="only these kinds"
+    )
 
     journal = sub.add_parser("journal", help="the durable event journal")
     journal_sub = journal.add_subparsers(dest="journal", required=True)
@@ -1114,6 +1117,11 @@ def _cmd_blotter(args: argparse.Namespace) -> int:
 def _cmd_journal(args: argparse.Namespace) -> int:
     from otc.journal import export, export_file
 
+    if args.since_ns is not None and args.until_ns is not None and args.since_ns >= args.until_ns:
+        raise UsageError(
+            f"--until-ns ({args.until_ns}) must be after --since-ns ({args.since_ns}): the range"
+            " is since <= ts_ns < until"
+        )
     path = _journal_path(args)
     options = {"client": args.client, "since_ns": args.since_ns, "until_ns": args.until_ns}
     if args.out is None:

@@ -228,6 +228,20 @@ def test_an_export_onto_its_own_journal_is_refused(tmp_path: Path) -> None:
     assert len(out.splitlines()) == 2
 
 
+def test_journal_filters_that_match_nothing_by_mistake_are_refused(tmp_path: Path) -> None:
+    # `--kind fills` printed "no events", and swapped --since-ns/--until-ns exported nothing.
+    journal = tmp_path / "otc.db"
+    assert "argument --kind: invalid choice: 'fills'" in refused(
+        "blotter", "--journal", journal, "--kind", "fills"
+    )
+    assert refused(
+        "journal", "export", "--journal", journal, "--since-ns", "5", "--until-ns", "5"
+    ) == (
+        "otc: error: --until-ns (5) must be after --since-ns (5): the range is since <= ts_ns"
+        " < until"
+    )
+
+
 def test_argparse_errors_are_one_line_too() -> None:
     assert refused("estimate", "--book", BOOK, "--side", "up", "--qty", "1").startswith(
         "otc: error: estimate: argument --side: invalid choice: 'up'"
