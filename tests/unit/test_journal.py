@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
@@ -728,6 +729,29 @@ def test_an_export_refuses_to_overwrite_its_journal(recorded: Path, tmp_path: Pa
             export_file(path, "csv", out)
     assert not any(p.exists() for p in sidecars[:3])  # none written as a CSV file
     assert len(recent(path)) == 7
+
+
+async def test_an_export_in_progress_holds_up_no_writer(path: Path) -> None:
+    """An export reads one snapshot: the writer commits while it runs (WAL), and the export
+    ends with the rows of its start."""
+    await record(path, list(session()))
+    reading, appended = threading.Event(), threading.Event()
+
+    class Out(io.StringIO):
+        def write(self, text: str, /) -> int:
+            if text.startswith("\n{"):  # the first row: its read transaction is open
+                reading.set()
+                appended.wait(60)
+            return super().write(text)
+
+    async with SqliteJournal(path) as journal:
+        exporting = asyncio.ensure_future(asyncio.to_thread(export, path, "json", Out()))
+        await asyncio.to_thread(reading.wait, 60)
+        for event in session(T0 + 10**9):
+            await journal.append(event)  # busy_timeout: a writer held up would fail here
+        appended.set()
+        assert await exporting == 7
+    assert len(recent(path, limit=100)) == 14
 
 
 async def test_recent_filters(path: Path) -> None:
