@@ -27,8 +27,12 @@ the top levels only), the adapter reads what it can of the message to find the b
 about and answers with :meth:`VenueBookFeed.lost_message`.
 
 Symbols: adapters key books by *our* instrument symbol. ``symbols`` maps the venue's name
-(``XBT/USD``) to ours (``BTC-USD``); a venue symbol missing from the map is used as is, which is
-what ``otc feeds verify`` does on recordings of arbitrary pairs.
+(``XBT/USD``) to ours (``BTC-USD``), and names the symbols the adapter *follows*: a message (or
+an entry of a message of several books) about any other symbol the venue sends (a venue pushing
+more than was asked, a loopback exchange replaying a wider session) is ignored before its levels
+are parsed, counted in ``stats.unfollowed``: no book, no buffer, no snapshot request, no resync
+(:meth:`VenueBookFeed.follows`). Without a map (``otc feeds verify`` and conversions of
+recordings of arbitrary pairs) every symbol is followed, under the venue's own name.
 """
 
 from __future__ import annotations
@@ -165,7 +169,12 @@ class MalformedSnapshot(Resync, ValueParseError):
 
 
 class FeedStats(msgspec.Struct):
-    """Counters of one adapter; what ``otc feeds verify`` prints and health reports."""
+    """Counters of one adapter; what ``otc feeds verify`` prints and health reports.
+
+    ``unfollowed`` counts the book messages (the entries, in a message of several books) about
+    symbols the adapter does not follow, ignored unread (see :meth:`VenueBookFeed.follows`);
+    ``ignored`` the other messages it had no use for (acks, other channels, stale repeats).
+    """
 
     applied: int = 0
     snapshots: int = 0
@@ -175,6 +184,7 @@ class FeedStats(msgspec.Struct):
     resyncs: int = 0
     dropped: int = 0
     ignored: int = 0
+    unfollowed: int = 0
 
 
 #: Decimals -> ``10 ** (decimals - k)`` for ``k`` in ``0..decimals``: the factor a value typed
@@ -275,7 +285,8 @@ class VenueBookFeed:
     Subclasses declare the venue by class attributes and implement :meth:`on_message`.
 
     Args:
-        symbols: venue symbol -> our symbol (missing ones are used unchanged).
+        symbols: venue symbol -> our symbol: the symbols followed (see :meth:`follows`). Empty
+            or ``None``: every symbol the venue sends, under its venue name.
         scales: our symbol -> book scale (missing ones get :data:`DEFAULT_SCALE`).
     """
 
@@ -300,6 +311,16 @@ class VenueBookFeed:
         self.on_sync_change: Callable[[str, bool, str], None] | None = None
 
     # -- helpers for subclasses ----------------------------------------------------------------
+
+    def follows(self, venue_symbol: str) -> bool:
+        """Whether the adapter keeps a book of ``venue_symbol``: one ``symbols`` maps, or any
+        when ``symbols`` is empty.
+
+        Adapters ask it as soon as a book message names its symbol, before parsing its levels,
+        and skip the message (or the entry) when it says no, counting it in
+        ``stats.unfollowed``: nothing of it reaches a book, a buffer, a checksum or a resync.
+        """
+        return not self.symbols or venue_symbol in self.symbols
 
     def our_symbol(self, venue_symbol: str) -> str:
         return self.symbols.get(venue_symbol, venue_symbol)
@@ -368,10 +389,10 @@ class VenueBookFeed:
         ``books`` are the books the message could be read to be about, as (our symbol, whether
         it brought a snapshot of it); ``None`` when it could not be read that far, so that any
         book in sync may have lost an update. Each book the message brought a snapshot for is
-        resynced (:meth:`malformed_snapshot`; only followed symbols, when ``symbols`` names
-        some), each book in sync it updated is lost (:meth:`lost_update`). Returns the first
-        one's error, naming the others (:class:`Resync`), or ``problem`` itself when no book
-        is concerned: all were out of sync already (their updates would be dropped anyway).
+        resynced (:meth:`malformed_snapshot`; only followed symbols, see :meth:`follows`), each
+        book in sync it updated is lost (:meth:`lost_update`). Returns the first one's error,
+        naming the others (:class:`Resync`), or ``problem`` itself when no book is concerned:
+        all were out of sync already (their updates would be dropped anyway).
         """
         if books is None:
             books = [(symbol, False) for symbol, in_sync in self.in_sync.items() if in_sync]

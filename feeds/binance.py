@@ -204,8 +204,8 @@ class BinanceBookFeed(VenueBookFeed):
                 raise RequestRefused(self.venue, f"request {msg.id} refused: {msg.error.msg}")
             self.stats.ignored += 1  # subscription answers, other streams
             return []
-        if self.symbols and body.symbol not in self.symbols:
-            self.stats.ignored += 1  # a symbol not followed: no book, no buffer, no snapshot
+        if not self.follows(body.symbol):
+            self.stats.unfollowed += 1  # no book, no buffer, no snapshot
             return []
         symbol = self.our_symbol(body.symbol)
         book = self.books.get(symbol) or self.book(symbol)
@@ -227,6 +227,9 @@ class BinanceBookFeed(VenueBookFeed):
             ValueParseError: the url names no symbol.
         """
         venue_symbol = _url_symbol(url)
+        if not self.follows(venue_symbol):
+            self.stats.unfollowed += 1  # a recording's snapshot of another symbol
+            return []
         rest = _decode_rest(data)
         symbol = self.our_symbol(venue_symbol)
         book = self.book(symbol)

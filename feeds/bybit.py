@@ -109,6 +109,9 @@ class BybitBookFeed(VenueBookFeed):
                 raise RequestRefused(self.venue, f"subscription refused: {msg.ret_msg}")
             self.stats.ignored += 1
             return []
+        if not self.follows(body.s):
+            self.stats.unfollowed += 1
+            return []
         symbol = self.our_symbol(body.s)
         book = self.book(symbol)
         scale = book.scale

@@ -286,7 +286,8 @@ class CoinbaseBookFeed(VenueBookFeed):
             return []
         if sequence is not None and not self.whole_connection:
             for product in {event.product_id for event in msg.events}:
-                self._check_product(self.our_symbol(product), sequence)
+                if self.follows(product):
+                    self._check_product(self.our_symbol(product), sequence)
         try:
             parsed = self._parse_l2(msg, sequence, ts_recv_ns)
         except ValueParseError as exc:
@@ -300,7 +301,10 @@ class CoinbaseBookFeed(VenueBookFeed):
                 and sequence == self.last_sequence
                 and not (
                     isinstance(exc, MalformedSnapshot)
-                    and all(event.type != "update" for event in msg.events)
+                    and all(
+                        event.type != "update" or not self.follows(event.product_id)
+                        for event in msg.events
+                    )
                 )
             ):
                 self.last_sequence = sequence - 1
@@ -318,7 +322,11 @@ class CoinbaseBookFeed(VenueBookFeed):
         try:
             ts_event_ns = rfc3339_ns(msg.timestamp) if msg.timestamp else 0
         except ValueParseError as exc:
-            snapshots = [self.our_symbol(e.product_id) for e in msg.events if e.type == "snapshot"]
+            snapshots = [
+                self.our_symbol(e.product_id)
+                for e in msg.events
+                if e.type == "snapshot" and self.follows(e.product_id)
+            ]
             if not snapshots:
                 raise
             errors = [self.malformed_snapshot(symbol, exc) for symbol in snapshots]
@@ -329,6 +337,9 @@ class CoinbaseBookFeed(VenueBookFeed):
         for event in msg.events:
             if event.type != "snapshot" and event.type != "update":
                 self.stats.ignored += 1
+                continue
+            if not self.follows(event.product_id):
+                self.stats.unfollowed += 1
                 continue
             symbol = self.our_symbol(event.product_id)
             scale = (self.books.get(symbol) or self.book(symbol)).scale
@@ -407,7 +418,11 @@ class CoinbaseBookFeed(VenueBookFeed):
             for p in self._subscribed
             if self.our_symbol(p) not in self.in_sync  # waiting for a first snapshot
         ]
-        named = [self.our_symbol(e.product_id) for e in msg.events if e.product_id]
+        named = [
+            self.our_symbol(e.product_id)
+            for e in msg.events
+            if e.product_id and self.follows(e.product_id)
+        ]
         symbol = named[0] if named else (suspects[0] if suspects else "")
         if not symbol:
             return  # no book yet and none subscribed: nothing to resync
@@ -490,6 +505,9 @@ class CoinbaseLegacyBookFeed(VenueBookFeed):
             raise RequestRefused(self.venue, f"request refused: {msg.message} {msg.reason}".strip())
         if kind != "l2update" and kind != "snapshot":
             self.stats.ignored += 1  # subscriptions, heartbeat, ticker...
+            return []
+        if not self.follows(msg.product_id):
+            self.stats.unfollowed += 1
             return []
         symbol = self.our_symbol(msg.product_id)
         book = self.books.get(symbol) or self.book(symbol)

@@ -556,7 +556,13 @@ class KrakenBookFeed(VenueBookFeed):
         if msg.success is False:
             raise RequestRefused(self.venue, f"subscription refused: {msg.error}")
         result = msg.result
-        if result is not None and result.channel == "book" and result.depth and result.symbol:
+        if (
+            result is not None
+            and result.channel == "book"
+            and result.depth
+            and result.symbol
+            and self.follows(result.symbol)
+        ):
             symbol = self.our_symbol(result.symbol)
             self._pair(result.symbol, symbol, self.book(symbol)).depth = result.depth
 
@@ -645,6 +651,9 @@ class KrakenBookFeed(VenueBookFeed):
             raise msgspec.ValidationError("kraken v1: expected [channelID, {...}, name, pair]")
         if not channel_name.startswith("book"):
             self.stats.ignored += 1
+            return []
+        if not self.follows(venue_symbol):
+            self.stats.unfollowed += 1
             return []
         symbol = self.our_symbol(venue_symbol)
         book = self.book(symbol)
@@ -737,6 +746,11 @@ class KrakenBookFeed(VenueBookFeed):
         if kind != "snapshot" and kind != "update":
             self.stats.ignored += len(entries)
             return []
+        if self.symbols:
+            followed = [entry for entry in entries if self.follows(entry.symbol)]
+            if len(followed) < len(entries):
+                self.stats.unfollowed += len(entries) - len(followed)
+                entries = followed
         # Every entry is parsed before any is applied: a malformed one changes no book, and the
         # message is lost for every pair it is about (the checksum covers the top 10 levels
         # only: a lost update deeper would stay unseen).

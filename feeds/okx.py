@@ -245,6 +245,9 @@ class OkxStyleBookFeed(VenueBookFeed):
         if action != "snapshot" and action != "update":
             self.stats.ignored += len(msg.data)
             return []
+        if not self.follows(arg.inst_id):
+            self.stats.unfollowed += 1
+            return []
         symbol = self.our_symbol(arg.inst_id)
         scale = self.book(symbol).scale
         # Every item is parsed before any is applied: a malformed one changes nothing.

@@ -707,7 +707,8 @@ def record_from_venue(
         venue: adapter name (see :data:`feeds.registry.VENUES`).
         jsonl_paths: derived-JSONL recordings of that venue, plain or ``.gz``.
         out_path: the recording to create.
-        symbols: venue symbol -> our symbol (as for the adapter; missing ones kept).
+        symbols: venue symbol -> our symbol, as for the adapter: when given, the symbols
+            converted (the messages of others are skipped); every symbol when omitted.
         scales: our symbol -> book scale (missing ones get :data:`feeds.base.DEFAULT_SCALE`).
         created_ns: the header's creation time; now when omitted.
         max_errors: how many problems to keep in the report's ``errors``.

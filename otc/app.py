@@ -52,7 +52,7 @@ from otc.clock import Clock, SystemClock
 from otc.config import CLIENT_ID, Config
 from otc.errors import OtcError
 from otc.journal import JournalError, SqliteJournal, state_rows
-from otc.market import Market
+from otc.market import Market, venue_state
 from otc.model import decimal_text
 from otc.protocol import (
     CONTROL_RESULT_TOPIC,
@@ -216,12 +216,14 @@ class Engine:
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
         venues: dict[str, str] = {}
+        now_ns = self.clock.now_ns()
+        books = self.market.books.values()
         for conn in self.connections:
             health = conn.health()  # type: ignore[attr-defined]
-            venues[health.venue] = health.state
+            venues[health.venue] = venue_state(books, health.venue, health.state, now_ns)
         status = Status(
             state=state,
-            ts_ms=self.clock.now_ns() // 1_000_000,
+            ts_ms=now_ns // 1_000_000,
             symbols=sorted(self.market.books),
             venues=venues,
         )

@@ -1053,7 +1053,9 @@ def _record_live(args: argparse.Namespace, symbols: list[str]) -> tuple[int, int
     from otc.model import BookEvent, BookSnapshot
 
     try:
-        feed = adapter_class(args.source)()
+        # The symbols asked for are the ones followed: the venue's messages of others (or a
+        # loopback exchange's, replaying a wider session) are skipped unread, never recorded.
+        feed = adapter_class(args.source)(symbols={s: s for s in symbols})
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     counts = [0, 0]
@@ -1066,12 +1068,8 @@ def _record_live(args: argparse.Namespace, symbols: list[str]) -> tuple[int, int
             flush_bytes=None,
         )
         async with writer:
-            wanted = {feed.our_symbol(s) for s in symbols}
 
             def on_events(events: list[BookEvent]) -> None:
-                # A venue (or a loopback exchange replaying a wider session) may send books of
-                # symbols we did not subscribe to: they are not recorded.
-                events = [e for e in events if e.symbol in wanted]
                 writer.write(events)
                 counts[0] += len(events)
                 counts[1] += sum(isinstance(e, BookSnapshot) for e in events)

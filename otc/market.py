@@ -9,7 +9,7 @@ consolidated view while it is out of sync, stale or crossed (see :mod:`otc.book`
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol
 
 from otc.book import ConsolidatedBook, L2Book, apply_event
@@ -17,7 +17,7 @@ from otc.config import Config
 from otc.errors import OtcError
 from otc.model import BookEvent, BookSnapshot
 
-__all__ = ["BookSource", "Market"]
+__all__ = ["BookSource", "Market", "venue_state"]
 
 
 class BookSource(Protocol):
@@ -98,3 +98,21 @@ class Market:
         apply_event(state.book, event)
         if isinstance(event, BookSnapshot):
             consolidated.set_in_sync(event.venue, True)
+
+
+def venue_state(books: Iterable[ConsolidatedBook], venue: str, feed_state: str, now_ns: int) -> str:
+    """The state the status reports for ``venue``, whose feed connection says ``feed_state``.
+
+    ``stale`` when the connection is ``live`` but a book of the venue is left out of its
+    consolidated view as stale at ``now_ns`` (last updated longer than ``max_book_age_ms``
+    ago): a venue repeating one update, or sending heartbeats only, keeps its connection live
+    while its books freeze. Otherwise ``feed_state`` as it is.
+    """
+    if feed_state != "live":
+        return feed_state
+    for consolidated in books:
+        if venue in consolidated.venues:
+            why = consolidated.exclusion(venue, now_ns)
+            if why is not None and why.reason == "stale":
+                return "stale"
+    return feed_state

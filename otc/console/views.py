@@ -29,6 +29,7 @@ from otc.book import ConsolidatedBook, Exclusion, L2Book
 from otc.config import Config, InstrumentConfig
 from otc.console.activity import HORIZONS, Activity, markout_bps
 from otc.journal import JournalEvent
+from otc.market import venue_state
 from otc.model import decimal_text, decimals_of, plain
 from otc.protocol import Ladder
 from otc.quoting import QuoteEngine
@@ -201,8 +202,10 @@ class VenueBook(_View, frozen=True, kw_only=True):
 class VenueHealth(_View, frozen=True, kw_only=True):
     """One venue: its feed's state and counters, and its books.
 
-    ``state`` is the connection's (``connecting``, ``syncing``, ``live``, ``stale``, ``down``);
-    with the synthetic market (``source`` ``"sim"``, no connection, counters 0) it is ``live``
+    ``state`` is the connection's (``connecting``, ``syncing``, ``live``, ``stale``, ``down``),
+    ``stale`` as well for a live connection whose venue has a book left out as stale (messages
+    keep coming, the book does not change: see :func:`otc.market.venue_state`); with the
+    synthetic market (``source`` ``"sim"``, no connection, counters 0) it is ``live``
     when every book of the venue is usable, else the first exclusion reason.
     """
 
@@ -260,7 +263,7 @@ def venue_health(
                 VenueHealth(
                     venue=name,
                     source="feed",
-                    state=report.state,
+                    state=venue_state(books.values(), name, report.state, now_ns),
                     age_ms=report.age_ms,
                     symbols_in_sync=in_sync,
                     symbols=len(venue_books),

@@ -8,6 +8,7 @@ books fed snapshots; requests go through httpx over a socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -810,3 +811,80 @@ async def test_pnl_is_rounded_to_the_instrument_s_tick_not_always_to_cents(
     assert Decimal(pnl_of("0.01")) == exact.quantize(Decimal("0.01"))
     assert Decimal(pnl_of("0.00001")) == exact.quantize(Decimal("0.00001"))
     assert Decimal(pnl_of("0.5")) == exact.quantize(Decimal("0.01"))  # never coarser than cents
+
+
+async def test_a_live_venue_whose_books_froze_is_reported_stale() -> None:
+    """A venue repeating one update keeps its connection live (messages keep coming) while its
+    books stop changing: the consolidated view drops them as stale once older than
+    ``max_book_age_ms``, but the console and ``otc/v1/status`` said ``live``. A real
+    FeedConnection on a Bybit-shaped venue over loopback; the venue resumes, and so does
+    ``live``."""
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+
+    from feeds.bybit import BybitBookFeed
+    from feeds.connection import FeedConnection
+    from otc.console import views
+
+    moving = asyncio.Event()
+
+    def message(kind: str, symbol: str, u: int) -> str:
+        data = {"s": symbol, "b": [["100", "1"]], "a": [["101", str(u)]], "u": u, "seq": u}
+        topic = f"orderbook.200.{symbol}"
+        return json.dumps({"topic": topic, "type": kind, "ts": 1, "data": data, "cts": 1})
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            await ws.send(message("snapshot", symbol, 1))
+        u = 1
+        with contextlib.suppress(ConnectionClosed):  # the client goes at the end
+            while True:
+                if moving.is_set():
+                    u += 1
+                    for symbol in ("BTCUSDT", "ETHUSDT"):
+                        await ws.send(message("delta", symbol, u))
+                else:
+                    await ws.send(message("delta", "BTCUSDT", 1))  # the same update, again
+                await asyncio.sleep(0.005)
+
+    config = load_config(CONFIG)
+    estimator = msgspec.structs.replace(config.estimator, max_book_age_ms=200)
+    engine = Engine(msgspec.structs.replace(config, estimator=estimator), console=False)
+    names = engine.market.venue_symbols("bybit")
+    feed = BybitBookFeed(
+        symbols=names, scales={ours: engine.market.books[ours].scale for ours in names.values()}
+    )
+    engine.market.bind(feed)
+
+    def states() -> tuple[str, str, str]:
+        health = conn.health()
+        now = engine.clock.now_ns()
+        status = msgspec.json.decode(engine._status("up").payload)
+        console = {h.venue: h for h in views.venue_health(engine.market.books, [health], now)}
+        return health.state, status["venues"]["bybit"], console["bybit"].state
+
+    def bybit_stale() -> bool:
+        now = engine.clock.now_ns()
+        return all(
+            (why := engine.market.books[ours].exclusion("bybit", now)) is not None
+            and why.reason == "stale"
+            for ours in names.values()
+        )
+
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, sorted(names), url=f"ws://127.0.0.1:{port}")
+        engine.connections.append(conn)
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed-bybit")
+            while conn.state != "live" or not bybit_stale():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            frozen = states()
+            ignored = feed.stats.ignored
+            moving.set()  # the venue moves again: so does the status (or the timeout)
+            while states() != ("live", "live", "live"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            task.cancel()
+    assert ignored > 0  # the repeats reached the adapter, which had no use for them
+    assert frozen == ("live", "stale", "stale")  # the connection itself is live

@@ -573,7 +573,7 @@ async def test_symbols_the_venue_sends_but_we_did_not_subscribe_get_nothing() ->
             rest_url=f"http://127.0.0.1:{port}",
             snapshot_retry_s=0.01,
         )
-        await run_until(conn, lambda: feed.stats.ignored >= 20 and conn.state == "live")
+        await run_until(conn, lambda: feed.stats.unfollowed >= 20 and conn.state == "live")
     assert all("symbol=BNBBTC" in path for path in requests)
     assert set(feed.books) == {"BNBBTC"}
     assert conn.health().symbols_in_sync <= 1
