@@ -30,15 +30,47 @@ def auth(tmp_path: Path) -> AuthFiles:
     return generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth", operators=["ops-1"])
 
 
-@pytest.fixture
-def secured(auth: AuthFiles, tmp_path: Path) -> Iterator[BrokerProcess]:
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as process:
+@pytest.fixture(params=["generated", "shipped"])
+def secured(
+    auth: AuthFiles, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[BrokerProcess]:
+    """mosquitto enforcing ``auth``: with the tests' own configuration, and with the shipped
+    production one (config/mosquitto/otc.conf) pointed at a free port and a temp directory."""
+    broker_dir = tmp_path / "broker"
+    if request.param == "generated":
+        with running_broker(
+            broker_dir,
+            kind="mosquitto",
+            password_file=auth.password_file,
+            acl_file=auth.acl_file,
+        ) as process:
+            yield process
+        return
+    config, port = shipped_config(auth, broker_dir)
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as process:
         yield process
+
+
+def shipped_config(auth: AuthFiles, broker_dir: Path) -> tuple[Path, int]:
+    """config/mosquitto/otc.conf as shipped, but on a free port, with ``auth``'s files, and its
+    persistence and log in ``broker_dir``: (that configuration's path, its port)."""
+    text = SHIPPED_CONFIG.read_text()
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    replacements = {
+        r"^listener 1883 127\.0\.0\.1$": f"listener {port} 127.0.0.1",
+        r"^password_file .*$": f"password_file {auth.password_file}",
+        r"^acl_file .*$": f"acl_file {auth.acl_file}",
+        r"^persistence_location .*$": f"persistence_location {broker_dir}/",
+        r"^log_dest syslog$": f"log_dest file {broker_dir}/mosquitto.log",
+    }
+    for pattern, replacement in replacements.items():
+        text, found = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+        assert found == 1, pattern
+    text += "user root\n"  # as root, keep reading the private test directory (else no effect)
+    config = broker_dir / "otc.conf"
+    config.write_text(text)
+    return config, port
 
 
 def login(broker: BrokerProcess, auth: AuthFiles, user: str) -> Bus:
@@ -149,37 +181,47 @@ async def test_unknown_users_wrong_passwords_and_anonymous_clients_are_refused(
                 pass
 
 
-async def test_the_shipped_production_config_runs_with_generated_auth(
-    auth: AuthFiles, tmp_path: Path
-) -> None:
-    """config/mosquitto/otc.conf, pointed at a free port and the generated files, is enforced."""
+def test_the_shipped_production_config_keeps_its_settings() -> None:
+    """What the tests on the shipped configuration rely on is there (they run it as shipped)."""
     text = SHIPPED_CONFIG.read_text()
-    for setting in ("allow_anonymous false", "set_tcp_nodelay true", "max_queued_messages"):
+    for setting in (
+        "allow_anonymous false",
+        "use_username_as_clientid true",
+        "set_tcp_nodelay true",
+        "max_queued_messages",
+    ):
         assert re.search(rf"^{setting}", text, re.MULTILINE), setting
-    broker_dir = tmp_path / "broker"
-    broker_dir.mkdir()
-    port = _free_port()
-    text = re.sub(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", text, flags=re.M)
-    text = re.sub(r"^password_file .*$", f"password_file {auth.password_file}", text, flags=re.M)
-    text = re.sub(r"^acl_file .*$", f"acl_file {auth.acl_file}", text, flags=re.M)
-    text = re.sub(
-        r"^persistence_location .*$", f"persistence_location {broker_dir}/", text, flags=re.M
+
+
+async def test_a_client_cannot_take_the_engines_connection_over_with_its_client_id(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    """MQTT gives a client id to one connection at a time: a new connection with the engine's
+    closed the engine's, and the broker published the engine's will, the retained status
+    ``down``, on its behalf; the broker now replaces every client id with the user name."""
+    status_down = Publication("otc/v1/status", b'{"state": "down"}', retain=True)
+    engine = Bus(
+        host=secured.host,
+        port=secured.port,
+        username=ENGINE,
+        password=auth.passwords[ENGINE],
+        client_id=ENGINE,
+        will=status_down,
     )
-    text = re.sub(
-        r"^log_dest syslog$", f"log_dest file {broker_dir}/mosquitto.log", text, flags=re.M
-    )
-    text += "user root\n"  # as root, keep reading the private test directory (else no effect)
-    config = broker_dir / "otc.conf"
-    config.write_text(text)
-    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
-        with pytest.raises(BusError, match="cannot connect"):
-            async with Bus(host=broker.host, port=broker.port):
-                pass
-        async with login(broker, auth, ENGINE) as engine, login(broker, auth, "client-a") as a:
-            await engine.subscribe("otc/v1/+/rfq")
-            await a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
-            await a.publish(Publication("otc/v1/client-a/rfq", b"own"))
-            assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
+    async with engine, login(secured, auth, "client-b") as client_b:
+        await engine.publish(Publication("otc/v1/status", b'{"state": "up"}', retain=True))
+        await client_b.subscribe("otc/v1/status")
+        statuses = client_b.messages()
+        assert await receive(statuses) == ("otc/v1/status", b'{"state": "up"}')
+        async with Bus(
+            host=secured.host,
+            port=secured.port,
+            username="client-a",
+            password=auth.passwords["client-a"],
+            client_id=ENGINE,
+        ):
+            await engine.publish(Publication("otc/v1/status", b'{"state": "still up"}'))
+        assert await receive(statuses) == ("otc/v1/status", b'{"state": "still up"}')
 
 
 def _free_port() -> int:
