@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -42,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Literal, NamedTuple, Self
 
+from otc.config import CLIENT_ID, RESERVED_IDS
 from otc.errors import ConfigError, OtcError
 
 __all__ = [
@@ -489,9 +489,6 @@ def start_broker(
 
 # --- production auth: password file and ACL ---------------------------------------------------
 
-#: A user name is a topic level and a password-file key: the rule of ``otc.config`` client ids.
-_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
 #: PBKDF2 rounds for the password file. mosquitto 2.0's own tool uses 101; the passwords we
 #: generate are random (192 bits), so the count only matters for passwords given by hand.
 PBKDF2_ITERATIONS: Final = 1000
@@ -562,17 +559,19 @@ def _check_users(
     seen: set[str] = set()
     for i, user in enumerate(users):
         if i < len(clients):
-            path = f"$.clients[{i}]"
+            path = f"$.clients[{i}].id"
         elif i == len(clients):
             path = "$.broker.username"
         else:
             path = f"$.broker.operators[{i - len(clients) - 1}]"
-        if not _USER_NAME.fullmatch(user):
+        if not CLIENT_ID.fullmatch(user):
             raise ConfigError(
                 source,
                 path,
-                f"{user!r} is not a usable broker user: letters, digits, '_', '.', '-'",
+                f"{user!r} is not a usable broker user: 1-64 letters, digits, '_', '.', '-'",
             )
+        if user in RESERVED_IDS:  # otc/v1/%u/... would be another topic tree's
+            raise ConfigError(source, path, f"{user!r} is reserved: not a usable broker user")
         if user in seen:
             raise ConfigError(source, path, f"{user!r} given twice")
         seen.add(user)
@@ -606,8 +605,9 @@ def generate_auth(
         The two paths and every user's password (to hand to the clients and the engine).
 
     Raises:
-        ConfigError: a user name is not a single topic level of ``[A-Za-z0-9_.-]``, or
-            appears twice.
+        ConfigError: a user name is not a single topic level of ``[A-Za-z0-9_.-]`` (1-64,
+            starting with a letter or digit), is reserved (``control``, ``ladder``,
+            ``status``: topics of their own under ``otc/v1``), or appears twice.
     """
     operators = list(operators)
     users = _check_users(clients, engine_user, operators, source)

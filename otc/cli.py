@@ -777,12 +777,14 @@ def _demo_engine(args: argparse.Namespace) -> int:
 
 def _client_name(name: str, option: str) -> str:
     """A client or operator name as the config takes it: also a broker user and a topic level."""
-    from otc.config import CLIENT_ID
+    from otc.config import CLIENT_ID, RESERVED_IDS
 
     if not CLIENT_ID.fullmatch(name):
         raise UsageError(
             f"{option} {name!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
         )
+    if name in RESERVED_IDS:
+        raise UsageError(f"{option} {name!r} is reserved (otc/v1/{name} is not a client's topic)")
     return name
 
 
