@@ -20,7 +20,8 @@ amqtt where mosquitto is.
 :func:`generate_auth` writes the password file and the ACL for the production configuration in
 ``config/mosquitto/otc.conf``: every client may write only its own ``rfq`` and ``accept``
 topics and read only its own ``quotes`` and ``fills`` (plus the status and the ladders); the
-engine's user reads every ``rfq``/``accept`` and writes every ``quotes``/``fills``.
+engine's user reads every ``rfq``/``accept`` and writes every ``quotes``/``fills``. Run again,
+it keeps the passwords of the users already in the password file.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -535,7 +539,13 @@ class AuthFiles(NamedTuple):
 
     password_file: Path
     acl_file: Path
+    #: The users given a password this time (new users, rotated ones, those of ``passwords``),
+    #: with it: hand each to its user; nothing else keeps them in plaintext.
     passwords: dict[str, str]
+    #: The users of the password file already there who keep their password.
+    kept: tuple[str, ...] = ()
+    #: The users of the password file already there who are no longer configured: dropped.
+    removed: tuple[str, ...] = ()
 
 
 def hash_password(
@@ -585,52 +595,131 @@ def generate_auth(
     *,
     operators: Iterable[str] = (),
     passwords: Mapping[str, str] | None = None,
+    rotate: Iterable[str] = (),
+    rotate_all: bool = False,
     source: str = "clients",
 ) -> AuthFiles:
     """Write mosquitto's password file and ACL for ``clients``, the engine and ``operators``.
 
-    Writes ``out_dir/passwd`` (mode 0600: make it readable by the broker's user) and
-    ``out_dir/acl``, replacing both. Users missing from ``passwords`` get a new random
-    password; pass the current ones to keep them.
+    Writes ``out_dir/passwd`` (mode 0600) and ``out_dir/acl``, each replaced atomically (a
+    file written in full and synced, then renamed over the old one). When ``out_dir/passwd``
+    is there already, its users keep their passwords (their hashed lines are copied), users
+    new to it get a random one, and users no longer given are dropped: adding a client does
+    not lock every other user out. The replaced files keep their owner and group (so a
+    ``chown mosquitto`` stays done) and their group read bit; never any access for others.
 
     Args:
         clients: Client ids; each is also the client's broker user name.
         engine_user: The engine's broker user name.
         out_dir: Where to write (created when missing).
         operators: Broker user names of the operators (``otc/v1/control/{operator}``).
-        passwords: Passwords to keep, by user name.
+        passwords: Passwords to set, by user name (instead of the kept or a random one).
+        rotate: Users to give a new random password.
+        rotate_all: Give every user a new random password (the old file is not read).
         source: The file the names come from, named by the errors (the config file).
 
     Returns:
-        The two paths and every user's password (to hand to the clients and the engine).
+        The two paths, the passwords set (to hand to their users), the users kept and removed.
 
     Raises:
         ConfigError: a user name is not a single topic level of ``[A-Za-z0-9_.-]`` (1-64,
             starting with a letter or digit), is reserved (``control``, ``ladder``,
             ``status``: topics of their own under ``otc/v1``), or appears twice.
+        BrokerError: a user to rotate is not one of them, or the password file already there
+            has a line this function does not write (nothing is written then).
     """
     operators = list(operators)
     users = _check_users(clients, engine_user, operators, source)
-    known = dict(passwords or {})
-    chosen = {user: known.get(user) or secrets.token_urlsafe(24) for user in users}
+    rotate = set(rotate)
+    unknown = sorted(rotate - set(users))
+    if unknown:
+        raise BrokerError(f"cannot rotate {unknown[0]!r}: not a user of {source}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     password_file = out_dir / "passwd"
     acl_file = out_dir / "acl"
-    lines = "".join(f"{user}:{hash_password(chosen[user])}\n" for user in users)
-    _write(password_file, lines, mode=0o600)
+    existing = {} if rotate_all else _read_password_file(password_file)
+    given = dict(passwords or {})
+    chosen: dict[str, str] = {}
+    lines: list[str] = []
+    for user in users:
+        if given.get(user):
+            chosen[user] = given[user]
+        elif user in existing and user not in rotate:
+            lines.append(f"{user}:{existing[user]}\n")
+            continue
+        else:
+            chosen[user] = secrets.token_urlsafe(24)  # 192 random bits
+        lines.append(f"{user}:{hash_password(chosen[user])}\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
     acl = _ACL_HEADER + _ENGINE_ACL.format(engine=engine_user)
     acl += "".join(_OPERATOR_ACL.format(operator=operator) for operator in operators)
+    _write(password_file, "".join(lines), mode=0o600)
     _write(acl_file, acl, mode=0o644)
-    return AuthFiles(password_file, acl_file, chosen)
+    kept = tuple(user for user in users if user not in chosen)
+    removed = tuple(user for user in existing if user not in users)
+    return AuthFiles(password_file, acl_file, chosen, kept, removed)
+
+
+#: A line of a mosquitto password file this module (or mosquitto_passwd) writes: a user name
+#: as :func:`_check_users` takes it, and a SHA512 (``$6$``) or PBKDF2 (``$7$``) hash.
+_PASSWORD_LINE = re.compile(
+    r"(?P<user>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(?P<hash>\$[67]\$[A-Za-z0-9+/=$]+)"
+)
+
+
+def _read_password_file(path: Path) -> dict[str, str]:
+    """The hashed password of each user of the password file ``path``; empty when absent.
+
+    Raises:
+        BrokerError: a line that is not ``user:$7$...`` (or ``$6$``), or a user given twice.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerError(f"cannot read {path}: {exc}") from None
+    hashes: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _PASSWORD_LINE.fullmatch(line)
+        if match is None or match["user"] in hashes:
+            problem = "a user given twice" if match else "not a 'user:$7$...' line"
+            raise BrokerError(
+                f"{path}:{number}: {problem}; fix or remove the file, or give every user a new "
+                "password (--rotate-all)"
+            )
+        hashes[match["user"]] = match["hash"]
+    return hashes
 
 
 def _write(path: Path, text: str, *, mode: int) -> None:
-    """Replace ``path`` atomically, created with ``mode`` (never readable by others first)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(tmp, path)
+    """Replace ``path`` atomically by ``text``: no reader ever sees a partial file, and a crash
+    leaves the old file or the new one. Created with ``mode`` (never readable by others in
+    between); a file replaced keeps its owner and group (when we may set them) and lends its
+    group read bit."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    if old is not None:
+        mode |= old.st_mode & stat.S_IRGRP
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), mode)
+            if old is not None:
+                with contextlib.suppress(PermissionError):  # not ours to give away: keep ours
+                    os.fchown(file.fileno(), old.st_uid, old.st_gid)
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -229,3 +229,62 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_a_new_client_gets_a_password_and_the_others_keep_theirs(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """``otc broker auth`` run again for a new client: every user already there logs in with its
+    password as before (each run used to give everyone a new one), the new one with its own,
+    a removed one no more; a rotated user only with its new password."""
+    out = auth.password_file.parent
+    again = generate_auth(["client-a", "client-c"], ENGINE, out, operators=["ops-1"])
+    assert set(again.passwords) == {"client-c"}
+    assert again.removed == ("client-b",)
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=again.password_file,
+        acl_file=again.acl_file,
+    ) as broker:
+        for user, password in [
+            ("client-a", auth.passwords["client-a"]),
+            (ENGINE, auth.passwords[ENGINE]),
+            ("ops-1", auth.passwords["ops-1"]),
+            ("client-c", again.passwords["client-c"]),
+        ]:
+            async with Bus(host=broker.host, port=broker.port, username=user, password=password):
+                pass
+        with pytest.raises(BusError, match="cannot connect"):
+            async with Bus(
+                host=broker.host,
+                port=broker.port,
+                username="client-b",
+                password=auth.passwords["client-b"],
+            ):
+                pass
+    rotated = generate_auth(
+        ["client-a", "client-c"], ENGINE, out, operators=["ops-1"], rotate=["client-a"]
+    )
+    assert set(rotated.passwords) == {"client-a"}
+    with running_broker(
+        tmp_path / "broker-rotated",
+        kind="mosquitto",
+        password_file=rotated.password_file,
+        acl_file=rotated.acl_file,
+    ) as broker:
+        async with Bus(
+            host=broker.host,
+            port=broker.port,
+            username="client-a",
+            password=rotated.passwords["client-a"],
+        ):
+            pass
+        with pytest.raises(BusError, match="cannot connect"):
+            async with Bus(
+                host=broker.host,
+                port=broker.port,
+                username="client-a",
+                password=auth.passwords["client-a"],
+            ):
+                pass
