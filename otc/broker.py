@@ -503,7 +503,8 @@ _ACL_HEADER: Final = """\
 # A publication the ACL denies is dropped without telling the sender (MQTT 3.1.1); a
 # subscription to a topic it denies delivers nothing.
 
-# Every user: its own requests out, its own answers in, and the public topics.
+# Every user: its own requests out, its own answers in, and the public topics (mosquitto
+# warns at start-up that these two patterns have no %u: they are every user's alike).
 pattern write otc/v1/%u/rfq
 pattern write otc/v1/%u/accept
 pattern read otc/v1/%u/quotes

@@ -288,3 +288,66 @@ async def test_a_new_client_gets_a_password_and_the_others_keep_theirs(
                 password=auth.passwords["client-a"],
             ):
                 pass
+
+
+async def test_a_client_reads_nothing_else_by_wildcard_and_writes_no_public_topic(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    """Subscriptions to everything (``#``, ``$SYS/#``, every client's answers) deliver only what
+    the client may read; its publications on the status, a ladder or a command are dropped,
+    retained or not, and so is its last will on the status."""
+    client_a = Bus(
+        host=secured.host,
+        port=secured.port,
+        username="client-a",
+        password=auth.passwords["client-a"],
+        will=Publication("otc/v1/status", b"forged will", retain=True),
+    )
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "client-b") as client_b,
+        login(secured, auth, "ops-1") as ops,
+    ):
+        async with client_a:
+            await client_a.subscribe(
+                "#", "$SYS/#", "+/+/+/+", "otc/v1/+/quotes", "otc/v1/+/fills", "otc/v1/control/#"
+            )
+            await client_b.subscribe("otc/v1/status", "otc/v1/ladder/+")
+            await engine.subscribe("otc/v1/control/+")
+            await engine.publish(Publication("otc/v1/client-b/quotes", b"b's quote"))
+            await engine.publish(Publication("otc/v1/client-b/fills", b"b's fill"))
+            await ops.publish(Publication("otc/v1/control/ops-1", b'{"command": "halt"}'))
+            assert await receive(engine.messages()) == (
+                "otc/v1/control/ops-1",
+                b'{"command": "halt"}',
+            )
+            await engine.publish(Publication("otc/v1/control/ops-1/result", b'{"ok": true}'))
+            for topic in ("otc/v1/status", "otc/v1/ladder/BTC-USDT"):
+                await client_a.publish(Publication(topic, b"forged", retain=True))
+            await client_a.publish(Publication("otc/v1/control/ops-1", b'{"command": "go"}'))
+            await ops.publish(Publication("otc/v1/control/ops-1", b'{"command": "resume"}'))
+            assert await receive(engine.messages()) == (
+                "otc/v1/control/ops-1",
+                b'{"command": "resume"}',
+            )
+            await engine.publish(Publication("otc/v1/ladder/BTC-USDT", b"ladder", retain=True))
+            await engine.publish(Publication("otc/v1/status", b"up", retain=True))
+            await engine.publish(Publication("otc/v1/client-a/quotes", b"marker"))
+            # the ladder and the status, which client-a may read, then its own quote: nothing
+            # of anyone else's in between, nor any $SYS topic
+            inbox = client_a.messages()
+            assert await receive(inbox) == ("otc/v1/ladder/BTC-USDT", b"ladder")
+            assert await receive(inbox) == ("otc/v1/status", b"up")
+            assert await receive(inbox) == ("otc/v1/client-a/quotes", b"marker")
+            inbox = client_b.messages()
+            assert await receive(inbox) == ("otc/v1/ladder/BTC-USDT", b"ladder")
+            assert await receive(inbox) == ("otc/v1/status", b"up")
+            # a new connection of client-a's replaces this one, whose will the broker publishes
+            async with login(secured, auth, "client-a"):
+                pass
+        await engine.publish(Publication("otc/v1/status", b"still up", retain=True))
+        assert await receive(inbox) == ("otc/v1/status", b"still up")
+    async with login(secured, auth, "client-b") as late:  # the retained ones are the engine's
+        await late.subscribe("otc/v1/status", "otc/v1/ladder/+")
+        retained = {await receive(late.messages()), await receive(late.messages())}
+        assert retained == {("otc/v1/status", b"still up"), ("otc/v1/ladder/BTC-USDT", b"ladder")}
