@@ -9,7 +9,10 @@ message arriving first shows the forbidden one was never delivered.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,9 +54,13 @@ def secured(
         yield process
 
 
-def shipped_config(auth: AuthFiles, broker_dir: Path) -> tuple[Path, int]:
+def shipped_config(
+    auth: AuthFiles, broker_dir: Path, tls: tuple[int, Path] | None = None
+) -> tuple[Path, int]:
     """config/mosquitto/otc.conf as shipped, but on a free port, with ``auth``'s files, and its
-    persistence and log in ``broker_dir``: (that configuration's path, its port)."""
+    persistence and log in ``broker_dir``: (that configuration's path, its port). With ``tls``
+    (a port and a folder of ``server.crt``, ``server.key`` and ``ca.crt``), its TLS listener
+    uncommented as it is, on that port with those files."""
     text = SHIPPED_CONFIG.read_text()
     broker_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -64,6 +71,15 @@ def shipped_config(auth: AuthFiles, broker_dir: Path) -> tuple[Path, int]:
         r"^persistence_location .*$": f"persistence_location {broker_dir}/",
         r"^log_dest syslog$": f"log_dest file {broker_dir}/mosquitto.log",
     }
+    if tls is not None:
+        tls_port, certs = tls
+        replacements |= {
+            r"^#listener 8883$": f"listener {tls_port}",
+            r"^#certfile /etc/mosquitto/certs/server\.crt$": f"certfile {certs}/server.crt",
+            r"^#keyfile /etc/mosquitto/certs/server\.key$": f"keyfile {certs}/server.key",
+            r"^#cafile /etc/mosquitto/certs/ca\.crt$": f"cafile {certs}/ca.crt",
+            r"^#tls_version tlsv1\.2$": "tls_version tlsv1.2",
+        }
     for pattern, replacement in replacements.items():
         text, found = re.subn(pattern, replacement, text, flags=re.MULTILINE)
         assert found == 1, pattern
@@ -351,3 +367,62 @@ async def test_a_client_reads_nothing_else_by_wildcard_and_writes_no_public_topi
         await late.subscribe("otc/v1/status", "otc/v1/ladder/+")
         retained = {await receive(late.messages()), await receive(late.messages())}
         assert retained == {("otc/v1/status", b"still up"), ("otc/v1/ladder/BTC-USDT", b"ladder")}
+
+
+def _certificates(folder: Path) -> Path:
+    """A test CA (``ca.crt``) and a server certificate it signed for 127.0.0.1 (``server.crt``,
+    ``server.key``), made with the ``openssl`` command."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "2", "-subj", "/CN=otc test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "san").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san")  # fmt: skip
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_the_shipped_tls_listener_takes_tls_1_2_and_up_with_the_same_acl(
+    auth: AuthFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commented TLS listener of config/mosquitto/otc.conf, uncommented as it is: clients
+    connect over TLS (``mqtts://``, the engine's ``tls = true``), with the same passwords and
+    ACL as on the loopback listener, TLS 1.2 or 1.3."""
+    certs = _certificates(tmp_path / "certs")
+    tls_port = _free_port()
+    broker_dir = tmp_path / "broker"
+    config, port = shipped_config(auth, broker_dir, tls=(tls_port, certs))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs / "ca.crt"))  # Bus trusts the test CA
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            context = ssl.create_default_context(cafile=certs / "ca.crt")
+            context.minimum_version = context.maximum_version = version
+            with (
+                socket.create_connection((broker.host, tls_port)) as sock,
+                context.wrap_socket(sock, server_hostname=broker.host) as wrapped,
+            ):
+                assert wrapped.version() == version.name.replace("v1_", "v1.")
+        with pytest.raises(BusError, match="cannot connect"):  # anonymous over TLS
+            async with Bus(host=broker.host, port=tls_port, tls=True):
+                pass
+
+        def over_tls(user: str) -> Bus:
+            return Bus(
+                host=broker.host,
+                port=tls_port,
+                tls=True,
+                username=user,
+                password=auth.passwords[user],
+            )
+
+        async with over_tls(ENGINE) as engine, over_tls("client-a") as client_a:
+            await engine.subscribe("otc/v1/+/rfq")
+            await client_a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
+            await client_a.publish(Publication("otc/v1/client-a/rfq", b"own"))
+            assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
