@@ -8,6 +8,8 @@ message arriving first shows the forbidden one was never delivered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -205,6 +207,7 @@ def test_the_shipped_production_config_keeps_its_settings() -> None:
         "use_username_as_clientid true",
         "set_tcp_nodelay true",
         "max_queued_messages",
+        "max_packet_size",
     ):
         assert re.search(rf"^{setting}", text, re.MULTILINE), setting
 
@@ -426,3 +429,31 @@ async def test_the_shipped_tls_listener_takes_tls_1_2_and_up_with_the_same_acl(
             await client_a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
             await client_a.publish(Publication("otc/v1/client-a/rfq", b"own"))
             assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
+
+
+async def test_the_shipped_config_disconnects_a_client_sending_a_huge_message(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """An RFQ is a few hundred bytes (the engine refuses more than 4 KiB), but mosquitto took up
+    to 256 MiB and handed it on the engine's one connection, in the way of every other
+    client's messages; ``max_packet_size`` now disconnects the sender instead."""
+    broker_dir = tmp_path / "broker"
+    config, port = shipped_config(auth, broker_dir)
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
+        async with (
+            login(broker, auth, ENGINE) as engine,
+            login(broker, auth, "client-a") as client_a,
+            login(broker, auth, "client-b") as client_b,
+        ):
+            await engine.subscribe("otc/v1/+/rfq")
+            huge = Publication("otc/v1/client-a/rfq", b"x" * 1024 * 1024)
+            publishing = asyncio.create_task(client_a.publish(huge))
+            with pytest.raises(BusError, match="connection lost"):
+                await receive(client_a.messages())
+            publishing.cancel()  # its PUBACK never comes
+            with contextlib.suppress(asyncio.CancelledError, BusError):
+                await publishing
+            await client_b.publish(Publication("otc/v1/client-b/rfq", b"b"))
+            assert await receive(engine.messages()) == ("otc/v1/client-b/rfq", b"b")
+        async with login(broker, auth, "client-a") as again:  # what fits is still taken
+            await again.publish(Publication("otc/v1/client-a/rfq", b"y" * 60_000))
