@@ -16,7 +16,7 @@ Subcommands::
                [--from FILE...] [--steps N] [--seed S]
     otc control --broker URL --operator OP halt|resume [--symbol S] | client C enable|disable
                 | spread TIER BPS
-    otc broker auth --out DIR [--config PATH]
+    otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
     otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
     otc bench book [--deltas N] [--levels N] [--json]
@@ -292,12 +292,22 @@ def _parser() -> argparse.ArgumentParser:
     auth = brk_sub.add_parser(
         "auth",
         help="write mosquitto's password file and ACL for the configured clients",
-        description="Write OUT/passwd and OUT/acl for every client of the config and the "
-        "engine's user (config [broker] username), for config/mosquitto/otc.conf. Prints the "
-        "new passwords once: hand each to its client.",
+        description="Write OUT/passwd and OUT/acl for every client of the config, the "
+        "engine's user (config [broker] username) and the operators, for "
+        "config/mosquitto/otc.conf. Users already in OUT/passwd keep their password; new users "
+        "get a random one, and users no longer configured are removed. Prints the new "
+        "passwords once (only their hashes are stored): hand each to its user privately.",
     )
     auth.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     auth.add_argument("--out", type=Path, required=True)
+    auth.add_argument(
+        "--rotate",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="give USER a new password (repeatable)",
+    )
+    auth.add_argument("--rotate-all", action="store_true", help="give every user a new password")
 
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
     blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
@@ -780,12 +790,14 @@ def _demo_engine(args: argparse.Namespace) -> int:
 
 def _client_name(name: str, option: str) -> str:
     """A client or operator name as the config takes it: also a broker user and a topic level."""
-    from otc.config import CLIENT_ID
+    from otc.config import CLIENT_ID, RESERVED_IDS
 
     if not CLIENT_ID.fullmatch(name):
         raise UsageError(
             f"{option} {name!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
         )
+    if name in RESERVED_IDS:
+        raise UsageError(f"{option} {name!r} is reserved (otc/v1/{name} is not a client's topic)")
     return name
 
 
@@ -939,11 +951,20 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         engine_user,
         args.out,
         operators=config.broker.operators,
+        rotate=args.rotate,
+        rotate_all=args.rotate_all,
         source=str(args.config),
     )
-    sys.stdout.write(f"wrote {files.password_file} and {files.acl_file}\n")
-    for user, password in sorted(files.passwords.items()):
-        sys.stdout.write(f"  {user}: {password}\n")
+    out = sys.stdout
+    out.write(f"wrote {files.password_file} and {files.acl_file}\n")
+    if files.passwords:
+        out.write("new passwords (shown this once; hand each to its user privately):\n")
+        for user, password in sorted(files.passwords.items()):
+            out.write(f"  {user}: {password}\n")
+    if files.kept:
+        out.write(f"kept their password: {', '.join(files.kept)}\n")
+    if files.removed:
+        out.write(f"removed (no longer configured): {', '.join(files.removed)}\n")
     return 0
 
 

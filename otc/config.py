@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 
@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 __all__ = [
     "CLIENT_ID",
+    "RESERVED_IDS",
     "BrokerConfig",
     "ClientConfig",
     "Config",
@@ -58,6 +59,12 @@ _PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 _EXACT = Context(prec=120)
 #: Client ids are MQTT topic levels and broker usernames: no ``/``, ``+``, ``#`` or spaces.
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Second topic levels that are not a client's (``otc/v1/control/...``, ``otc/v1/ladder/...``,
+#: ``otc/v1/status``): no client, operator or broker user may be named so. A client named
+#: ``control`` would write ``otc/v1/control/rfq`` (a command of operator ``rfq``, to the
+#: engine) and read ``otc/v1/control/quotes`` (operator ``quotes``' commands).
+RESERVED_IDS: Final = frozenset({"control", "ladder", "status"})
+_RESERVED: Final = "otc/v1/control, otc/v1/ladder and otc/v1/status are not a client's topics"
 
 
 #: A term in bps applied to a price (spread, skew, volatility): 100 % or more leaves no price.
@@ -287,6 +294,8 @@ class ClientConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
             raise ValueError(
                 f"id: {self.id!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
             )
+        if self.id in RESERVED_IDS:
+            raise ValueError(f"id: {self.id!r} is reserved ({_RESERVED})")
         _check_decimal(self, "max_trade_notional", positive=True)
         _check_decimal(self, "max_daily_notional", positive=True)
 
@@ -519,6 +528,10 @@ def _cross_check_quoting(source: str, config: Config, symbols: dict[str, int]) -
                 source,
                 f"$.broker.operators[{i}]",
                 f"{operator!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', '+', '#')",
+            )
+        if operator in RESERVED_IDS:
+            raise ConfigError(
+                source, f"$.broker.operators[{i}]", f"{operator!r} is reserved ({_RESERVED})"
             )
         if operator in config.broker.operators[:i]:
             raise ConfigError(source, f"$.broker.operators[{i}]", f"{operator} given twice")

@@ -8,8 +8,13 @@ message arriving first shows the forbidden one was never delivered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,15 +35,60 @@ def auth(tmp_path: Path) -> AuthFiles:
     return generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth", operators=["ops-1"])
 
 
-@pytest.fixture
-def secured(auth: AuthFiles, tmp_path: Path) -> Iterator[BrokerProcess]:
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as process:
+@pytest.fixture(params=["generated", "shipped"])
+def secured(
+    auth: AuthFiles, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[BrokerProcess]:
+    """mosquitto enforcing ``auth``: with the tests' own configuration, and with the shipped
+    production one (config/mosquitto/otc.conf) pointed at a free port and a temp directory."""
+    broker_dir = tmp_path / "broker"
+    if request.param == "generated":
+        with running_broker(
+            broker_dir,
+            kind="mosquitto",
+            password_file=auth.password_file,
+            acl_file=auth.acl_file,
+        ) as process:
+            yield process
+        return
+    config, port = shipped_config(auth, broker_dir)
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as process:
         yield process
+
+
+def shipped_config(
+    auth: AuthFiles, broker_dir: Path, tls: tuple[int, Path] | None = None
+) -> tuple[Path, int]:
+    """config/mosquitto/otc.conf as shipped, but on a free port, with ``auth``'s files, and its
+    persistence and log in ``broker_dir``: (that configuration's path, its port). With ``tls``
+    (a port and a folder of ``server.crt``, ``server.key`` and ``ca.crt``), its TLS listener
+    uncommented as it is, on that port with those files."""
+    text = SHIPPED_CONFIG.read_text()
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    replacements = {
+        r"^listener 1883 127\.0\.0\.1$": f"listener {port} 127.0.0.1",
+        r"^password_file .*$": f"password_file {auth.password_file}",
+        r"^acl_file .*$": f"acl_file {auth.acl_file}",
+        r"^persistence_location .*$": f"persistence_location {broker_dir}/",
+        r"^log_dest syslog$": f"log_dest file {broker_dir}/mosquitto.log",
+    }
+    if tls is not None:
+        tls_port, certs = tls
+        replacements |= {
+            r"^#listener 8883$": f"listener {tls_port}",
+            r"^#certfile /etc/mosquitto/certs/server\.crt$": f"certfile {certs}/server.crt",
+            r"^#keyfile /etc/mosquitto/certs/server\.key$": f"keyfile {certs}/server.key",
+            r"^#cafile /etc/mosquitto/certs/ca\.crt$": f"cafile {certs}/ca.crt",
+            r"^#tls_version tlsv1\.2$": "tls_version tlsv1.2",
+        }
+    for pattern, replacement in replacements.items():
+        text, found = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+        assert found == 1, pattern
+    text += "user root\n"  # as root, keep reading the private test directory (else no effect)
+    config = broker_dir / "otc.conf"
+    config.write_text(text)
+    return config, port
 
 
 def login(broker: BrokerProcess, auth: AuthFiles, user: str) -> Bus:
@@ -149,37 +199,48 @@ async def test_unknown_users_wrong_passwords_and_anonymous_clients_are_refused(
                 pass
 
 
-async def test_the_shipped_production_config_runs_with_generated_auth(
-    auth: AuthFiles, tmp_path: Path
-) -> None:
-    """config/mosquitto/otc.conf, pointed at a free port and the generated files, is enforced."""
+def test_the_shipped_production_config_keeps_its_settings() -> None:
+    """What the tests on the shipped configuration rely on is there (they run it as shipped)."""
     text = SHIPPED_CONFIG.read_text()
-    for setting in ("allow_anonymous false", "set_tcp_nodelay true", "max_queued_messages"):
+    for setting in (
+        "allow_anonymous false",
+        "use_username_as_clientid true",
+        "set_tcp_nodelay true",
+        "max_queued_messages",
+        "max_packet_size",
+    ):
         assert re.search(rf"^{setting}", text, re.MULTILINE), setting
-    broker_dir = tmp_path / "broker"
-    broker_dir.mkdir()
-    port = _free_port()
-    text = re.sub(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", text, flags=re.M)
-    text = re.sub(r"^password_file .*$", f"password_file {auth.password_file}", text, flags=re.M)
-    text = re.sub(r"^acl_file .*$", f"acl_file {auth.acl_file}", text, flags=re.M)
-    text = re.sub(
-        r"^persistence_location .*$", f"persistence_location {broker_dir}/", text, flags=re.M
+
+
+async def test_a_client_cannot_take_the_engines_connection_over_with_its_client_id(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    """MQTT gives a client id to one connection at a time: a new connection with the engine's
+    closed the engine's, and the broker published the engine's will, the retained status
+    ``down``, on its behalf; the broker now replaces every client id with the user name."""
+    status_down = Publication("otc/v1/status", b'{"state": "down"}', retain=True)
+    engine = Bus(
+        host=secured.host,
+        port=secured.port,
+        username=ENGINE,
+        password=auth.passwords[ENGINE],
+        client_id=ENGINE,
+        will=status_down,
     )
-    text = re.sub(
-        r"^log_dest syslog$", f"log_dest file {broker_dir}/mosquitto.log", text, flags=re.M
-    )
-    text += "user root\n"  # as root, keep reading the private test directory (else no effect)
-    config = broker_dir / "otc.conf"
-    config.write_text(text)
-    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
-        with pytest.raises(BusError, match="cannot connect"):
-            async with Bus(host=broker.host, port=broker.port):
-                pass
-        async with login(broker, auth, ENGINE) as engine, login(broker, auth, "client-a") as a:
-            await engine.subscribe("otc/v1/+/rfq")
-            await a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
-            await a.publish(Publication("otc/v1/client-a/rfq", b"own"))
-            assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
+    async with engine, login(secured, auth, "client-b") as client_b:
+        await engine.publish(Publication("otc/v1/status", b'{"state": "up"}', retain=True))
+        await client_b.subscribe("otc/v1/status")
+        statuses = client_b.messages()
+        assert await receive(statuses) == ("otc/v1/status", b'{"state": "up"}')
+        async with Bus(
+            host=secured.host,
+            port=secured.port,
+            username="client-a",
+            password=auth.passwords["client-a"],
+            client_id=ENGINE,
+        ):
+            await engine.publish(Publication("otc/v1/status", b'{"state": "still up"}'))
+        assert await receive(statuses) == ("otc/v1/status", b'{"state": "still up"}')
 
 
 def _free_port() -> int:
@@ -187,3 +248,212 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_a_new_client_gets_a_password_and_the_others_keep_theirs(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """``otc broker auth`` run again for a new client: every user already there logs in with its
+    password as before (each run used to give everyone a new one), the new one with its own,
+    a removed one no more; a rotated user only with its new password."""
+    out = auth.password_file.parent
+    again = generate_auth(["client-a", "client-c"], ENGINE, out, operators=["ops-1"])
+    assert set(again.passwords) == {"client-c"}
+    assert again.removed == ("client-b",)
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=again.password_file,
+        acl_file=again.acl_file,
+    ) as broker:
+        for user, password in [
+            ("client-a", auth.passwords["client-a"]),
+            (ENGINE, auth.passwords[ENGINE]),
+            ("ops-1", auth.passwords["ops-1"]),
+            ("client-c", again.passwords["client-c"]),
+        ]:
+            async with Bus(host=broker.host, port=broker.port, username=user, password=password):
+                pass
+        with pytest.raises(BusError, match="cannot connect"):
+            async with Bus(
+                host=broker.host,
+                port=broker.port,
+                username="client-b",
+                password=auth.passwords["client-b"],
+            ):
+                pass
+    rotated = generate_auth(
+        ["client-a", "client-c"], ENGINE, out, operators=["ops-1"], rotate=["client-a"]
+    )
+    assert set(rotated.passwords) == {"client-a"}
+    with running_broker(
+        tmp_path / "broker-rotated",
+        kind="mosquitto",
+        password_file=rotated.password_file,
+        acl_file=rotated.acl_file,
+    ) as broker:
+        async with Bus(
+            host=broker.host,
+            port=broker.port,
+            username="client-a",
+            password=rotated.passwords["client-a"],
+        ):
+            pass
+        with pytest.raises(BusError, match="cannot connect"):
+            async with Bus(
+                host=broker.host,
+                port=broker.port,
+                username="client-a",
+                password=auth.passwords["client-a"],
+            ):
+                pass
+
+
+async def test_a_client_reads_nothing_else_by_wildcard_and_writes_no_public_topic(
+    secured: BrokerProcess, auth: AuthFiles
+) -> None:
+    """Subscriptions to everything (``#``, ``$SYS/#``, every client's answers) deliver only what
+    the client may read; its publications on the status, a ladder or a command are dropped,
+    retained or not, and so is its last will on the status."""
+    client_a = Bus(
+        host=secured.host,
+        port=secured.port,
+        username="client-a",
+        password=auth.passwords["client-a"],
+        will=Publication("otc/v1/status", b"forged will", retain=True),
+    )
+    async with (
+        login(secured, auth, ENGINE) as engine,
+        login(secured, auth, "client-b") as client_b,
+        login(secured, auth, "ops-1") as ops,
+    ):
+        async with client_a:
+            await client_a.subscribe(
+                "#", "$SYS/#", "+/+/+/+", "otc/v1/+/quotes", "otc/v1/+/fills", "otc/v1/control/#"
+            )
+            await client_b.subscribe("otc/v1/status", "otc/v1/ladder/+")
+            await engine.subscribe("otc/v1/control/+")
+            await engine.publish(Publication("otc/v1/client-b/quotes", b"b's quote"))
+            await engine.publish(Publication("otc/v1/client-b/fills", b"b's fill"))
+            await ops.publish(Publication("otc/v1/control/ops-1", b'{"command": "halt"}'))
+            assert await receive(engine.messages()) == (
+                "otc/v1/control/ops-1",
+                b'{"command": "halt"}',
+            )
+            await engine.publish(Publication("otc/v1/control/ops-1/result", b'{"ok": true}'))
+            for topic in ("otc/v1/status", "otc/v1/ladder/BTC-USDT"):
+                await client_a.publish(Publication(topic, b"forged", retain=True))
+            await client_a.publish(Publication("otc/v1/control/ops-1", b'{"command": "go"}'))
+            await ops.publish(Publication("otc/v1/control/ops-1", b'{"command": "resume"}'))
+            assert await receive(engine.messages()) == (
+                "otc/v1/control/ops-1",
+                b'{"command": "resume"}',
+            )
+            await engine.publish(Publication("otc/v1/ladder/BTC-USDT", b"ladder", retain=True))
+            await engine.publish(Publication("otc/v1/status", b"up", retain=True))
+            await engine.publish(Publication("otc/v1/client-a/quotes", b"marker"))
+            # the ladder and the status, which client-a may read, then its own quote: nothing
+            # of anyone else's in between, nor any $SYS topic
+            inbox = client_a.messages()
+            assert await receive(inbox) == ("otc/v1/ladder/BTC-USDT", b"ladder")
+            assert await receive(inbox) == ("otc/v1/status", b"up")
+            assert await receive(inbox) == ("otc/v1/client-a/quotes", b"marker")
+            inbox = client_b.messages()
+            assert await receive(inbox) == ("otc/v1/ladder/BTC-USDT", b"ladder")
+            assert await receive(inbox) == ("otc/v1/status", b"up")
+            # a new connection of client-a's replaces this one, whose will the broker publishes
+            async with login(secured, auth, "client-a"):
+                pass
+        await engine.publish(Publication("otc/v1/status", b"still up", retain=True))
+        assert await receive(inbox) == ("otc/v1/status", b"still up")
+    async with login(secured, auth, "client-b") as late:  # the retained ones are the engine's
+        await late.subscribe("otc/v1/status", "otc/v1/ladder/+")
+        retained = {await receive(late.messages()), await receive(late.messages())}
+        assert retained == {("otc/v1/status", b"still up"), ("otc/v1/ladder/BTC-USDT", b"ladder")}
+
+
+def _certificates(folder: Path) -> Path:
+    """A test CA (``ca.crt``) and a server certificate it signed for 127.0.0.1 (``server.crt``,
+    ``server.key``), made with the ``openssl`` command."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.crt", "-days", "2", "-subj", "/CN=otc test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "san").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san")  # fmt: skip
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_the_shipped_tls_listener_takes_tls_1_2_and_up_with_the_same_acl(
+    auth: AuthFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commented TLS listener of config/mosquitto/otc.conf, uncommented as it is: clients
+    connect over TLS (``mqtts://``, the engine's ``tls = true``), with the same passwords and
+    ACL as on the loopback listener, TLS 1.2 or 1.3."""
+    certs = _certificates(tmp_path / "certs")
+    tls_port = _free_port()
+    broker_dir = tmp_path / "broker"
+    config, port = shipped_config(auth, broker_dir, tls=(tls_port, certs))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs / "ca.crt"))  # Bus trusts the test CA
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            context = ssl.create_default_context(cafile=certs / "ca.crt")
+            context.minimum_version = context.maximum_version = version
+            with (
+                socket.create_connection((broker.host, tls_port)) as sock,
+                context.wrap_socket(sock, server_hostname=broker.host) as wrapped,
+            ):
+                assert wrapped.version() == version.name.replace("v1_", "v1.")
+        with pytest.raises(BusError, match="cannot connect"):  # anonymous over TLS
+            async with Bus(host=broker.host, port=tls_port, tls=True):
+                pass
+
+        def over_tls(user: str) -> Bus:
+            return Bus(
+                host=broker.host,
+                port=tls_port,
+                tls=True,
+                username=user,
+                password=auth.passwords[user],
+            )
+
+        async with over_tls(ENGINE) as engine, over_tls("client-a") as client_a:
+            await engine.subscribe("otc/v1/+/rfq")
+            await client_a.publish(Publication("otc/v1/client-b/rfq", b"forged"))
+            await client_a.publish(Publication("otc/v1/client-a/rfq", b"own"))
+            assert await receive(engine.messages()) == ("otc/v1/client-a/rfq", b"own")
+
+
+async def test_the_shipped_config_disconnects_a_client_sending_a_huge_message(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """An RFQ is a few hundred bytes (the engine refuses more than 4 KiB), but mosquitto took up
+    to 256 MiB and handed it on the engine's one connection, in the way of every other
+    client's messages; ``max_packet_size`` now disconnects the sender instead."""
+    broker_dir = tmp_path / "broker"
+    config, port = shipped_config(auth, broker_dir)
+    with running_broker(broker_dir, kind="mosquitto", config_file=config, port=port) as broker:
+        async with (
+            login(broker, auth, ENGINE) as engine,
+            login(broker, auth, "client-a") as client_a,
+            login(broker, auth, "client-b") as client_b,
+        ):
+            await engine.subscribe("otc/v1/+/rfq")
+            huge = Publication("otc/v1/client-a/rfq", b"x" * 1024 * 1024)
+            publishing = asyncio.create_task(client_a.publish(huge))
+            with pytest.raises(BusError, match="connection lost"):
+                await receive(client_a.messages())
+            publishing.cancel()  # its PUBACK never comes
+            with contextlib.suppress(asyncio.CancelledError, BusError):
+                await publishing
+            await client_b.publish(Publication("otc/v1/client-b/rfq", b"b"))
+            assert await receive(engine.messages()) == ("otc/v1/client-b/rfq", b"b")
+        async with login(broker, auth, "client-a") as again:  # what fits is still taken
+            await again.publish(Publication("otc/v1/client-a/rfq", b"y" * 60_000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import shutil
 import socket
 import stat
@@ -36,6 +37,8 @@ from otc.broker import (
 )
 from otc.bus import Bus, BusError, parse_broker_url
 from otc.errors import ConfigError
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "otc.toml"
 
 
 @pytest.fixture(params=broker_kinds())
@@ -384,20 +387,118 @@ def test_generate_auth_writes_a_private_password_file_and_the_acl(tmp_path: Path
         "topic read otc/v1/control/ops-1/result",
     ]
     again = generate_auth(
-        ["client-a", "client-b"], "otc-engine", tmp_path / "auth", passwords={"client-a": "kept"}
+        ["client-a", "client-b"], "otc-engine", tmp_path / "auth", passwords={"client-a": "set"}
     )
-    assert again.passwords["client-a"] == "kept"
-    assert again.passwords["client-b"] != auth.passwords["client-b"]
+    assert again.passwords == {"client-a": "set"}
+    assert again.kept == ("client-b", "otc-engine")
+    assert again.removed == ("ops-1",)
+    assert sorted(os.listdir(tmp_path / "auth")) == ["acl", "passwd"]  # no temporary file left
+
+
+def test_generate_auth_keeps_the_users_hashes_unless_rotated(tmp_path: Path) -> None:
+    """Each run gave every user a new password: adding a client locked every other one, and
+    the engine, out at the broker's next reload. (Logging in with them: test_broker_acl.)"""
+    first = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path)
+    hashes = dict(line.split(":") for line in first.password_file.read_text().splitlines())
+    again = generate_auth(["client-a", "client-c"], "otc-engine", tmp_path, rotate=["client-a"])
+    assert set(again.passwords) == {"client-a", "client-c"}
+    assert (again.kept, again.removed) == (("otc-engine",), ("client-b",))
+    now = dict(line.split(":") for line in again.password_file.read_text().splitlines())
+    assert list(now) == ["client-a", "client-c", "otc-engine"]
+    assert now["otc-engine"] == hashes["otc-engine"]
+    assert now["client-a"] != hashes["client-a"]
+    everyone = generate_auth(["client-a", "client-c"], "otc-engine", tmp_path, rotate_all=True)
+    assert set(everyone.passwords) == {"client-a", "client-c", "otc-engine"}
+    with pytest.raises(BrokerError, match="cannot rotate 'client-b': not a user of clients"):
+        generate_auth(["client-a"], "otc-engine", tmp_path, rotate=["client-b"])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("client-a:plain\n", ":1: not a 'user:$7$...' line"),
+        ("client-a:$7$101$c2FsdA==$aGFzaA==\n\n", ":2: not a 'user:$7$...' line"),
+        ("client-a:$7$101$c2FsdA==$aGFzaA==\nclient-a:$6$x$y\n", ":2: a user given twice"),
+        ("client-a:$7$101$c2FsdA==$aGFzaA==\nuser otc-engine\n", ":2: not a 'user:$7$...'"),
+    ],
+)
+def test_generate_auth_refuses_a_password_file_it_did_not_write(
+    text: str, problem: str, tmp_path: Path
+) -> None:
+    (tmp_path / "passwd").write_text(text)
+    with pytest.raises(BrokerError, match=re.escape(f"{tmp_path / 'passwd'}{problem}")):
+        generate_auth(["client-a"], "otc-engine", tmp_path)
+    assert (tmp_path / "passwd").read_text() == text
+    assert not (tmp_path / "acl").exists()
+    assert set(generate_auth(["client-a"], "otc-engine", tmp_path, rotate_all=True).passwords) == {
+        "client-a",
+        "otc-engine",
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root (chown)")
+def test_generate_auth_keeps_the_owner_and_group_of_the_files_it_replaces(tmp_path: Path) -> None:
+    """README: ``chown mosquitto`` the password file. A new run replaced it with a file of
+    root's that the broker (user mosquitto) could not read at its next reload."""
+    first = generate_auth(["client-a"], "otc-engine", tmp_path)
+    os.chown(first.password_file, 4321, 4322)
+    os.chmod(first.password_file, 0o640)  # root:mosquitto 0640 works as well: kept
+    os.chown(first.acl_file, 4321, 4322)
+    again = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path)
+    for path, mode in ((again.password_file, 0o640), (again.acl_file, 0o644)):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4322, mode)
+    os.chmod(again.password_file, 0o666)  # noqa: S103 (never readable by others after this)
+    last = generate_auth(["client-a"], "otc-engine", tmp_path)
+    assert stat.S_IMODE(os.stat(last.password_file).st_mode) == 0o640
+
+
+def test_otc_broker_auth_prints_only_the_new_passwords(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otc.cli import main
+
+    argv = ["broker", "auth", "--config", str(REPO_CONFIG), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert first[1].startswith("new passwords (shown this once")
+    assert [line.split(":")[0] for line in first[2:]] == [
+        "  client-a",
+        "  client-b",
+        "  ops-1",
+        "  otc-engine",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "kept their password: client-a, client-b, otc-engine, ops-1"
+    ]
+    assert main([*argv, "--rotate", "ops-1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[2:]] == [
+        "  ops-1",
+        "kept their password",
+    ]
 
 
 @pytest.mark.parametrize(
     ("clients", "engine", "path", "problem"),
     [
-        (["client-a", "client/b"], "otc-engine", r"\$\.clients\[1\]", "not a usable"),
-        (["+"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
-        (["a b"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
-        (["x:y"], "otc-engine", r"\$\.clients\[0\]", "not a usable"),
-        (["client-a", "client-a"], "otc-engine", r"\$\.clients\[1\]", "twice"),
+        (["client-a", "client/b"], "otc-engine", r"\$\.clients\[1\]\.id", "not a usable"),
+        (["+"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["#"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["a b"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["x:y"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["a\nuser otc-engine"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["a\n"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),  # `$` would pass
+        (["a\x00b"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["client-\u00e9"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["%c"], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["a" * 65], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        ([""], "otc-engine", r"\$\.clients\[0\]\.id", "not a usable"),
+        (["control"], "otc-engine", r"\$\.clients\[0\]\.id", "reserved"),
+        (["ladder"], "otc-engine", r"\$\.clients\[0\]\.id", "reserved"),
+        ([], "status", r"\$\.broker\.username", "reserved"),
+        (["client-a", "client-a"], "otc-engine", r"\$\.clients\[1\]\.id", "twice"),
         (["otc-engine"], "otc-engine", r"\$\.broker\.username", "twice"),
         ([], "", r"\$\.broker\.username", "not a usable"),
         (["ops-1"], "otc-engine", r"\$\.broker\.operators\[0\]", "twice"),

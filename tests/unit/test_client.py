@@ -321,6 +321,8 @@ def test_a_notional_quote_must_echo_the_notional_asked() -> None:
         (["rfq", "--qty", "1", "--timeout", "0"], "must be above 0"),
         (["rfq", "--qty", "1", "--client", "a/b"], "--client 'a/b' must be"),
         (["rfq", "--qty", "1", "--client", ""], "--client '' must be"),
+        # otc/v1/control/rfq is a command of operator "rfq", not an RFQ of client "control"
+        (["rfq", "--qty", "1", "--client", "control"], "--client 'control' is reserved"),
         (["rfq", "--qty", "1", "--accept-side", "sell"], "--accept-side goes with --accept"),
         (["rfq", "--qty", "1", "--accept", "--accept-side", "sell"], "a buy quote is accepted"),
         (["rfq", "--qty", "1", "--side", "two_way", "--accept"], "--accept-side buy|sell"),

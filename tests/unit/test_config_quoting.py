@@ -202,6 +202,23 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         ('id = "client-b"', 'id = "client-a"', "$.clients[1].id", "given twice"),
         ('id = "client-b"', 'id = "client/b"', "$.clients[1].id", "no '/'"),
         ('id = "client-b"', 'id = "client+b"', "$.clients[1].id", "no '/'"),
+        # Characters special to MQTT topics, mosquitto's passwd file (':') and ACL (a newline
+        # would add a line to it), or not ASCII: refused before any file is written.
+        ('id = "client-b"', 'id = "client#b"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "client:b"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "client-b\\nuser otc-engine"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "client-b\\u0000"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "client-\u00e9"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = "%u"', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', 'id = ""', "$.clients[1].id", "no '/'"),
+        ('id = "client-b"', f'id = "{"b" * 65}"', "$.clients[1].id", "1-64"),
+        # Second topic levels of otc/v1 that are not a client's: a client "control" wrote
+        # otc/v1/control/rfq, which the engine reads as a command of operator "rfq".
+        ('id = "client-b"', 'id = "control"', "$.clients[1].id", "reserved"),
+        ('id = "client-b"', 'id = "ladder"', "$.clients[1].id", "reserved"),
+        ('id = "client-b"', 'id = "status"', "$.clients[1].id", "reserved"),
+        ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "control"]',
+         "$.broker.operators[1]", "reserved"),
         ('max_trade_notional = "100000"', 'max_trade_notional = "0"',
          "$.clients[1].max_trade_notional", "positive"),
         ('max_daily_notional = "1000000"', "", "$.clients[1]", "max_daily_notional"),
