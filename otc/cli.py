@@ -19,6 +19,7 @@ Subcommands::
     otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
     otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
     otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
+                       [--symbol S] [--kind K]... [--since-ns NS] [--until-ns NS]
     otc bench book [--deltas N] [--levels N] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
     otc bench rfq [--rfqs N] [--in-flight N] [--rounds N] [--json]
@@ -28,7 +29,9 @@ Subcommands::
     otc replay-journal --journal PATH --data FILE... [--config PATH] [--json]
 
 Errors in input (a malformed book or config file, a bad number) print one line
-``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed.
+``otc: error: ...`` on stderr and exit with status 2; nothing is half-printed. ``blotter`` and
+``journal export`` filter alike: ``--client``/``--symbol`` match exactly (an empty value is
+refused), ``--kind`` is one of the journal's kinds and repeats.
 """
 
 from __future__ import annotations
@@ -313,11 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
     blot.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     blot.add_argument("--limit", type=_positive_int, default=50)
-    blot.add_argument("--client")
-    blot.add_argument("--symbol")
-    blot.add_argument(
-        "--kind", action="append", dest="kinds", choices=sorted(KINDS), help="only these kinds"
-    )
+    _journal_filters(blot)
 
     journal = sub.add_parser("journal", help="the durable event journal")
     journal_sub = journal.add_subparsers(dest="journal", required=True)
@@ -326,9 +325,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
     exp.add_argument("--out", type=Path, help="output file (default: stdout)")
-    exp.add_argument("--client")
-    exp.add_argument("--since-ns", type=_epoch_ns)
-    exp.add_argument("--until-ns", type=_epoch_ns)
+    _journal_filters(exp)
+    exp.add_argument(
+        "--since-ns", type=_epoch_ns, metavar="NS", help="only events with ts_ns >= NS"
+    )
+    exp.add_argument("--until-ns", type=_epoch_ns, metavar="NS", help="only events with ts_ns < NS")
 
     bench = sub.add_parser("bench", help="benchmarks: ours next to a baseline, ratios printed")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -647,6 +648,35 @@ def _setup_logging(level: str) -> None:
     )
     for name in ("otc", "feeds"):
         logging.getLogger(name).setLevel(level.upper())
+
+
+def _filter_value(text: str) -> str:
+    """A ``--client`` or ``--symbol`` filter: matched exactly, never empty.
+
+    An empty value is refused rather than read as "no filter" (or as "match the empty name"):
+    on a command line it comes from an unset variable (``--client "$CLIENT"``), and an export
+    meant for one client must not quietly hold every client's trades, nor quietly nothing.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (omit the option for no filter)")
+    return text
+
+
+def _journal_filters(parser: argparse.ArgumentParser) -> None:
+    """The filters ``otc blotter`` and ``otc journal export`` share (:func:`otc.journal.recent`)."""
+    parser.add_argument("--client", type=_filter_value, help="only this client's events")
+    parser.add_argument(
+        "--symbol",
+        type=_filter_value,
+        help="only this symbol's events (an accept, fill or reject through its quote or RFQ)",
+    )
+    parser.add_argument(
+        "--kind",
+        action="append",
+        dest="kinds",
+        choices=sorted(KINDS),
+        help="only events of this kind (repeatable)",
+    )
 
 
 def _console_options(parser: argparse.ArgumentParser) -> None:
@@ -1142,7 +1172,13 @@ def _cmd_journal(args: argparse.Namespace) -> int:
             " is since <= ts_ns < until"
         )
     path = _journal_path(args)
-    options = {"client": args.client, "since_ns": args.since_ns, "until_ns": args.until_ns}
+    options = {
+        "client": args.client,
+        "symbol": args.symbol,
+        "kinds": args.kinds,
+        "since_ns": args.since_ns,
+        "until_ns": args.until_ns,
+    }
     if args.out is None:
         export(path, args.format, sys.stdout, **options)
     else:

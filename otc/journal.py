@@ -1052,8 +1052,25 @@ def recent(
 ) -> list[JournalRow]:
     """The last ``limit`` events matching the filters, oldest first (like ``tail``).
 
-    ``symbol`` also matches accepts, fills and rejects through the quote or RFQ they refer to.
+    The filters are :func:`export`'s: ``None`` is no filter, a value matches exactly.
     Opens its own read-only connection; safe while a :class:`SqliteJournal` writes the file.
+    Raises :class:`ValueError` for a kind not in :data:`KINDS`.
+    """
+    where, params = _filter_where(client=client, symbol=symbol, kinds=kinds)
+    with contextlib.closing(_open_read_only(path)) as conn:
+        rows = list(_rows(conn, path, where, [*params, limit], " ORDER BY e.id DESC LIMIT ?"))
+    rows.reverse()
+    return rows
+
+
+def _filter_where(
+    *, client: str | None, symbol: str | None, kinds: Iterable[str] | None
+) -> tuple[list[str], list[object]]:
+    """The WHERE terms (and their parameters) of the blotter's and the export's filters.
+
+    ``client``: the events of that client. ``symbol``: the events naming it, and the accepts,
+    fills and rejects naming none through the quote or RFQ they refer to (``sym`` of
+    :data:`_SELECT`). ``kinds``: the events of these kinds (none for an empty list).
     """
     where: list[str] = []
     params: list[object] = []
@@ -1065,12 +1082,11 @@ def recent(
         params.append(symbol)
     if kinds is not None:
         wanted = sorted(set(kinds))
+        if unknown := [kind for kind in wanted if kind not in KINDS]:
+            raise ValueError(f"unknown kind {unknown[0]!r}; expected one of {sorted(KINDS)}")
         where.append(f"e.kind IN ({', '.join('?' * len(wanted))})" if wanted else "0")
         params.extend(wanted)
-    with contextlib.closing(_open_read_only(path)) as conn:
-        rows = list(_rows(conn, path, where, [*params, limit], " ORDER BY e.id DESC LIMIT ?"))
-    rows.reverse()
-    return rows
+    return where, params
 
 
 #: Rows a restarting engine folds over (:func:`state_rows`): the partial index ``events_state``
@@ -1124,20 +1140,26 @@ def export(
     since_ns: int | None = None,
     until_ns: int | None = None,
     client: str | None = None,
+    symbol: str | None = None,
+    kinds: Iterable[str] | None = None,
 ) -> int:
     """Write the events with ``since_ns <= ts_ns < until_ns`` to ``out``; returns how many.
 
+    ``client``, ``symbol`` and ``kinds`` filter as :func:`recent`'s do (``None``: no filter; a
+    ``symbol`` also matches the accepts, fills and rejects of its quotes and RFQs), in SQL.
     ``csv`` (RFC 4180, CRLF line ends): a header, then one line per event with ``payload`` as
     JSON text; a text cell that
     a spreadsheet would run as a formula is escaped with a leading ``'`` (:func:`_csv_text`).
     ``json``: one array of objects with ``payload`` as a nested object, every value exact.
     Both in commit order, streamed (the journal is never loaded whole), with ``time_utc`` next
     to the exact ``ts_ns``. Nothing is written when the journal cannot be opened
-    (:class:`JournalError`).
+    (:class:`JournalError`) or a kind is not in :data:`KINDS` (:class:`ValueError`).
     """
     _check_format(fmt)
     with contextlib.closing(_open_read_only(path)) as conn:
-        rows = _export_rows(conn, path, since_ns=since_ns, until_ns=until_ns, client=client)
+        rows = _export_rows(
+            conn, path, since_ns, until_ns, client=client, symbol=symbol, kinds=kinds
+        )
         return _write_export(rows, fmt, out)
 
 
@@ -1149,6 +1171,8 @@ def export_file(
     since_ns: int | None = None,
     until_ns: int | None = None,
     client: str | None = None,
+    symbol: str | None = None,
+    kinds: Iterable[str] | None = None,
 ) -> int:
     """:func:`export` into the file ``out``, all or nothing; returns how many events.
 
@@ -1173,7 +1197,9 @@ def export_file(
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(target)) from None
     with contextlib.closing(_open_read_only(journal)) as conn:
-        rows = _export_rows(conn, journal, since_ns=since_ns, until_ns=until_ns, client=client)
+        rows = _export_rows(
+            conn, journal, since_ns, until_ns, client=client, symbol=symbol, kinds=kinds
+        )
         if mode is not None and stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         if mode is not None and not stat.S_ISREG(mode):
@@ -1227,22 +1253,21 @@ def _refuse_journal_as_output(journal: Path, out: Path) -> None:
 def _export_rows(
     conn: sqlite3.Connection,
     path: str | Path,
-    *,
     since_ns: int | None,
     until_ns: int | None,
+    *,
     client: str | None,
+    symbol: str | None,
+    kinds: Iterable[str] | None,
 ) -> Iterator[JournalRow]:
-    where: list[str] = []
-    params: list[object] = []
+    """The rows of an export, filtered in SQL and read one at a time (in commit order)."""
+    where, params = _filter_where(client=client, symbol=symbol, kinds=kinds)
     if since_ns is not None:
         where.append("e.ts_ns >= ?")
         params.append(since_ns)
     if until_ns is not None:
         where.append("e.ts_ns < ?")
         params.append(until_ns)
-    if client is not None:
-        where.append("e.client = ?")
-        params.append(client)
     return _rows(conn, path, where, params, " ORDER BY e.id")
 
 

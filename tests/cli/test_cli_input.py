@@ -7,6 +7,7 @@ in process here, through `otc.cli.main`, for speed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import io
@@ -22,7 +23,7 @@ from otc.backtest.runner import backtest_config, run_backtest
 from otc.backtest.scenario import Scenario
 from otc.cli import main
 from otc.config import load_config
-from otc.journal import _SCHEMA
+from otc.journal import _SCHEMA, JournalEvent, SqliteJournal
 from otc.model import BookDelta, BookSnapshot, Scale
 
 DATA = Path(__file__).parents[1] / "data"
@@ -240,6 +241,59 @@ def test_journal_filters_that_match_nothing_by_mistake_are_refused(tmp_path: Pat
         "otc: error: --until-ns (5) must be after --since-ns (5): the range is since <= ts_ns"
         " < until"
     )
+
+
+def test_export_and_blotter_take_the_same_filters(tmp_path: Path) -> None:
+    # `otc journal export` had no --symbol or --kind; an empty --client matched nothing in
+    # both commands (the console reads an empty filter as none): a `--client "$CLIENT"` with
+    # CLIENT unset exported an empty file that looked like "no trades".
+    journal = tmp_path / "otc.db"
+
+    events = []
+    for n, (client, symbol) in enumerate(
+        [("client-a", "BTC-USDT"), ("client-a", "ETH-USDT"), ("client-b", "BTC-USDT")]
+    ):
+        ids = {"rfq_id": f"r{n}", "quote_id": f"q{n}"}
+        quote = {"quote_id": f"q{n}", "symbol": symbol, "side": "buy", "qty": "1"}
+        events += [
+            JournalEvent("rfq", client, n, rfq_id=f"r{n}", payload={"symbol": symbol}),
+            JournalEvent("quote", client, n, **ids, payload={"quote": quote}),
+            JournalEvent("accept", client, n, quote_id=f"q{n}", payload={"quote_id": f"q{n}"}),
+            JournalEvent("fill", client, n, **ids, trade_id=f"t{n}", payload={"price": "1.5"}),
+        ]
+
+    async def write() -> None:
+        async with SqliteJournal(journal) as writer:
+            for event in events:
+                await writer.append(event)
+
+    asyncio.run(write())
+    filters = ["--client", "client-a", "--symbol", "BTC-USDT", "--kind", "fill", "--kind", "accept"]
+    status, out, err = run("journal", "export", "--journal", journal, "--format", "json", *filters)
+    assert status == 0, err
+    exported = [(d["kind"], d["client"], d["symbol"], d["quote_id"]) for d in json.loads(out)]
+    assert exported == [
+        ("accept", "client-a", "BTC-USDT", "q0"),
+        ("fill", "client-a", "BTC-USDT", "q0"),
+    ]
+    status, out, err = run("blotter", "--journal", journal, *filters)
+    assert status == 0, err
+    shown = [line.split()[2:5] for line in out.splitlines()[1:]]
+    assert shown == [["accept", "client-a", "BTC-USDT"], ["fill", "client-a", "BTC-USDT"]]
+
+    out_file = tmp_path / "fills.csv"
+    status, _, err = run(
+        "journal", "export", "--journal", journal, "--out", out_file, "--kind", "fill"
+    )
+    assert (status, err) == (0, f"exported 3 events to {out_file}\n")
+    assert "argument --kind: invalid choice: 'fills'" in refused(
+        "journal", "export", "--journal", journal, "--kind", "fills"
+    )
+    for command in (["blotter"], ["journal", "export"]):
+        for option in ("--client", "--symbol"):
+            assert refused(*command, "--journal", journal, option, "").endswith(
+                f"argument {option}: must not be empty (omit the option for no filter)"
+            )
 
 
 def test_argparse_errors_are_one_line_too() -> None:

@@ -768,6 +768,65 @@ async def test_recent_filters(path: Path) -> None:
     assert [r.kind for r in recent(path, client="client-a", symbol="ETH-USDT")] == []
 
 
+async def test_the_export_filters_as_the_blotter_does(path: Path, tmp_path: Path) -> None:
+    # The export took only --client: one client's fills of one symbol meant exporting every
+    # event and filtering by hand.
+    await record(path, list(session()))
+
+    def exported(fmt: str, **filters: object) -> list[tuple[str, str]]:
+        out = io.StringIO()
+        count = export(path, fmt, out, **filters)  # type: ignore[arg-type]
+        if fmt == "json":
+            rows = [(d["kind"], d["symbol"]) for d in json.loads(out.getvalue())]
+        else:
+            rows = [(r["kind"], r["symbol"]) for r in csv.DictReader(io.StringIO(out.getvalue()))]
+        assert count == len(rows)
+        return rows
+
+    assert exported("json", symbol="BTC-USDT") == [
+        ("rfq", "BTC-USDT"), ("quote", "BTC-USDT"), ("accept", "BTC-USDT"), ("fill", "BTC-USDT")
+    ]  # fmt: skip
+    # the accept through its quote, the reject through its RFQ
+    assert exported("csv", symbol="ETH-USDT") == [
+        ("rfq", "ETH-USDT"), ("reject", "ETH-USDT"), ("control", "ETH-USDT")
+    ]  # fmt: skip
+    assert exported("csv", kinds=["reject", "fill"]) == [
+        ("fill", "BTC-USDT"),
+        ("reject", "ETH-USDT"),
+    ]
+    assert exported("json", client="client-a", symbol="BTC-USDT", kinds=["fill"]) == [
+        ("fill", "BTC-USDT")
+    ]
+    assert exported("json", client="client-a", symbol="ETH-USDT") == []
+    assert exported("csv", kinds=[]) == []
+    assert exported("json", symbol="BTC-USDT", since_ns=T0 + 2_000_000) == [
+        ("accept", "BTC-USDT"), ("fill", "BTC-USDT")
+    ]  # fmt: skip
+
+    # Every combination selects the rows the blotter selects, in the same order.
+    for client in (None, "client-a", "client-b"):
+        for symbol in (None, "BTC-USDT", "ETH-USDT", "SOL-USDT"):
+            for kinds in (None, ["fill"], ["rfq", "reject", "accept"], []):
+                filters = {"client": client, "symbol": symbol, "kinds": kinds}
+                out = io.StringIO()
+                export(path, "json", out, **filters)  # type: ignore[arg-type]
+                shown = recent(path, limit=100, **filters)  # type: ignore[arg-type]
+                assert [d["id"] for d in json.loads(out.getvalue())] == [r.id for r in shown]
+                file = tmp_path / "filtered.json"
+                assert export_file(path, "json", file, **filters) == len(shown)  # type: ignore[arg-type]
+                assert file.read_text() == out.getvalue()
+
+
+def test_an_unknown_kind_is_refused_before_anything_is_written(recorded: Path) -> None:
+    # recent() matched nothing for a misspelt kind ("fills"); the export would have too.
+    out = io.StringIO()
+    with pytest.raises(ValueError, match=r"unknown kind 'fills'; expected one of \['accept'"):
+        export(recorded, "csv", out, kinds=["fill", "fills"])
+    assert out.getvalue() == ""
+    with pytest.raises(ValueError, match="unknown kind 'fills'"):
+        recent(recorded, kinds=["fills"])
+
+
 async def test_blotter(path: Path) -> None:
     await record(path, list(session()))
     table = format_blotter(recent(path, symbol="BTC-USDT"))
