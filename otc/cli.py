@@ -39,8 +39,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, NoReturn
@@ -711,6 +712,23 @@ def _console_settings(args: argparse.Namespace, config: Config) -> dict[str, Any
     return {"console": True, "console_port": args.console_port, "console_token": token}
 
 
+#: The engine's broker password, kept out of the config file and the command line (``ps``).
+BROKER_PASSWORD_ENV: Final = "OTC_BROKER_PASSWORD"  # noqa: S105 - a variable name, not a secret
+
+
+def broker_password_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTC_BROKER_PASSWORD``, which overrides ``[broker] password`` for ``otc serve`` (a
+    password in ``--broker``'s URL overrides both); ``None`` when it is not set.
+
+    Raises:
+        ValueError: it is set but empty (most likely a variable that was meant to be filled).
+    """
+    value = (os.environ if environ is None else environ).get(BROKER_PASSWORD_ENV)
+    if value == "":
+        raise ValueError(f"{BROKER_PASSWORD_ENV} is set but empty (unset it, or give the password)")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
@@ -721,6 +739,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.broker:
         host, port, user, password, tls = _broker_address(args.broker)
         options = {"host": host, "port": port, "username": user, "password": password, "tls": tls}
+    if options.get("password") is None:
+        password = broker_password_from_env()
+        if password is not None:
+            options["password"] = password
 
     options.update(_console_settings(args, config))
 
@@ -1291,8 +1313,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `otc demo | head`: the reader left, nothing more to say
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:  # an output file or folder that cannot be written (--out...)

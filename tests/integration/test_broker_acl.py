@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +25,14 @@ from broker import Publication, needs_mosquitto, receive, running_broker
 
 from otc.broker import AuthFiles, BrokerProcess, generate_auth
 from otc.bus import Bus, BusError
+from otc.client import new_rfq, request_quote
+from otc.protocol import Quote
 
 pytestmark = needs_mosquitto
 
 ENGINE = "otc-engine"
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto" / "otc.conf"
+OTC_CONFIG = Path(__file__).resolve().parents[2] / "config" / "otc.toml"
 
 
 @pytest.fixture
@@ -457,3 +462,70 @@ async def test_the_shipped_config_disconnects_a_client_sending_a_huge_message(
             assert await receive(engine.messages()) == ("otc/v1/client-b/rfq", b"b")
         async with login(broker, auth, "client-a") as again:  # what fits is still taken
             await again.publish(Publication("otc/v1/client-a/rfq", b"y" * 60_000))
+
+
+def _serve(broker: BrokerProcess, logs: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``otc serve`` with the demo config and synthetic feeds against ``broker``, its output in
+    ``logs``/serve.out and serve.err (never a full pipe)."""
+    with (logs / "serve.out").open("w") as out, (logs / "serve.err").open("w") as err:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "otc.cli", "serve", "--config", str(OTC_CONFIG)),
+                *("--feeds", "sim", "--no-console", "--journal", str(logs / "journal.db")),
+                *("--broker", f"mqtt://{broker.host}:{broker.port}"),
+            ],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+
+
+async def test_otc_serve_takes_the_brokers_password_from_the_environment(
+    auth: AuthFiles, tmp_path: Path
+) -> None:
+    """``OTC_BROKER_PASSWORD`` logs the engine in (the shipped config has no password, and a
+    password in ``--broker`` would show in ``ps``): it comes up and quotes client-a."""
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as broker:
+        serve = _serve(
+            broker, tmp_path, os.environ | {"OTC_BROKER_PASSWORD": auth.passwords[ENGINE]}
+        )
+        err = tmp_path / "serve.err"
+        try:
+            async with login(broker, auth, "client-a") as bus:
+                await bus.subscribe("otc/v1/status")
+                for _ in range(60):  # a guard against a hang: until the status says up
+                    assert serve.poll() is None, err.read_text()
+                    with contextlib.suppress(TimeoutError):
+                        _, payload = await receive(bus.messages(), timeout_s=1.0)
+                        if b'"up"' in payload:
+                            break
+                else:
+                    pytest.fail("the engine never came up")
+                rfq, _ = new_rfq("BTC-USDT", "buy", qty="1")
+                answer = await asyncio.wait_for(request_quote(bus, "client-a", rfq), 30)
+            assert isinstance(answer, Quote), answer
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
+        assert serve.returncode == 0, err.read_text()
+        assert "not authori" not in err.read_text().lower()
+
+
+def test_an_empty_broker_password_variable_is_refused(tmp_path: Path) -> None:
+    """Set but empty is a mistake (a variable meant to be filled), not "no password"."""
+    done = subprocess.run(
+        [sys.executable, "-m", "otc.cli", "serve", "--config", str(OTC_CONFIG), "--no-console"],
+        env=os.environ | {"OTC_BROKER_PASSWORD": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "OTC_BROKER_PASSWORD is set but empty" in done.stderr
