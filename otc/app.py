@@ -339,12 +339,16 @@ class Engine:
             if loop.time() - connected >= _RECONNECT_STABLE_S:
                 delay = _RECONNECT_FIRST_S
             else:
+                # Who else could hold the session: a client with our id or, on a broker taking
+                # the user name as client id (the shipped production one), with our user name.
+                user = "" if self.username is None else f" or as user {self.username!r}"
                 log.warning(
                     "the connection lasted %.1f s; next attempt in %.1f s (is another client "
-                    "connected with client id %r?)",
+                    "connected with client id %r%s?)",
                     loop.time() - connected,
                     delay,
                     self.config.broker.client_id,
+                    user,
                 )
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, _RECONNECT_MAX_S)

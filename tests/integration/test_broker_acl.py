@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -20,12 +21,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
-from broker import Publication, needs_mosquitto, receive, running_broker
+from broker import RECEIVE_TIMEOUT_S, Publication, needs_mosquitto, receive, running_broker
 
+from otc.app import Engine
 from otc.broker import AuthFiles, BrokerProcess, generate_auth
 from otc.bus import Bus, BusError
 from otc.client import new_rfq, request_quote
+from otc.config import load_config
 from otc.protocol import Quote
 
 pytestmark = needs_mosquitto
@@ -529,3 +533,44 @@ def test_an_empty_broker_password_variable_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "OTC_BROKER_PASSWORD is set but empty" in done.stderr
+
+
+async def test_a_second_connection_as_the_engines_user_takes_over_and_the_engine_says_so(
+    auth: AuthFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the production broker the client id is the user name, so what takes the engine's
+    session over is another connection as the engine's user (a second engine, say): its warning
+    names that user, not only the client id no one else can use there."""
+    caplog.set_level(logging.WARNING, logger="otc.app")
+    config = load_config(OTC_CONFIG)
+    config = msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, path=str(tmp_path / "j.db"))
+    )
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as broker:
+        ready = asyncio.Event()
+        engine = Engine(
+            config,
+            host=broker.host,
+            port=broker.port,
+            username=ENGINE,
+            password=auth.passwords[ENGINE],
+            on_ready=ready.set,
+            console=False,
+        )
+        task = asyncio.create_task(engine.run())
+        try:
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                await ready.wait()
+            with contextlib.suppress(BusError):  # the engine takes the session back
+                async with login(broker, auth, ENGINE), asyncio.timeout(RECEIVE_TIMEOUT_S):
+                    while engine.reconnects == 0:  # noqa: ASYNC110 - polled counter
+                        await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert f"client id 'otc-engine' or as user {ENGINE!r}?" in caplog.text

@@ -137,7 +137,7 @@ async def test_a_client_with_the_engines_id_takes_over_and_the_engine_says_so(
                 async with asyncio.timeout(RECONNECT_TIMEOUT_S):
                     while engine.reconnects == 0:  # noqa: ASYNC110 - polled counter
                         await asyncio.sleep(0.05)
-        assert "is another client connected with client id 'otc-engine'?" in caplog.text
+        assert "is another client connected with client id 'otc-engine'" in caplog.text
         quote = await ask_engine(
             broker.host,
             broker.port,
