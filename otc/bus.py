@@ -392,7 +392,8 @@ class _Inbox:
     queue against a disconnect. This one waits on the queue alone, and a callback on the
     client's ``disconnected`` future wakes it with a sentinel when the connection ends, which
     saves tens of microseconds on every message (aiomqtt is pinned below 3; the bus tests pin
-    this behaviour).
+    this behaviour). The queue is bounded (``max_queued``): when it is full as the connection
+    ends, the sentinel does not fit, and the end is seen once the queue is drained instead.
     """
 
     _END: Final = object()
@@ -402,17 +403,25 @@ class _Inbox:
         self._queue: asyncio.Queue[object] = client._queue  # type: ignore[assignment]
         self._disconnected: asyncio.Future[None] = client._disconnected
         if self._disconnected.done():
-            self._queue.put_nowait(self._END)
+            self._wake()
         else:
-            self._disconnected.add_done_callback(lambda _: self._queue.put_nowait(self._END))
+            self._disconnected.add_done_callback(lambda _: self._wake())
+
+    def _wake(self) -> None:
+        """Wake a reader waiting on the empty queue; a full queue has none waiting."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(self._END)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> tuple[str, bytes]:
-        message = await self._queue.get()
+        if self._queue.empty() and self._disconnected.done():
+            message: object = self._END  # drained, and the sentinel may not have fitted
+        else:
+            message = await self._queue.get()
         if message is self._END:
-            self._queue.put_nowait(message)  # every later call (and other iterators) ends too
+            self._wake()  # every later call (and other iterators) ends too
             error = self._disconnected.exception()
             if error is None:
                 raise StopAsyncIteration
