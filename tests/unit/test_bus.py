@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -595,3 +597,40 @@ async def test_a_connection_lost_with_the_queue_full_still_ends_the_messages() -
             with pytest.raises(BusError, match="connection lost"):
                 await drain()
     assert received == [b"0", b"1"]  # the queue's two; the rest were dropped
+
+
+async def test_a_flood_beyond_max_queued_is_counted_and_logged_at_powers_of_two(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt logged a warning for every message a full queue dropped: a flood the engine
+    could not keep up with wrote 208,133 lines in 40 s (5,000 a second) to its log. The bus
+    counts them (:attr:`Bus.dropped`) and logs the 1st, 2nd, 4th, 8th... drop of a connection."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_mqtt_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x00")  # SUBACK, QoS 0 granted
+        for i in range(40):  # QoS 0 PUBLISHes, none read: 2 queued, 38 dropped
+            topic, payload = b"otc/v1/c/rfq", str(i).encode()
+            writer.write(b"\x30" + bytes([2 + len(topic) + len(payload)]))
+            writer.write(len(topic).to_bytes(2) + topic + payload)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bus = Bus(host="127.0.0.1", port=port, qos=0, max_queued=2)
+    with caplog.at_level(logging.WARNING):
+        async with server, bus:
+            await bus.subscribe("otc/v1/+/rfq")
+            lost = bus._client._disconnected  # type: ignore[union-attr]
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                await asyncio.wait((lost,))  # every message read off the socket
+            assert bus.dropped == 38
+    assert bus.dropped == 38  # kept once the connection is closed
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    counts = [int(re.search(r": (\d+) received", line)[1]) for line in drops]  # type: ignore[index]
+    assert counts == [1, 2, 4, 8, 16, 32]
+    assert "queue of 2" in drops[0]
+    assert not [r for r in caplog.records if r.name == "mqtt"]  # aiomqtt's line per message
