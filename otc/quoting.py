@@ -694,7 +694,9 @@ class QuoteEngine:
         if elapsed > 0:
             refill = elapsed * self.config.quoting.rate_limit_per_s
             state.tokens = min(self._bucket_size, state.tokens + refill)
-            state.refilled_ns = now
+        # Also when the wall clock stepped back: the bucket refills from now, not only once the
+        # clock has caught up with its last refill (an hour's step, an hour without RFQs).
+        state.refilled_ns = now
         if state.tokens < _NS_PER_S:
             q = self.config.quoting
             raise ProtocolError(

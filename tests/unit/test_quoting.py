@@ -483,6 +483,21 @@ async def test_the_rate_limit_is_a_token_bucket_per_client() -> None:
     assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
 
 
+async def test_the_wall_clock_stepping_back_does_not_starve_the_rate_limit() -> None:
+    """The bucket refilled only while the clock moved past its last refill: after the wall
+    clock stepped back an hour (NTP, a VM resumed), a client that spent its burst was refused
+    ``RATE_LIMITED`` for that hour. The bucket now refills from the time it was stepped to."""
+    desk = Desk(repo_config(quoting={"rate_limit_per_s": 2, "rate_limit_burst": 3}), sim_refresh())
+    for _ in range(3):
+        assert (await desk.rfq(qty="0.01"))["type"] == "quote"
+    desk.clock.advance(s=-3600)
+    desk.refresh()
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"  # the burst is spent
+    desk.clock.advance(ms=500)  # one token at 2/s
+    assert (await desk.rfq(qty="0.01"))["type"] == "quote"
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
+
+
 async def test_an_rfq_id_is_used_once_per_client_within_the_window() -> None:
     desk = Desk(repo_config(quoting={"duplicate_window_ms": 1000}), sim_refresh())
     assert (await desk.rfq(rfq_id="same"))["type"] == "quote"
