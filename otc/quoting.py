@@ -1315,6 +1315,12 @@ class QuoteEngine:
     # -- restart ------------------------------------------------------------------------------
 
     @property
+    def clients(self) -> list[str]:
+        """The configured clients' ids: :meth:`restore` needs the journal's recent RFQs and
+        quotes of these only (the journal also names every unknown id that sent anything)."""
+        return list(self._clients)
+
+    @property
     def remembered_ns(self) -> int:
         """How far back RFQ ids and quotes are remembered: the longer of the duplicate window
         and a quote's lifetime plus ``quote_memory_ms``. :meth:`restore` needs the journal's
