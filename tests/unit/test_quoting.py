@@ -1237,6 +1237,35 @@ async def test_expired_quotes_are_forgotten(desk: Desk) -> None:
     assert (await desk.accept(quote["quote_id"]))["code"] == "UNKNOWN_QUOTE"
 
 
+async def test_what_the_engine_remembers_stays_bounded_over_days_of_traffic() -> None:
+    """A service runs for weeks: drive RFQs and accepts from the configured clients and from
+    thousands of distinct unknown client ids (an open broker lets anyone publish on
+    ``otc/v1/<anything>/rfq``) over three days of a fake clock, and count what is kept."""
+    quoting = {"rate_limit_per_s": 1000, "duplicate_window_ms": 60_000, "quote_memory_ms": 30_000}
+    desk = Desk(repo_config(quoting=quoting), sim_refresh())
+    engine = desk.engine
+    configured = [c.id for c in desk.config.clients]
+    bogus = 0
+    for step in range(24):  # every 3 hours
+        desk.clock.advance(s=3 * 3600)
+        desk.refresh()
+        for i in range(20):
+            client = configured[i % len(configured)]
+            quote = await desk.quote(client, qty="0.01", side=("buy", "sell")[i % 2])
+            assert (await desk.accept(quote["quote_id"], client=client))["type"] == "fill"
+            bogus += 1
+            assert (await desk.rfq(f"bogus-{bogus}"))["code"] == "UNKNOWN_CLIENT"
+            await desk.accept(quote["quote_id"], client=f"bogus-{bogus}")
+            desk.clock.advance(ms=100)
+        # Only the last 20 RFQs (2 s) are within the windows.
+        assert engine.open_quotes == 20, step
+        state = engine._clients  # the per-client state there is
+        assert sorted(state) == sorted(configured)
+        assert sum(len(c.rfq_ids) for c in state.values()) == 20
+        assert all(len(c.daily) <= 2 for c in state.values())
+    assert bogus == 480
+
+
 # -- ladder -----------------------------------------------------------------------------------
 
 
