@@ -357,7 +357,9 @@ class Engine:
         """Rebuild the previous runs' state from the journal before the first message."""
         assert self.quotes is not None
         since = self.clock.now_ns() - self.quotes.remembered_ns
-        rows = await asyncio.to_thread(state_rows, journal.path, since_ns=since)
+        rows = await asyncio.to_thread(
+            state_rows, journal.path, since_ns=since, clients=self.quotes.clients
+        )
         try:
             restored = self.quotes.restore(rows)
         except JournalError:

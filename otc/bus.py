@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Final, Protocol, Self, TypeVar
+from typing import Any, Final, Protocol, Self, TypeVar
 
 import aiomqtt
 import msgspec
+import paho.mqtt.client as paho
 
 from otc.errors import OtcError
 
@@ -46,6 +48,8 @@ _PENDING_CALLS_WARNING: Final = 10_000
 _MAX_MQTT_STRING: Final = 65_535
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class BusError(OtcError):
@@ -143,7 +147,9 @@ class Bus:
         timeout: Seconds each exchange with the broker may take (connecting, a subscription,
             a QoS 1 publication) before :class:`BusError`; aiomqtt's 10 s when ``None``.
         max_queued: Received messages kept waiting for :meth:`messages` at most (0: no
-            bound); beyond it they are dropped and aiomqtt logs a warning. The engine bounds
+            bound); beyond it they are dropped, counted in :attr:`dropped` and logged at the
+            1st, 2nd, 4th, 8th... drop of a connection (a warning per message, as aiomqtt
+            logs them, wrote thousands of lines a second during a flood). The engine bounds
             it so that a flood costs dropped RFQs, not memory without end.
         keepalive: Seconds (1 to 65,535) the connection may stay silent. After that the
             client pings the broker, and drops the connection when the ping is not answered
@@ -184,7 +190,8 @@ class Bus:
         self._will = will
         self._qos = qos
         self._socket_options = (_NODELAY,) if tcp_nodelay else ()
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
+        self._dropped = 0
 
     @classmethod
     def from_url(
@@ -239,9 +246,10 @@ class Bus:
                 retain=self._will.retain,
             )
         tls_context = await asyncio.to_thread(ssl.create_default_context) if self._tls else None
-        client = aiomqtt.Client(
+        client = _Client(
             self._host,
             self._port,
+            where=self.where,
             username=self._username,
             password=self._password,
             identifier=self._client_id,
@@ -273,6 +281,7 @@ class Bus:
         client, self._client = self._client, None
         if client is None:
             return
+        self._dropped = client.dropped
         try:
             await client.__aexit__(exc_type, exc, tb)
         except aiomqtt.MqttError as error:
@@ -285,6 +294,12 @@ class Bus:
             lost = client._disconnected
             if lost.done() and not lost.cancelled():
                 lost.exception()  # seen: asyncio must not log it as never retrieved
+
+    @property
+    def dropped(self) -> int:
+        """Received messages dropped because ``max_queued`` were waiting, on the current
+        connection (or the last one, once closed)."""
+        return self._client.dropped if self._client is not None else self._dropped
 
     def _connected(self) -> aiomqtt.Client:
         if self._client is None:
@@ -361,6 +376,32 @@ class Bus:
         return sock if isinstance(sock, socket.socket) else None
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, counting the messages its full queue drops instead of logging each."""
+
+    def __init__(
+        self, *args: Any, where: str, max_queued_incoming_messages: int, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, max_queued_incoming_messages=max_queued_incoming_messages, **kwargs)
+        self.where = where
+        self.max_queued = max_queued_incoming_messages
+        self.dropped = 0
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        if not self._queue.full():
+            super()._on_message(client, userdata, message)
+            return
+        self.dropped += 1
+        if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8...: a flood logs a few lines
+            log.warning(
+                "%s: %d received messages dropped so far on this connection: the queue of %d "
+                "waiting to be handled is full (logged at 1, 2, 4, 8... drops)",
+                self.where,
+                self.dropped,
+                self.max_queued,
+            )
+
+
 def _drop_socket(client: aiomqtt.Client) -> None:
     """Close the socket of ``client`` if paho still holds one (no DISCONNECT is sent)."""
     paho = client._client
@@ -392,7 +433,8 @@ class _Inbox:
     queue against a disconnect. This one waits on the queue alone, and a callback on the
     client's ``disconnected`` future wakes it with a sentinel when the connection ends, which
     saves tens of microseconds on every message (aiomqtt is pinned below 3; the bus tests pin
-    this behaviour).
+    this behaviour). The queue is bounded (``max_queued``): when it is full as the connection
+    ends, the sentinel does not fit, and the end is seen once the queue is drained instead.
     """
 
     _END: Final = object()
@@ -402,17 +444,25 @@ class _Inbox:
         self._queue: asyncio.Queue[object] = client._queue  # type: ignore[assignment]
         self._disconnected: asyncio.Future[None] = client._disconnected
         if self._disconnected.done():
-            self._queue.put_nowait(self._END)
+            self._wake()
         else:
-            self._disconnected.add_done_callback(lambda _: self._queue.put_nowait(self._END))
+            self._disconnected.add_done_callback(lambda _: self._wake())
+
+    def _wake(self) -> None:
+        """Wake a reader waiting on the empty queue; a full queue has none waiting."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(self._END)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> tuple[str, bytes]:
-        message = await self._queue.get()
+        if self._queue.empty() and self._disconnected.done():
+            message: object = self._END  # drained, and the sentinel may not have fitted
+        else:
+            message = await self._queue.get()
         if message is self._END:
-            self._queue.put_nowait(message)  # every later call (and other iterators) ends too
+            self._wake()  # every later call (and other iterators) ends too
             error = self._disconnected.exception()
             if error is None:
                 raise StopAsyncIteration

@@ -1096,21 +1096,28 @@ _STATE_WHERE: Final = " WHERE e.kind IN ('fill', 'control') ORDER BY e.id"
 _RECENT_WHERE: Final = " WHERE e.client = ? AND e.ts_ns >= ? AND e.kind IN ('rfq', 'quote')"
 
 
-def state_rows(path: str | Path, *, since_ns: int) -> list[JournalRow]:
+def state_rows(
+    path: str | Path, *, since_ns: int, clients: Iterable[str] | None = None
+) -> list[JournalRow]:
     """What a restarting engine rebuilds its state from, in journal order: every fill and
-    control ever recorded, and the RFQs and quotes stamped at or after ``since_ns``.
+    control ever recorded, and the RFQs and quotes stamped at or after ``since_ns`` of
+    ``clients`` (``None``: of every client the journal names).
 
     The recent RFQs and quotes are found client by client through the ``(client, ts_ns)``
     index, so the cost grows with the fills and controls of the whole journal, not with its
-    RFQs, and a row stamped out of order (a clock stepped back) hides none of them. Opens its
-    own read-only connection. Raises :class:`JournalError` when the journal cannot be read.
+    RFQs, and a row stamped out of order (a clock stepped back) hides none of them. The engine
+    passes its configured clients: the journal also names every unknown client id that ever
+    sent an RFQ (each refused, and journaled), which would otherwise cost a query and their
+    rows at every restart. Opens its own read-only connection. Raises :class:`JournalError`
+    when the journal cannot be read.
     """
     with contextlib.closing(_open_read_only(path)) as conn:
         rows = list(_rows(conn, path, [], [], _STATE_WHERE))
-        try:
-            clients = [c for (c,) in conn.execute("SELECT DISTINCT client FROM events")]
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot read journal {path}: {exc}") from exc
+        if clients is None:
+            try:
+                clients = [c for (c,) in conn.execute("SELECT DISTINCT client FROM events")]
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read journal {path}: {exc}") from exc
         for client in clients:
             rows.extend(_rows(conn, path, [], [client, since_ns], _RECENT_WHERE))
     rows.sort(key=lambda row: row.id)

@@ -694,7 +694,9 @@ class QuoteEngine:
         if elapsed > 0:
             refill = elapsed * self.config.quoting.rate_limit_per_s
             state.tokens = min(self._bucket_size, state.tokens + refill)
-            state.refilled_ns = now
+        # Also when the wall clock stepped back: the bucket refills from now, not only once the
+        # clock has caught up with its last refill (an hour's step, an hour without RFQs).
+        state.refilled_ns = now
         if state.tokens < _NS_PER_S:
             q = self.config.quoting
             raise ProtocolError(
@@ -1311,6 +1313,12 @@ class QuoteEngine:
         return max(self._tier_spread.values(), default=_ZERO)
 
     # -- restart ------------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> list[str]:
+        """The configured clients' ids: :meth:`restore` needs the journal's recent RFQs and
+        quotes of these only (the journal also names every unknown id that sent anything)."""
+        return list(self._clients)
 
     @property
     def remembered_ns(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import re
 import shutil
@@ -659,3 +660,77 @@ async def test_a_connect_that_times_out_closes_its_socket() -> None:
             await Bus(host="127.0.0.1", port=port, timeout=0.3).__aenter__()
         async with asyncio.timeout(2):
             await closed.wait()
+
+
+async def test_a_connection_lost_with_the_queue_full_still_ends_the_messages() -> None:
+    """The end of the messages was a marker put in the queue of received messages, which
+    ``max_queued`` bounds: with the queue full when the connection broke, the marker was
+    refused (``QueueFull`` in a callback, logged by asyncio), and a reader that had drained the
+    queue then waited for ever instead of raising :class:`BusError`."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_mqtt_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x00")  # SUBACK, QoS 0 granted
+        for i in range(5):  # QoS 0 PUBLISHes: more than the queue holds
+            topic, payload = b"otc/v1/c/rfq", str(i).encode()
+            writer.write(b"\x30" + bytes([2 + len(topic) + len(payload)]))
+            writer.write(len(topic).to_bytes(2) + topic + payload)
+        await writer.drain()
+        writer.close()  # and the connection breaks
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Bus(host="127.0.0.1", port=port, qos=0, max_queued=2) as bus:
+        await bus.subscribe("otc/v1/+/rfq")
+        messages = bus.messages()
+        lost = bus._client._disconnected  # type: ignore[union-attr]
+        received: list[bytes] = []
+
+        async def drain() -> None:
+            async for _, payload in messages:
+                received.append(payload)
+
+        async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+            await asyncio.wait((lost,))  # every message read off the socket, none taken yet
+            with pytest.raises(BusError, match="connection lost"):
+                await drain()
+    assert received == [b"0", b"1"]  # the queue's two; the rest were dropped
+
+
+async def test_a_flood_beyond_max_queued_is_counted_and_logged_at_powers_of_two(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt logged a warning for every message a full queue dropped: a flood the engine
+    could not keep up with wrote 208,133 lines in 40 s (5,000 a second) to its log. The bus
+    counts them (:attr:`Bus.dropped`) and logs the 1st, 2nd, 4th, 8th... drop of a connection."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_mqtt_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
+        writer.write(b"\x90\x03" + body[:2] + b"\x00")  # SUBACK, QoS 0 granted
+        for i in range(40):  # QoS 0 PUBLISHes, none read: 2 queued, 38 dropped
+            topic, payload = b"otc/v1/c/rfq", str(i).encode()
+            writer.write(b"\x30" + bytes([2 + len(topic) + len(payload)]))
+            writer.write(len(topic).to_bytes(2) + topic + payload)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bus = Bus(host="127.0.0.1", port=port, qos=0, max_queued=2)
+    with caplog.at_level(logging.WARNING):
+        async with server, bus:
+            await bus.subscribe("otc/v1/+/rfq")
+            lost = bus._client._disconnected  # type: ignore[union-attr]
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                await asyncio.wait((lost,))  # every message read off the socket
+            assert bus.dropped == 38
+    assert bus.dropped == 38  # kept once the connection is closed
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    counts = [int(re.search(r": (\d+) received", line)[1]) for line in drops]  # type: ignore[index]
+    assert counts == [1, 2, 4, 8, 16, 32]
+    assert "queue of 2" in drops[0]
+    assert not [r for r in caplog.records if r.name == "mqtt"]  # aiomqtt's line per message

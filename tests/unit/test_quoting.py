@@ -483,6 +483,21 @@ async def test_the_rate_limit_is_a_token_bucket_per_client() -> None:
     assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
 
 
+async def test_the_wall_clock_stepping_back_does_not_starve_the_rate_limit() -> None:
+    """The bucket refilled only while the clock moved past its last refill: after the wall
+    clock stepped back an hour (NTP, a VM resumed), a client that spent its burst was refused
+    ``RATE_LIMITED`` for that hour. The bucket now refills from the time it was stepped to."""
+    desk = Desk(repo_config(quoting={"rate_limit_per_s": 2, "rate_limit_burst": 3}), sim_refresh())
+    for _ in range(3):
+        assert (await desk.rfq(qty="0.01"))["type"] == "quote"
+    desk.clock.advance(s=-3600)
+    desk.refresh()
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"  # the burst is spent
+    desk.clock.advance(ms=500)  # one token at 2/s
+    assert (await desk.rfq(qty="0.01"))["type"] == "quote"
+    assert (await desk.rfq(qty="0.01"))["code"] == "RATE_LIMITED"
+
+
 async def test_an_rfq_id_is_used_once_per_client_within_the_window() -> None:
     desk = Desk(repo_config(quoting={"duplicate_window_ms": 1000}), sim_refresh())
     assert (await desk.rfq(rfq_id="same"))["type"] == "quote"
@@ -1220,6 +1235,35 @@ async def test_expired_quotes_are_forgotten(desk: Desk) -> None:
     await desk.rfq()  # stale books by now: a reject, but the engine prunes as it goes
     assert desk.engine.open_quotes == 0
     assert (await desk.accept(quote["quote_id"]))["code"] == "UNKNOWN_QUOTE"
+
+
+async def test_what_the_engine_remembers_stays_bounded_over_days_of_traffic() -> None:
+    """A service runs for weeks: drive RFQs and accepts from the configured clients and from
+    thousands of distinct unknown client ids (an open broker lets anyone publish on
+    ``otc/v1/<anything>/rfq``) over three days of a fake clock, and count what is kept."""
+    quoting = {"rate_limit_per_s": 1000, "duplicate_window_ms": 60_000, "quote_memory_ms": 30_000}
+    desk = Desk(repo_config(quoting=quoting), sim_refresh())
+    engine = desk.engine
+    configured = [c.id for c in desk.config.clients]
+    bogus = 0
+    for step in range(24):  # every 3 hours
+        desk.clock.advance(s=3 * 3600)
+        desk.refresh()
+        for i in range(20):
+            client = configured[i % len(configured)]
+            quote = await desk.quote(client, qty="0.01", side=("buy", "sell")[i % 2])
+            assert (await desk.accept(quote["quote_id"], client=client))["type"] == "fill"
+            bogus += 1
+            assert (await desk.rfq(f"bogus-{bogus}"))["code"] == "UNKNOWN_CLIENT"
+            await desk.accept(quote["quote_id"], client=f"bogus-{bogus}")
+            desk.clock.advance(ms=100)
+        # Only the last 20 RFQs (2 s) are within the windows.
+        assert engine.open_quotes == 20, step
+        state = engine._clients  # the per-client state there is
+        assert sorted(state) == sorted(configured)
+        assert sum(len(c.rfq_ids) for c in state.values()) == 20
+        assert all(len(c.daily) <= 2 for c in state.values())
+    assert bogus == 480
 
 
 # -- ladder -----------------------------------------------------------------------------------
