@@ -518,7 +518,8 @@ class Engine:
 
     async def _serve(self, bus: Bus, tg: asyncio.TaskGroup) -> None:
         slots = asyncio.Semaphore(self.max_in_flight)
-        async for topic, payload in bus.messages():
+        # A retained RFQ, accept or command is a replay of one handled when it was sent.
+        async for topic, payload in bus.messages(retained=False):
             parts = topic.split("/")
             if len(parts) != 4 or parts[0] != "otc" or parts[1] != "v1":
                 continue

@@ -351,16 +351,22 @@ class Bus:
         if refused:
             raise BusError(self.where, f"the broker refused the subscription to {refused}")
 
-    def messages(self) -> AsyncIterator[tuple[str, bytes]]:
+    def messages(self, *, retained: bool = True) -> AsyncIterator[tuple[str, bytes]]:
         """Received messages as ``(topic, payload)``, in arrival order.
 
         The iteration ends after a clean disconnect and raises :class:`BusError` when the
         connection breaks; messages that arrived before either are delivered first.
 
+        ``retained=False`` skips, and logs, the messages the broker hands over because they are
+        retained: sent on subscribing, they replay something published earlier (requests a
+        client published with the retain flag would come back on every reconnection); a
+        retained message published while subscribed arrives as a new one (MQTT 3.1.1 section
+        3.3.1.3) and is not skipped.
+
         Raises:
             BusError: not connected.
         """
-        return _Inbox(self._connected(), self.where)
+        return _Inbox(self._connected(), self.where, skip_retained=not retained)
 
     @property
     def tcp_nodelay(self) -> bool:
@@ -439,8 +445,9 @@ class _Inbox:
 
     _END: Final = object()
 
-    def __init__(self, client: aiomqtt.Client, where: str) -> None:
+    def __init__(self, client: aiomqtt.Client, where: str, *, skip_retained: bool = False) -> None:
         self._where = where
+        self._skip_retained = skip_retained
         self._queue: asyncio.Queue[object] = client._queue  # type: ignore[assignment]
         self._disconnected: asyncio.Future[None] = client._disconnected
         if self._disconnected.done():
@@ -457,17 +464,26 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> tuple[str, bytes]:
-        if self._queue.empty() and self._disconnected.done():
-            message: object = self._END  # drained, and the sentinel may not have fitted
-        else:
-            message = await self._queue.get()
-        if message is self._END:
-            self._wake()  # every later call (and other iterators) ends too
-            error = self._disconnected.exception()
-            if error is None:
-                raise StopAsyncIteration
-            raise BusError(self._where, f"connection lost: {error}") from error
-        assert isinstance(message, aiomqtt.Message)
+        while True:
+            if self._queue.empty() and self._disconnected.done():
+                message: object = self._END  # drained, and the sentinel may not have fitted
+            else:
+                message = await self._queue.get()
+            if message is self._END:
+                self._wake()  # every later call (and other iterators) ends too
+                error = self._disconnected.exception()
+                if error is None:
+                    raise StopAsyncIteration
+                raise BusError(self._where, f"connection lost: {error}") from error
+            assert isinstance(message, aiomqtt.Message)
+            if not (self._skip_retained and message.retain):
+                break
+            log.warning(
+                "%s: skipped a retained message on %s: the broker replays it on subscribing "
+                "(it was handled when it was sent, if anyone was subscribed then)",
+                self._where,
+                message.topic.value,
+            )
         payload = message.payload
         if not isinstance(payload, bytes):  # paho always gives bytes; the type is wider
             payload = str(payload).encode() if payload is not None else b""

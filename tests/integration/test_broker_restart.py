@@ -14,13 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-from broker import RECEIVE_TIMEOUT_S, ask_engine, retained_status, running_broker
+from broker import (
+    RECEIVE_TIMEOUT_S,
+    Publication,
+    ask_engine,
+    receive,
+    retained_status,
+    running_broker,
+)
 
 from otc.app import Engine
 from otc.bus import Bus, BusError
@@ -148,3 +156,46 @@ async def test_a_client_with_the_engines_id_takes_over_and_the_engine_says_so(
         assert quote["type"] == "quote", quote
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_retained_rfq_is_not_served_again_when_the_engine_subscribes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client may publish its RFQ with the retain flag (the ACL cannot forbid it): the broker
+    then hands it to the engine again on every subscription, that is after every reconnection
+    or restart. The engine serves a request when it is sent, never a retained replay of it."""
+    caplog.set_level(logging.WARNING, logger="otc.bus")
+    journal = tmp_path / "j.sqlite"
+    with running_broker(tmp_path / "broker") as broker:
+        async with Bus(host=broker.host, port=broker.port) as client:
+            await client.publish(
+                Publication(
+                    "otc/v1/client-a/rfq",
+                    msgspec.json.encode(rfq("r-retained", "buy")),
+                    retain=True,
+                )
+            )
+            _, task = await start_engine(broker.host, broker.port, journal)
+            try:
+                answer = await ask_engine(
+                    broker.host, broker.port, "client-a", "rfq", rfq("r-live", "buy")
+                )
+                assert answer["rfq_id"] == "r-live"
+                # Published with the flag while the engine is subscribed: a new request.
+                await client.subscribe("otc/v1/client-a/quotes")
+                body = msgspec.json.encode(rfq("r-sent-retained", "buy"))
+                await client.publish(Publication("otc/v1/client-a/rfq", body, retain=True))
+                messages = client.messages()
+                while True:  # (amqtt may hand the client earlier answers too)
+                    _, payload = await receive(messages)
+                    if msgspec.json.decode(payload)["rfq_id"] == "r-sent-retained":
+                        break
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        served = {
+            rfq_id for (rfq_id,) in db.execute("SELECT rfq_id FROM events WHERE kind = 'rfq'")
+        }
+    assert served == {"r-live", "r-sent-retained"}
+    assert "skipped a retained message on otc/v1/client-a/rfq" in caplog.text
