@@ -1155,8 +1155,8 @@ def export(
     ``client``, ``symbol`` and ``kinds`` filter as :func:`recent`'s do (``None``: no filter; a
     ``symbol`` also matches the accepts, fills and rejects of its quotes and RFQs), in SQL.
     ``csv`` (RFC 4180, CRLF line ends): a header, then one line per event with ``payload`` as
-    JSON text; a text cell that
-    a spreadsheet would run as a formula is escaped with a leading ``'`` (:func:`_csv_text`).
+    JSON text; a text cell that a spreadsheet would run as a formula is escaped with a leading
+    ``'`` (:func:`_csv_text`).
     ``json``: one array of objects with ``payload`` as a nested object, every value exact.
     Both in commit order, streamed (the journal is never loaded whole), with ``time_utc`` next
     to the exact ``ts_ns``. Nothing is written when the journal cannot be opened
