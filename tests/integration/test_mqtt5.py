@@ -26,6 +26,7 @@ import aiomqtt
 import msgspec
 import pytest
 from broker import (
+    AMQTT_NO_MQTT5,
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
     RECEIVE_TIMEOUT_S,
@@ -45,20 +46,15 @@ from otc.broker import AuthFiles, BrokerProcess, generate_auth
 
 V5 = aiomqtt.ProtocolVersion.V5
 
-_AMQTT = (
-    "amqtt 0.12.1 speaks MQTT 3.1.1 only (it refuses an MQTT 5 CONNECT: unsupported protocol "
-    "version): MQTT 5 needs mosquitto"
-)
-
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[BrokerProcess, Engine]]:
     """The demo configuration's engine, up, on a broker that speaks MQTT 5."""
     if configured_broker_kind() == "amqtt":
-        pytest.skip(_AMQTT)
+        pytest.skip(AMQTT_NO_MQTT5)
     with running_broker(tmp_path / "broker") as broker:
         if broker.kind == "amqtt":
-            pytest.skip(_AMQTT)
+            pytest.skip(AMQTT_NO_MQTT5)
         running, task = await start_engine(broker.host, broker.port, tmp_path / "j.sqlite")
         try:
             yield broker, running
