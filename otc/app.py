@@ -292,6 +292,7 @@ class Engine:
             will=self._status("down"),
             max_queued=_MAX_QUEUED_MESSAGES,
             keepalive=self.config.broker.keepalive_s,
+            protocol=self.config.broker.mqtt_version,
         )
 
     async def _broker(self, link: _Link) -> None:

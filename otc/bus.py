@@ -15,6 +15,12 @@ takes 40-90 ms instead of under a millisecond). The bus sets ``TCP_NODELAY`` on 
 after connecting, through aiomqtt's ``socket_options``; :attr:`Bus.tcp_nodelay` reads the option
 back from the live socket. The broker needs the same (``set_tcp_nodelay true`` in mosquitto).
 
+MQTT 3.1.1 by default; ``protocol="5"`` speaks MQTT 5 (mosquitto; amqtt 0.12.1 refuses it), with
+the same behaviour: a clean start and a session that ends with the connection (no Session
+Expiry Interval), subscriptions whose retained messages come with the retain flag only when the
+broker replays them on subscribing ("retain as published" off, as in 3.1.1), a SUBACK reason code
+of 0x80 or above a refusal. Properties of received messages are ignored.
+
 Every aiomqtt or socket error leaving this module is a :class:`BusError`.
 """
 
@@ -28,18 +34,33 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Literal, Protocol, Self, TypeVar, get_args
 
 import aiomqtt
 import msgspec
 import paho.mqtt.client as paho
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from otc.errors import OtcError
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_TLS_PORT", "BrokerUrl", "Bus", "BusError", "parse_broker_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
+    "MQTT_VERSIONS",
+    "BrokerUrl",
+    "Bus",
+    "BusError",
+    "MqttVersion",
+    "parse_broker_url",
+]
 
 DEFAULT_PORT: Final = 1883
 DEFAULT_TLS_PORT: Final = 8883
+
+#: The MQTT versions a :class:`Bus` speaks: "3.1.1" (the default) or "5".
+MqttVersion = Literal["3.1.1", "5"]
+MQTT_VERSIONS: Final[tuple[MqttVersion, ...]] = get_args(MqttVersion)
+_PROTOCOLS: Final = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
 
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 #: Pending calls (publications awaiting their PUBACK...) beyond which aiomqtt logs a warning.
@@ -156,6 +177,7 @@ class Bus:
             within as long again (:meth:`messages` then raises :class:`BusError`); the broker
             drops a client it has not heard from for 1.5 times as long, publishing its will.
             aiomqtt's 60 s by default: the engine's is shorter (``[broker] keepalive_s``).
+        protocol: The MQTT version: "3.1.1" (the default) or "5" (see the module's docstring).
     """
 
     def __init__(
@@ -173,12 +195,16 @@ class Bus:
         timeout: float | None = None,
         max_queued: int = 0,
         keepalive: int = 60,
+        protocol: MqttVersion = "3.1.1",
     ) -> None:
+        if protocol not in MQTT_VERSIONS:
+            raise ValueError(f"protocol must be one of {MQTT_VERSIONS}, not {protocol!r}")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if not 1 <= keepalive <= 65_535:  # 0 would turn pings off: a silent peer goes unseen
             raise ValueError(f"keepalive must be within 1..65535 s, not {keepalive!r}")
         self._keepalive = keepalive
+        self._protocol: MqttVersion = protocol
         self._timeout = timeout
         self._max_queued = max_queued
         self._host = host
@@ -201,6 +227,7 @@ class Bus:
         client_id: str | None = None,
         will: Publishable | None = None,
         qos: int = 1,
+        protocol: MqttVersion = "3.1.1",
     ) -> Bus:
         """A bus for the broker at ``url`` (see :func:`parse_broker_url`).
 
@@ -209,6 +236,7 @@ class Bus:
             client_id: As for :class:`Bus`.
             will: As for :class:`Bus`.
             qos: As for :class:`Bus`.
+            protocol: As for :class:`Bus`.
         """
         where = parse_broker_url(url)
         return cls(
@@ -220,7 +248,13 @@ class Bus:
             client_id=client_id,
             will=will,
             qos=qos,
+            protocol=protocol,
         )
+
+    @property
+    def protocol(self) -> MqttVersion:
+        """The MQTT version the bus speaks."""
+        return self._protocol
 
     @property
     def where(self) -> str:
@@ -246,6 +280,9 @@ class Bus:
                 retain=self._will.retain,
             )
         tls_context = await asyncio.to_thread(ssl.create_default_context) if self._tls else None
+        # MQTT 5: a clean start, and no Session Expiry Interval (0: the session ends with the
+        # connection), as a 3.1.1 clean session (paho's default, which 5 refuses to be given).
+        session: dict[str, Any] = {"clean_start": True} if self._protocol == "5" else {}
         client = _Client(
             self._host,
             self._port,
@@ -259,6 +296,8 @@ class Bus:
             timeout=self._timeout,
             max_queued_incoming_messages=self._max_queued,
             keepalive=self._keepalive,
+            protocol=_PROTOCOLS[self._protocol],
+            **session,
         )
         # aiomqtt logs a warning on every call made while more than 10 are pending: the engine
         # has up to `max_in_flight` publications awaiting their PUBACK under load, and a log
@@ -336,10 +375,14 @@ class Bus:
         if not topics:
             return
         client = self._connected()
+        wanted: list[tuple[str, Any]]
+        if self._protocol == "5":  # retain as published off: the retain flag marks replays only
+            options = SubscribeOptions(qos=self._qos, retainAsPublished=False)
+            wanted = [(topic, options) for topic in topics]
+        else:
+            wanted = [(topic, self._qos) for topic in topics]
         try:
-            granted = await _keep_cancellation(
-                client.subscribe([(topic, self._qos) for topic in topics])
-            )
+            granted = await _keep_cancellation(client.subscribe(wanted))
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's filter checks
             raise BusError(self.where, f"cannot subscribe to {', '.join(topics)}: {exc}") from exc
         codes = [code if isinstance(code, int) else code.value for code in granted]
@@ -361,7 +404,8 @@ class Bus:
         retained: sent on subscribing, they replay something published earlier (requests a
         client published with the retain flag would come back on every reconnection); a
         retained message published while subscribed arrives as a new one (MQTT 3.1.1 section
-        3.3.1.3) and is not skipped.
+        3.3.1.3; MQTT 5 section 3.3.1.3 with "retain as published" off, as the bus subscribes)
+        and is not skipped.
 
         Raises:
             BusError: not connected.

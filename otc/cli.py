@@ -211,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_timeout, default=5.0, help="seconds each answer may take (default 5)"
     )
     rfq.add_argument("--json", action="store_true", help="print the raw messages only")
+    _mqtt_version_option(rfq)
 
     feeds = sub.add_parser("feeds", help="venue feeds: verify recordings")
     feeds_sub = feeds.add_subparsers(dest="feeds", required=True)
@@ -279,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument(
         "--timeout", type=_timeout, default=5.0, help="seconds the answer may take (default 5)"
     )
+    _mqtt_version_option(ctl)
     ctl_sub = ctl.add_subparsers(dest="command", required=True)
     halt = ctl_sub.add_parser("halt", help="kill switch on (all symbols, or --symbol)")
     halt.add_argument("--symbol")
@@ -680,6 +682,15 @@ def _journal_filters(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _mqtt_version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mqtt-version",
+        choices=["3.1.1", "5"],
+        default="3.1.1",
+        help="the MQTT version to speak to the broker (default 3.1.1; 5 needs mosquitto)",
+    )
+
+
 def _console_options(parser: argparse.ArgumentParser) -> None:
     console = parser.add_mutually_exclusive_group()  # a port for a console not served: a typo
     console.add_argument(
@@ -904,6 +915,7 @@ def _cmd_rfq(args: argparse.Namespace) -> int:
             password=password,
             tls=tls,
             timeout=args.timeout,
+            protocol=args.mqtt_version,
         ) as bus:
             try:
                 async with asyncio.timeout(args.timeout):
@@ -978,6 +990,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
             tls=tls,
             client_id=f"{operator}-{uuid.uuid4().hex[:8]}",
             timeout=args.timeout,
+            protocol=args.mqtt_version,
         ) as bus:
             try:
                 async with asyncio.timeout(args.timeout):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from decimal import Context, Decimal
 from pathlib import Path
-from typing import Annotated, Final, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
@@ -313,6 +313,9 @@ class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: will (status ``down``) when it has not heard from it for 1.5 times as long, and the
     #: engine reconnects when the broker leaves a ping unanswered for as long again.
     keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 5
+    #: The MQTT version the engine speaks to the broker: "3.1.1" or "5" (``otc.bus``); clients
+    #: may speak either, whichever the engine does.
+    mqtt_version: Literal["3.1.1", "5"] = "3.1.1"
     #: Broker usernames allowed to send operator commands on ``otc/v1/control/{operator}``;
     #: the engine refuses commands from anyone else.
     operators: list[str] = []

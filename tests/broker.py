@@ -31,7 +31,7 @@ from otc.broker import (
     find_mosquitto,
     start_broker,
 )
-from otc.bus import Bus
+from otc.bus import MQTT_VERSIONS, Bus
 
 MOSQUITTO = find_mosquitto()
 AMQTT = find_amqtt()
@@ -69,15 +69,33 @@ def configured_broker_kind() -> BrokerKind | Literal["auto"]:
     return cast("BrokerKind | Literal['auto']", kind)
 
 
+def _kind_marks() -> dict[BrokerKind, pytest.MarkDecorator]:
+    return {
+        "mosquitto": pytest.mark.skipif(MOSQUITTO is None, reason=_NO_MOSQUITTO),
+        "amqtt": needs_amqtt,
+    }
+
+
 def broker_kinds() -> list[object]:
     """``pytest.param``s for each broker kind; each skips when its broker is not there."""
+    return [pytest.param(kind, marks=mark, id=kind) for kind, mark in _kind_marks().items()]
+
+
+#: Why a test of MQTT 5 does not run on amqtt.
+AMQTT_NO_MQTT5 = (
+    "amqtt 0.12.1 speaks MQTT 3.1.1 only (it refuses an MQTT 5 CONNECT: unsupported protocol "
+    "version): MQTT 5 needs mosquitto"
+)
+
+
+def broker_kinds_and_versions() -> list[object]:
+    """``pytest.param``s of ``(broker kind, MQTT version)``: each broker with each version it
+    speaks (mosquitto 3.1.1 and 5, amqtt 3.1.1); each skips when its broker is not there."""
     return [
-        pytest.param(
-            "mosquitto",
-            marks=pytest.mark.skipif(MOSQUITTO is None, reason=_NO_MOSQUITTO),
-            id="mosquitto",
-        ),
-        pytest.param("amqtt", marks=needs_amqtt, id="amqtt"),
+        pytest.param((kind, version), marks=mark, id=f"{kind}-{version}")
+        for kind, mark in _kind_marks().items()
+        for version in MQTT_VERSIONS
+        if not (kind == "amqtt" and version == "5")
     ]
 
 

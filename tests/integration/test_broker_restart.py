@@ -25,13 +25,15 @@ from broker import (
     RECEIVE_TIMEOUT_S,
     Publication,
     ask_engine,
+    broker_kinds_and_versions,
     receive,
     retained_status,
     running_broker,
 )
 
 from otc.app import Engine
-from otc.bus import Bus, BusError
+from otc.broker import BrokerKind
+from otc.bus import Bus, BusError, MqttVersion
 from otc.config import load_config
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
@@ -50,11 +52,16 @@ async def broker_link(engine: Engine) -> dict[str, Any]:
     return link
 
 
-async def start_engine(host: str, port: int, journal: Path) -> tuple[Engine, asyncio.Task[None]]:
-    """The demo configuration's engine on the broker at ``host:port``, up (ready to quote)."""
+async def start_engine(
+    host: str, port: int, journal: Path, mqtt_version: MqttVersion = "3.1.1"
+) -> tuple[Engine, asyncio.Task[None]]:
+    """The demo configuration's engine on the broker at ``host:port``, up (ready to quote),
+    speaking ``mqtt_version`` to it."""
     config = load_config(CONFIG)
     config = msgspec.structs.replace(
-        config, journal=msgspec.structs.replace(config.journal, path=str(journal))
+        config,
+        journal=msgspec.structs.replace(config.journal, path=str(journal)),
+        broker=msgspec.structs.replace(config.broker, mqtt_version=mqtt_version),
     )
     ready = asyncio.Event()
     engine = Engine(
@@ -77,10 +84,14 @@ def rfq(rfq_id: str, side: str) -> dict[str, str]:
     return {"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": side, "qty": "1"}
 
 
-async def test_the_engine_reconnects_when_the_broker_comes_back(tmp_path: Path) -> None:
-    with running_broker(tmp_path / "first") as first:
+@pytest.mark.parametrize("kind_and_version", broker_kinds_and_versions())
+async def test_the_engine_reconnects_when_the_broker_comes_back(
+    tmp_path: Path, kind_and_version: tuple[BrokerKind, MqttVersion]
+) -> None:
+    kind, mqtt_version = kind_and_version
+    with running_broker(tmp_path / "first", kind=kind) as first:
         port = first.port
-        engine, task = await start_engine(first.host, port, tmp_path / "j.sqlite")
+        engine, task = await start_engine(first.host, port, tmp_path / "j.sqlite", mqtt_version)
         assert await broker_link(engine) == {
             "connected": True,
             "address": f"{first.host}:{port}",
@@ -102,7 +113,7 @@ async def test_the_engine_reconnects_when_the_broker_comes_back(tmp_path: Path) 
     assert not task.done()
     assert engine.reconnects == 0
     assert (await broker_link(engine))["connected"] is False  # the console says so
-    with running_broker(tmp_path / "second", port=port):
+    with running_broker(tmp_path / "second", kind=kind, port=port):
         async with asyncio.timeout(RECONNECT_TIMEOUT_S):
             while engine.reconnects == 0:  # noqa: ASYNC110 - the engine's counter, polled
                 await asyncio.sleep(0.05)

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import ask_engine, read_mqtt_packet, retained_status, running_broker
+from broker import AMQTT_NO_MQTT5, ask_engine, read_mqtt_packet, retained_status, running_broker
+
+from otc.bus import MQTT_VERSIONS
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -97,19 +99,44 @@ def serving(url: str, journal: Path, config: Path = CONFIG) -> Iterator[subproce
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
+def mqtt_version() -> str:
+    """The MQTT version of the engine (``[broker] mqtt_version``) and of `otc rfq` and `otc
+    control` in a test: 3.1.1, unless the test is parametrized over ``MQTT_VERSIONS``."""
+    return "3.1.1"
+
+
+@pytest.fixture
+def service(tmp_path: Path, mqtt_version: str) -> Iterator[tuple[str, Path, subprocess.Popen[str]]]:
     journal = tmp_path / "journal.sqlite"
+    config = CONFIG
+    if mqtt_version != "3.1.1":
+        text = CONFIG.read_text()
+        config = tmp_path / "otc.toml"
+        config.write_text(
+            re.sub(r"(?m)^(keepalive_s = .*)$", rf'\1\nmqtt_version = "{mqtt_version}"', text)
+        )
     with running_broker(tmp_path / "broker") as broker:
+        if mqtt_version == "5" and broker.kind == "amqtt":
+            pytest.skip(AMQTT_NO_MQTT5)
         url = f"mqtt://{broker.host}:{broker.port}"
-        with serving(url, journal) as proc:
+        with serving(url, journal, config) as proc:
+            # mosquitto logs each client's protocol: "as otc-engine (p5, c1, k5..." (p2: 3.1.1)
+            level = {"3.1.1": "p2", "5": "p5"}[mqtt_version]
+            if broker.kind == "mosquitto":
+                assert f"as otc-engine ({level}," in broker.log_file.read_text()
             yield url, journal, proc
+        if broker.kind == "mosquitto" and mqtt_version != "3.1.1":  # `otc rfq`, `otc control`
+            clients = re.findall(rf" as (\S+) \({level},", broker.log_file.read_text())
+            assert set(clients) - {"otc-engine"}, clients
 
 
+@pytest.mark.parametrize("mqtt_version", MQTT_VERSIONS)
 def test_rfq_quote_accept_fill_and_the_journal(
-    service: tuple[str, Path, subprocess.Popen[str]],
+    service: tuple[str, Path, subprocess.Popen[str]], mqtt_version: str
 ) -> None:
     url, journal, proc = service
-    got = otc_rfq(url, "client-a", "BTC-USDT", "buy", "25", "--accept", "--json")
+    version = ("--mqtt-version", mqtt_version)
+    got = otc_rfq(url, "client-a", "BTC-USDT", "buy", "25", "--accept", "--json", *version)
     assert got.returncode == 0, got.stderr
     quote, fill = (json.loads(line) for line in got.stdout.splitlines())
     assert quote["type"] == "quote"
@@ -119,12 +146,12 @@ def test_rfq_quote_accept_fill_and_the_journal(
     assert fill["price"] == quote["ask"]
     assert fill["qty"] == "25"
     # A two-way quote prices both sides, bid below ask.
-    two_way = otc_rfq(url, "client-b", "ETH-USDT", "two_way", "10", "--json")
+    two_way = otc_rfq(url, "client-b", "ETH-USDT", "two_way", "10", "--json", *version)
     assert two_way.returncode == 0, two_way.stderr
     q2 = json.loads(two_way.stdout)
     assert float(q2["bid"]) < float(q2["ask"])
     # Unknown symbol: a reject naming the problem, exit status 1.
-    bad = otc_rfq(url, "client-a", "DOGE-USDT", "buy", "1", "--json")
+    bad = otc_rfq(url, "client-a", "DOGE-USDT", "buy", "1", "--json", *version)
     assert bad.returncode == 1
     reject = json.loads(bad.stdout)
     assert reject["code"] == "UNKNOWN_SYMBOL"
@@ -299,36 +326,39 @@ def test_mosquitto_clients_get_quotes_and_specific_rejects(
     assert proc.poll() is None  # the service keeps running
 
 
+@pytest.mark.parametrize("mqtt_version", MQTT_VERSIONS)
 def test_operator_kill_switch_and_client_disable_take_effect_at_once(
-    service: tuple[str, Path, subprocess.Popen[str]],
+    service: tuple[str, Path, subprocess.Popen[str]], mqtt_version: str
 ) -> None:
     url, journal, _ = service
 
     def rfq(client: str = "client-a", symbol: str = "BTC-USDT") -> dict[str, str]:
-        got = otc_rfq(url, client, symbol, "sell", "1", "--json")
+        got = otc_rfq(url, client, symbol, "sell", "1", "--json", "--mqtt-version", mqtt_version)
         doc: dict[str, str] = json.loads(got.stdout)
         return doc
 
+    def control(operator: str, *command: str) -> subprocess.CompletedProcess[str]:
+        return otc(
+            "control",
+            *("--broker", url, "--operator", operator, "--mqtt-version", mqtt_version),
+            *command,
+        )
+
     assert rfq()["type"] == "quote"
-    halted = otc("control", "--broker", url, "--operator", "ops-1", "halt", "--symbol", "BTC-USDT")
+    halted = control("ops-1", "halt", "--symbol", "BTC-USDT")
     assert halted.returncode == 0, halted.stderr
     assert "BTC-USDT halted" in halted.stdout
     answer = rfq()
     assert (answer["type"], answer["code"]) == ("reject", "MARKET_HALTED")
     assert rfq(symbol="ETH-USDT")["type"] == "quote"  # only that symbol
-    assert otc("control", "--broker", url, "--operator", "ops-1", "resume").returncode == 0
+    assert control("ops-1", "resume").returncode == 0
     assert rfq()["type"] == "quote"
-    assert (
-        otc(
-            "control", "--broker", url, "--operator", "ops-1", "client", "client-b", "disable"
-        ).returncode
-        == 0
-    )
+    assert control("ops-1", "client", "client-b", "disable").returncode == 0
     assert rfq(client="client-b")["code"] == "CLIENT_DISABLED"
-    refused = otc("control", "--broker", url, "--operator", "ops-1", "client", "nobody", "enable")
+    refused = control("ops-1", "client", "nobody", "enable")
     assert refused.returncode == 1
     assert "nobody" in refused.stdout
-    intruder = otc("control", "--broker", url, "--operator", "client-a", "halt")
+    intruder = control("client-a", "halt")
     assert intruder.returncode == 1
     assert "client-a is not an operator" in intruder.stdout
     assert rfq()["type"] == "quote"  # nothing was halted

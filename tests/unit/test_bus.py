@@ -20,6 +20,7 @@ from broker import (
     RECEIVE_TIMEOUT_S,
     Publication,
     broker_kinds,
+    broker_kinds_and_versions,
     read_mqtt_packet,
     receive,
     running_broker,
@@ -36,17 +37,27 @@ from otc.broker import (
     mosquitto_config,
     start_broker,
 )
-from otc.bus import Bus, BusError, parse_broker_url
+from otc.bus import MQTT_VERSIONS, Bus, BusError, MqttVersion, parse_broker_url
 from otc.errors import ConfigError
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "otc.toml"
 
 
-@pytest.fixture(params=broker_kinds())
+#: The MQTT version :func:`bus_for` speaks to a broker of :func:`each_broker`, by its port.
+_VERSIONS: dict[int, MqttVersion] = {}
+
+
+@pytest.fixture(params=broker_kinds_and_versions())
 def each_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
-    """Each test runs against mosquitto and against amqtt (each skips when not there)."""
-    with running_broker(tmp_path / "broker", kind=request.param) as process:
-        yield process
+    """Each test runs against mosquitto with MQTT 3.1.1 and 5, and against amqtt with 3.1.1
+    (each skips when its broker is not there); :func:`bus_for` speaks the version."""
+    kind, version = request.param
+    with running_broker(tmp_path / "broker", kind=kind) as process:
+        _VERSIONS[process.port] = version
+        try:
+            yield process
+        finally:
+            del _VERSIONS[process.port]
 
 
 @pytest.fixture
@@ -55,6 +66,8 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 
 def bus_for(broker: BrokerProcess, **options: object) -> Bus:
+    """A bus to ``broker``, speaking its :func:`each_broker` MQTT version (else 3.1.1)."""
+    options.setdefault("protocol", _VERSIONS.get(broker.port, "3.1.1"))
     return Bus(host=broker.host, port=broker.port, **options)  # type: ignore[arg-type]
 
 
@@ -233,7 +246,12 @@ async def test_connecting_to_no_broker_raises_bus_error() -> None:
 
 
 async def test_from_url_connects(each_broker: BrokerProcess, prefix: str) -> None:
-    async with Bus.from_url(each_broker.url, client_id=f"url-{uuid.uuid4().hex[:6]}") as bus:
+    async with Bus.from_url(
+        each_broker.url,
+        client_id=f"url-{uuid.uuid4().hex[:6]}",
+        protocol=_VERSIONS[each_broker.port],
+    ) as bus:
+        assert bus.protocol == _VERSIONS[each_broker.port]
         await bus.subscribe(f"{prefix}/u")
         await bus.publish(Publication(f"{prefix}/u", b"ok"))
         assert await receive(bus.messages()) == (f"{prefix}/u", b"ok")
@@ -569,16 +587,19 @@ async def test_a_connection_lost_to_a_packet_the_client_cannot_read_closes_its_s
             await closed.wait()  # our side closed the socket
 
 
-async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive() -> None:
+@pytest.mark.parametrize("version", MQTT_VERSIONS)
+async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive(
+    version: MqttVersion,
+) -> None:
     """A broker (or the network to it) gone silent without closing the connection: with
     aiomqtt's default keepalive of 60 s nothing noticed it for up to two minutes."""
     pinged = asyncio.Event()
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_mqtt_packet(reader)  # CONNECT
-        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        writer.write(connack(version))  # accepted
         _, body = await read_mqtt_packet(reader)  # SUBSCRIBE
-        writer.write(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, then silence
+        writer.write(suback(version, body, b"\x01"))  # QoS 1 granted, then silence
         await writer.drain()
         try:
             while True:
@@ -591,7 +612,7 @@ async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive() -> No
     server = await asyncio.start_server(broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        bus = Bus(host="127.0.0.1", port=port, keepalive=1)
+        bus = Bus(host="127.0.0.1", port=port, keepalive=1, protocol=version)
 
         async def read_all() -> None:
             async with bus, asyncio.timeout(10):
@@ -734,3 +755,115 @@ async def test_a_flood_beyond_max_queued_is_counted_and_logged_at_powers_of_two(
     assert counts == [1, 2, 4, 8, 16, 32]
     assert "queue of 2" in drops[0]
     assert not [r for r in caplog.records if r.name == "mqtt"]  # aiomqtt's line per message
+
+
+# --- MQTT 5 ---------------------------------------------------------------------------------------
+
+
+def connack(version: MqttVersion) -> bytes:
+    """CONNACK, accepted (MQTT 5 adds an empty property list)."""
+    return b"\x20\x02\x00\x00" if version == "3.1.1" else b"\x20\x03\x00\x00\x00"
+
+
+def suback(version: MqttVersion, subscribe: bytes, codes: bytes) -> bytes:
+    """SUBACK answering the SUBSCRIBE of body ``subscribe`` with ``codes``."""
+    body = subscribe[:2] + (b"" if version == "3.1.1" else b"\x00") + codes
+    return bytes([0x90, len(body)]) + body
+
+
+def test_the_bus_speaks_mqtt_3_1_1_unless_told_otherwise() -> None:
+    assert Bus(host="127.0.0.1", port=1883).protocol == "3.1.1"
+    assert Bus(host="127.0.0.1", port=1883, protocol="5").protocol == "5"
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        Bus(host="127.0.0.1", port=1883, protocol="4")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", MQTT_VERSIONS)
+async def test_the_connect_and_subscribe_packets_of_each_version(version: MqttVersion) -> None:
+    """The CONNECT names the version (level 4 is 3.1.1) with a clean session / clean start and
+    no session kept after the connection (MQTT 5: no Session Expiry Interval, so 0); an MQTT 5
+    SUBSCRIBE asks QoS 1 with "retain as published" off, so that the retain flag marks only
+    the broker's replays of retained messages, as in 3.1.1 (``messages(retained=False)``)."""
+    packets: list[bytes] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, connect = await read_mqtt_packet(reader)
+        packets.append(connect)
+        writer.write(connack(version))
+        _, subscribe = await read_mqtt_packet(reader)
+        packets.append(subscribe)
+        writer.write(suback(version, subscribe, b"\x01"))
+        await writer.drain()
+        await until_closed(reader, writer)
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Bus(host="127.0.0.1", port=port, protocol=version) as bus:
+        await bus.subscribe("a/b")
+    connect, subscribe = packets
+    assert connect[:6] == b"\x00\x04MQTT"
+    assert connect[6] == (4 if version == "3.1.1" else 5)
+    assert connect[7] & 0x02  # clean session (3.1.1), clean start (5)
+    if version == "5":
+        assert connect[10] == 0  # no properties: no Session Expiry Interval, the session ends
+        assert subscribe[2] == 0  # no properties
+        assert subscribe[3:] == b"\x00\x03a/b\x01"  # QoS 1; no local, RAP, retain handling 0
+    else:
+        assert subscribe[2:] == b"\x00\x03a/b\x01"
+
+
+@pytest.mark.parametrize(("version", "refusal"), [("3.1.1", 0x80), ("5", 0x87)])
+async def test_a_subscription_the_broker_refuses_raises_bus_error(
+    version: MqttVersion, refusal: int
+) -> None:
+    """A SUBACK code of 0x80 (3.1.1: failure) or above (5: 0x87 not authorized...) refuses."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_mqtt_packet(reader)
+        writer.write(connack(version))
+        _, body = await read_mqtt_packet(reader)
+        writer.write(suback(version, body, bytes([0x01, refusal])))
+        await writer.drain()
+        await until_closed(reader, writer)
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, Bus(host="127.0.0.1", port=port, protocol=version) as bus:
+        with pytest.raises(BusError, match=re.escape("refused the subscription to ['c/d']")):
+            await bus.subscribe("a/b", "c/d")
+
+
+async def test_retained_replays_are_skipped_and_retained_news_is_not(
+    each_broker: BrokerProcess, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``messages(retained=False)`` skips what the broker replays on subscribing and delivers a
+    retained message published while subscribed (whose retain flag the broker clears: in MQTT 5
+    because the bus subscribes with "retain as published" off)."""
+    topic = f"{prefix}/rfq"
+    async with bus_for(each_broker) as client:
+        await client.publish(Publication(topic, b"old", retain=True))
+    async with bus_for(each_broker) as engine, bus_for(each_broker) as client:
+        await engine.subscribe(topic)
+        await client.publish(Publication(topic, b"new", retain=True))
+        await client.publish(Publication(topic, b"plain"))
+        messages = engine.messages(retained=False)
+        assert await receive(messages) == (topic, b"new")
+        assert await receive(messages) == (topic, b"plain")
+    assert f"skipped a retained message on {topic}" in caplog.text
+    async with bus_for(each_broker) as late:  # the retained one is there, and replayed
+        await late.subscribe(topic)
+        assert await receive(late.messages()) == (topic, b"new")
+
+
+async def test_a_session_ends_with_its_connection(each_broker: BrokerProcess, prefix: str) -> None:
+    """Clean session (3.1.1) / clean start without session expiry (5): what was published
+    while a client id was away is not delivered when it connects again."""
+    client_id = f"session-{uuid.uuid4().hex[:8]}"
+    async with bus_for(each_broker, client_id=client_id) as away:
+        await away.subscribe(f"{prefix}/#")
+    async with bus_for(each_broker) as other:
+        await other.publish(Publication(f"{prefix}/missed", b"while away"))
+    async with bus_for(each_broker, client_id=client_id) as back, bus_for(each_broker) as other:
+        await back.subscribe(f"{prefix}/marker")
+        await other.publish(Publication(f"{prefix}/marker", b"after"))
+        assert await receive(back.messages()) == (f"{prefix}/marker", b"after")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import typing
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from otc.config import Config, load_config
+from otc.bus import MQTT_VERSIONS
+from otc.config import BrokerConfig, Config, load_config
 from otc.errors import ConfigError, OtcError
 from otc.model import Scale
 
@@ -327,3 +330,22 @@ def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("symbols = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [('"4"', "Invalid enum value '4'"), ("5", "Expected `str`, got `int`")]
+)
+def test_an_mqtt_version_the_bus_does_not_speak_names_the_file_and_key(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    file = write(tmp_path, f"{GOOD}\n[broker]\nmqtt_version = {value}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{file}: $.broker.mqtt_version: {problem}")):
+        load_config(file)
+
+
+def test_the_mqtt_version_is_3_1_1_unless_set_to_5(tmp_path: Path) -> None:
+    assert load_config(REPO_CONFIG).broker.mqtt_version == "3.1.1"
+    five = write(tmp_path, f'{GOOD}\n[broker]\nmqtt_version = "5"\n')
+    assert load_config(five).broker.mqtt_version == "5"
+    choices = typing.get_args(typing.get_type_hints(BrokerConfig)["mqtt_version"])
+    assert choices == MQTT_VERSIONS  # what the bus speaks

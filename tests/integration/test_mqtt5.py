@@ -1,0 +1,305 @@
+"""MQTT 5 clients against the engine: the wire protocol works on MQTT 3.1.1 and 5.
+
+A real mosquitto (it speaks both; amqtt 0.12.1 speaks 3.1.1 only, so these tests skip on it)
+carries RFQs and accepts from MQTT 5 clients (aiomqtt with ``ProtocolVersion.V5``, and
+``mosquitto_pub``/``mosquitto_sub -V mqttv5``) to a running engine: quotes, fills, rejects
+naming the problem, the retained status, and the production ACL.
+
+What MQTT 5 adds that the engine must not depend on or obey: publication properties (a Response
+Topic, Correlation Data, user properties, a content type, a payload format indicator, a Message
+Expiry Interval, a Topic Alias) are the client's to set or not. The answer goes to the sender's
+own reply topic, whatever Response Topic it names: honouring it would let a client make the
+engine publish where it chooses (another client's topic, the status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import msgspec
+import pytest
+from broker import (
+    AMQTT_NO_MQTT5,
+    MOSQUITTO_PUB,
+    MOSQUITTO_SUB,
+    RECEIVE_TIMEOUT_S,
+    Publication,
+    configured_broker_kind,
+    needs_mosquitto,
+    needs_mosquitto_clients,
+    running_broker,
+)
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from test_broker_acl import ENGINE, login, shipped_config
+from test_broker_restart import start_engine
+
+from otc.app import Engine
+from otc.broker import AuthFiles, BrokerProcess, generate_auth
+
+V5 = aiomqtt.ProtocolVersion.V5
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[tuple[BrokerProcess, Engine]]:
+    """The demo configuration's engine, up, on a broker that speaks MQTT 5."""
+    if configured_broker_kind() == "amqtt":
+        pytest.skip(AMQTT_NO_MQTT5)
+    with running_broker(tmp_path / "broker") as broker:
+        if broker.kind == "amqtt":
+            pytest.skip(AMQTT_NO_MQTT5)
+        running, task = await start_engine(broker.host, broker.port, tmp_path / "j.sqlite")
+        try:
+            yield broker, running
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def v5_client(broker: BrokerProcess, **options: Any) -> aiomqtt.Client:
+    return aiomqtt.Client(broker.host, broker.port, protocol=V5, **options)
+
+
+def properties(**values: object) -> Properties:
+    """PUBLISH properties: ``ResponseTopic="..."``, ``UserProperty=[(k, v)]``..."""
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+async def until(messages: AsyncIterator[aiomqtt.Message], topic: str) -> list[aiomqtt.Message]:
+    """Messages received up to and including the first on ``topic``."""
+    seen = []
+    async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+        async for message in messages:
+            seen.append(message)
+            if message.topic.value == topic:
+                return seen
+    raise AssertionError(f"the connection ended before a message on {topic}")
+
+
+def body(message: aiomqtt.Message) -> dict[str, Any]:
+    assert isinstance(message.payload, bytes)
+    decoded: dict[str, Any] = msgspec.json.decode(message.payload)
+    return decoded
+
+
+def rfq(rfq_id: str, qty: str = "1", side: str = "buy") -> bytes:
+    return json.dumps({"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": side, "qty": qty}).encode()
+
+
+async def test_an_mqtt5_client_is_quoted_and_filled_whatever_properties_it_sets(
+    engine: tuple[BrokerProcess, Engine],
+) -> None:
+    """A Response Topic naming another client's quotes, or the status, is not obeyed: the answer
+    goes to the sender's own topic; the other properties change nothing either."""
+    broker, _ = engine
+    lure = "otc/v1/client-b/quotes"
+    async with v5_client(broker) as client:
+        # Everything published anywhere (but $SYS), to see where the engine's answers go.
+        await client.subscribe("otc/#", qos=1)
+        await client.subscribe("elsewhere/#", qos=1)
+        await client.publish(
+            "otc/v1/client-a/rfq",
+            rfq("v5-1"),
+            qos=1,
+            properties=properties(
+                ResponseTopic=lure,
+                CorrelationData=b"\x00\x01",
+                UserProperty=[("reply-to", "elsewhere/x"), ("k", "v")],
+                ContentType="text/plain",
+                PayloadFormatIndicator=1,
+                MessageExpiryInterval=3600,
+            ),
+        )
+        seen = await until(client.messages, "otc/v1/client-a/quotes")
+        quote = body(seen[-1])
+        assert quote["type"] == "quote"
+        assert quote["rfq_id"] == "v5-1"
+        assert quote["ask"] is not None
+        # The accept names the status as its Response Topic: the fill comes on fills all the same.
+        await client.publish(
+            "otc/v1/client-a/accept",
+            json.dumps({"quote_id": quote["quote_id"]}).encode(),
+            qos=1,
+            properties=properties(ResponseTopic="otc/v1/status", CorrelationData=b"c"),
+        )
+        seen += await until(client.messages, "otc/v1/client-a/fills")
+        fill = body(seen[-1])
+        assert fill["type"] == "fill"
+        assert fill["price"] == quote["ask"]
+    # The engine's publications arrive in order: nothing before the fill went elsewhere.
+    topics = [message.topic.value for message in seen]
+    assert lure not in topics
+    assert not [topic for topic in topics if topic.startswith("elsewhere/")]
+    assert [body(m)["state"] for m in seen if m.topic.value == "otc/v1/status"] == ["up"]
+
+
+async def test_an_mqtt5_client_gets_a_reject_naming_the_problem_and_the_status(
+    engine: tuple[BrokerProcess, Engine],
+) -> None:
+    broker, _ = engine
+    async with v5_client(broker) as client:
+        await client.subscribe("otc/v1/status", qos=1)
+        status = body(await anext(aiter(client.messages)))
+        assert status["state"] == "up"
+        assert "BTC-USDT" in status["symbols"]
+        await client.subscribe("otc/v1/client-a/quotes", qos=1)
+        for rfq_id, payload, code, named in [
+            ("v5-neg", rfq("v5-neg", qty="-1"), "INVALID_QTY", "'-1'"),
+            (
+                "v5-num",
+                b'{"rfq_id": "v5-num", "symbol": "BTC-USDT", "side": "buy", "qty": 1}',
+                "INVALID_MESSAGE",
+                "qty",
+            ),
+        ]:
+            await client.publish("otc/v1/client-a/rfq", payload, qos=1)
+            answer = body((await until(client.messages, "otc/v1/client-a/quotes"))[-1])
+            assert (answer["type"], answer["rfq_id"], answer["code"]) == ("reject", rfq_id, code)
+            assert named in answer["reason"], answer
+
+
+async def test_an_mqtt5_client_publishing_through_a_topic_alias_is_answered(
+    engine: tuple[BrokerProcess, Engine],
+) -> None:
+    """A Topic Alias stands for the topic name of a client's earlier publication: the broker
+    resolves it, and the engine sees (and answers on) the client's own topic."""
+    broker, _ = engine
+    async with v5_client(broker) as client:
+        await client.subscribe("otc/v1/client-a/quotes", qos=1)
+        await client.publish(
+            "otc/v1/client-a/rfq", rfq("alias-1"), qos=1, properties=properties(TopicAlias=1)
+        )
+        first = body((await until(client.messages, "otc/v1/client-a/quotes"))[-1])
+        await client.publish("", rfq("alias-2"), qos=1, properties=properties(TopicAlias=1))
+        second = body((await until(client.messages, "otc/v1/client-a/quotes"))[-1])
+    assert (first["rfq_id"], first["type"]) == ("alias-1", "quote")
+    assert (second["rfq_id"], second["type"]) == ("alias-2", "quote")
+
+
+@needs_mosquitto_clients
+async def test_mosquitto_pub_and_sub_speaking_mqtt5_get_a_quote_and_a_reject(
+    engine: tuple[BrokerProcess, Engine],
+) -> None:
+    """``mosquitto_sub -V mqttv5`` waits for two answers; ``mosquitto_pub -V mqttv5`` sends an
+    RFQ (with a Response Topic elsewhere and a user property) until the subscriber is attached
+    (an answer sent before it attached is lost to it), then a bad one."""
+    broker, _ = engine
+    assert MOSQUITTO_PUB is not None
+    assert MOSQUITTO_SUB is not None
+    # mosquitto 2.0 takes "-V 5" too, 1.6 only "-V mqttv5"
+    where = ("-h", broker.host, "-p", str(broker.port), "-V", "mqttv5")
+    sub = await asyncio.create_subprocess_exec(
+        MOSQUITTO_SUB,
+        *where,
+        *("-t", "otc/v1/client-a/quotes", "-t", "otc/v1/client-c/quotes", "-v", "-C", "2"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert sub.stdout is not None
+    try:
+        async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+            for attempt in range(1000):
+                rfq_id = f"pub-{attempt}-{uuid.uuid4().hex[:6]}"
+                pub = await asyncio.create_subprocess_exec(
+                    MOSQUITTO_PUB,
+                    *where,
+                    *("-q", "1", "-t", "otc/v1/client-a/rfq", "-m", rfq(rfq_id).decode()),
+                    *("-D", "publish", "response-topic", "otc/v1/client-c/quotes"),
+                    *("-D", "publish", "user-property", "reply-to", "otc/v1/client-c/quotes"),
+                )
+                assert await pub.wait() == 0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        line = await sub.stdout.readline()
+                        break
+            topic, _, text = line.decode().partition(" ")
+            assert topic == "otc/v1/client-a/quotes"
+            quote = json.loads(text)
+            assert (quote["type"], quote["rfq_id"]) == ("quote", rfq_id)
+            pub = await asyncio.create_subprocess_exec(
+                MOSQUITTO_PUB,
+                *where,
+                *("-q", "1", "-t", "otc/v1/client-a/rfq", "-m", rfq("pub-bad", side="up").decode()),
+            )
+            assert await pub.wait() == 0
+            topic, _, text = (await sub.stdout.readline()).decode().partition(" ")
+            assert await sub.wait() == 0
+    finally:
+        if sub.returncode is None:
+            sub.kill()
+            await sub.wait()
+    assert topic == "otc/v1/client-a/quotes"  # the second answer too: nothing on client-c's
+    reject = json.loads(text)
+    assert (reject["type"], reject["rfq_id"], reject["code"]) == (
+        "reject",
+        "pub-bad",
+        "INVALID_SIDE",
+    )
+    assert "'up'" in reject["reason"], reject
+
+
+# -- the production ACL, with MQTT 5 clients ----------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("config", ["generated", "shipped"])
+async def test_an_mqtt5_client_cannot_read_another_clients_quotes(
+    tmp_path: Path, config: str
+) -> None:
+    """mosquitto 2.0 grants an MQTT 5 client's subscriptions (one reason code each) and
+    delivers only what the ACL lets its user read: client-a never gets client-b's quote, by
+    name, by ``+`` or by ``#``."""
+    auth = generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
+    broker_dir = tmp_path / "broker"
+    if config == "generated":
+        started = running_broker(
+            broker_dir,
+            kind="mosquitto",
+            password_file=auth.password_file,
+            acl_file=auth.acl_file,
+        )
+    else:
+        file, port = shipped_config(auth, broker_dir)
+        started = running_broker(broker_dir, kind="mosquitto", config_file=file, port=port)
+    with started as secured:
+        async with (
+            login(secured, auth, ENGINE) as engine,
+            v5_login(secured, auth, "client-a") as client_a,
+            v5_login(secured, auth, "client-b") as client_b,
+        ):
+            codes = {
+                topic: await client_a.subscribe(topic, qos=1)
+                for topic in ("otc/v1/client-b/quotes", "otc/v1/+/quotes", "otc/v1/#")
+            }
+            await client_b.subscribe("otc/v1/client-b/quotes", qos=1)
+            await engine.publish(Publication("otc/v1/client-b/quotes", b'{"for": "client-b"}'))
+            await engine.publish(Publication("otc/v1/client-a/quotes", b'{"for": "client-a"}'))
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                got_b = await anext(aiter(client_b.messages))
+                got_a = await anext(aiter(client_a.messages))
+    assert (got_b.topic.value, got_b.payload) == ("otc/v1/client-b/quotes", b'{"for": "client-b"}')
+    # The message to client-b was published first: had client-a got it, it would come first.
+    assert (got_a.topic.value, got_a.payload) == ("otc/v1/client-a/quotes", b'{"for": "client-a"}')
+    for topic, granted in codes.items():  # a list of reason codes under MQTT 5
+        assert len(granted) == 1, (topic, granted)
+
+
+def v5_login(broker: BrokerProcess, auth: AuthFiles, user: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=auth.passwords[user],
+        identifier=user,
+        protocol=V5,
+    )
