@@ -404,10 +404,42 @@ def _locate(message: str) -> tuple[str, str]:
     return path, problem
 
 
-def config_error(source: str, exc: msgspec.ValidationError) -> ConfigError:
-    """The :class:`ConfigError` for a msgspec validation error in file ``source``."""
+def config_error(
+    source: str, exc: msgspec.ValidationError, info: msgspec.inspect.Type | None = None
+) -> ConfigError:
+    """The :class:`ConfigError` for a msgspec validation error in file ``source``; with the
+    ``info`` of the type decoded, a key that takes a few values only says which."""
     where, problem = _locate(str(exc))
+    choices = None if info is None else _choices(info, where)
+    if choices is not None:
+        problem += f" (expected one of {', '.join(repr(value) for value in choices)})"
     return ConfigError(source, where, problem)
+
+
+#: A step of a msgspec error path: ``.name`` (a struct field) or ``[3]`` (an array item).
+_STEP = re.compile(r"\.([^.\[]+)|\[([0-9]+)\]")
+
+
+def _choices(info: msgspec.inspect.Type, where: str) -> tuple[object, ...] | None:
+    """The values of the key at ``where`` (``$.broker.mqtt_version``) when its type is a
+    ``Literal``; None otherwise, or when the path leads nowhere known."""
+    for name, index in _STEP.findall(where.removeprefix("$")):
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        if name and isinstance(info, msgspec.inspect.StructType):
+            found = [f.type for f in info.fields if f.encode_name == name]
+            if not found:
+                return None
+            info = found[0]
+        elif index and isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return None
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return tuple(info.values)
+    return None
 
 
 def load_toml(path: str | Path, type: type[T]) -> T:
@@ -425,7 +457,7 @@ def load_toml(path: str | Path, type: type[T]) -> T:
     try:
         decoded = msgspec.toml.decode(data, type=type)
     except msgspec.ValidationError as exc:
-        raise config_error(source, exc) from None
+        raise config_error(source, exc, msgspec.inspect.type_info(type)) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(source, "$", f"not valid TOML: {exc}") from None
     except RecursionError:

@@ -338,8 +338,10 @@ def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
 def test_an_mqtt_version_the_bus_does_not_speak_names_the_file_and_key(
     tmp_path: Path, value: str, problem: str
 ) -> None:
+    """... and says which versions it takes (msgspec's message alone does not)."""
     file = write(tmp_path, f"{GOOD}\n[broker]\nmqtt_version = {value}\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{file}: $.broker.mqtt_version: {problem}")):
+    expected = f"{file}: $.broker.mqtt_version: {problem} (expected one of '3.1.1', '5')"
+    with pytest.raises(ConfigError, match=re.escape(expected) + "$"):
         load_config(file)
 
 
