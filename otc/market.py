@@ -106,13 +106,15 @@ def venue_state(books: Iterable[ConsolidatedBook], venue: str, feed_state: str, 
     ``stale`` when the connection is ``live`` but a book of the venue is left out of its
     consolidated view as stale at ``now_ns`` (last updated longer than ``max_book_age_ms``
     ago): a venue repeating one update, or sending heartbeats only, keeps its connection live
-    while its books freeze. Otherwise ``feed_state`` as it is.
+    while its books freeze. ``crossed`` when one is left out because its best bid is at or
+    above its best ask (a venue's own book: an update lost or misapplied, or the venue's own
+    glitch). Otherwise ``feed_state`` as it is.
     """
     if feed_state != "live":
         return feed_state
     for consolidated in books:
         if venue in consolidated.venues:
             why = consolidated.exclusion(venue, now_ns)
-            if why is not None and why.reason == "stale":
-                return "stale"
+            if why is not None and why.reason in ("stale", "crossed"):
+                return why.reason
     return feed_state

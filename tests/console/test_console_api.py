@@ -888,3 +888,77 @@ async def test_a_live_venue_whose_books_froze_is_reported_stale() -> None:
             task.cancel()
     assert ignored > 0  # the repeats reached the adapter, which had no use for them
     assert frozen == ("live", "stale", "stale")  # the connection itself is live
+
+
+async def test_a_live_venue_whose_book_crossed_is_reported_crossed() -> None:
+    """A venue's own book with its best bid at or above its best ask is left out of pricing;
+    its connection still says ``live`` (messages keep coming, in sequence), so the status and
+    the console said ``live`` too. They say ``crossed`` until the book uncrosses. A real
+    FeedConnection on a Bybit-shaped venue over loopback."""
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+
+    from feeds.bybit import BybitBookFeed
+    from feeds.connection import FeedConnection
+    from otc.console import views
+
+    uncross = asyncio.Event()
+
+    def message(kind: str, symbol: str, u: int, bid: str) -> str:
+        data = {"s": symbol, "b": [[bid, "1"]], "a": [["101", "1"]], "u": u, "seq": u}
+        topic = f"orderbook.200.{symbol}"
+        return json.dumps({"topic": topic, "type": kind, "ts": 1, "data": data, "cts": 1})
+
+    async def venue(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(message("snapshot", "BTCUSDT", 1, "102"))  # bid 102 >= ask 101
+        await ws.send(message("snapshot", "ETHUSDT", 1, "100"))
+        u = 1
+        with contextlib.suppress(ConnectionClosed):  # the client goes at the end
+            while True:
+                u += 1
+                if uncross.is_set():  # the crossing bid goes, a sane one comes
+                    deltas = [["102", "0"], ["100", "1"]]
+                    data = {"s": "BTCUSDT", "b": deltas, "a": [], "u": u, "seq": u}
+                    topic = "orderbook.200.BTCUSDT"
+                    body = {"topic": topic, "type": "delta", "ts": 1, "data": data, "cts": 1}
+                    await ws.send(json.dumps(body))
+                    uncross.clear()
+                else:  # in sequence, so the connection stays live; nothing else changes
+                    data = {"s": "BTCUSDT", "b": [], "a": [["101", "1"]], "u": u, "seq": u}
+                    topic = "orderbook.200.BTCUSDT"
+                    body = {"topic": topic, "type": "delta", "ts": 1, "data": data, "cts": 1}
+                    await ws.send(json.dumps(body))
+                await ws.send(message("delta", "ETHUSDT", u, "100"))
+                await asyncio.sleep(0.005)
+
+    config = load_config(CONFIG)
+    engine = Engine(config, console=False)
+    names = engine.market.venue_symbols("bybit")
+    feed = BybitBookFeed(
+        symbols=names, scales={ours: engine.market.books[ours].scale for ours in names.values()}
+    )
+    engine.market.bind(feed)
+
+    def states() -> tuple[str, str, str]:
+        health = conn.health()
+        now = engine.clock.now_ns()
+        status = msgspec.json.decode(engine._status("up").payload)
+        console = {h.venue: h for h in views.venue_health(engine.market.books, [health], now)}
+        return health.state, status["venues"]["bybit"], console["bybit"].state
+
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(feed, sorted(names), url=f"ws://127.0.0.1:{port}")
+        engine.connections.append(conn)
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed-bybit")
+            btc = engine.market.books["BTC-USDT"].venues["bybit"]
+            while conn.state != "live" or not btc.book.crossed:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            crossed = states()
+            uncross.set()
+            while states() != ("live", "live", "live"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            task.cancel()
+    assert crossed == ("live", "crossed", "crossed")
