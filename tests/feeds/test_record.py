@@ -3,15 +3,22 @@ files, and venue recordings converted through their adapter."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import gzip
+import itertools
 import json
 import logging
+import os
+import stat
 import subprocess
 import sys
+import termios
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import msgspec
 import pytest
@@ -239,6 +246,152 @@ async def test_a_write_error_stops_the_recording_not_the_caller(
     assert recorder.dropped == len(events)
     assert [r.getMessage() for r in caplog.records if "recording stopped" in r.getMessage()]
     assert "/dev/full: write failed" in caplog.text
+
+
+# A disk that hangs, for real: a FIFO whose reader reads nothing until the test says so. Its pipe
+# is cut to one page, so a flush's write blocks in the kernel once the page is full, as a write
+# to a hung disk or a stalled mount does; reading the pipe lets it go on.
+
+
+class HungDisk:
+    """A FIFO at ``path`` with a reader that does not read (until :meth:`drain`).
+
+    Leaving its ``async with`` (entered after the recorder's) lets the disk come back, so the
+    recorder's close cannot hang a failing test; :meth:`eof` then waits until it has closed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fcntl.fcntl(self.reader, fcntl.F_SETPIPE_SZ, 4096)
+        self.received = bytearray()
+        self._back: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._back = asyncio.create_task(self.drain_to_eof(), name="disk back")
+
+    async def eof(self) -> None:
+        if self._back is None:
+            self._back = asyncio.create_task(self.drain_to_eof(), name="disk back")
+        await self._back
+
+    def waiting(self) -> int:
+        """Bytes written and not read: the writer got into ``write`` once they are > 0."""
+        got = array.array("i", [0])
+        fcntl.ioctl(self.reader, termios.FIONREAD, got)
+        return got[0]
+
+    def drain(self) -> bool:
+        """Read what is there; True at end of file (every writer has closed the FIFO)."""
+        while True:
+            try:
+                chunk = os.read(self.reader, 1 << 16)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                return True
+            self.received += chunk
+
+    async def drain_to_eof(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                while not self.drain():  # noqa: ASYNC110 - a pipe, read as it fills
+                    await asyncio.sleep(0.005)
+        finally:
+            os.close(self.reader)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ as on Linux")
+async def test_a_hung_disk_stops_the_recording_before_its_buffer_outgrows_the_cap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="feeds.record")
+    path = tmp_path / "hung.otc.gz"
+    disk = HungDisk(path)
+    events = sim_events(steps=200)
+    cap = 64 << 10
+    largest = max(len(msgspec.json.encode(e)) + 1 for e in events)
+    highest = 0
+    given = 0
+    async with (
+        Recorder(
+            path,
+            scales={"BTC-USDT": SCALE},
+            source="t",
+            interval_s=3600,
+            flush_bytes=8192,
+            max_pending_bytes=cap,
+        ) as recorder,
+        disk,
+        asyncio.TaskGroup() as tg,
+    ):
+        run = tg.create_task(recorder.run(), name="recorder")
+        # The engine goes on applying events while a flush hangs; without a cap the buffer
+        # grows with them (the loop stops at four times the cap, the test then fails).
+        for event in itertools.cycle(events):
+            recorder.record([event])
+            given += 1
+            highest = max(highest, recorder.writer.pending_bytes)
+            if recorder.error is not None or highest > 4 * cap:
+                break
+            await asyncio.sleep(0)
+        assert highest < cap + largest
+        assert recorder.writer.pending_bytes == 0  # freed
+        assert recorder.error is not None
+        assert recorder.error.startswith(f"{path}: write stalled: over {cap} bytes pending")
+        assert f"recording stopped: {recorder.error}" in caplog.text
+        assert recorder.flushed + recorder.dropped == given
+        recorder.record(events[:10])  # the quoting goes on; the recording does not
+        assert recorder.writer.pending_bytes == 0
+        assert recorder.dropped + recorder.flushed == given + 10
+        flushed_at_stall = recorder.flushed
+        # The disk comes back: the stalled write completes, and its events are in the file.
+        async with asyncio.timeout(10):
+            while not run.done():
+                disk.drain()
+                await asyncio.sleep(0.005)
+        assert recorder.flushed > flushed_at_stall
+        assert recorder.flushed + recorder.dropped == given + 10
+    await disk.eof()
+    assert recorder.error is not None  # still reported as incomplete (otc serve: status 1)
+    copy = tmp_path / "copy.otc.gz"
+    copy.write_bytes(disk.received)
+    recorded = list(itertools.islice(itertools.cycle(events), recorder.flushed))
+    assert list(read_events(copy)[1]) == recorded  # a valid recording of everything before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ as on Linux")
+async def test_closing_during_a_hung_write_leaves_the_descriptor_to_that_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hung.otc.gz"
+    disk = HungDisk(path)
+    events = sim_events(steps=60)
+    async with (
+        Recorder(
+            path, scales={"BTC-USDT": SCALE}, source="t", interval_s=3600, flush_bytes=8192
+        ) as recorder,
+        disk,
+        asyncio.TaskGroup() as tg,
+    ):
+        fd = recorder.writer._file.fileno() if recorder.writer._file is not None else -1
+        run = tg.create_task(recorder.run(), name="recorder")
+        recorder.record(events)  # one flush, bigger than the pipe: its write blocks
+        await until(lambda: disk.waiting() > 0)
+        run.cancel()  # shutdown while the disk hangs: the write goes on in its thread
+        await asyncio.wait([run])
+        await recorder.aclose()
+        # Closed under that write, the descriptor's number could be reused by the next file
+        # opened (a journal), and the rest of the write (or the cut-back after an error) would
+        # land there.
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+    await disk.eof()  # the write completes, then its thread closes the file
+    copy = tmp_path / "copy.otc.gz"
+    copy.write_bytes(disk.received)
+    assert list(read_events(copy)[1]) == events
 
 
 _FILE_SIZE_LIMIT = """
