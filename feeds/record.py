@@ -206,6 +206,7 @@ class RecordWriter:
         # disk hangs): close() then leaves the file to that thread, for closing the descriptor
         # under its write could let the rest land in whatever file reuses the number.
         self._thread_lock = threading.Lock()
+        self._member_lock = threading.Lock()  # held across the write of a member
         self._thread_writes = 0
         self._close_after_write = False
 
@@ -352,18 +353,22 @@ class RecordWriter:
         assert self._file is not None
         fd = self._file.fileno()
         member = memoryview(gzip.compress(data, compresslevel=self.compresslevel, mtime=0))
-        good = self._size
         size = len(member)
-        try:
-            while member:
-                written = os.write(fd, member)
-                member = member[written:]
-        except OSError:
-            with contextlib.suppress(OSError):  # e.g. a device, which cannot be truncated
-                os.ftruncate(fd, good)
-                os.lseek(fd, good, os.SEEK_SET)
-            raise
-        self._size = good + size  # counted, not asked: a pipe or a device has no position
+        # One member at a time: a write cancelled at shutdown goes on in its thread while the
+        # last flush writes, and both would take the file's size before either (a failing one
+        # then cut the other's member off, and the size counted missed one of them).
+        with self._member_lock:
+            good = self._size
+            try:
+                while member:
+                    written = os.write(fd, member)
+                    member = member[written:]
+            except OSError:
+                with contextlib.suppress(OSError):  # e.g. a device, which cannot be truncated
+                    os.ftruncate(fd, good)
+                    os.lseek(fd, good, os.SEEK_SET)
+                raise
+            self._size = good + size  # counted, not asked: a pipe or a device has no position
 
 
 class RecordError(OtcError):

@@ -394,6 +394,41 @@ async def test_closing_during_a_hung_write_leaves_the_descriptor_to_that_write(
     assert list(read_events(copy)[1]) == events
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ as on Linux")
+async def test_a_flush_after_a_cancelled_one_waits_for_its_write(tmp_path: Path) -> None:
+    """A slow write cancelled at shutdown goes on in its thread; the last flush of ``aclose``
+    must wait for it: written at the same time, both took the file's size from before either,
+    so the size the writer counted (what a failed write is cut back to) missed one member."""
+    path = tmp_path / "slow.otc.gz"
+    disk = HungDisk(path)
+    events = sim_events(steps=120)
+    first, then = events[:60], events[60:]
+    async with (
+        Recorder(
+            path, scales={"BTC-USDT": SCALE}, source="t", interval_s=3600, flush_bytes=8192
+        ) as recorder,
+        disk,
+        asyncio.TaskGroup() as tg,
+    ):
+        run = tg.create_task(recorder.run(), name="recorder")
+        recorder.record(first)  # one flush, bigger than the pipe: its write blocks
+        await until(lambda: disk.waiting() > 0)
+        run.cancel()  # shutdown while the write is slow: it goes on in its thread
+        await asyncio.wait([run])
+        recorder.record(then)  # for the last flush
+        closing = tg.create_task(recorder.aclose(), name="close")
+        await asyncio.sleep(0.05)  # (the last flush's thread, if any, gets into its write)
+        async with asyncio.timeout(10):  # a guard against a hang, not a timing
+            while not closing.done():  # the disk comes back: both writes complete
+                disk.drain()
+                await asyncio.sleep(0.005)
+    await disk.eof()
+    assert recorder.writer._size == len(disk.received)
+    copy = tmp_path / "copy.otc.gz"
+    copy.write_bytes(disk.received)
+    assert list(read_events(copy)[1]) == events
+
+
 _FILE_SIZE_LIMIT = """
 import asyncio, json, resource, sys
 from feeds.record import Recorder
