@@ -19,7 +19,8 @@ MQTT 3.1.1 by default; ``protocol="5"`` speaks MQTT 5 (mosquitto; amqtt 0.12.1 r
 the same behaviour: a clean start and a session that ends with the connection (no Session
 Expiry Interval), subscriptions whose retained messages come with the retain flag only when the
 broker replays them on subscribing ("retain as published" off, as in 3.1.1), a SUBACK reason code
-of 0x80 or above a refusal. Properties of received messages are ignored.
+of 0x80 or above a refusal. Properties of received messages are ignored; a publication's
+``expiry_s`` (a quote's) goes as its Message Expiry Interval, under MQTT 5 only.
 
 Every aiomqtt or socket error leaving this module is a :class:`BusError`.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -39,6 +41,8 @@ from typing import Any, Final, Literal, Protocol, Self, TypeVar, get_args
 import aiomqtt
 import msgspec
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from otc.errors import OtcError
@@ -98,6 +102,9 @@ class Publishable(Protocol):
 
     @property
     def retain(self) -> bool: ...
+
+    @property
+    def expiry_s(self) -> int | None: ...
 
 
 class BrokerUrl(msgspec.Struct, frozen=True, kw_only=True):
@@ -348,15 +355,36 @@ class Bus:
     async def publish(self, message: Publishable) -> None:
         """Publish ``message`` at the bus's QoS, with its ``retain`` flag.
 
-        At QoS 1 this returns once the broker acknowledged the message (PUBACK).
+        At QoS 1 this returns once the broker acknowledged the message (PUBACK). Under MQTT 5,
+        a message's ``expiry_s`` is sent as its Message Expiry Interval: the broker drops it,
+        rather than hand it to a subscriber that was offline, once that many seconds passed.
 
         Raises:
             BusError: not connected, the connection broke, or the topic is not a topic name.
         """
         client = self._connected()
+        if self._protocol == "5":
+            await self._publish_v5(client, message)
+            return
         try:
             await _keep_cancellation(
                 client.publish(message.topic, message.payload, qos=self._qos, retain=message.retain)
+            )
+        except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's topic checks
+            raise BusError(self.where, f"cannot publish to {message.topic}: {exc}") from exc
+
+    async def _publish_v5(self, client: aiomqtt.Client, message: Publishable) -> None:
+        expiry_s = message.expiry_s
+        properties = None if expiry_s is None else _expiry(expiry_s)
+        try:
+            await _keep_cancellation(
+                client.publish(
+                    message.topic,
+                    message.payload,
+                    qos=self._qos,
+                    retain=message.retain,
+                    properties=properties,
+                )
             )
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's topic checks
             raise BusError(self.where, f"cannot publish to {message.topic}: {exc}") from exc
@@ -450,6 +478,15 @@ class _Client(aiomqtt.Client):
                 self.dropped,
                 self.max_queued,
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _expiry(expiry_s: int) -> Properties:
+    """PUBLISH properties with a Message Expiry Interval of ``expiry_s``: made once per value
+    (8 us each), as the engine's quotes share a few values; paho reads them, never changes."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.MessageExpiryInterval = expiry_s
+    return properties
 
 
 def _drop_socket(client: aiomqtt.Client) -> None:

@@ -5,6 +5,10 @@ carries RFQs and accepts from MQTT 5 clients (aiomqtt with ``ProtocolVersion.V5`
 ``mosquitto_pub``/``mosquitto_sub -V mqttv5``) to a running engine: quotes, fills, rejects
 naming the problem, the retained status, and the production ACL.
 
+The engine speaking MQTT 5 (``[broker] mqtt_version = "5"``) publishes a quote with a Message
+Expiry Interval, its validity rounded up to whole seconds: a client session that was offline is
+not handed a quote long expired when it comes back.
+
 What MQTT 5 adds that the engine must not depend on or obey: publication properties (a Response
 Topic, Correlation Data, user properties, a content type, a payload format indicator, a Message
 Expiry Interval, a Topic Alias) are the client's to set or not. The answer goes to the sender's
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -303,3 +309,86 @@ def v5_login(broker: BrokerProcess, auth: AuthFiles, user: str) -> aiomqtt.Clien
         identifier=user,
         protocol=V5,
     )
+
+
+# -- quotes expire in the broker: the engine speaking MQTT 5 ------------------------------------
+
+#: A 1.5 s quote, which the broker keeps 2 s (its validity rounded up to whole seconds).
+QUOTE_TTL_MS = 1500
+#: The client id of client-a's persistent session.
+SESSION_ID = "client-a-persistent"
+
+
+@pytest.fixture
+async def v5_engine(tmp_path: Path) -> AsyncIterator[BrokerProcess]:
+    """The demo configuration's engine speaking MQTT 5, its quotes firm for 1.5 s, up."""
+    if configured_broker_kind() == "amqtt":
+        pytest.skip(AMQTT_NO_MQTT5)
+    with running_broker(tmp_path / "broker") as broker:
+        if broker.kind == "amqtt":
+            pytest.skip(AMQTT_NO_MQTT5)
+        _, task = await start_engine(
+            broker.host, broker.port, tmp_path / "j.sqlite", "5", quote_ttl_ms=QUOTE_TTL_MS
+        )
+        try:
+            yield broker
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def session(broker: BrokerProcess, *, resume: bool) -> aiomqtt.Client:
+    """client-a's persistent session, kept an hour after it disconnects: new, or resumed."""
+    connect = Properties(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = 3600
+    return v5_client(broker, identifier=SESSION_ID, clean_start=not resume, properties=connect)
+
+
+def expiry_s(message: aiomqtt.Message) -> int | None:
+    """A received message's Message Expiry Interval (what is left of it), if it has one."""
+    value = getattr(message.properties, "MessageExpiryInterval", None)
+    assert value is None or isinstance(value, int)
+    return value
+
+
+@pytest.mark.parametrize("back", ["after_expiry", "before_expiry"])
+async def test_a_quote_for_an_offline_session_expires_in_the_broker(
+    v5_engine: BrokerProcess, back: str
+) -> None:
+    """client-a's persistent session subscribes to its quotes and goes offline; an RFQ is sent
+    as client-a by another connection; the session comes back once the quote expired in the
+    broker (no quote), or well before (the quote, with what is left of its expiry)."""
+    broker = v5_engine
+    quotes = "otc/v1/client-a/quotes"
+    async with session(broker, resume=False) as client:
+        await client.subscribe(quotes, qos=1)
+    async with v5_client(broker) as other:
+        await other.subscribe(quotes, qos=1)
+        await other.publish("otc/v1/client-a/rfq", rfq(f"offline-{back}"), qos=1)
+        sent = (await until(other.messages, quotes))[-1]
+        seen_at = time.monotonic()  # the broker had the quote by then
+        quote = body(sent)
+        assert (quote["type"], quote["rfq_id"]) == ("quote", f"offline-{back}"), quote
+        kept_s = math.ceil(QUOTE_TTL_MS / 1000)
+        assert expiry_s(sent) in (kept_s - 1, kept_s), sent.properties  # delivered at once
+        if back == "after_expiry":
+            # A wait on the broker's own clock, which counts whole seconds: a message it keeps
+            # 2 s is dropped within 3 s of its arrival.
+            await asyncio.sleep(seen_at + kept_s + 1.5 - time.monotonic())
+            assert time.time() * 1000 > quote["valid_until_ms"]
+        async with session(broker, resume=True) as client:
+            # Published once the session is back: it comes after anything the broker kept.
+            await other.publish(quotes, b'{"type": "marker"}', qos=1)
+            delivered = []
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                async for message in client.messages:
+                    delivered.append(message)
+                    if body(message)["type"] == "marker":
+                        break
+    if back == "after_expiry":
+        assert [body(m) for m in delivered] == [{"type": "marker"}]
+    else:
+        assert [body(m) for m in delivered] == [quote, {"type": "marker"}]
+        assert expiry_s(delivered[0]) in range(1, kept_s + 1), delivered[0].properties
+        assert expiry_s(delivered[1]) is None

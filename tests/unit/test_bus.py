@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from broker import (
+    MOSQUITTO,
     RECEIVE_TIMEOUT_S,
     Publication,
     broker_kinds,
@@ -867,3 +869,30 @@ async def test_a_session_ends_with_its_connection(each_broker: BrokerProcess, pr
         await back.subscribe(f"{prefix}/marker")
         await other.publish(Publication(f"{prefix}/marker", b"after"))
         assert await receive(back.messages()) == (f"{prefix}/marker", b"after")
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="MQTT 5 needs mosquitto (amqtt speaks 3.1.1)")
+async def test_under_mqtt_5_a_message_expiry_goes_with_the_publication(
+    tmp_path: Path, prefix: str
+) -> None:
+    """``expiry_s`` is sent as the Message Expiry Interval (a subscriber gets what is left of
+    it, so the same whole seconds or one fewer); a message without one has none."""
+    with running_broker(tmp_path / "broker", kind="mosquitto") as broker:
+        watcher = aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
+        async with watcher, bus_for(broker, protocol="5") as bus:
+            await watcher.subscribe(f"{prefix}/#", qos=1)
+            await bus.publish(Publication(f"{prefix}/quote", b"q", expiry_s=60))
+            await bus.publish(Publication(f"{prefix}/fill", b"f"))
+            got = []
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                async for message in watcher.messages:
+                    got.append(
+                        (
+                            message.topic.value,
+                            getattr(message.properties, "MessageExpiryInterval", None),
+                        )
+                    )
+                    if len(got) == 2:
+                        break
+    assert got[0] in ((f"{prefix}/quote", 60), (f"{prefix}/quote", 59))
+    assert got[1] == (f"{prefix}/fill", None)
