@@ -59,9 +59,12 @@ async def start_engine(
     mqtt_version: MqttVersion = "3.1.1",
     *,
     quote_ttl_ms: int | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> tuple[Engine, asyncio.Task[None]]:
     """The demo configuration's engine on the broker at ``host:port``, up (ready to quote),
-    speaking ``mqtt_version`` to it; its quotes firm for ``quote_ttl_ms`` when given."""
+    speaking ``mqtt_version`` to it (as ``username`` when given); its quotes firm for
+    ``quote_ttl_ms`` when given."""
     config = load_config(CONFIG)
     quoting = config.quoting
     if quote_ttl_ms is not None:
@@ -78,6 +81,8 @@ async def start_engine(
         feeds="sim",
         host=host,
         port=port,
+        username=username,
+        password=password,
         sim_interval_s=0.02,
         on_ready=ready.set,
         console_port=0,
