@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
-from otc.bus import Bus, BusError
+from otc.bus import Bus, BusError, PublicationRefused
 from otc.clock import Clock, SystemClock
 from otc.config import CLIENT_ID, Config
 from otc.errors import OtcError
@@ -90,6 +90,8 @@ _RECONNECT_STABLE_S = 10.0
 #: Messages received and not yet handled, at most: beyond, a flood's RFQs are dropped (aiomqtt
 #: logs each) rather than held in memory without end (about 500 bytes each).
 _MAX_QUEUED_MESSAGES = 20_000
+#: Topics whose refused publications :attr:`Engine.refused` counts at most (then starts over).
+_REFUSED_TOPICS = 1024
 #: How long the shutdown waits for the broker to acknowledge status "down".
 _STATUS_DOWN_WAIT_S = 1.0
 
@@ -212,6 +214,8 @@ class Engine:
         self.restored: Restored | None = None
         #: Times the engine connected to the broker again after losing it.
         self.reconnects = 0
+        #: Publications the broker refused (MQTT 5), by topic (at most ``_REFUSED_TOPICS``).
+        self.refused: dict[str, int] = {}
         self._announced = False
 
     def _status(self, state: Literal["up", "down"]) -> Outgoing:
@@ -459,7 +463,7 @@ class Engine:
             if book.venues
         ):
             await asyncio.sleep(0.05)
-        await bus.publish(self._status("up"))
+        await self._publish(bus, self._status("up"))
         if not self._announced:  # not again after a reconnection
             self._announced = True
             log.info("engine up")
@@ -469,7 +473,7 @@ class Engine:
                 self.on_ready()
         while True:
             await asyncio.sleep(1.0)
-            await bus.publish(self._status("up"))
+            await self._publish(bus, self._status("up"))
 
     async def _feeds(self, tg: asyncio.TaskGroup) -> None:
         if self.feed_mode == "sim":
@@ -548,9 +552,39 @@ class Engine:
             else:
                 out = [await self.control(client, payload)]
             for message in out:
-                await bus.publish(message)
+                try:  # inline, not through _publish: a frame less per reply
+                    await bus.publish(message)
+                except PublicationRefused as exc:
+                    self._refused(exc)
         finally:
             slots.release()
+
+    async def _publish(self, bus: Bus, message: Outgoing) -> None:
+        """Publish one of the engine's messages; one the broker refuses is :meth:`_refused`."""
+        try:
+            await bus.publish(message)
+        except PublicationRefused as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: PublicationRefused) -> None:
+        """A publication the broker refused (MQTT 5: a reason code from 0x80 in its
+        acknowledgement, as when the ACL denies the engine's user the topic) is lost: logged as
+        an error naming the topic, at the 1st, 2nd, 4th... refusal of the topic, and the engine
+        serves on (the connection is sound, and connecting again would not change the broker's
+        answer). Counted in :attr:`refused`."""
+        refused = self.refused
+        if exc.topic not in refused and len(refused) >= _REFUSED_TOPICS:
+            refused.clear()  # bounded: the counts only space the log lines out
+        count = refused[exc.topic] = refused.get(exc.topic, 0) + 1
+        if count & (count - 1) == 0:
+            user = "" if self.username is None else f" {self.username!r}"
+            log.error(
+                "%s: the message is lost (%d so far on this topic); does the broker's ACL let "
+                "the engine's user%s write it?",
+                exc,
+                count,
+                user,
+            )
 
     async def control(self, operator: str, payload: bytes) -> Outgoing:
         """Apply an operator command; the result goes to ``otc/v1/control/{operator}/result``.
@@ -648,7 +682,7 @@ class Engine:
                         break
                     await asyncio.sleep(0)  # serve what arrived while the band was priced
                 if ladder is not None:
-                    await bus.publish(ladder)
+                    await self._publish(bus, ladder)
 
 
 class _Link:

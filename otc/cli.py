@@ -867,7 +867,7 @@ def _client_name(name: str, option: str) -> str:
 def _cmd_rfq(args: argparse.Namespace) -> int:
     import asyncio
 
-    from otc.bus import Bus, BusError
+    from otc.bus import Bus, BusError, PublicationRefused
     from otc.client import ReplyError, accept_quote, new_rfq, request_quote
     from otc.protocol import AcceptReject, Fill, ProtocolError, Quote, Reject, encode
 
@@ -938,6 +938,8 @@ def _cmd_rfq(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"no answer to the accept within {args.timeout:g} s; {again}"
                 ) from None
+            except PublicationRefused as exc:  # dropped by the broker: the engine never saw it
+                raise UsageError(f"{exc}; the accept did not reach the engine") from None
             except BusError as exc:
                 raise UsageError(f"{exc}; {again}") from None
             if isinstance(fill, AcceptReject):

@@ -19,6 +19,7 @@ the whole family at a boundary (the CLI, a bus handler) and nothing else::
     ├── JournalError         an event could not be recorded, or a journal read (otc.journal)
     │   └── JournalClosed        the journal is closed: the event was not recorded
     ├── BusError             the broker refused or dropped the connection (otc.bus)
+    │   └── PublicationRefused   the broker dropped a publication, saying why (MQTT 5)
     ├── BrokerError          a broker of our own could not be started (otc.broker)
     ├── RecordError          a recording of book events could not be created (feeds.record)
     └── UsageError           a command-line argument is invalid (otc.cli)

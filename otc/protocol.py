@@ -185,11 +185,17 @@ class AcceptReject(_Out, frozen=True, tag="accept_reject"):
 
 
 class Outgoing(msgspec.Struct, frozen=True):
-    """A message for the bus to publish (engine or client): its topic, its encoded payload."""
+    """A message for the bus to publish (engine or client): its topic, its encoded payload.
+
+    ``expiry_s``: how long the broker may keep the message for a subscriber that is offline,
+    in whole seconds (MQTT 5's Message Expiry Interval; ignored under MQTT 3.1.1); ``None``
+    for as long as its session lasts. A quote's is its remaining validity, rounded up.
+    """
 
     topic: str
     payload: bytes
     retain: bool = False
+    expiry_s: int | None = None
 
 
 class Status(msgspec.Struct, frozen=True):

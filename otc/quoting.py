@@ -35,6 +35,16 @@ two-way) and qty (at most the quoted, whole lots); client enabled, kill switch a
 the optional last look. A quote fills at most once: concurrent accepts of one quote queue on the
 quote's lock, and the fill is returned only after the journal committed it.
 
+Broker expiry (MQTT 5). A quote is published with a Message Expiry Interval: the validity it
+has left when it is made, rounded UP to whole seconds (MQTT's unit), so that the broker never
+drops a quote the engine would still fill, and a client session that was offline (persistent,
+QoS 1) is not handed, on reconnecting, a quote long expired. Rounding up means a quote may
+still be delivered after its ``valid_until_ms`` (a 1.5 s quote lives 2 s in the broker, and a
+broker that counts whole seconds, as mosquitto does, may keep it up to one more): the client
+must check ``valid_until_ms``, and the engine refuses a late accept (``EXPIRED``) anyway. RFQ
+rejects carry no validity and do not expire; nor do fills and accept rejects: a client must
+always learn the outcome of its accept.
+
 Journal and durability. Every RFQ, quote (with its :class:`~otc.pricing.PriceExplanation`),
 reject, accept, fill and accept reject is journaled, as are the runtime controls (``control``,
 with the operator), all through the journal's one ordered queue:
@@ -590,7 +600,10 @@ class QuoteEngine:
             if not receipt.done():
                 quote.journaled = receipt
                 receipt.add_done_callback(quote.recorded)
-            return [Outgoing(topic, encode(message))]
+            # The broker's expiry (MQTT 5): the validity left, rounded up to whole seconds, so
+            # that the broker never drops a quote the engine would still fill.
+            expiry_s = -((arrived - quote.valid_until_ns) // _NS_PER_S)
+            return [Outgoing(topic, encode(message), expiry_s=max(expiry_s, 1))]
         reject = Reject(rfq_id=rfq_id, code=code.value, reason=reason)
         rejected = JournalEvent(
             "reject", client, arrived, rfq_id=rfq_id, payload=msgspec.to_builtins(reject)

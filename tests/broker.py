@@ -134,6 +134,7 @@ class Publication:
     topic: str
     payload: bytes
     retain: bool = False
+    expiry_s: int | None = None
 
 
 async def receive(

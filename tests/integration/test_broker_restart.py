@@ -53,15 +53,27 @@ async def broker_link(engine: Engine) -> dict[str, Any]:
 
 
 async def start_engine(
-    host: str, port: int, journal: Path, mqtt_version: MqttVersion = "3.1.1"
+    host: str,
+    port: int,
+    journal: Path,
+    mqtt_version: MqttVersion = "3.1.1",
+    *,
+    quote_ttl_ms: int | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> tuple[Engine, asyncio.Task[None]]:
     """The demo configuration's engine on the broker at ``host:port``, up (ready to quote),
-    speaking ``mqtt_version`` to it."""
+    speaking ``mqtt_version`` to it (as ``username`` when given); its quotes firm for
+    ``quote_ttl_ms`` when given."""
     config = load_config(CONFIG)
+    quoting = config.quoting
+    if quote_ttl_ms is not None:
+        quoting = msgspec.structs.replace(quoting, quote_ttl_ms=quote_ttl_ms)
     config = msgspec.structs.replace(
         config,
         journal=msgspec.structs.replace(config.journal, path=str(journal)),
         broker=msgspec.structs.replace(config.broker, mqtt_version=mqtt_version),
+        quoting=quoting,
     )
     ready = asyncio.Event()
     engine = Engine(
@@ -69,6 +81,8 @@ async def start_engine(
         feeds="sim",
         host=host,
         port=port,
+        username=username,
+        password=password,
         sim_interval_s=0.02,
         on_ready=ready.set,
         console_port=0,

@@ -5,6 +5,12 @@ carries RFQs and accepts from MQTT 5 clients (aiomqtt with ``ProtocolVersion.V5`
 ``mosquitto_pub``/``mosquitto_sub -V mqttv5``) to a running engine: quotes, fills, rejects
 naming the problem, the retained status, and the production ACL.
 
+The engine speaking MQTT 5 (``[broker] mqtt_version = "5"``) publishes a quote with a Message
+Expiry Interval, its validity rounded up to whole seconds: a client session that was offline is
+not handed a quote long expired when it comes back. A publication the broker refuses (a PUBACK
+reason code from 0x80: the ACL denies the topic) is an error at once for ``otc rfq``, and a
+logged error for the engine, which serves on.
+
 What MQTT 5 adds that the engine must not depend on or obey: publication properties (a Response
 Topic, Correlation Data, user properties, a content type, a payload format indicator, a Message
 Expiry Interval, a Topic Alias) are the client's to set or not. The answer goes to the sender's
@@ -17,6 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import math
+import subprocess
+import sys
+import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -303,3 +315,176 @@ def v5_login(broker: BrokerProcess, auth: AuthFiles, user: str) -> aiomqtt.Clien
         identifier=user,
         protocol=V5,
     )
+
+
+# -- quotes expire in the broker: the engine speaking MQTT 5 ------------------------------------
+
+#: A 1.5 s quote, which the broker keeps 2 s (its validity rounded up to whole seconds).
+QUOTE_TTL_MS = 1500
+#: The client id of client-a's persistent session.
+SESSION_ID = "client-a-persistent"
+
+
+@pytest.fixture
+async def v5_engine(tmp_path: Path) -> AsyncIterator[BrokerProcess]:
+    """The demo configuration's engine speaking MQTT 5, its quotes firm for 1.5 s, up."""
+    if configured_broker_kind() == "amqtt":
+        pytest.skip(AMQTT_NO_MQTT5)
+    with running_broker(tmp_path / "broker") as broker:
+        if broker.kind == "amqtt":
+            pytest.skip(AMQTT_NO_MQTT5)
+        _, task = await start_engine(
+            broker.host, broker.port, tmp_path / "j.sqlite", "5", quote_ttl_ms=QUOTE_TTL_MS
+        )
+        try:
+            yield broker
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def session(broker: BrokerProcess, *, resume: bool) -> aiomqtt.Client:
+    """client-a's persistent session, kept an hour after it disconnects: new, or resumed."""
+    connect = Properties(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = 3600
+    return v5_client(broker, identifier=SESSION_ID, clean_start=not resume, properties=connect)
+
+
+def expiry_s(message: aiomqtt.Message) -> int | None:
+    """A received message's Message Expiry Interval (what is left of it), if it has one."""
+    value = getattr(message.properties, "MessageExpiryInterval", None)
+    assert value is None or isinstance(value, int)
+    return value
+
+
+@pytest.mark.parametrize("back", ["after_expiry", "before_expiry"])
+async def test_a_quote_for_an_offline_session_expires_in_the_broker(
+    v5_engine: BrokerProcess, back: str
+) -> None:
+    """client-a's persistent session subscribes to its quotes and goes offline; an RFQ is sent
+    as client-a by another connection; the session comes back once the quote expired in the
+    broker (no quote), or well before (the quote, with what is left of its expiry)."""
+    broker = v5_engine
+    quotes = "otc/v1/client-a/quotes"
+    async with session(broker, resume=False) as client:
+        await client.subscribe(quotes, qos=1)
+    async with v5_client(broker) as other:
+        await other.subscribe(quotes, qos=1)
+        await other.publish("otc/v1/client-a/rfq", rfq(f"offline-{back}"), qos=1)
+        sent = (await until(other.messages, quotes))[-1]
+        seen_at = time.monotonic()  # the broker had the quote by then
+        quote = body(sent)
+        assert (quote["type"], quote["rfq_id"]) == ("quote", f"offline-{back}"), quote
+        kept_s = math.ceil(QUOTE_TTL_MS / 1000)
+        assert expiry_s(sent) in (kept_s - 1, kept_s), sent.properties  # delivered at once
+        if back == "after_expiry":
+            # A wait on the broker's own clock, which counts whole seconds: a message it keeps
+            # 2 s is dropped within 3 s of its arrival.
+            await asyncio.sleep(seen_at + kept_s + 1.5 - time.monotonic())
+            assert time.time() * 1000 > quote["valid_until_ms"]
+        async with session(broker, resume=True) as client:
+            # Published once the session is back: it comes after anything the broker kept.
+            await other.publish(quotes, b'{"type": "marker"}', qos=1)
+            delivered = []
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                async for message in client.messages:
+                    delivered.append(message)
+                    if body(message)["type"] == "marker":
+                        break
+    if back == "after_expiry":
+        assert [body(m) for m in delivered] == [{"type": "marker"}]
+    else:
+        assert [body(m) for m in delivered] == [quote, {"type": "marker"}]
+        assert expiry_s(delivered[0]) in range(1, kept_s + 1), delivered[0].properties
+        assert expiry_s(delivered[1]) is None
+
+
+# -- publications the broker refuses (a PUBACK reason code from 0x80) ---------------------------
+
+
+@needs_mosquitto
+def test_otc_rfq_as_another_client_is_told_at_once_the_broker_refused_it(tmp_path: Path) -> None:
+    """client-a's user sending an RFQ as client-b: the ACL denies the topic, and ``otc rfq``
+    says so and exits 2, rather than wait out its timeout for an answer that cannot come (no
+    engine runs: the broker's refusal is the whole answer)."""
+    auth = generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as broker:
+        password = urllib.parse.quote(auth.passwords["client-a"], safe="")
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "otc.cli", "rfq", "--client", "client-b"),
+                *("--broker", f"mqtt://client-a:{password}@{broker.host}:{broker.port}"),
+                *("--mqtt-version", "5", "--timeout", "30"),
+                *("--symbol", "BTC-USDT", "--side", "buy", "--qty", "1"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert (
+        "the broker refused the publication to otc/v1/client-b/rfq: Not authorized (0x87)"
+        in done.stderr
+    ), done.stderr
+
+
+@needs_mosquitto
+async def test_a_publication_of_the_engine_the_broker_refuses_is_logged_and_it_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL that lets the engine answer client-a but not client-b: client-b's quote is
+    refused (0x87), which the engine logs as an error naming the topic, without reconnecting;
+    client-a is quoted as before."""
+    auth = generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
+    acl = auth.acl_file.read_text()
+    assert "topic write otc/v1/+/quotes\n" in acl
+    auth.acl_file.write_text(
+        acl.replace("topic write otc/v1/+/quotes\n", "topic write otc/v1/client-a/quotes\n")
+    )
+    caplog.set_level(logging.ERROR, logger="otc.app")
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as broker:
+        engine, task = await start_engine(
+            broker.host,
+            broker.port,
+            tmp_path / "j.sqlite",
+            "5",
+            username=ENGINE,
+            password=auth.passwords[ENGINE],
+        )
+        try:
+            async with v5_login(broker, auth, "client-b") as client_b:
+                await client_b.publish("otc/v1/client-b/rfq", rfq("refused-1"), qos=1)
+                async with asyncio.timeout(RECEIVE_TIMEOUT_S):  # a guard, not a timing
+                    while not engine.refused:  # noqa: ASYNC110 - the engine's count, polled
+                        await asyncio.sleep(0.01)
+            async with v5_login(broker, auth, "client-a") as client_a:
+                await client_a.subscribe("otc/v1/client-a/quotes", qos=1)
+                await client_a.publish("otc/v1/client-a/rfq", rfq("served-1"), qos=1)
+                answer = body((await until(client_a.messages, "otc/v1/client-a/quotes"))[-1])
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert (answer["type"], answer["rfq_id"]) == ("quote", "served-1"), answer
+    assert engine.refused == {"otc/v1/client-b/quotes": 1}
+    assert engine.reconnects == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert (
+        "the broker refused the publication to otc/v1/client-b/quotes: Not authorized (0x87)"
+        in errors[0]
+    )
+    assert "'otc-engine' write it?" in errors[0]

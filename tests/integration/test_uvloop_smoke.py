@@ -22,6 +22,7 @@ class _Message(msgspec.Struct, frozen=True):
     topic: str
     payload: bytes
     retain: bool = False
+    expiry_s: int | None = None
 
 
 def test_engine_quotes_on_uvloop(broker: BrokerProcess, tmp_path: Path) -> None:

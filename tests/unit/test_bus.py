@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from broker import (
+    MOSQUITTO,
     RECEIVE_TIMEOUT_S,
     Publication,
     broker_kinds,
@@ -37,7 +39,14 @@ from otc.broker import (
     mosquitto_config,
     start_broker,
 )
-from otc.bus import MQTT_VERSIONS, Bus, BusError, MqttVersion, parse_broker_url
+from otc.bus import (
+    MQTT_VERSIONS,
+    Bus,
+    BusError,
+    MqttVersion,
+    PublicationRefused,
+    parse_broker_url,
+)
 from otc.errors import ConfigError
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "otc.toml"
@@ -867,3 +876,64 @@ async def test_a_session_ends_with_its_connection(each_broker: BrokerProcess, pr
         await back.subscribe(f"{prefix}/marker")
         await other.publish(Publication(f"{prefix}/marker", b"after"))
         assert await receive(back.messages()) == (f"{prefix}/marker", b"after")
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="MQTT 5 needs mosquitto (amqtt speaks 3.1.1)")
+async def test_under_mqtt_5_a_message_expiry_goes_with_the_publication(
+    tmp_path: Path, prefix: str
+) -> None:
+    """``expiry_s`` is sent as the Message Expiry Interval (a subscriber gets what is left of
+    it, so the same whole seconds or one fewer); a message without one has none."""
+    with running_broker(tmp_path / "broker", kind="mosquitto") as broker:
+        watcher = aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
+        async with watcher, bus_for(broker, protocol="5") as bus:
+            await watcher.subscribe(f"{prefix}/#", qos=1)
+            await bus.publish(Publication(f"{prefix}/quote", b"q", expiry_s=60))
+            await bus.publish(Publication(f"{prefix}/fill", b"f"))
+            got = []
+            async with asyncio.timeout(RECEIVE_TIMEOUT_S):
+                async for message in watcher.messages:
+                    got.append(
+                        (
+                            message.topic.value,
+                            getattr(message.properties, "MessageExpiryInterval", None),
+                        )
+                    )
+                    if len(got) == 2:
+                        break
+    assert got[0] in ((f"{prefix}/quote", 60), (f"{prefix}/quote", 59))
+    assert got[1] == (f"{prefix}/fill", None)
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto (its ACL; MQTT 5)")
+@pytest.mark.parametrize("version", MQTT_VERSIONS)
+async def test_under_mqtt_5_a_publication_the_acl_denies_raises_naming_topic_and_reason(
+    tmp_path: Path, version: MqttVersion
+) -> None:
+    """mosquitto acknowledges a publication its ACL denies with 0x87 Not authorized under
+    MQTT 5: the bus raises, and the connection serves on. Under 3.1.1 the PUBACK has no reason
+    code: the message is dropped silently (the bus cannot tell); at QoS 0 there is no PUBACK."""
+    auth = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path / "auth")
+    with running_broker(
+        tmp_path / "broker",
+        kind="mosquitto",
+        password_file=auth.password_file,
+        acl_file=auth.acl_file,
+    ) as broker:
+        login = {"username": "client-a", "password": auth.passwords["client-a"]}
+        async with bus_for(broker, protocol=version, **login) as bus:
+            forged = Publication("otc/v1/client-b/rfq", b"{}")
+            if version == "5":
+                with pytest.raises(PublicationRefused) as refused:
+                    await bus.publish(forged)
+                assert (refused.value.topic, refused.value.code) == ("otc/v1/client-b/rfq", 0x87)
+                assert str(refused.value) == (
+                    f"{bus.where}: the broker refused the publication to otc/v1/client-b/rfq: "
+                    "Not authorized (0x87)"
+                )
+            else:
+                await bus.publish(forged)
+            await bus.subscribe("otc/v1/client-a/quotes")  # the connection is sound
+            await bus.publish(Publication("otc/v1/client-a/rfq", b"{}"))
+        async with bus_for(broker, protocol=version, qos=0, **login) as bus:
+            await bus.publish(forged)

@@ -286,6 +286,39 @@ async def test_a_quote_is_firm_for_the_ttl_and_addressed_to_the_asking_client(de
     assert D(sell["bid"]) < D(quote["ask"])
 
 
+@pytest.mark.parametrize(
+    ("ttl_ms", "into_the_ms_ns", "expiry_s"),
+    [
+        (1500, 0, 2),  # 1.5 s left: the broker keeps it 2 s
+        (3000, 0, 3),  # exactly 3 s left
+        (3000, 400_000, 3),  # 2,999.6 ms left (validity counts from the whole ms)
+        (2001, 0, 3),
+        (1, 999_999, 1),  # 1 ns left
+    ],
+)
+async def test_a_quote_expires_in_the_broker_its_validity_rounded_up_to_seconds(
+    ttl_ms: int, into_the_ms_ns: int, expiry_s: int
+) -> None:
+    """MQTT 5's Message Expiry Interval counts whole seconds: never less than the validity."""
+    desk = Desk(repo_config(quoting={"quote_ttl_ms": ttl_ms}), sim_refresh())
+    desk.clock.advance(ns=into_the_ms_ns)
+    quote = await desk.quote()
+    assert desk.sent[-1][1].expiry_s == expiry_s
+    left_ns = quote["valid_until_ms"] * 1_000_000 - desk.clock.now_ns()
+    assert (expiry_s - 1) * 1_000_000_000 < left_ns <= expiry_s * 1_000_000_000
+
+
+async def test_rejects_fills_and_accept_rejects_do_not_expire_in_the_broker(desk: Desk) -> None:
+    """A client must always learn its fill; an RFQ reject has no validity to expire with."""
+    await desk.rfq(qty="-1")
+    quote = await desk.quote()
+    await desk.accept("nope")
+    await desk.accept(quote["quote_id"])
+    kinds = [msgspec.json.decode(out.payload)["type"] for _, out in desk.sent]
+    assert kinds == ["reject", "quote", "accept_reject", "fill"]
+    assert [out.expiry_s for _, out in desk.sent] == [None, 3, None, None]
+
+
 async def test_two_way_prices_both_sides_like_the_one_sided_quotes(desk: Desk) -> None:
     two_way = await desk.quote(side="two_way", qty="3")
     buy = await desk.quote(side="buy", qty="3")
