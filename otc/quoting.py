@@ -220,6 +220,9 @@ class _Quote(msgspec.Struct, kw_only=True, gc=False):
     bid: Decimal | None
     ask: Decimal | None
     valid_until_ns: int
+    #: The same deadline on the monotonic clock (``Clock.monotonic_ns``): an accept after
+    #: either is expired, so a wall clock stepped back cannot stretch the quote's lifetime.
+    deadline_mono_ns: int
     #: ``hedge_all_in`` of each side quoted (the last look compares against it).
     hedge_bid: Decimal | None
     hedge_ask: Decimal | None
@@ -258,13 +261,15 @@ class _Client:
 
     __slots__ = ("config", "daily", "enabled", "refilled_ns", "rfq_ids", "tokens")
 
-    def __init__(self, config: ClientConfig, tokens: int, now_ns: int) -> None:
+    def __init__(self, config: ClientConfig, tokens: int, mono_ns: int) -> None:
         self.config = config
         self.enabled = config.enabled
         #: Token bucket level in token-nanoseconds per second (one RFQ costs ``_NS_PER_S``).
         self.tokens = tokens
-        self.refilled_ns = now_ns
-        #: rfq_id -> when it was first seen (insertion order = time order).
+        #: When the bucket was last refilled, on the monotonic clock.
+        self.refilled_ns = mono_ns
+        #: rfq_id -> when it was first seen, on the monotonic clock (insertion order = time
+        #: order).
         self.rfq_ids: dict[str, int] = {}
         #: Notional filled per UTC day (day number -> notional), the latest two days: accepts
         #: are handled concurrently, so one that arrived just before midnight may be checked
@@ -446,8 +451,8 @@ class QuoteEngine:
         self._bucket_size = q.rate_limit_burst * _NS_PER_S
         self._instruments = {inst.symbol: inst for inst in config.instruments}
         self._tier_spread = {name: tier.spread_bps for name, tier in config.tiers.items()}
-        now = clock.now_ns()
-        self._clients = {c.id: _Client(c, self._bucket_size, now) for c in config.clients}
+        mono = clock.monotonic_ns()
+        self._clients = {c.id: _Client(c, self._bucket_size, mono) for c in config.clients}
         self._quotes: dict[str, _Quote] = {}
         self._halted_all = False
         self._halted: set[str] = set()
@@ -536,9 +541,10 @@ class QuoteEngine:
 
     async def _serve_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
         if self._controls:
             await self.flush_controls()
-        self.prune(arrived)
+        self.prune(mono)
         wire = _decoded(decode_rfq, payload)
         rfq_id = _usable_id(wire.rfq_id) if isinstance(wire, Rfq) else _salvage(payload, "rfq_id")
         received = JournalEvent(
@@ -546,7 +552,7 @@ class QuoteEngine:
         )
         topic = QUOTES_TOPIC.format(client=client)
         try:
-            quote, explanations = self._quote(client, wire, arrived)
+            quote, explanations = self._quote(client, wire, arrived, mono)
         except ProtocolError as exc:
             code, reason = exc.code, exc.reason
         except Exception:  # a bug must not take the service down: reject, log
@@ -584,7 +590,7 @@ class QuoteEngine:
             except BaseException:
                 self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
                 ids = self._clients[client].rfq_ids
-                if ids.get(quote.rfq_id) == arrived:  # nothing was quoted: the id may be reused
+                if ids.get(quote.rfq_id) == mono:  # nothing was quoted: the id may be reused
                     del ids[quote.rfq_id]
                 raise
             if not receipt.done():
@@ -613,7 +619,7 @@ class QuoteEngine:
         return receipts[-1]
 
     def _quote(
-        self, client: str, wire: Rfq | ProtocolError, now: int
+        self, client: str, wire: Rfq | ProtocolError, now: int, mono: int
     ) -> tuple[_Quote, dict[str, PriceExplanation]]:
         """Run every RFQ check and price it: the quote and the explanation of each side.
 
@@ -623,12 +629,12 @@ class QuoteEngine:
             raise wire
         rfq = check_rfq(wire)
         state = self._client(client)
-        self._take_token(state, now)
+        self._take_token(state, mono)
         if rfq.rfq_id in state.rfq_ids:
             raise ProtocolError(
                 Code.DUPLICATE_RFQ_ID, f"rfq_id {rfq.rfq_id!r} was already used by {client}"
             )
-        state.rfq_ids[rfq.rfq_id] = now
+        state.rfq_ids[rfq.rfq_id] = mono
         inst = self._instrument(rfq.symbol)
         if inst.symbol not in state.config.symbols:
             raise ProtocolError(
@@ -665,6 +671,7 @@ class QuoteEngine:
             )
         for key, expl in explanations.items():
             self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
+        valid_until = (now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns
         quote = _Quote(
             quote_id=f"{self._run}-q{next(self._quote_ids)}",
             client=client,
@@ -674,7 +681,8 @@ class QuoteEngine:
             qty=qty,
             bid=None if bid is None else bid.price,
             ask=None if ask is None else ask.price,
-            valid_until_ns=(now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns,
+            valid_until_ns=valid_until,
+            deadline_mono_ns=mono + valid_until - now,
             hedge_bid=None if bid is None else bid.hedge_all_in,
             hedge_ask=None if ask is None else ask.hedge_all_in,
             notional=rfq.notional,
@@ -689,14 +697,14 @@ class QuoteEngine:
             raise ProtocolError(Code.CLIENT_DISABLED, f"client {client} is disabled")
         return state
 
-    def _take_token(self, state: _Client, now: int) -> None:
-        elapsed = now - state.refilled_ns
+    def _take_token(self, state: _Client, mono: int) -> None:
+        # On the monotonic clock: a wall clock stepped back does not stop the refill (an hour's
+        # step, an hour without RFQs), nor does one stepped forward refill the bucket at once.
+        elapsed = mono - state.refilled_ns
         if elapsed > 0:
             refill = elapsed * self.config.quoting.rate_limit_per_s
             state.tokens = min(self._bucket_size, state.tokens + refill)
-        # Also when the wall clock stepped back: the bucket refills from now, not only once the
-        # clock has caught up with its last refill (an hour's step, an hour without RFQs).
-        state.refilled_ns = now
+        state.refilled_ns = mono
         if state.tokens < _NS_PER_S:
             q = self.config.quoting
             raise ProtocolError(
@@ -957,6 +965,7 @@ class QuoteEngine:
 
     async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
         await self.flush_controls()
         wire = _decoded(decode_accept, payload)
         quote_id = (
@@ -1002,7 +1011,7 @@ class QuoteEngine:
                 )
                 return [reject]
             try:
-                checked = self._check_accept(quote, accept, arrived)
+                checked = self._check_accept(quote, accept, arrived, mono)
             except ProtocolError as exc:
                 reject = await self._accept_reject(
                     client, topic, quote.quote_id, quote.rfq_id, exc.code, exc.reason
@@ -1069,7 +1078,9 @@ class QuoteEngine:
             await asyncio.wait((receipt,))
         return not receipt.cancelled() and receipt.exception() is None
 
-    def _check_accept(self, quote: _Quote, accept: ParsedAccept, now: int) -> Fill | _Trade:
+    def _check_accept(
+        self, quote: _Quote, accept: ParsedAccept, now: int, mono: int
+    ) -> Fill | _Trade:
         """Every accept check; the earlier fill for a repeated accept. Under the quote's lock."""
         one_side = None if quote.side == "two_way" else quote.side
         side_text = accept.side or one_side
@@ -1082,6 +1093,12 @@ class QuoteEngine:
             raise ProtocolError(
                 Code.EXPIRED,
                 f"quote {quote.quote_id} expired at {quote.valid_until_ns // _NS_PER_MS} ms",
+            )
+        if mono > quote.deadline_mono_ns:  # the wall clock stepped back since it was quoted
+            raise ProtocolError(
+                Code.EXPIRED,
+                f"quote {quote.quote_id} expired: its {self.config.quoting.quote_ttl_ms} ms "
+                "lifetime is over (the wall clock was stepped back since)",
             )
         if side_text is None:
             raise ProtocolError(Code.INVALID_SIDE, "side is required to accept a two-way quote")
@@ -1351,6 +1368,7 @@ class QuoteEngine:
             OtcError: a row that cannot be read as the engine writes it (named by its id).
         """
         now = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
         today = now // _NS_PER_DAY
         quote_horizon = now - self._memory_ns
         rfq_horizon = now - self._duplicate_ns
@@ -1401,7 +1419,7 @@ class QuoteEngine:
                         case SpreadRecord(tier=tier, spread_bps=spread):
                             spreads[tier] = spread
                 elif row.kind == "quote":
-                    quote = self._restored_quote(row)
+                    quote = self._restored_quote(row, now, mono)
                     if quote is None:
                         continue
                     if quote.quote_id in filled:
@@ -1437,7 +1455,9 @@ class QuoteEngine:
             self._clients[client].enabled = False
         self._quotes.update(quotes)
         for state, rfq_id, ts_ns in rfq_ids:
-            state.rfq_ids.setdefault(rfq_id, ts_ns)
+            # Its age by the wall clock, from now at most (a clock stepped back since): the
+            # previous run's monotonic stamps mean nothing to this one.
+            state.rfq_ids.setdefault(rfq_id, mono - max(0, now - ts_ns))
         for asset, position in sorted(positions.items()):
             if position:
                 self._control(
@@ -1502,9 +1522,15 @@ class QuoteEngine:
             )
         return qty, price
 
-    def _restored_quote(self, row: JournalRow) -> _Quote | None:
+    def _restored_quote(self, row: JournalRow, now: int, mono: int) -> _Quote | None:
         """The remembered form of a journaled quote; ``None`` for a client or an instrument no
-        longer configured."""
+        longer configured.
+
+        Its monotonic deadline is what is left of it by the wall clock, at most its whole
+        lifetime from now (``now``, ``mono``: the restart's two times): the previous run's
+        monotonic clock means nothing to this one, and a wall clock stepped back since the
+        quote was made must not leave it fillable for the length of the step.
+        """
         if row.client not in self._clients:
             return None
         message = msgspec.convert(row.payload["quote"], Quote)
@@ -1527,6 +1553,7 @@ class QuoteEngine:
         if isinstance(explanation, dict):
             for key, expl in explanation.items():
                 hedge[str(key)] = Decimal(str(expl["hedge_all_in"]))
+        valid_until = message.valid_until_ms * _NS_PER_MS
         return _Quote(
             quote_id=message.quote_id,
             client=row.client,
@@ -1536,7 +1563,8 @@ class QuoteEngine:
             qty=Decimal(message.qty),
             bid=None if message.bid is None else Decimal(message.bid),
             ask=None if message.ask is None else Decimal(message.ask),
-            valid_until_ns=message.valid_until_ms * _NS_PER_MS,
+            valid_until_ns=valid_until,
+            deadline_mono_ns=mono + min(self._ttl_ns, valid_until - now),
             hedge_bid=hedge.get("bid"),
             hedge_ask=hedge.get("ask"),
             notional=None if message.notional is None else Decimal(message.notional),
@@ -1622,20 +1650,22 @@ class QuoteEngine:
 
     # -- memory -------------------------------------------------------------------------------
 
-    def prune(self, now_ns: int) -> int:
+    def prune(self, mono_ns: int) -> int:
         """Forget quotes expired more than ``quote_memory_ms`` ago and rfq ids older than
-        ``duplicate_window_ms``; returns how many quotes were forgotten. O(what is forgotten)."""
+        ``duplicate_window_ms``, at ``mono_ns`` on the clock's monotonic time (a wall clock
+        step neither forgets everything at once nor holds everything for the step's length);
+        returns how many quotes were forgotten. O(what is forgotten)."""
         quotes = self._quotes
-        horizon = now_ns - self._memory_ns
+        horizon = mono_ns - self._memory_ns
         forgotten = 0
-        # Quotes are inserted in valid_until order (one TTL for all), so the oldest come first.
+        # Quotes are inserted in deadline order (one TTL for all), so the oldest come first.
         while quotes:
             quote_id = next(iter(quotes))
-            if quotes[quote_id].valid_until_ns >= horizon:
+            if quotes[quote_id].deadline_mono_ns >= horizon:
                 break
             del quotes[quote_id]
             forgotten += 1
-        oldest = now_ns - self._duplicate_ns
+        oldest = mono_ns - self._duplicate_ns
         for state in self._clients.values():
             ids = state.rfq_ids
             while ids:
