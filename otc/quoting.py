@@ -829,8 +829,9 @@ class QuoteEngine:
         self, inst: InstrumentConfig, view: BookView, spread: Decimal, now: int
     ) -> _Context:
         """What every side of one RFQ (or one ladder) is priced with, read once."""
+        age_ns = self.market.books[inst.symbol].age_ns  # on the monotonic clock in the engine
         books = {
-            name: BookState(state.book.sequence, max(0, now - state.book.ts_recv_ns) // _NS_PER_MS)
+            name: BookState(state.book.sequence, max(0, age_ns(state.book, now)) // _NS_PER_MS)
             for name, state in view.included.items()
         }
         return _Context(inst, view, spread, self._skew(inst), books)

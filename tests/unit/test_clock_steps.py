@@ -15,6 +15,8 @@ from test_quoting import Desk, repo_config, sim_refresh
 from test_restore import Run
 
 from otc.clock import FakeClock
+from otc.market import Market
+from otc.quoting import QuoteEngine
 
 D = Decimal
 HOUR_S = 3600
@@ -123,3 +125,52 @@ async def test_a_restart_after_the_clock_stepped_back_caps_a_quote_at_its_lifeti
         clock.advance(ms=ttl_ms - 1)
         sim_refresh()(three.market, clock.now_ns())
         assert (await three.accept(quote["quote_id"]))["type"] == "fill"
+
+
+def clocked_market(clock: FakeClock) -> Market:
+    """The engine's market: books stamped and aged on ``clock``'s monotonic time."""
+    market = Market(repo_config(), clock=clock)
+    sim_refresh()(market, clock.now_ns())
+    return market
+
+
+def test_a_stale_book_does_not_look_fresh_when_the_clock_steps_back() -> None:
+    """A book's age was now - ts_recv_ns on the wall clock: stepped back an hour, a book that
+    stopped updating was negative seconds old, i.e. fresh, for the next hour."""
+    clock = FakeClock()
+    market = clocked_market(clock)
+    book = market.books["BTC-USDT"]
+    assert book.max_book_age_ms is not None
+    clock.advance(ms=book.max_book_age_ms + 1)
+    clock.step(s=-HOUR_S)
+    view = book.view(clock.now_ns())
+    assert not view.included
+    assert {e.reason for e in view.excluded} == {"stale"}
+    for name in book.venues:
+        why = book.exclusion(name, clock.now_ns())
+        assert why is not None
+        assert why.reason == "stale"
+
+
+def test_a_clock_stepped_forward_leaves_fresh_books_fresh() -> None:
+    clock = FakeClock()
+    market = clocked_market(clock)
+    book = market.books["BTC-USDT"]
+    clock.step(s=HOUR_S)
+    assert set(book.view(clock.now_ns()).included) == set(book.venues)
+    assert all(book.exclusion(name, clock.now_ns()) is None for name in book.venues)
+
+
+async def test_an_rfq_is_not_priced_from_frozen_books_after_the_clock_stepped_back() -> None:
+    desk = Desk(repo_config(), sim_refresh())
+    desk.market = clocked_market(desk.clock)
+    desk.engine = QuoteEngine(desk.config, desk.market, desk.journal, desk.clock)
+    quote = await desk.quote(qty="0.01")
+    assert all(b["age_ms"] == 0 for b in desk.explanations()[0]["ask"]["books"].values())
+    assert desk.market.books["BTC-USDT"].max_book_age_ms is not None
+    desk.clock.advance(ms=desk.market.books["BTC-USDT"].max_book_age_ms + 1)
+    desk.clock.step(s=-HOUR_S)
+    reply = await desk.rfq(qty="0.01")
+    assert reply["code"] == "MARKET_UNAVAILABLE"
+    assert "stale" in reply["reason"]
+    assert quote["type"] == "quote"
