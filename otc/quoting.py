@@ -252,7 +252,7 @@ class _FillWrite(msgspec.Struct, kw_only=True, gc=False):
     changes: dict[str, Decimal]
     client: _Client
     notional: Decimal
-    now_ns: int
+    day: int
     settled: bool = False
 
 
@@ -276,11 +276,10 @@ class _Client:
         #: and booked after one that arrived just after it, and must count on its own day.
         self.daily: dict[int, Decimal] = {}
 
-    def used_today(self, now_ns: int) -> Decimal:
-        return self.daily.get(now_ns // _NS_PER_DAY, _ZERO)
+    def used_on(self, day: int) -> Decimal:
+        return self.daily.get(day, _ZERO)
 
-    def add_notional(self, now_ns: int, notional: Decimal) -> None:
-        day = now_ns // _NS_PER_DAY
+    def add_notional(self, day: int, notional: Decimal) -> None:
         self.daily[day] = self.daily.get(day, _ZERO) + notional
         if len(self.daily) > 2:
             latest = max(self.daily)
@@ -403,6 +402,7 @@ class _Trade(msgspec.Struct, frozen=True):
     side: Side
     qty: Decimal
     price: Decimal
+    day: int  # the UTC day (number) the accept arrived on, which its notional counts on
 
 
 class _Context(msgspec.Struct, frozen=True, gc=False):
@@ -476,6 +476,8 @@ class QuoteEngine:
         self._controls: deque[JournalEvent] = deque()
         self._control_lock = asyncio.Lock()
         self._ladder_keys: dict[str, object] = {}
+        #: The latest UTC day a message arrived on (:meth:`_today`).
+        self._day = clock.now_ns() // _NS_PER_DAY
 
     # -- read-only state ----------------------------------------------------------------------
 
@@ -487,7 +489,16 @@ class QuoteEngine:
     def daily_notional(self, client: str) -> Decimal:
         """Notional the client has traded today (UTC)."""
         state = self._clients.get(client)
-        return _ZERO if state is None else state.used_today(self._clock.now_ns())
+        return _ZERO if state is None else state.used_on(self._today(self._clock.now_ns()))
+
+    def _today(self, now_ns: int) -> int:
+        """The UTC day (number) a message arriving at ``now_ns`` counts on: the wall clock's,
+        except that it never goes back. A clock stepped back across midnight would otherwise
+        hand every client the day before's headroom again, on top of the new day's."""
+        day = now_ns // _NS_PER_DAY
+        if day > self._day:
+            self._day = day
+        return self._day
 
     def halted(self, symbol: str | None = None) -> bool:
         """Whether ``symbol`` (``None``: everything) is halted by a kill switch."""
@@ -628,6 +639,7 @@ class QuoteEngine:
         if isinstance(wire, ProtocolError):
             raise wire
         rfq = check_rfq(wire)
+        day = self._today(now)
         state = self._client(client)
         self._take_token(state, mono)
         if rfq.rfq_id in state.rfq_ids:
@@ -670,7 +682,7 @@ class QuoteEngine:
                 "no two-way quote",
             )
         for key, expl in explanations.items():
-            self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
+            self._check_limits(state, inst, _side_of(key), qty, expl.price, day)
         valid_until = (now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns
         quote = _Quote(
             quote_id=f"{self._run}-q{next(self._quote_ids)}",
@@ -902,9 +914,10 @@ class QuoteEngine:
         side: Side,
         qty: Decimal,
         price: Decimal,
-        now: int,
+        day: int,
     ) -> None:
-        """Per-trade notional, daily notional and inventory for a fill of ``qty`` at ``price``."""
+        """Per-trade notional, daily notional (on UTC ``day``) and inventory for a fill of
+        ``qty`` at ``price``."""
         cfg = state.config
         notional = _CTX.multiply(qty, price)
         if notional > cfg.max_trade_notional:
@@ -913,7 +926,7 @@ class QuoteEngine:
                 f"notional {decimal_text(notional)} {inst.quote} exceeds the per-trade limit "
                 f"{decimal_text(cfg.max_trade_notional)}",
             )
-        used = state.used_today(now)
+        used = state.used_on(day)
         if used + notional > cfg.max_daily_notional:
             raise ProtocolError(
                 Code.LIMIT_EXCEEDED,
@@ -967,6 +980,7 @@ class QuoteEngine:
     async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
         mono = self._clock.monotonic_ns()
+        day = self._today(arrived)  # at arrival: accepts may be booked out of order
         await self.flush_controls()
         wire = _decoded(decode_accept, payload)
         quote_id = (
@@ -1012,7 +1026,7 @@ class QuoteEngine:
                 )
                 return [reject]
             try:
-                checked = self._check_accept(quote, accept, arrived, mono)
+                checked = self._check_accept(quote, accept, arrived, mono, day)
             except ProtocolError as exc:
                 reject = await self._accept_reject(
                     client, topic, quote.quote_id, quote.rfq_id, exc.code, exc.reason
@@ -1080,7 +1094,7 @@ class QuoteEngine:
         return not receipt.cancelled() and receipt.exception() is None
 
     def _check_accept(
-        self, quote: _Quote, accept: ParsedAccept, now: int, mono: int
+        self, quote: _Quote, accept: ParsedAccept, now: int, mono: int, day: int
     ) -> Fill | _Trade:
         """Every accept check; the earlier fill for a repeated accept. Under the quote's lock."""
         one_side = None if quote.side == "two_way" else quote.side
@@ -1119,10 +1133,10 @@ class QuoteEngine:
         assert price is not None
         state = self._client(quote.client)
         self._check_halted(quote.symbol)
-        self._check_limits(state, inst, side, qty, price, now)
+        self._check_limits(state, inst, side, qty, price, day)
         if self.config.quoting.last_look:
             self._last_look(quote, inst, side, now)
-        return _Trade(state, inst, side, qty, price)
+        return _Trade(state, inst, side, qty, price, day)
 
     async def _book(self, quote: _Quote, trade: _Trade, now: int) -> Fill:
         """Book a checked trade and journal its fill; returns once the journal committed it.
@@ -1159,12 +1173,12 @@ class QuoteEngine:
             payload=msgspec.to_builtins(fill),
         )
         self._apply(changes, 1)
-        trade.client.add_notional(now, notional)
+        trade.client.add_notional(trade.day, notional)
         try:
             receipt = await self._journal.submit(event, urgent=True)
         except BaseException:  # refused, or cancelled before it was handed over: not written
             self._apply(changes, -1)
-            trade.client.add_notional(now, -notional)
+            trade.client.add_notional(trade.day, -notional)
             raise
         write = _FillWrite(
             receipt=receipt,
@@ -1173,7 +1187,7 @@ class QuoteEngine:
             changes=changes,
             client=trade.client,
             notional=notional,
-            now_ns=now,
+            day=trade.day,
         )
         try:
             await asyncio.shield(receipt)
@@ -1199,7 +1213,7 @@ class QuoteEngine:
             quote.fill, quote.fill_key = write.fill, write.key
             return
         self._apply(write.changes, -1)
-        write.client.add_notional(write.now_ns, -write.notional)
+        write.client.add_notional(write.day, -write.notional)
 
     def _apply(self, changes: dict[str, Decimal], sign: int) -> None:
         for asset, change in changes.items():
@@ -1371,10 +1385,12 @@ class QuoteEngine:
         now = self._clock.now_ns()
         mono = self._clock.monotonic_ns()
         today = now // _NS_PER_DAY
+        #: Notional per day from today on, per client (days after today: the clock was stepped
+        #: back since they were traded; the latest is the day the engine goes on counting).
+        daily_by_day: dict[int, dict[str, Decimal]] = {}
         quote_horizon = now - self._memory_ns
         rfq_horizon = now - self._duplicate_ns
         positions: dict[str, Decimal] = {}
-        daily: dict[str, Decimal] = {}
         halted_all = False
         halted: set[str] = set()
         switches: dict[str, bool] = {}
@@ -1399,7 +1415,9 @@ class QuoteEngine:
                         inst, _SIDES[fill.side], qty, price
                     ).items():
                         positions[asset] = positions.get(asset, _ZERO) + change
-                    if row.ts_ns // _NS_PER_DAY == today and row.client in self._clients:
+                    fill_day = row.ts_ns // _NS_PER_DAY
+                    if fill_day >= today and row.client in self._clients:
+                        daily = daily_by_day.setdefault(fill_day, {})
                         daily[row.client] = daily.get(row.client, _ZERO) + _CTX.multiply(qty, price)
                     quote = quotes.get(fill.quote_id)
                     if quote is not None:
@@ -1448,8 +1466,10 @@ class QuoteEngine:
         disabled = sorted(c for c, on in switches.items() if not on and c in self._clients)
         halted &= set(self._instruments)
         self._positions.update(positions)
+        self._day = max(self._day, today, *daily_by_day)
+        daily = daily_by_day.get(self._day, {})
         for client, notional in daily.items():
-            self._clients[client].add_notional(now, notional)
+            self._clients[client].add_notional(self._day, notional)
         self._halted_all = halted_all
         self._halted |= halted
         for client in disabled:

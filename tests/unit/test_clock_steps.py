@@ -10,6 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 from test_quoting import Desk, repo_config, sim_refresh
 from test_restore import Run
@@ -19,6 +20,7 @@ from otc.market import Market
 from otc.quoting import QuoteEngine
 
 D = Decimal
+replace = msgspec.structs.replace
 HOUR_S = 3600
 
 
@@ -174,3 +176,41 @@ async def test_an_rfq_is_not_priced_from_frozen_books_after_the_clock_stepped_ba
     assert reply["code"] == "MARKET_UNAVAILABLE"
     assert "stale" in reply["reason"]
     assert quote["type"] == "quote"
+
+
+async def test_a_clock_stepped_back_across_midnight_does_not_give_the_day_before_back() -> None:
+    """The day was the wall clock's: stepped back from 00:00:30 to 23:00:30, a client who had
+    used the new day's limit got the day before's headroom again (twice the limit in an hour)."""
+    day = 86_400_000_000_000
+    config = repo_config()
+    clients = [replace(c, max_daily_notional=D(100_000)) for c in config.clients]
+    desk = Desk(replace(config, clients=clients), sim_refresh())
+    desk.clock.set((desk.clock.now_ns() // day + 1) * day + 30 * 10**9)
+    desk.refresh()
+    first = await desk.accept((await desk.quote(qty="1"))["quote_id"])  # ~64,000
+    assert first["type"] == "fill"
+    desk.clock.step(s=-HOUR_S)
+    desk.refresh()
+    reply = await desk.rfq(qty="1")
+    assert reply["code"] == "LIMIT_EXCEEDED"
+    assert f"on top of {first['price']} traded today" in reply["reason"]
+    assert desk.engine.daily_notional("client-a") == D(first["price"])
+
+
+async def test_a_restart_after_the_clock_stepped_back_across_midnight_keeps_the_day(
+    tmp_path: Path,
+) -> None:
+    day = 86_400_000_000_000
+    config = repo_config()
+    path = tmp_path / "journal.sqlite"
+    clock = FakeClock()
+    clock.set((clock.now_ns() // day + 1) * day + 30 * 10**9)
+    async with Run(config, path, clock) as one:
+        quote = await one.rfq("r1", qty="1")
+        fill = await one.accept(quote["quote_id"])
+        assert fill["type"] == "fill"
+    clock.step(s=-HOUR_S)  # back to the day before, while the engine was down
+    async with Run(config, path, clock) as two:
+        restored = await two.restore()
+        assert restored.daily_notional == {"client-a": D(fill["price"])}
+        assert two.engine.daily_notional("client-a") == D(fill["price"])
