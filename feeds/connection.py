@@ -143,7 +143,10 @@ class FeedConnection:
         stale_after_ms: a connection quiet for this long is reopened; health says ``stale``.
         backoff: reconnect policy.
         on_events: called with the events each message applied (recorder, engine).
-        clock_ns: wall clock in ns (a test clock in tests).
+        clock_ns: wall clock in ns, which stamps the events received (``ts_recv_ns``).
+        monotonic_ns: the clock every duration is measured on (quiet time, staleness, resync
+            pacing, the back-off's calm spell): a wall clock stepped forward must not drop
+            every connection as quiet, nor one stepped back keep a silent one open.
         snapshot_retry_s: least time between two REST snapshot requests for one symbol.
         sync_timeout_s: a symbol of a live connection out of sync this long (no snapshot came:
             one the adapter could not even decode, a subscription the venue ignored...) is
@@ -167,6 +170,7 @@ class FeedConnection:
         backoff: Backoff | None = None,
         on_events: Callable[[list[BookEvent]], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
         snapshot_retry_s: float = 1.0,
         sync_timeout_s: float = 15.0,
         resync_base_s: float = 0.5,
@@ -181,11 +185,13 @@ class FeedConnection:
         self.backoff = backoff or Backoff()
         self.on_events = on_events
         self.clock_ns = clock_ns
+        self.monotonic_ns = monotonic_ns
         self.snapshot_retry_s = snapshot_retry_s
         self.state: FeedState = "down"
         self.reconnects = 0
         self.malformed = 0
         self.last_error = ""
+        #: When the last message arrived, on ``monotonic_ns`` (0: none yet).
         self.last_message_ns = 0
         self.connected = asyncio.Event()
         self._ws: ClientConnection | None = None
@@ -233,11 +239,12 @@ class FeedConnection:
                 # Back-off starts over only after a connection that stayed live for a while: a
                 # venue that sends one snapshot and hangs up must not be redialled at once, forever.
                 live_since = self._live_since
-                if live_since is not None and self.clock_ns() - live_since >= _CALM_NS:
+                if live_since is not None and self.monotonic_ns() - live_since >= _CALM_NS:
                     self.backoff.reset()
 
     def health(self, now_ns: int | None = None) -> FeedHealth:
-        now = self.clock_ns() if now_ns is None else now_ns
+        """The connection's health; ``now_ns`` on ``monotonic_ns`` (default: now)."""
+        now = self.monotonic_ns() if now_ns is None else now_ns
         age = (now - self.last_message_ns) // 1_000_000 if self.last_message_ns else None
         state = self.state
         if state == "live" and age is not None and age > self.stale_after_ms:
@@ -270,7 +277,7 @@ class FeedConnection:
             self.state = "syncing"
             # Quiet time counts from the opening: a venue that never says a word is stale too,
             # and a new connection is not judged by the last message of the one before.
-            self.last_message_ns = self.clock_ns()
+            self.last_message_ns = self.monotonic_ns()
             for message in self.feed.subscribe_messages(self.venue_symbols):
                 await ws.send(message.decode())
             self.connected.set()
@@ -291,7 +298,7 @@ class FeedConnection:
         subscribed = set(self.venue_symbols)  # another symbol the venue sends gets no snapshot
         async for message in ws:
             now = self.clock_ns()
-            self.last_message_ns = now
+            self.last_message_ns = self.monotonic_ns()
             data = message.encode() if isinstance(message, str) else message
             try:
                 events = feed.on_message(data, now)
@@ -322,7 +329,7 @@ class FeedConnection:
                 ):  # every subscribed symbol, not only those seen so far
                     self.state = "live"
                     if self._live_since is None:
-                        self._live_since = self.clock_ns()
+                        self._live_since = self.monotonic_ns()
             for venue_symbol in feed.pending_snapshots():
                 if venue_symbol in subscribed and venue_symbol not in self._fetching:
                     self._fetching.add(venue_symbol)
@@ -331,7 +338,7 @@ class FeedConnection:
     def resync_delay(self, symbol: str) -> float:
         """Seconds to wait before resyncing our ``symbol`` now (see the class's Args), and
         count that resync."""
-        now = self.clock_ns()
+        now = self.monotonic_ns()
         if symbol in self._resyncs:
             pacing, last = self._resyncs[symbol]
         else:
@@ -426,7 +433,7 @@ class FeedConnection:
         out_since: dict[str, int] = {}  # our symbol -> when this watchdog saw it out of sync
         while True:
             await asyncio.sleep(period)
-            now = self.clock_ns()
+            now = self.monotonic_ns()
             quiet_ms = (now - self.last_message_ns) // 1_000_000
             if self.last_message_ns and quiet_ms > self.stale_after_ms:
                 self.last_error = f"no data for {quiet_ms} ms"

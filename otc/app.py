@@ -195,7 +195,7 @@ class Engine:
         self.sim_interval_s = sim_interval_s
         self.max_in_flight = max_in_flight
         self.on_ready = on_ready
-        self.market = Market(config)
+        self.market = Market(config, clock=self.clock)
         self.connections: list[object] = []
         self.quotes: QuoteEngine | None = None
         #: The journal while running (and after: its ``commits``, ``committed``, ``failed``).

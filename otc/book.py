@@ -24,7 +24,7 @@ estimates on an unchanged book cost O(log n + venues) each (see :mod:`otc.slippa
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate, islice
 from operator import itemgetter, mul
 
@@ -55,6 +55,9 @@ class L2Book:
         venue: venue name, e.g. ``"binance"``.
         symbol: instrument symbol, e.g. ``"BTC-USDT"``.
         scale: fixed-point resolution of prices and sizes.
+        monotonic: a monotonic clock (ns) read whenever a receive time is recorded, into
+            ``recv_mono_ns``: what a :class:`ConsolidatedBook` given the same clock measures
+            the book's age with (a wall clock's steps do not age it, nor make it young).
     """
 
     __slots__ = (
@@ -62,10 +65,12 @@ class L2Book:
         "_ask_sizes",
         "_bid_prices",
         "_bid_sizes",
+        "_monotonic",
         "ask_version",
         "best_ask",
         "best_bid",
         "bid_version",
+        "recv_mono_ns",
         "scale",
         "sequence",
         "symbol",
@@ -74,7 +79,9 @@ class L2Book:
         "venue",
     )
 
-    def __init__(self, venue: str, symbol: str, scale: Scale) -> None:
+    def __init__(
+        self, venue: str, symbol: str, scale: Scale, *, monotonic: Callable[[], int] | None = None
+    ) -> None:
         self.venue = venue
         self.symbol = symbol
         self.scale = scale
@@ -92,6 +99,9 @@ class L2Book:
         self.ts_event_ns = 0
         #: Local receive timestamp of the last message applied, ns since the epoch (0: unknown).
         self.ts_recv_ns = 0
+        #: When ``ts_recv_ns`` was recorded, on ``monotonic`` (0 without it).
+        self.recv_mono_ns = 0
+        self._monotonic = monotonic
         self.bid_version = 0
         self.ask_version = 0
 
@@ -123,6 +133,8 @@ class L2Book:
         self.sequence = sequence
         self.ts_event_ns = ts_event_ns
         self.ts_recv_ns = ts_recv_ns
+        if self._monotonic is not None:
+            self.recv_mono_ns = self._monotonic() if ts_recv_ns else 0
         self.bid_version += 1
         self.ask_version += 1
 
@@ -188,6 +200,8 @@ class L2Book:
             self.ts_event_ns = ts_event_ns
         if ts_recv_ns:
             self.ts_recv_ns = ts_recv_ns
+            if self._monotonic is not None:
+                self.recv_mono_ns = self._monotonic()
 
     def truncate(self, depth: int) -> tuple[list[int], list[int]]:
         """Keep only the best ``depth`` levels per side; returns the (bid, ask) prices dropped.
@@ -601,12 +615,24 @@ class ConsolidatedBook:
         scale: fixed-point resolution every venue book of this symbol uses.
         max_book_age_ms: a venue whose last update was received longer ago than this is
             excluded as stale; ``None`` disables the check (e.g. for a book file).
+        monotonic: the monotonic clock the venues' books were given (the engine's): a book's
+            age is then measured on it (``recv_mono_ns``), and the ``now_ns`` of
+            :meth:`view` and :meth:`exclusion` only says whether to check. Without it, the
+            age is ``now_ns - ts_recv_ns`` (backtests, tests: their clock does not step).
     """
 
-    def __init__(self, symbol: str, scale: Scale, *, max_book_age_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        scale: Scale,
+        *,
+        max_book_age_ms: int | None = None,
+        monotonic: Callable[[], int] | None = None,
+    ) -> None:
         self.symbol = symbol
         self.scale = scale
         self.max_book_age_ms = max_book_age_ms
+        self.monotonic = monotonic
         self.venues: dict[str, VenueState] = {}
         #: ``venues`` sorted by name (venues are only ever added).
         self._sorted: list[tuple[str, VenueState]] = []
@@ -643,7 +669,7 @@ class ConsolidatedBook:
         if not state.in_sync:
             return Exclusion(venue, "out_of_sync", state.sync_detail or "feed not in sync")
         if self.max_book_age_ms is not None and now_ns is not None:
-            age_ms = (now_ns - book.ts_recv_ns) // 1_000_000
+            age_ms = self.age_ns(book, now_ns) // 1_000_000
             if age_ms > self.max_book_age_ms:
                 return Exclusion(
                     venue, "stale", f"last update {age_ms} ms ago > {self.max_book_age_ms} ms"
@@ -657,6 +683,14 @@ class ConsolidatedBook:
             )
         return None
 
+    def age_ns(self, book: L2Book, now_ns: int) -> int:
+        """How long ago ``book`` last received something (at ``now_ns`` on the wall clock):
+        on the monotonic clock when the consolidated book has one; a book that never received
+        anything (``ts_recv_ns`` 0) is as old as the epoch."""
+        if self.monotonic is None or not book.ts_recv_ns:
+            return now_ns - book.ts_recv_ns
+        return self.monotonic() - book.recv_mono_ns
+
     def view(self, now_ns: int | None = None) -> BookView:
         """The venues usable at ``now_ns`` (ns since the epoch; ``None`` skips staleness)."""
         included: dict[str, VenueState] = {}
@@ -668,13 +702,25 @@ class ConsolidatedBook:
             if self.max_book_age_ms is None or now_ns is None
             else now_ns - (self.max_book_age_ms + 1) * 1_000_000
         )
+        mono_stale_at = (  # the same on the monotonic clock (receive stamps recv_mono_ns)
+            None
+            if self.max_book_age_ms is None or now_ns is None or self.monotonic is None
+            else self.monotonic() - (self.max_book_age_ms + 1) * 1_000_000
+        )
         for name, state in self._sorted:
             book = state.book
             bid, ask = book.best_bid, book.best_ask
             if (
                 state.enabled
                 and state.in_sync
-                and (stale_at is None or book.ts_recv_ns > stale_at)
+                and (
+                    stale_at is None
+                    or (
+                        book.ts_recv_ns > stale_at
+                        if mono_stale_at is None
+                        else book.ts_recv_ns != 0 and book.recv_mono_ns > mono_stale_at
+                    )
+                )
                 and (bid is None or ask is None or bid < ask)
             ):
                 included[name] = state

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol
 
 from otc.book import ConsolidatedBook, L2Book, apply_event
+from otc.clock import Clock
 from otc.config import Config
 from otc.errors import OtcError
 from otc.model import BookEvent, BookSnapshot
@@ -34,18 +35,27 @@ class Market:
 
     Args:
         config: instruments and venues; only enabled venues that list an instrument take part.
+        clock: the engine's clock: books are stamped with its monotonic time as they receive,
+            and their age (``max_book_age_ms``) is measured on it, so that a wall clock
+            stepped back cannot make a stale book look fresh, nor one stepped forward make
+            every book look stale. Without it (backtests, whose clock does not step), the age
+            is measured on the wall times given.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
         self.books: dict[str, ConsolidatedBook] = {}
+        monotonic = None if clock is None else clock.monotonic_ns
         for inst in config.instruments:
             consolidated = ConsolidatedBook(
-                inst.symbol, inst.scale, max_book_age_ms=config.estimator.max_book_age_ms
+                inst.symbol,
+                inst.scale,
+                max_book_age_ms=config.estimator.max_book_age_ms,
+                monotonic=monotonic,
             )
             for venue in config.venues:
                 if venue.enabled and inst.symbol in venue.symbols:
-                    book = L2Book(venue.name, inst.symbol, inst.scale)
+                    book = L2Book(venue.name, inst.symbol, inst.scale, monotonic=monotonic)
                     consolidated.add_venue(book, venue.fee, in_sync=False)
             self.books[inst.symbol] = consolidated
 

@@ -230,6 +230,9 @@ class _Quote(msgspec.Struct, kw_only=True, gc=False):
     bid: Decimal | None
     ask: Decimal | None
     valid_until_ns: int
+    #: The same deadline on the monotonic clock (``Clock.monotonic_ns``): an accept after
+    #: either is expired, so a wall clock stepped back cannot stretch the quote's lifetime.
+    deadline_mono_ns: int
     #: ``hedge_all_in`` of each side quoted (the last look compares against it).
     hedge_bid: Decimal | None
     hedge_ask: Decimal | None
@@ -259,7 +262,7 @@ class _FillWrite(msgspec.Struct, kw_only=True, gc=False):
     changes: dict[str, Decimal]
     client: _Client
     notional: Decimal
-    now_ns: int
+    day: int
     settled: bool = False
 
 
@@ -268,24 +271,25 @@ class _Client:
 
     __slots__ = ("config", "daily", "enabled", "refilled_ns", "rfq_ids", "tokens")
 
-    def __init__(self, config: ClientConfig, tokens: int, now_ns: int) -> None:
+    def __init__(self, config: ClientConfig, tokens: int, mono_ns: int) -> None:
         self.config = config
         self.enabled = config.enabled
         #: Token bucket level in token-nanoseconds per second (one RFQ costs ``_NS_PER_S``).
         self.tokens = tokens
-        self.refilled_ns = now_ns
-        #: rfq_id -> when it was first seen (insertion order = time order).
+        #: When the bucket was last refilled, on the monotonic clock.
+        self.refilled_ns = mono_ns
+        #: rfq_id -> when it was first seen, on the monotonic clock (insertion order = time
+        #: order).
         self.rfq_ids: dict[str, int] = {}
         #: Notional filled per UTC day (day number -> notional), the latest two days: accepts
         #: are handled concurrently, so one that arrived just before midnight may be checked
         #: and booked after one that arrived just after it, and must count on its own day.
         self.daily: dict[int, Decimal] = {}
 
-    def used_today(self, now_ns: int) -> Decimal:
-        return self.daily.get(now_ns // _NS_PER_DAY, _ZERO)
+    def used_on(self, day: int) -> Decimal:
+        return self.daily.get(day, _ZERO)
 
-    def add_notional(self, now_ns: int, notional: Decimal) -> None:
-        day = now_ns // _NS_PER_DAY
+    def add_notional(self, day: int, notional: Decimal) -> None:
         self.daily[day] = self.daily.get(day, _ZERO) + notional
         if len(self.daily) > 2:
             latest = max(self.daily)
@@ -408,6 +412,7 @@ class _Trade(msgspec.Struct, frozen=True):
     side: Side
     qty: Decimal
     price: Decimal
+    day: int  # the UTC day (number) the accept arrived on, which its notional counts on
 
 
 class _Context(msgspec.Struct, frozen=True, gc=False):
@@ -456,8 +461,8 @@ class QuoteEngine:
         self._bucket_size = q.rate_limit_burst * _NS_PER_S
         self._instruments = {inst.symbol: inst for inst in config.instruments}
         self._tier_spread = {name: tier.spread_bps for name, tier in config.tiers.items()}
-        now = clock.now_ns()
-        self._clients = {c.id: _Client(c, self._bucket_size, now) for c in config.clients}
+        mono = clock.monotonic_ns()
+        self._clients = {c.id: _Client(c, self._bucket_size, mono) for c in config.clients}
         self._quotes: dict[str, _Quote] = {}
         self._halted_all = False
         self._halted: set[str] = set()
@@ -481,6 +486,8 @@ class QuoteEngine:
         self._controls: deque[JournalEvent] = deque()
         self._control_lock = asyncio.Lock()
         self._ladder_keys: dict[str, object] = {}
+        #: The latest UTC day a message arrived on (:meth:`_today`).
+        self._day = clock.now_ns() // _NS_PER_DAY
 
     # -- read-only state ----------------------------------------------------------------------
 
@@ -492,7 +499,16 @@ class QuoteEngine:
     def daily_notional(self, client: str) -> Decimal:
         """Notional the client has traded today (UTC)."""
         state = self._clients.get(client)
-        return _ZERO if state is None else state.used_today(self._clock.now_ns())
+        return _ZERO if state is None else state.used_on(self._today(self._clock.now_ns()))
+
+    def _today(self, now_ns: int) -> int:
+        """The UTC day (number) a message arriving at ``now_ns`` counts on: the wall clock's,
+        except that it never goes back. A clock stepped back across midnight would otherwise
+        hand every client the day before's headroom again, on top of the new day's."""
+        day = now_ns // _NS_PER_DAY
+        if day > self._day:
+            self._day = day
+        return self._day
 
     def halted(self, symbol: str | None = None) -> bool:
         """Whether ``symbol`` (``None``: everything) is halted by a kill switch."""
@@ -546,9 +562,10 @@ class QuoteEngine:
 
     async def _serve_rfq(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
         if self._controls:
             await self.flush_controls()
-        self.prune(arrived)
+        self.prune(mono)
         wire = _decoded(decode_rfq, payload)
         rfq_id = _usable_id(wire.rfq_id) if isinstance(wire, Rfq) else _salvage(payload, "rfq_id")
         received = JournalEvent(
@@ -556,7 +573,7 @@ class QuoteEngine:
         )
         topic = QUOTES_TOPIC.format(client=client)
         try:
-            quote, explanations = self._quote(client, wire, arrived)
+            quote, explanations = self._quote(client, wire, arrived, mono)
         except ProtocolError as exc:
             code, reason = exc.code, exc.reason
         except Exception:  # a bug must not take the service down: reject, log
@@ -594,7 +611,7 @@ class QuoteEngine:
             except BaseException:
                 self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
                 ids = self._clients[client].rfq_ids
-                if ids.get(quote.rfq_id) == arrived:  # nothing was quoted: the id may be reused
+                if ids.get(quote.rfq_id) == mono:  # nothing was quoted: the id may be reused
                     del ids[quote.rfq_id]
                 raise
             if not receipt.done():
@@ -626,7 +643,7 @@ class QuoteEngine:
         return receipts[-1]
 
     def _quote(
-        self, client: str, wire: Rfq | ProtocolError, now: int
+        self, client: str, wire: Rfq | ProtocolError, now: int, mono: int
     ) -> tuple[_Quote, dict[str, PriceExplanation]]:
         """Run every RFQ check and price it: the quote and the explanation of each side.
 
@@ -635,13 +652,14 @@ class QuoteEngine:
         if isinstance(wire, ProtocolError):
             raise wire
         rfq = check_rfq(wire)
+        day = self._today(now)
         state = self._client(client)
-        self._take_token(state, now)
+        self._take_token(state, mono)
         if rfq.rfq_id in state.rfq_ids:
             raise ProtocolError(
                 Code.DUPLICATE_RFQ_ID, f"rfq_id {rfq.rfq_id!r} was already used by {client}"
             )
-        state.rfq_ids[rfq.rfq_id] = now
+        state.rfq_ids[rfq.rfq_id] = mono
         inst = self._instrument(rfq.symbol)
         if inst.symbol not in state.config.symbols:
             raise ProtocolError(
@@ -677,7 +695,8 @@ class QuoteEngine:
                 "no two-way quote",
             )
         for key, expl in explanations.items():
-            self._check_limits(state, inst, _side_of(key), qty, expl.price, now)
+            self._check_limits(state, inst, _side_of(key), qty, expl.price, day)
+        valid_until = (now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns
         quote = _Quote(
             quote_id=f"{self._run}-q{next(self._quote_ids)}",
             client=client,
@@ -687,7 +706,8 @@ class QuoteEngine:
             qty=qty,
             bid=None if bid is None else bid.price,
             ask=None if ask is None else ask.price,
-            valid_until_ns=(now // _NS_PER_MS) * _NS_PER_MS + self._ttl_ns,
+            valid_until_ns=valid_until,
+            deadline_mono_ns=mono + valid_until - now,
             hedge_bid=None if bid is None else bid.hedge_all_in,
             hedge_ask=None if ask is None else ask.hedge_all_in,
             notional=rfq.notional,
@@ -702,14 +722,14 @@ class QuoteEngine:
             raise ProtocolError(Code.CLIENT_DISABLED, f"client {client} is disabled")
         return state
 
-    def _take_token(self, state: _Client, now: int) -> None:
-        elapsed = now - state.refilled_ns
+    def _take_token(self, state: _Client, mono: int) -> None:
+        # On the monotonic clock: a wall clock stepped back does not stop the refill (an hour's
+        # step, an hour without RFQs), nor does one stepped forward refill the bucket at once.
+        elapsed = mono - state.refilled_ns
         if elapsed > 0:
             refill = elapsed * self.config.quoting.rate_limit_per_s
             state.tokens = min(self._bucket_size, state.tokens + refill)
-        # Also when the wall clock stepped back: the bucket refills from now, not only once the
-        # clock has caught up with its last refill (an hour's step, an hour without RFQs).
-        state.refilled_ns = now
+        state.refilled_ns = mono
         if state.tokens < _NS_PER_S:
             q = self.config.quoting
             raise ProtocolError(
@@ -834,8 +854,9 @@ class QuoteEngine:
         self, inst: InstrumentConfig, view: BookView, spread: Decimal, now: int
     ) -> _Context:
         """What every side of one RFQ (or one ladder) is priced with, read once."""
+        age_ns = self.market.books[inst.symbol].age_ns  # on the monotonic clock in the engine
         books = {
-            name: BookState(state.book.sequence, max(0, now - state.book.ts_recv_ns) // _NS_PER_MS)
+            name: BookState(state.book.sequence, max(0, age_ns(state.book, now)) // _NS_PER_MS)
             for name, state in view.included.items()
         }
         return _Context(inst, view, spread, self._skew(inst), books)
@@ -906,9 +927,10 @@ class QuoteEngine:
         side: Side,
         qty: Decimal,
         price: Decimal,
-        now: int,
+        day: int,
     ) -> None:
-        """Per-trade notional, daily notional and inventory for a fill of ``qty`` at ``price``."""
+        """Per-trade notional, daily notional (on UTC ``day``) and inventory for a fill of
+        ``qty`` at ``price``."""
         cfg = state.config
         notional = _CTX.multiply(qty, price)
         if notional > cfg.max_trade_notional:
@@ -917,7 +939,7 @@ class QuoteEngine:
                 f"notional {decimal_text(notional)} {inst.quote} exceeds the per-trade limit "
                 f"{decimal_text(cfg.max_trade_notional)}",
             )
-        used = state.used_today(now)
+        used = state.used_on(day)
         if used + notional > cfg.max_daily_notional:
             raise ProtocolError(
                 Code.LIMIT_EXCEEDED,
@@ -970,6 +992,8 @@ class QuoteEngine:
 
     async def _serve_accept(self, client: str, payload: bytes) -> list[Outgoing]:
         arrived = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
+        day = self._today(arrived)  # at arrival: accepts may be booked out of order
         await self.flush_controls()
         wire = _decoded(decode_accept, payload)
         quote_id = (
@@ -1015,7 +1039,7 @@ class QuoteEngine:
                 )
                 return [reject]
             try:
-                checked = self._check_accept(quote, accept, arrived)
+                checked = self._check_accept(quote, accept, arrived, mono, day)
             except ProtocolError as exc:
                 reject = await self._accept_reject(
                     client, topic, quote.quote_id, quote.rfq_id, exc.code, exc.reason
@@ -1082,7 +1106,9 @@ class QuoteEngine:
             await asyncio.wait((receipt,))
         return not receipt.cancelled() and receipt.exception() is None
 
-    def _check_accept(self, quote: _Quote, accept: ParsedAccept, now: int) -> Fill | _Trade:
+    def _check_accept(
+        self, quote: _Quote, accept: ParsedAccept, now: int, mono: int, day: int
+    ) -> Fill | _Trade:
         """Every accept check; the earlier fill for a repeated accept. Under the quote's lock."""
         one_side = None if quote.side == "two_way" else quote.side
         side_text = accept.side or one_side
@@ -1095,6 +1121,12 @@ class QuoteEngine:
             raise ProtocolError(
                 Code.EXPIRED,
                 f"quote {quote.quote_id} expired at {quote.valid_until_ns // _NS_PER_MS} ms",
+            )
+        if mono > quote.deadline_mono_ns:  # the wall clock stepped back since it was quoted
+            raise ProtocolError(
+                Code.EXPIRED,
+                f"quote {quote.quote_id} expired: its {self.config.quoting.quote_ttl_ms} ms "
+                "lifetime is over (the wall clock was stepped back since)",
             )
         if side_text is None:
             raise ProtocolError(Code.INVALID_SIDE, "side is required to accept a two-way quote")
@@ -1114,10 +1146,10 @@ class QuoteEngine:
         assert price is not None
         state = self._client(quote.client)
         self._check_halted(quote.symbol)
-        self._check_limits(state, inst, side, qty, price, now)
+        self._check_limits(state, inst, side, qty, price, day)
         if self.config.quoting.last_look:
             self._last_look(quote, inst, side, now)
-        return _Trade(state, inst, side, qty, price)
+        return _Trade(state, inst, side, qty, price, day)
 
     async def _book(self, quote: _Quote, trade: _Trade, now: int) -> Fill:
         """Book a checked trade and journal its fill; returns once the journal committed it.
@@ -1154,12 +1186,12 @@ class QuoteEngine:
             payload=msgspec.to_builtins(fill),
         )
         self._apply(changes, 1)
-        trade.client.add_notional(now, notional)
+        trade.client.add_notional(trade.day, notional)
         try:
             receipt = await self._journal.submit(event, urgent=True)
         except BaseException:  # refused, or cancelled before it was handed over: not written
             self._apply(changes, -1)
-            trade.client.add_notional(now, -notional)
+            trade.client.add_notional(trade.day, -notional)
             raise
         write = _FillWrite(
             receipt=receipt,
@@ -1168,7 +1200,7 @@ class QuoteEngine:
             changes=changes,
             client=trade.client,
             notional=notional,
-            now_ns=now,
+            day=trade.day,
         )
         try:
             await asyncio.shield(receipt)
@@ -1194,7 +1226,7 @@ class QuoteEngine:
             quote.fill, quote.fill_key = write.fill, write.key
             return
         self._apply(write.changes, -1)
-        write.client.add_notional(write.now_ns, -write.notional)
+        write.client.add_notional(write.day, -write.notional)
 
     def _apply(self, changes: dict[str, Decimal], sign: int) -> None:
         for asset, change in changes.items():
@@ -1364,11 +1396,14 @@ class QuoteEngine:
             OtcError: a row that cannot be read as the engine writes it (named by its id).
         """
         now = self._clock.now_ns()
+        mono = self._clock.monotonic_ns()
         today = now // _NS_PER_DAY
+        #: Notional per day from today on, per client (days after today: the clock was stepped
+        #: back since they were traded; the latest is the day the engine goes on counting).
+        daily_by_day: dict[int, dict[str, Decimal]] = {}
         quote_horizon = now - self._memory_ns
         rfq_horizon = now - self._duplicate_ns
         positions: dict[str, Decimal] = {}
-        daily: dict[str, Decimal] = {}
         halted_all = False
         halted: set[str] = set()
         switches: dict[str, bool] = {}
@@ -1393,7 +1428,9 @@ class QuoteEngine:
                         inst, _SIDES[fill.side], qty, price
                     ).items():
                         positions[asset] = positions.get(asset, _ZERO) + change
-                    if row.ts_ns // _NS_PER_DAY == today and row.client in self._clients:
+                    fill_day = row.ts_ns // _NS_PER_DAY
+                    if fill_day >= today and row.client in self._clients:
+                        daily = daily_by_day.setdefault(fill_day, {})
                         daily[row.client] = daily.get(row.client, _ZERO) + _CTX.multiply(qty, price)
                     quote = quotes.get(fill.quote_id)
                     if quote is not None:
@@ -1414,7 +1451,7 @@ class QuoteEngine:
                         case SpreadRecord(tier=tier, spread_bps=spread):
                             spreads[tier] = spread
                 elif row.kind == "quote":
-                    quote = self._restored_quote(row)
+                    quote = self._restored_quote(row, now, mono)
                     if quote is None:
                         continue
                     if quote.quote_id in filled:
@@ -1442,15 +1479,19 @@ class QuoteEngine:
         disabled = sorted(c for c, on in switches.items() if not on and c in self._clients)
         halted &= set(self._instruments)
         self._positions.update(positions)
+        self._day = max(self._day, today, *daily_by_day)
+        daily = daily_by_day.get(self._day, {})
         for client, notional in daily.items():
-            self._clients[client].add_notional(now, notional)
+            self._clients[client].add_notional(self._day, notional)
         self._halted_all = halted_all
         self._halted |= halted
         for client in disabled:
             self._clients[client].enabled = False
         self._quotes.update(quotes)
         for state, rfq_id, ts_ns in rfq_ids:
-            state.rfq_ids.setdefault(rfq_id, ts_ns)
+            # Its age by the wall clock, from now at most (a clock stepped back since): the
+            # previous run's monotonic stamps mean nothing to this one.
+            state.rfq_ids.setdefault(rfq_id, mono - max(0, now - ts_ns))
         for asset, position in sorted(positions.items()):
             if position:
                 self._control(
@@ -1515,9 +1556,15 @@ class QuoteEngine:
             )
         return qty, price
 
-    def _restored_quote(self, row: JournalRow) -> _Quote | None:
+    def _restored_quote(self, row: JournalRow, now: int, mono: int) -> _Quote | None:
         """The remembered form of a journaled quote; ``None`` for a client or an instrument no
-        longer configured."""
+        longer configured.
+
+        Its monotonic deadline is what is left of it by the wall clock, at most its whole
+        lifetime from now (``now``, ``mono``: the restart's two times): the previous run's
+        monotonic clock means nothing to this one, and a wall clock stepped back since the
+        quote was made must not leave it fillable for the length of the step.
+        """
         if row.client not in self._clients:
             return None
         message = msgspec.convert(row.payload["quote"], Quote)
@@ -1540,6 +1587,7 @@ class QuoteEngine:
         if isinstance(explanation, dict):
             for key, expl in explanation.items():
                 hedge[str(key)] = Decimal(str(expl["hedge_all_in"]))
+        valid_until = message.valid_until_ms * _NS_PER_MS
         return _Quote(
             quote_id=message.quote_id,
             client=row.client,
@@ -1549,7 +1597,8 @@ class QuoteEngine:
             qty=Decimal(message.qty),
             bid=None if message.bid is None else Decimal(message.bid),
             ask=None if message.ask is None else Decimal(message.ask),
-            valid_until_ns=message.valid_until_ms * _NS_PER_MS,
+            valid_until_ns=valid_until,
+            deadline_mono_ns=mono + min(self._ttl_ns, valid_until - now),
             hedge_bid=hedge.get("bid"),
             hedge_ask=hedge.get("ask"),
             notional=None if message.notional is None else Decimal(message.notional),
@@ -1635,20 +1684,22 @@ class QuoteEngine:
 
     # -- memory -------------------------------------------------------------------------------
 
-    def prune(self, now_ns: int) -> int:
+    def prune(self, mono_ns: int) -> int:
         """Forget quotes expired more than ``quote_memory_ms`` ago and rfq ids older than
-        ``duplicate_window_ms``; returns how many quotes were forgotten. O(what is forgotten)."""
+        ``duplicate_window_ms``, at ``mono_ns`` on the clock's monotonic time (a wall clock
+        step neither forgets everything at once nor holds everything for the step's length);
+        returns how many quotes were forgotten. O(what is forgotten)."""
         quotes = self._quotes
-        horizon = now_ns - self._memory_ns
+        horizon = mono_ns - self._memory_ns
         forgotten = 0
-        # Quotes are inserted in valid_until order (one TTL for all), so the oldest come first.
+        # Quotes are inserted in deadline order (one TTL for all), so the oldest come first.
         while quotes:
             quote_id = next(iter(quotes))
-            if quotes[quote_id].valid_until_ns >= horizon:
+            if quotes[quote_id].deadline_mono_ns >= horizon:
                 break
             del quotes[quote_id]
             forgotten += 1
-        oldest = now_ns - self._duplicate_ns
+        oldest = mono_ns - self._duplicate_ns
         for state in self._clients.values():
             ids = state.rfq_ids
             while ids:

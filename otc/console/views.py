@@ -243,7 +243,9 @@ def venue_health(
                     reason="" if why is None else why.reason,
                     detail="" if why is None else why.detail,
                     sequence=l2.sequence,
-                    age_ms=(now_ns - l2.ts_recv_ns) // _NS_PER_MS if l2.ts_recv_ns else None,
+                    age_ms=(
+                        consolidated.age_ns(l2, now_ns) // _NS_PER_MS if l2.ts_recv_ns else None
+                    ),
                     best_bid=None
                     if l2.best_bid is None
                     else decimal_text(scale.price_text(l2.best_bid)),

@@ -79,7 +79,7 @@ async def test_quiet_connection_is_reported_stale_then_reopened(shared_data: Pat
 def test_health_of_a_live_connection_goes_stale_with_age() -> None:
     feed = BybitBookFeed()
     now = [1_000_000_000_000]
-    conn = FeedConnection(feed, ["BTCUSDT"], stale_after_ms=500, clock_ns=lambda: now[0])
+    conn = FeedConnection(feed, ["BTCUSDT"], stale_after_ms=500, monotonic_ns=lambda: now[0])
     conn.state = "live"
     conn.last_message_ns = now[0]
     assert conn.health().state == "live"
@@ -201,7 +201,7 @@ def test_resyncs_in_a_row_are_paced_and_a_calm_spell_resets_them() -> None:
     conn = FeedConnection(
         BybitBookFeed(),
         ["BTCUSDT"],
-        clock_ns=lambda: now[0],
+        monotonic_ns=lambda: now[0],
         resync_base_s=0.5,
         resync_cap_s=4.0,
         resync_calm_s=10.0,
@@ -685,3 +685,32 @@ async def test_a_symbol_left_out_of_sync_is_resynced_while_another_waits_for_a_s
         )
         await run_until(conn, lambda: conn.reconnects >= 1)
     assert conn.reconnects >= 1
+
+
+async def test_a_wall_clock_stepped_back_does_not_keep_a_silent_connection_open(
+    shared_data: Path,
+) -> None:
+    """Quiet time was measured on the wall clock: stepped back an hour, a venue that had just
+    gone silent looked minus an hour quiet, and stayed connected (its books frozen, its health
+    live) for that hour."""
+    path = shared_data / "bybit" / "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
+    wall = [1_700_000_000_000_000_000]
+    # One message per 2 s: after the first snapshot the line is quiet for longer than 200 ms.
+    async with LoopbackExchange("bybit", path, interval_s=2.0) as exchange:
+        conn = FeedConnection(
+            BybitBookFeed(),
+            ["BTCUSDT"],
+            url=exchange.url,
+            stale_after_ms=200,
+            backoff=Backoff(base_s=0.01, cap_s=0.02, rng=random.Random(3)),
+            clock_ns=lambda: wall[0],
+        )
+        async with asyncio.timeout(20), asyncio.TaskGroup() as tg:
+            task = tg.create_task(conn.run(), name="feed")
+            while conn.state != "live":  # noqa: ASYNC110 - state the feed task owns
+                await asyncio.sleep(0.005)
+            wall[0] -= 3600 * 10**9
+            while conn.reconnects == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            task.cancel()
+    assert "no data" in conn.health().last_error

@@ -378,7 +378,8 @@ async def test_what_the_config_no_longer_has_and_out_of_order_stamps_restore(
 
 async def test_restored_quotes_are_pruned_oldest_first(tmp_path: Path, config: Config) -> None:
     """prune() forgets from the front, expecting quotes in expiry order; restored in journal
-    order, one quote valid for a day held every later one in memory for good."""
+    order, one quote valid for a day held every later one in memory for good. (A restored
+    quote lives for one lifetime from the restart at most, so the day is cut to that.)"""
     path = tmp_path / "journal.sqlite"
     clock = FakeClock()
     await journal_of_one_run(path, clock, config)
@@ -388,7 +389,11 @@ async def test_restored_quotes_are_pruned_oldest_first(tmp_path: Path, config: C
             f"json_set(payload, '$.quote.valid_until_ms', {clock.now_ns() // NS_PER_MS + day_ms})"
         )
         assert conn.execute(f"UPDATE events SET payload = {later} WHERE {Q1}").rowcount == 1
+    clock.advance(s=1)  # r3 has a second less to live than a whole lifetime
     async with Run(config, path, clock) as two:
         assert (await two.restore()).quotes == 2
-        clock.advance(ns=two.engine.remembered_ns + 60 * 10**9)
-        assert two.engine.prune(clock.now_ns()) == 1  # r3's, though r1's came first
+        q = config.quoting
+        clock.advance(ms=q.quote_ttl_ms + q.quote_memory_ms)
+        assert two.engine.prune(clock.monotonic_ns()) == 1  # r3's, though r1's came first
+        clock.advance(ns=1)
+        assert two.engine.prune(clock.monotonic_ns()) == 1  # r1's: a lifetime from the restart
