@@ -854,9 +854,11 @@ class QuoteEngine:
         self, inst: InstrumentConfig, view: BookView, spread: Decimal, now: int
     ) -> _Context:
         """What every side of one RFQ (or one ladder) is priced with, read once."""
-        age_ns = self.market.books[inst.symbol].age_ns  # on the monotonic clock in the engine
+        # The explanation's ages are on the wall clock, the receive stamps' and the RFQ's, which
+        # the recording keeps: `otc replay-journal` reproduces them to the millisecond. (Which
+        # books are fresh enough to price from was decided on the monotonic clock: view().)
         books = {
-            name: BookState(state.book.sequence, max(0, age_ns(state.book, now)) // _NS_PER_MS)
+            name: BookState(state.book.sequence, max(0, now - state.book.ts_recv_ns) // _NS_PER_MS)
             for name, state in view.included.items()
         }
         return _Context(inst, view, spread, self._skew(inst), books)
