@@ -25,6 +25,7 @@ import pytest
 
 from otc.broker import (
     AMQTT_VENV,
+    AuthFiles,
     BrokerKind,
     BrokerProcess,
     find_amqtt,
@@ -117,6 +118,15 @@ def running_broker(
         acl_file=acl_file,
         config_file=config_file,
         port=port,
+    ) as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def secured_broker(config_dir: Path, auth: AuthFiles) -> Iterator[BrokerProcess]:
+    """A started mosquitto enforcing ``auth``'s password file and ACL, stopped on exit."""
+    with running_broker(
+        config_dir, kind="mosquitto", password_file=auth.password_file, acl_file=auth.acl_file
     ) as broker:
         yield broker
 

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from broker import RECEIVE_TIMEOUT_S, Publication, needs_mosquitto, receive, running_broker
+from broker import (
+    RECEIVE_TIMEOUT_S,
+    Publication,
+    needs_mosquitto,
+    receive,
+    running_broker,
+    secured_broker,
+)
 
 from otc.app import Engine
 from otc.broker import AuthFiles, BrokerProcess, generate_auth
@@ -52,12 +59,7 @@ def secured(
     production one (config/mosquitto/otc.conf) pointed at a free port and a temp directory."""
     broker_dir = tmp_path / "broker"
     if request.param == "generated":
-        with running_broker(
-            broker_dir,
-            kind="mosquitto",
-            password_file=auth.password_file,
-            acl_file=auth.acl_file,
-        ) as process:
+        with secured_broker(broker_dir, auth) as process:
             yield process
         return
     config, port = shipped_config(auth, broker_dir)
@@ -269,12 +271,7 @@ async def test_a_new_client_gets_a_password_and_the_others_keep_theirs(
     again = generate_auth(["client-a", "client-c"], ENGINE, out, operators=["ops-1"])
     assert set(again.passwords) == {"client-c"}
     assert again.removed == ("client-b",)
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=again.password_file,
-        acl_file=again.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", again) as broker:
         for user, password in [
             ("client-a", auth.passwords["client-a"]),
             (ENGINE, auth.passwords[ENGINE]),
@@ -295,12 +292,7 @@ async def test_a_new_client_gets_a_password_and_the_others_keep_theirs(
         ["client-a", "client-c"], ENGINE, out, operators=["ops-1"], rotate=["client-a"]
     )
     assert set(rotated.passwords) == {"client-a"}
-    with running_broker(
-        tmp_path / "broker-rotated",
-        kind="mosquitto",
-        password_file=rotated.password_file,
-        acl_file=rotated.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker-rotated", rotated) as broker:
         async with Bus(
             host=broker.host,
             port=broker.port,
@@ -490,12 +482,7 @@ async def test_otc_serve_takes_the_brokers_password_from_the_environment(
 ) -> None:
     """``OTC_BROKER_PASSWORD`` logs the engine in (the shipped config has no password, and a
     password in ``--broker`` would show in ``ps``): it comes up and quotes client-a."""
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", auth) as broker:
         serve = _serve(
             broker, tmp_path, os.environ | {"OTC_BROKER_PASSWORD": auth.passwords[ENGINE]}
         )
@@ -546,12 +533,7 @@ async def test_a_second_connection_as_the_engines_user_takes_over_and_the_engine
     config = msgspec.structs.replace(
         config, journal=msgspec.structs.replace(config.journal, path=str(tmp_path / "j.db"))
     )
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", auth) as broker:
         ready = asyncio.Event()
         engine = Engine(
             config,

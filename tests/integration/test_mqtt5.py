@@ -47,6 +47,7 @@ from broker import (
     needs_mosquitto,
     needs_mosquitto_clients,
     running_broker,
+    secured_broker,
 )
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -274,12 +275,7 @@ async def test_an_mqtt5_client_cannot_read_another_clients_quotes(
     auth = generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
     broker_dir = tmp_path / "broker"
     if config == "generated":
-        started = running_broker(
-            broker_dir,
-            kind="mosquitto",
-            password_file=auth.password_file,
-            acl_file=auth.acl_file,
-        )
+        started = secured_broker(broker_dir, auth)
     else:
         file, port = shipped_config(auth, broker_dir)
         started = running_broker(broker_dir, kind="mosquitto", config_file=file, port=port)
@@ -409,12 +405,7 @@ def test_otc_rfq_as_another_client_is_told_at_once_the_broker_refused_it(tmp_pat
     says so and exits 2, rather than wait out its timeout for an answer that cannot come (no
     engine runs: the broker's refusal is the whole answer)."""
     auth = generate_auth(["client-a", "client-b"], ENGINE, tmp_path / "auth")
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", auth) as broker:
         password = urllib.parse.quote(auth.passwords["client-a"], safe="")
         done = subprocess.run(
             [
@@ -450,12 +441,7 @@ async def test_a_publication_of_the_engine_the_broker_refuses_is_logged_and_it_s
         acl.replace("topic write otc/v1/+/quotes\n", "topic write otc/v1/client-a/quotes\n")
     )
     caplog.set_level(logging.ERROR, logger="otc.app")
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", auth) as broker:
         engine, task = await start_engine(
             broker.host,
             broker.port,

@@ -26,6 +26,7 @@ from broker import (
     read_mqtt_packet,
     receive,
     running_broker,
+    secured_broker,
     unique_topic_prefix,
     until_closed,
 )
@@ -914,12 +915,7 @@ async def test_under_mqtt_5_a_publication_the_acl_denies_raises_naming_topic_and
     MQTT 5: the bus raises, and the connection serves on. Under 3.1.1 the PUBACK has no reason
     code: the message is dropped silently (the bus cannot tell); at QoS 0 there is no PUBACK."""
     auth = generate_auth(["client-a", "client-b"], "otc-engine", tmp_path / "auth")
-    with running_broker(
-        tmp_path / "broker",
-        kind="mosquitto",
-        password_file=auth.password_file,
-        acl_file=auth.acl_file,
-    ) as broker:
+    with secured_broker(tmp_path / "broker", auth) as broker:
         login = {"username": "client-a", "password": auth.passwords["client-a"]}
         async with bus_for(broker, protocol=version, **login) as bus:
             forged = Publication("otc/v1/client-b/rfq", b"{}")
