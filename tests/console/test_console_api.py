@@ -20,10 +20,13 @@ import httpx
 import msgspec
 import pytest
 
+from feeds.bybit import BybitBookFeed
+from feeds.connection import FeedConnection
 from otc.app import Engine
 from otc.clock import FakeClock
 from otc.config import Config, load_config
 from otc.console import Activity, Console, ConsoleServer, ObservedJournal, listen
+from otc.console.views import venue_health
 from otc.errors import ConfigError
 from otc.journal import MemoryJournal
 from otc.model import BookSnapshot
@@ -813,6 +816,24 @@ async def test_pnl_is_rounded_to_the_instrument_s_tick_not_always_to_cents(
     assert Decimal(pnl_of("0.5")) == exact.quantize(Decimal("0.01"))  # never coarser than cents
 
 
+def _bybit_feed(engine: Engine) -> tuple[BybitBookFeed, dict[str, str]]:
+    """A Bybit adapter bound to ``engine``'s market: (it, venue symbol -> ours)."""
+    names = engine.market.venue_symbols("bybit")
+    scales = {ours: engine.market.books[ours].scale for ours in names.values()}
+    feed = BybitBookFeed(symbols=names, scales=scales)
+    engine.market.bind(feed)
+    return feed, names
+
+
+def _bybit_states(engine: Engine, conn: FeedConnection) -> tuple[str, str, str]:
+    """Bybit's state as its connection, ``otc/v1/status`` and the console say it."""
+    health = conn.health()
+    now = engine.clock.now_ns()
+    status = msgspec.json.decode(engine._status("up").payload)
+    console = {h.venue: h for h in venue_health(engine.market.books, [health], now)}
+    return health.state, status["venues"]["bybit"], console["bybit"].state
+
+
 async def test_a_live_venue_whose_books_froze_is_reported_stale() -> None:
     """A venue repeating one update keeps its connection live (messages keep coming) while its
     books stop changing: the consolidated view drops them as stale once older than
@@ -821,10 +842,6 @@ async def test_a_live_venue_whose_books_froze_is_reported_stale() -> None:
     ``live``."""
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
-
-    from feeds.bybit import BybitBookFeed
-    from feeds.connection import FeedConnection
-    from otc.console import views
 
     moving = asyncio.Event()
 
@@ -851,18 +868,10 @@ async def test_a_live_venue_whose_books_froze_is_reported_stale() -> None:
     config = load_config(CONFIG)
     estimator = msgspec.structs.replace(config.estimator, max_book_age_ms=200)
     engine = Engine(msgspec.structs.replace(config, estimator=estimator), console=False)
-    names = engine.market.venue_symbols("bybit")
-    feed = BybitBookFeed(
-        symbols=names, scales={ours: engine.market.books[ours].scale for ours in names.values()}
-    )
-    engine.market.bind(feed)
+    feed, names = _bybit_feed(engine)
 
     def states() -> tuple[str, str, str]:
-        health = conn.health()
-        now = engine.clock.now_ns()
-        status = msgspec.json.decode(engine._status("up").payload)
-        console = {h.venue: h for h in views.venue_health(engine.market.books, [health], now)}
-        return health.state, status["venues"]["bybit"], console["bybit"].state
+        return _bybit_states(engine, conn)
 
     def bybit_stale() -> bool:
         now = engine.clock.now_ns()
@@ -898,10 +907,6 @@ async def test_a_live_venue_whose_book_crossed_is_reported_crossed() -> None:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
 
-    from feeds.bybit import BybitBookFeed
-    from feeds.connection import FeedConnection
-    from otc.console import views
-
     uncross = asyncio.Event()
 
     def message(kind: str, symbol: str, u: int, bid: str) -> str:
@@ -934,18 +939,10 @@ async def test_a_live_venue_whose_book_crossed_is_reported_crossed() -> None:
 
     config = load_config(CONFIG)
     engine = Engine(config, console=False)
-    names = engine.market.venue_symbols("bybit")
-    feed = BybitBookFeed(
-        symbols=names, scales={ours: engine.market.books[ours].scale for ours in names.values()}
-    )
-    engine.market.bind(feed)
+    feed, names = _bybit_feed(engine)
 
     def states() -> tuple[str, str, str]:
-        health = conn.health()
-        now = engine.clock.now_ns()
-        status = msgspec.json.decode(engine._status("up").payload)
-        console = {h.venue: h for h in views.venue_health(engine.market.books, [health], now)}
-        return health.state, status["venues"]["bybit"], console["bybit"].state
+        return _bybit_states(engine, conn)
 
     async with serve(venue, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
