@@ -1,0 +1,162 @@
+"""How `otc serve` and `otc demo` stop: real processes, real signals, a real broker.
+
+Every test sends a real signal to a real ``python -m otc.cli`` process and then looks at what is
+left: the exit status, stderr, the retained status, the journal and its lock, the demo's own
+broker process and its port. Waits are guards against hangs, never timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otc.broker import find_mosquitto
+
+CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+
+#: A guard against hangs, not a timing.
+GUARD_S = 60
+
+needs_mosquitto = pytest.mark.skipif(
+    find_mosquitto() is None, reason="mosquitto is not installed or OTC_NO_MOSQUITTO is set"
+)
+
+#: What a clean stop never prints.
+NEVER_ON_STDERR = (
+    "Traceback",
+    "Task was destroyed but it is pending",
+    "Event loop is closed",
+    "was never retrieved",
+    "Exception ignored",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is still a process (a zombie nobody reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def lock_is_free(journal: Path) -> bool:
+    with open(journal.with_name(journal.name + ".lock"), "a") as file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+        return True
+
+
+def clean(stderr: str) -> bool:
+    return not any(text in stderr for text in NEVER_ON_STDERR)
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def otc(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "otc.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> str:
+    assert proc.stdout is not None
+    printed = ""
+    while text not in printed:
+        line = proc.stdout.readline()
+        assert line, (printed, proc.stderr.read() if proc.stderr else "")
+        printed += line
+    return printed
+
+
+@needs_mosquitto
+def test_a_demo_stopped_while_its_broker_starts_leaves_no_broker_behind(tmp_path: Path) -> None:
+    """SIGTERM while the demo's mosquitto was starting (in a worker thread): the thread went on
+    and started it, no `__aexit__` followed the cancelled `__aenter__`, and the broker (in a
+    session of its own) kept running and holding its port after the demo exited 0.
+
+    A `mosquitto` first on PATH stands in for the real one until the test lets it go, so that
+    the signal lands while the demo waits for its broker; then it is the real mosquitto."""
+    real = find_mosquitto()
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started, go = tmp_path / "started", tmp_path / "go"
+    wrapper = bin_dir / "mosquitto"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"echo $$ > {started}.tmp && mv {started}.tmp {started}\n"
+        # its own copy of the config: the demo's folder is gone once the demo exited
+        f'grep -v "^log_dest" "$2" > {tmp_path}/mosquitto.conf\n'
+        f"while [ ! -e {go} ]; do sleep 0.01; done\n"
+        f"exec {real} -c {tmp_path}/mosquitto.conf\n"
+    )
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    port = free_port()
+    journal = tmp_path / "journal.sqlite"
+    demo = otc(
+        *("demo", "--mqtt-port", str(port), "--journal", journal, "--console-port", "0"), env=env
+    )
+    pid = None
+    try:
+        with reaped(demo):
+            for _ in range(GUARD_S * 100):
+                if started.exists() or demo.poll() is not None:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    demo.wait(timeout=0.01)
+            assert started.exists(), demo.stderr.read() if demo.stderr else ""
+            pid = int(started.read_text())
+            demo.send_signal(signal.SIGTERM)
+            go.touch()  # the broker may start now: the demo must stop it all the same
+            assert demo.wait(timeout=GUARD_S) == 0
+            stderr = demo.stderr.read() if demo.stderr else ""
+        assert clean(stderr), stderr
+        assert not alive(pid), "the demo's broker outlived it"
+        assert not accepts(port)
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
