@@ -513,6 +513,9 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop where it is installed (the default loop elsewhere).
 
     SIGINT and SIGTERM cancel ``main`` so that its ``finally`` blocks and task groups unwind.
+    So does SIGHUP (the terminal was closed): left to its default it killed the process on the
+    spot, with no status ``down`` of our own, the journal's queue lost and the demo's broker
+    left running; unless SIGHUP is ignored (``nohup otc serve``), which is kept.
     """
     import asyncio
     import signal
@@ -526,7 +529,11 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     with asyncio.Runner(loop_factory=factory) as runner:
         loop = runner.get_loop()
         task = loop.create_task(main, name="main")
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = [signal.SIGINT, signal.SIGTERM]
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+            signals.append(hangup)
+        for sig in signals:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,7 @@ broker process and its port. Waits are guards against hangs, never timings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -14,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from broker import ask_engine, receive
 
-from otc.broker import find_mosquitto
+from otc.broker import BrokerProcess, find_mosquitto
+from otc.bus import Bus
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -160,3 +164,75 @@ def test_a_demo_stopped_while_its_broker_starts_leaves_no_broker_behind(tmp_path
     finally:
         if pid is not None and alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def demo_ready(tmp_path: Path) -> tuple[subprocess.Popen[str], int, Path]:
+    """A running ``otc demo`` with its own broker: the process, the broker's port, the journal."""
+    port = free_port()
+    journal = tmp_path / "journal.sqlite"
+    demo = otc("demo", "--mqtt-port", str(port), "--journal", journal, "--console-port", "0")
+    read_until(demo, "Ctrl-C stops the engine")
+    return demo, port, journal
+
+
+async def status_after(port: int, send: Callable[[], None]) -> str:
+    """The retained status, ``send()``, then the next status: what the engine said last."""
+    async with Bus(host="127.0.0.1", port=port) as watcher:
+        await watcher.subscribe("otc/v1/status")
+        messages = watcher.messages()
+        await receive(messages)  # retained: up
+        send()
+        while True:
+            _, payload = await receive(messages)
+            state: str = msgspec.json.decode(payload)["state"]
+            if state != "up":
+                return state
+
+
+@needs_mosquitto
+def test_a_closed_terminal_stops_the_demo_cleanly_with_its_broker(tmp_path: Path) -> None:
+    """SIGHUP (the terminal closed) killed the demo on the spot: no status ``down`` of its own,
+    the journal's queue lost, and its broker (in a session of its own, so the hangup did not
+    reach it) left running with its port. It stops as on Ctrl-C now."""
+    demo, port, journal = demo_ready(tmp_path)
+    with reaped(demo):
+        state = asyncio.run(status_after(port, lambda: demo.send_signal(signal.SIGHUP)))
+        assert demo.wait(timeout=GUARD_S) == 0
+        stderr = demo.stderr.read() if demo.stderr else ""
+    assert state == "down"
+    assert clean(stderr), stderr
+    assert not accepts(port), "the demo's broker outlived it"
+    assert lock_is_free(journal)
+
+
+def test_an_ignored_sighup_is_kept_ignored(broker: BrokerProcess, tmp_path: Path) -> None:
+    """`nohup otc serve`: the operator wants the engine to outlive the terminal."""
+    journal = tmp_path / "journal.sqlite"
+    serve = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "otc.cli", "serve", "--config", str(CONFIG), "--feeds", "sim"),
+            *("--broker", broker.url, "--journal", str(journal), "--no-console"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup does
+    )
+    with reaped(serve):
+        read_until(serve, "up")
+        serve.send_signal(signal.SIGHUP)
+        quote = asyncio.run(
+            ask_engine(
+                broker.host,
+                broker.port,
+                "client-a",
+                "rfq",
+                {"rfq_id": "r1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"},
+            )
+        )
+        assert quote["type"] == "quote"
+        assert serve.poll() is None
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=GUARD_S) == 0
+        stderr = serve.stderr.read() if serve.stderr else ""
+    assert clean(stderr), stderr
