@@ -610,6 +610,22 @@ def _with_record(config: Config, record: Path | None) -> Config:
     )
 
 
+def _stop_outcome(command: str, engine: Any) -> int:
+    """The exit status of a stopped engine: 1 when a second signal cut the journal's closing
+    short with events not yet committed (the journal logged how many), or when a write error
+    stopped the recording (:func:`_recording_outcome`)."""
+    journal = engine.journal
+    status = _recording_outcome(command, engine)
+    if journal is not None and journal.abandoned:
+        sys.stderr.write(
+            f"otc: error: stopped before the journal committed {journal.abandoned} event(s) "
+            f"(a second signal cut its closing short): `otc blotter --journal {journal.path}` "
+            "shows what it holds\n"
+        )
+        status = 1
+    return status
+
+
 def _recording_outcome(command: str, engine: Any) -> int:
     """Say what the engine recorded; status 1 when a write error stopped the recording."""
     recorder = engine.recorder
@@ -772,7 +788,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = Engine(config, feeds=args.feeds, on_ready=ready, freeze_heap=True, **options)
     run_async(_run_for(engine.run(), args.duration))
-    return _recording_outcome("otc serve", engine)
+    return _stop_outcome("otc serve", engine)
 
 
 def _demo_engine(args: argparse.Namespace) -> int:
@@ -832,7 +848,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
         )
         engines.append(engine)
         run_async(_run_for(engine.run(), args.duration))
-        return _recording_outcome("otc demo", engine)
+        return _stop_outcome("otc demo", engine)
 
     async def with_broker() -> None:
         with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
@@ -855,7 +871,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
                 await _run_for(engine.run(), args.duration)
 
     run_async(with_broker())
-    return _recording_outcome("otc demo", engines[0]) if engines else 0
+    return _stop_outcome("otc demo", engines[0]) if engines else 0
 
 
 def _client_name(name: str, option: str) -> str:

@@ -472,6 +472,8 @@ class SqliteJournal:
         self.committed = 0
         #: Events that could not be recorded (their append raised, their receipt failed).
         self.failed = 0
+        #: Events not yet committed when :meth:`aclose` was cancelled (see there).
+        self.abandoned = 0
         #: The open lock file while the writer runs (see :func:`_lock`).
         self._lock_file: TextIO | None = None
 
@@ -523,7 +525,14 @@ class SqliteJournal:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Commit everything appended so far, then stop the writer thread. Idempotent."""
+        """Commit everything appended so far, then stop the writer thread. Idempotent.
+
+        Cancelled while the writer still commits (a second Ctrl-C while the disk is slow or
+        blocked), it returns at once (raising ``CancelledError``) and says how many events
+        were not yet committed (``ERROR``, and :attr:`abandoned`): each is committed or not as
+        the writer gets to it before the process exits; SQLite commits a transaction whole or
+        not at all, so the file stays consistent either way.
+        """
         first = not self._closed
         self._closed = True
         if self._stopped is None:  # never opened
@@ -531,7 +540,18 @@ class SqliteJournal:
         if first:
             self._queue.put(_STOP)
             self._urgent.set()
-        await asyncio.shield(self._stopped)
+        try:
+            await asyncio.shield(self._stopped)
+        except asyncio.CancelledError:
+            if not self._stopped.done() and self._in_flight:
+                self.abandoned = self._in_flight
+                log.error(
+                    "journal %s: closing was cut short with %d event(s) not yet committed: "
+                    "lost unless the writer commits them before the process exits",
+                    self.path,
+                    self.abandoned,
+                )
+            raise
 
     # -- appending --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import fcntl
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from broker import ask_engine, receive
+from sqlite_lock import write_lock
 
 from otc.broker import BrokerProcess, find_mosquitto
 from otc.bus import Bus
@@ -236,3 +238,47 @@ def test_an_ignored_sighup_is_kept_ignored(broker: BrokerProcess, tmp_path: Path
         assert serve.wait(timeout=GUARD_S) == 0
         stderr = serve.stderr.read() if serve.stderr else ""
     assert clean(stderr), stderr
+
+
+def test_a_second_signal_while_the_journal_is_blocked_says_what_was_not_committed(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """Ctrl-C twice while another process holds the journal's write lock: the second one cut
+    the journal's closing short, and the engine exited 0 without a word about the RFQ and
+    quote it had not committed. Now it exits promptly all the same, says how many events were
+    not committed, exits 1, and the journal is consistent with its lock free."""
+    journal = tmp_path / "journal.sqlite"
+    serve = otc(
+        *("serve", "--config", CONFIG, "--feeds", "sim", "--broker", broker.url),
+        *("--journal", journal, "--no-console"),
+    )
+    with reaped(serve):
+        read_until(serve, "up")
+        with write_lock(journal):
+            quote = asyncio.run(
+                ask_engine(
+                    broker.host,
+                    broker.port,
+                    "client-a",
+                    "rfq",
+                    {"rfq_id": "r1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"},
+                )
+            )
+            assert quote["type"] == "quote"  # published; its journal events wait for the disk
+            serve.send_signal(signal.SIGTERM)
+            # The impatient operator: Ctrl-C until it is gone (the engine may still be
+            # publishing its status when the first lands; the journal waits for the disk).
+            for _ in range(GUARD_S * 10):
+                serve.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    serve.wait(timeout=0.1)
+                    break
+            status = serve.wait(timeout=GUARD_S)
+            stderr = serve.stderr.read() if serve.stderr else ""
+            assert lock_is_free(journal)
+    assert status == 1, stderr
+    assert "2 event(s) not yet committed" in stderr, stderr
+    assert clean(stderr), stderr
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
