@@ -516,6 +516,11 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     So does SIGHUP (the terminal was closed): left to its default it killed the process on the
     spot, with no status ``down`` of our own, the journal's queue lost and the demo's broker
     left running; unless SIGHUP is ignored (``nohup otc serve``), which is kept.
+
+    Once ``main`` is over, the runner still waits for the worker threads of ``asyncio.to_thread``
+    (a recording's write to a hung disk, a name lookup): a signal then ends the process at
+    once, with status 1 (:func:`_abandon_threads`); it was ignored, and nothing but SIGKILL
+    ended a process whose thread never returned.
     """
     import asyncio
     import signal
@@ -533,11 +538,33 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
         hangup = getattr(signal, "SIGHUP", None)  # not on Windows
         if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
             signals.append(hangup)
+
+        def stop() -> None:
+            if task.done():
+                _abandon_threads()
+            task.cancel()
+
         for sig in signals:
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop)
         with contextlib.suppress(asyncio.CancelledError):
             runner.run(_await(task))
+
+
+def _abandon_threads() -> NoReturn:
+    """Exit now, without waiting for worker threads that have not returned (status 1).
+
+    Whatever they were doing is cut short: a read loses nothing, a recording's write leaves the
+    file valid up to its last complete flush; the journal was closed before (or its closing
+    cut short, and said so).
+    """
+    sys.stdout.flush()
+    sys.stderr.write(
+        "otc: error: stopped without waiting for worker threads that had not returned (a disk "
+        "write or read that hangs?)\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
 
 
 async def _await(task: Awaitable[None]) -> None:

@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import termios
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -282,3 +283,43 @@ def test_a_second_signal_while_the_journal_is_blocked_says_what_was_not_committe
     with contextlib.closing(sqlite3.connect(journal)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
+def test_signals_end_a_stop_that_waits_for_a_write_that_never_returns(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """A recording whose write never returns (a hung disk; here a pipe nobody reads): a
+    second signal cuts the recorder's wait short, but then the runner waited for the worker
+    thread at exit and ignored every further signal; only SIGKILL ended the process. Now a
+    signal once the engine is over ends the process at once, status 1, saying why."""
+    fifo = tmp_path / "books.otc.gz"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)  # full after a few flushes
+        serve = otc(
+            *("serve", "--config", CONFIG, "--feeds", "sim", "--broker", broker.url),
+            *("--journal", tmp_path / "journal.sqlite", "--no-console", "--record", fifo),
+        )
+        with reaped(serve):
+            read_until(serve, "up")
+            for _ in range(GUARD_S * 10):  # until the pipe is full: the next write hangs
+                queued = bytearray(4)
+                fcntl.ioctl(reader, termios.FIONREAD, queued)
+                if int.from_bytes(queued, sys.byteorder) >= 4096:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    serve.wait(timeout=0.1)
+            serve.send_signal(signal.SIGTERM)
+            for _ in range(GUARD_S * 10):  # the impatient operator
+                serve.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    serve.wait(timeout=0.1)
+                    break
+            status = serve.wait(timeout=GUARD_S)
+            stderr = serve.stderr.read() if serve.stderr else ""
+    finally:
+        os.close(reader)
+    assert status == 1, stderr
+    assert "stopped without waiting for worker threads" in stderr, stderr
+    assert clean(stderr), stderr
