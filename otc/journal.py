@@ -328,6 +328,8 @@ _INSERT_BATCH: Final = (
     " value->>6, value->>7, value->>8 FROM json_each(?)"
 )
 _BUSY_TIMEOUT_MS: Final = 5_000
+#: SQLite steps between two looks at the ``stop`` of a read that may be given up.
+_STOP_CHECK_STEPS: Final = 10_000
 
 Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
 _Row = tuple[int, int, str, str, str, str, str, str, str]
@@ -1117,7 +1119,11 @@ _RECENT_WHERE: Final = " WHERE e.client = ? AND e.ts_ns >= ? AND e.kind IN ('rfq
 
 
 def state_rows(
-    path: str | Path, *, since_ns: int, clients: Iterable[str] | None = None
+    path: str | Path,
+    *,
+    since_ns: int,
+    clients: Iterable[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[JournalRow]:
     """What a restarting engine rebuilds its state from, in journal order: every fill and
     control ever recorded, and the RFQs and quotes stamped at or after ``since_ns`` of
@@ -1129,9 +1135,12 @@ def state_rows(
     passes its configured clients: the journal also names every unknown client id that ever
     sent an RFQ (each refused, and journaled), which would otherwise cost a query and their
     rows at every restart. Opens its own read-only connection. Raises :class:`JournalError`
-    when the journal cannot be read.
+    when the journal cannot be read, or when ``stop`` is set (from another thread: the read
+    gives up within a few thousand SQLite steps; a large journal takes seconds to read).
     """
     with contextlib.closing(_open_read_only(path)) as conn:
+        if stop is not None:
+            conn.set_progress_handler(stop.is_set, _STOP_CHECK_STEPS)
         rows = list(_rows(conn, path, [], [], _STATE_WHERE))
         if clients is None:
             try:

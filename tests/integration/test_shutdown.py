@@ -19,14 +19,18 @@ import sys
 import termios
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import msgspec
 import pytest
 from broker import ask_engine, receive
 from sqlite_lock import write_lock
 
+from otc.app import Engine
 from otc.broker import BrokerProcess, find_mosquitto
 from otc.bus import Bus
+from otc.config import load_config
+from otc.journal import SqliteJournal, state_rows
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 
@@ -323,3 +327,53 @@ def test_signals_end_a_stop_that_waits_for_a_write_that_never_returns(
     assert status == 1, stderr
     assert "stopped without waiting for worker threads" in stderr, stderr
     assert clean(stderr), stderr
+
+
+def reading_state(frames: dict[int, FrameType]) -> bool:
+    """Whether a thread is in :func:`otc.journal.state_rows` (reading a journal to restore)."""
+    for frame in frames.values():
+        at: FrameType | None = frame
+        while at is not None:
+            if at.f_code is state_rows.__code__:
+                return True
+            at = at.f_back
+    return False
+
+
+async def test_stopped_while_restoring_a_large_journal_the_read_stops_too(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """SIGTERM while the engine read a large journal to restore from (5 s for a million fills):
+    the engine unwound, but the read went on in its worker thread, and the process waited for
+    it at exit. The read gives up now, before the engine's task returns."""
+    path = tmp_path / "journal.sqlite"
+    async with SqliteJournal(path):  # the schema
+        pass
+    fill = msgspec.json.encode(
+        {"type": "fill", "quote_id": "Q", "trade_id": "T", "side": "buy", "qty": "0.001"}
+        | {"price": "64000", "ts_ms": 1, "symbol": "BTC-USDT", "rfq_id": "R"}
+    ).decode()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(  # fills of long ago, as many as a busy desk's years
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) "
+            "INSERT INTO events (ts_ns, recorded_ns, kind, client, symbol, rfq_id, quote_id, "
+            "trade_id, payload) SELECT 1000000 + i, 1000000 + i, 'fill', 'client-a', "
+            "'BTC-USDT', 'r' || i, 'q' || i, 't' || i, "
+            "replace(replace(replace(?, '\"Q\"', '\"q' || i || '\"'), '\"T\"', '\"t' || i || "
+            "'\"'), '\"R\"', '\"r' || i || '\"') FROM n",
+            (fill,),
+        )
+    config = load_config(CONFIG)
+    config = msgspec.structs.replace(
+        config, journal=msgspec.structs.replace(config.journal, path=str(path))
+    )
+    engine = Engine(config, feeds="sim", host=broker.host, port=broker.port, console=False)
+    task = asyncio.create_task(engine.run())
+    async with asyncio.timeout(GUARD_S):
+        while not reading_state(sys._current_frames()):  # noqa: ASYNC110 - another thread
+            await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.restored is None  # stopped during the read, not after
+    assert not reading_state(sys._current_frames())
