@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -377,3 +378,40 @@ async def test_stopped_while_restoring_a_large_journal_the_read_stops_too(
         await task
     assert engine.restored is None  # stopped during the read, not after
     assert not reading_state(sys._current_frames())
+
+
+def test_a_console_request_cut_short_at_shutdown_is_one_line_not_a_traceback(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """A console client still sending a command's body when the engine stops: uvicorn waits
+    3 s for it, cancels it, and logged "Exception in ASGI application" with the traceback of
+    the cancellation. Now one line says a request was cancelled."""
+    serve = otc(
+        *("serve", "--config", CONFIG, "--feeds", "sim", "--broker", broker.url),
+        *("--journal", tmp_path / "journal.sqlite", "--console-port", "0"),
+        env=dict(os.environ, OTC_CONSOLE_TOKEN="t" * 32),
+    )
+    with reaped(serve):
+        printed = read_until(serve, "console: http://")
+        found = re.search(r"console: http://([\d.]+):(\d+)/", printed)
+        assert found is not None, printed
+        with socket.create_connection((found.group(1), int(found.group(2)))) as client:
+            client.sendall(
+                b"POST /api/control HTTP/1.1\r\nHost: otc\r\nAuthorization: Bearer "
+                + b"t" * 32
+                + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            client.sendall(b'"operator": ')  # and nothing more: the rest never comes
+            # A whole request after it, answered: the engine has read the one above by then.
+            with socket.create_connection((found.group(1), int(found.group(2)))) as other:
+                other.sendall(
+                    b"GET /api/overview HTTP/1.1\r\nHost: otc\r\nConnection: close\r\n"
+                    b"Authorization: Bearer " + b"t" * 32 + b"\r\n\r\n"
+                )
+                assert other.recv(12) == b"HTTP/1.1 200"
+            serve.send_signal(signal.SIGTERM)
+            status = serve.wait(timeout=GUARD_S)
+        stderr = serve.stderr.read() if serve.stderr else ""
+    assert status == 0, stderr
+    assert "console: a request was cancelled" in stderr, stderr
+    assert clean(stderr), stderr
