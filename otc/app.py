@@ -40,6 +40,7 @@ import contextlib
 import gc
 import logging
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -362,9 +363,22 @@ class Engine:
         """Rebuild the previous runs' state from the journal before the first message."""
         assert self.quotes is not None
         since = self.clock.now_ns() - self.quotes.remembered_ns
-        rows = await asyncio.to_thread(
-            state_rows, journal.path, since_ns=since, clients=self.quotes.clients
+        stop = threading.Event()
+        reading = asyncio.ensure_future(
+            asyncio.to_thread(
+                state_rows, journal.path, since_ns=since, clients=self.quotes.clients, stop=stop
+            )
         )
+        try:
+            rows = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # Stopped while reading (seconds for a million fills): the read gives up too,
+            # rather than go on in its thread and hold the process's exit until it is done.
+            stop.set()
+            await asyncio.wait({reading})
+            if not reading.cancelled():
+                reading.exception()  # "interrupted": nobody needs the rows now
+            raise
         try:
             restored = self.quotes.restore(rows)
         except JournalError:

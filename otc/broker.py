@@ -39,11 +39,12 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Literal, NamedTuple, Self
+from typing import IO, Any, Final, Literal, NamedTuple, Self
 
 from otc.config import CLIENT_ID, RESERVED_IDS
 from otc.errors import ConfigError, OtcError
@@ -299,6 +300,8 @@ class BrokerProcess:
         self._executable = executable
         self._process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
+        #: Set when ``async with`` is cancelled while :meth:`start` runs in its thread.
+        self._abort = threading.Event()
 
     @property
     def url(self) -> str:
@@ -336,7 +339,7 @@ class BrokerProcess:
             try:
                 self._start_once()
             except BrokerError:
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or self._abort.is_set():
                     raise
             else:
                 break
@@ -370,6 +373,9 @@ class BrokerProcess:
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not self._listening():
+            if self._abort.is_set():
+                self.stop()
+                raise BrokerError(f"{self.kind} start abandoned: cancelled")
             if self._process.poll() is not None or time.monotonic() > deadline:
                 detail = self._logs()
                 self.stop()
@@ -428,8 +434,25 @@ class BrokerProcess:
         self.stop()
 
     async def __aenter__(self) -> Self:
-        await asyncio.to_thread(self.start)
+        self._abort.clear()
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Cancelled (SIGINT, SIGTERM) while the thread starts the broker: the thread would
+            # go on and start it, and no `__aexit__` follows a failed `__aenter__`: a broker
+            # nobody stops, holding its port. The thread gives up at its next look (stopping
+            # what it started); a start that was done by then is stopped here.
+            self._abort.set()
+            await _unstoppable(self._stop_after(starting))
+            raise
         return self
+
+    async def _stop_after(self, starting: asyncio.Future[None]) -> None:
+        await asyncio.wait({starting})
+        if not starting.cancelled():
+            starting.exception()  # a start that failed or gave up has stopped its process
+        await asyncio.to_thread(self.stop)
 
     async def __aexit__(
         self,
@@ -437,7 +460,26 @@ class BrokerProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.to_thread(self.stop)
+        # Not cut short by a second Ctrl-C: the broker would outlive us (in its own session).
+        await _unstoppable(asyncio.to_thread(self.stop))
+
+
+async def _unstoppable(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end even when the caller is cancelled meanwhile (the cancellation
+    is raised once it is done). For stopping a broker: bounded by :meth:`BrokerProcess.stop`'s
+    SIGKILL after ``_STOP_TIMEOUT_S``."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def start_broker(

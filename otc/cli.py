@@ -513,6 +513,14 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop where it is installed (the default loop elsewhere).
 
     SIGINT and SIGTERM cancel ``main`` so that its ``finally`` blocks and task groups unwind.
+    So does SIGHUP (the terminal was closed): left to its default it killed the process on the
+    spot, with no status ``down`` of our own, the journal's queue lost and the demo's broker
+    left running; unless SIGHUP is ignored (``nohup otc serve``), which is kept.
+
+    Once ``main`` is over, the runner still waits for the worker threads of ``asyncio.to_thread``
+    (a recording's write to a hung disk, a name lookup): a signal then ends the process at
+    once, with status 1 (:func:`_abandon_threads`); it was ignored, and nothing but SIGKILL
+    ended a process whose thread never returned.
     """
     import asyncio
     import signal
@@ -526,11 +534,37 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     with asyncio.Runner(loop_factory=factory) as runner:
         loop = runner.get_loop()
         task = loop.create_task(main, name="main")
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = [signal.SIGINT, signal.SIGTERM]
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+            signals.append(hangup)
+
+        def stop() -> None:
+            if task.done():
+                _abandon_threads()
+            task.cancel()
+
+        for sig in signals:
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, task.cancel)
+                loop.add_signal_handler(sig, stop)
         with contextlib.suppress(asyncio.CancelledError):
             runner.run(_await(task))
+
+
+def _abandon_threads() -> NoReturn:
+    """Exit now, without waiting for worker threads that have not returned (status 1).
+
+    Whatever they were doing is cut short: a read loses nothing, a recording's write leaves the
+    file valid up to its last complete flush; the journal was closed before (or its closing
+    cut short, and said so).
+    """
+    sys.stdout.flush()
+    sys.stderr.write(
+        "otc: error: stopped without waiting for worker threads that had not returned (a disk "
+        "write or read that hangs?)\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
 
 
 async def _await(task: Awaitable[None]) -> None:
@@ -601,6 +635,22 @@ def _with_record(config: Config, record: Path | None) -> Config:
     return msgspec.structs.replace(
         config, journal=msgspec.structs.replace(config.journal, record_path=str(record))
     )
+
+
+def _stop_outcome(command: str, engine: Any) -> int:
+    """The exit status of a stopped engine: 1 when a second signal cut the journal's closing
+    short with events not yet committed (the journal logged how many), or when a write error
+    stopped the recording (:func:`_recording_outcome`)."""
+    journal = engine.journal
+    status = _recording_outcome(command, engine)
+    if journal is not None and journal.abandoned:
+        sys.stderr.write(
+            f"otc: error: stopped before the journal committed {journal.abandoned} event(s) "
+            f"(a second signal cut its closing short): `otc blotter --journal {journal.path}` "
+            "shows what it holds\n"
+        )
+        status = 1
+    return status
 
 
 def _recording_outcome(command: str, engine: Any) -> int:
@@ -765,7 +815,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     engine = Engine(config, feeds=args.feeds, on_ready=ready, freeze_heap=True, **options)
     run_async(_run_for(engine.run(), args.duration))
-    return _recording_outcome("otc serve", engine)
+    return _stop_outcome("otc serve", engine)
 
 
 def _demo_engine(args: argparse.Namespace) -> int:
@@ -825,7 +875,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
         )
         engines.append(engine)
         run_async(_run_for(engine.run(), args.duration))
-        return _recording_outcome("otc demo", engine)
+        return _stop_outcome("otc demo", engine)
 
     async def with_broker() -> None:
         with tempfile.TemporaryDirectory(prefix="otc-demo-broker-") as tmp:
@@ -848,7 +898,7 @@ def _demo_engine(args: argparse.Namespace) -> int:
                 await _run_for(engine.run(), args.duration)
 
     run_async(with_broker())
-    return _recording_outcome("otc demo", engines[0]) if engines else 0
+    return _stop_outcome("otc demo", engines[0]) if engines else 0
 
 
 def _client_name(name: str, option: str) -> str:

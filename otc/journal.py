@@ -328,6 +328,8 @@ _INSERT_BATCH: Final = (
     " value->>6, value->>7, value->>8 FROM json_each(?)"
 )
 _BUSY_TIMEOUT_MS: Final = 5_000
+#: SQLite steps between two looks at the ``stop`` of a read that may be given up.
+_STOP_CHECK_STEPS: Final = 10_000
 
 Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
 _Row = tuple[int, int, str, str, str, str, str, str, str]
@@ -472,6 +474,8 @@ class SqliteJournal:
         self.committed = 0
         #: Events that could not be recorded (their append raised, their receipt failed).
         self.failed = 0
+        #: Events not yet committed when :meth:`aclose` was cancelled (see there).
+        self.abandoned = 0
         #: The open lock file while the writer runs (see :func:`_lock`).
         self._lock_file: TextIO | None = None
 
@@ -523,7 +527,14 @@ class SqliteJournal:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Commit everything appended so far, then stop the writer thread. Idempotent."""
+        """Commit everything appended so far, then stop the writer thread. Idempotent.
+
+        Cancelled while the writer still commits (a second Ctrl-C while the disk is slow or
+        blocked), it returns at once (raising ``CancelledError``) and says how many events
+        were not yet committed (``ERROR``, and :attr:`abandoned`): each is committed or not as
+        the writer gets to it before the process exits; SQLite commits a transaction whole or
+        not at all, so the file stays consistent either way.
+        """
         first = not self._closed
         self._closed = True
         if self._stopped is None:  # never opened
@@ -531,7 +542,18 @@ class SqliteJournal:
         if first:
             self._queue.put(_STOP)
             self._urgent.set()
-        await asyncio.shield(self._stopped)
+        try:
+            await asyncio.shield(self._stopped)
+        except asyncio.CancelledError:
+            if not self._stopped.done() and self._in_flight:
+                self.abandoned = self._in_flight
+                log.error(
+                    "journal %s: closing was cut short with %d event(s) not yet committed: "
+                    "lost unless the writer commits them before the process exits",
+                    self.path,
+                    self.abandoned,
+                )
+            raise
 
     # -- appending --------------------------------------------------------------------------
 
@@ -1097,7 +1119,11 @@ _RECENT_WHERE: Final = " WHERE e.client = ? AND e.ts_ns >= ? AND e.kind IN ('rfq
 
 
 def state_rows(
-    path: str | Path, *, since_ns: int, clients: Iterable[str] | None = None
+    path: str | Path,
+    *,
+    since_ns: int,
+    clients: Iterable[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[JournalRow]:
     """What a restarting engine rebuilds its state from, in journal order: every fill and
     control ever recorded, and the RFQs and quotes stamped at or after ``since_ns`` of
@@ -1109,9 +1135,12 @@ def state_rows(
     passes its configured clients: the journal also names every unknown client id that ever
     sent an RFQ (each refused, and journaled), which would otherwise cost a query and their
     rows at every restart. Opens its own read-only connection. Raises :class:`JournalError`
-    when the journal cannot be read.
+    when the journal cannot be read, or when ``stop`` is set (from another thread: the read
+    gives up within a few thousand SQLite steps; a large journal takes seconds to read).
     """
     with contextlib.closing(_open_read_only(path)) as conn:
+        if stop is not None:
+            conn.set_progress_handler(stop.is_set, _STOP_CHECK_STEPS)
         rows = list(_rows(conn, path, [], [], _STATE_WHERE))
         if clients is None:
             try:

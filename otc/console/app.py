@@ -453,6 +453,20 @@ class _Uvicorn(uvicorn.Server):
         yield  # otc.cli.run_async owns SIGINT and SIGTERM: they cancel the engine
 
 
+class _CutShort(logging.Filter):
+    """One line for a request that uvicorn's graceful shutdown cancelled (a client still
+    sending its body, a command waiting for the journal): uvicorn logs each as "Exception in
+    ASGI application" with the whole traceback of the cancellation."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, asyncio.CancelledError):
+            record.msg, record.args = "console: a request was cancelled: %s", (error,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port`` 0: a free one), for :class:`ConsoleServer`.
 
@@ -507,6 +521,15 @@ class ConsoleServer:
             timeout_graceful_shutdown=3,
         )
         server = _Uvicorn(config)
+        cut_short = _CutShort()
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(cut_short)
+        try:
+            await self._serve(server)
+        finally:
+            uvicorn_log.removeFilter(cut_short)
+
+    async def _serve(self, server: uvicorn.Server) -> None:
         async with asyncio.TaskGroup() as tg:
             http = tg.create_task(server.serve(sockets=[self._sock]), name="console-http")
             sampler = tg.create_task(self.console.sample_markouts(), name="console-markouts")
