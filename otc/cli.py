@@ -638,11 +638,19 @@ def _with_record(config: Config, record: Path | None) -> Config:
 
 
 def _stop_outcome(command: str, engine: Any) -> int:
-    """The exit status of a stopped engine: 1 when a second signal cut the journal's closing
-    short with events not yet committed (the journal logged how many), or when a write error
-    stopped the recording (:func:`_recording_outcome`)."""
+    """The exit status of a stopped engine: 1 when the journal could not record events during
+    the run (a full or failing disk: each was logged, and answered ``INTERNAL_ERROR`` when it
+    was an RFQ or an accept), when a second signal cut the journal's closing short with events
+    not yet committed (the journal logged how many), or when a write error stopped the
+    recording (:func:`_recording_outcome`)."""
     journal = engine.journal
     status = _recording_outcome(command, engine)
+    if journal is not None and journal.failed:
+        sys.stderr.write(
+            f"otc: error: the journal {journal.path} could not record {journal.failed} "
+            "event(s) during this run (the log says which and why)\n"
+        )
+        status = 1
     if journal is not None and journal.abandoned:
         sys.stderr.write(
             f"otc: error: stopped before the journal committed {journal.abandoned} event(s) "

@@ -290,6 +290,39 @@ def test_a_second_signal_while_the_journal_is_blocked_says_what_was_not_committe
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
 
 
+def test_a_run_whose_journal_could_not_record_events_exits_1_and_says_so(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """Events the journal could not record during the run (each logged when it happened) made
+    no difference to how the engine stopped: status 0, as if the journal held everything. A
+    trigger of the database refuses one RFQ's rows, as a constraint or a failing disk would."""
+    journal = tmp_path / "journal.sqlite"
+    serve = otc(
+        *("serve", "--config", CONFIG, "--feeds", "sim", "--broker", broker.url),
+        *("--journal", journal, "--no-console"),
+    )
+    with reaped(serve):
+        read_until(serve, "up")
+        with contextlib.closing(sqlite3.connect(journal)) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.rfq_id = 'poison' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+            conn.commit()
+        for rfq_id in ("poison", "fine"):
+            body = {"rfq_id": rfq_id, "symbol": "BTC-USDT", "side": "buy", "qty": "1"}
+            answer = asyncio.run(ask_engine(broker.host, broker.port, "client-a", "rfq", body))
+            assert answer["rfq_id"] == rfq_id
+        serve.send_signal(signal.SIGTERM)
+        status = serve.wait(timeout=GUARD_S)
+        stderr = serve.stderr.read() if serve.stderr else ""
+    assert status == 1, stderr
+    assert f"the journal {journal} could not record 2 event(s) during this run" in stderr, stderr
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        kept = {rfq_id for (rfq_id,) in conn.execute("SELECT rfq_id FROM events")}
+    assert kept == {"fine"}
+
+
 def test_signals_end_a_stop_that_waits_for_a_write_that_never_returns(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
