@@ -422,7 +422,8 @@ _STEP = re.compile(r"\.([^.\[]+)|\[([0-9]+)\]")
 
 def _choices(info: msgspec.inspect.Type, where: str) -> tuple[object, ...] | None:
     """The values of the key at ``where`` (``$.broker.mqtt_version``) when its type is a
-    ``Literal``; None otherwise, or when the path leads nowhere known."""
+    ``Literal``, or one that may also be omitted (``Literal[...] | None``); None otherwise, or
+    when the path leads nowhere known."""
     for name, index in _STEP.findall(where.removeprefix("$")):
         if isinstance(info, msgspec.inspect.Metadata):
             info = info.type
@@ -437,6 +438,10 @@ def _choices(info: msgspec.inspect.Type, where: str) -> tuple[object, ...] | Non
             return None
     if isinstance(info, msgspec.inspect.Metadata):
         info = info.type
+    if isinstance(info, msgspec.inspect.UnionType):
+        others = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(others) == 1:
+            info = others[0]
     if isinstance(info, msgspec.inspect.LiteralType):
         return tuple(info.values)
     return None

@@ -271,6 +271,27 @@ _RFQ = '[[rfqs]]\nat_ms = 2500\nclient = "client-a"\nsymbol = "BTC-USDT"\nside =
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("accept_side", '"up"', "Invalid enum value 'up' (expected one of 'buy', 'sell')"),
+        ("accept_side", "1", "Expected `str | null`, got `int` (expected one of 'buy', 'sell')"),
+        ("side", '"up"', "Invalid enum value 'up' (expected one of 'buy', 'sell', 'two_way')"),
+    ],
+)
+def test_a_scenario_key_of_a_few_values_names_them_when_optional_too(
+    tmp_path: Path, key: str, value: str, problem: str
+) -> None:
+    """``accept_side`` (``Literal[...] | None``) names its values as ``side`` does."""
+    rfq = dict(line.split(" = ") for line in _RFQ.splitlines()[1:])
+    rfq |= {"side": '"two_way"', "qty": '"1"', key: value}
+    file = tmp_path / "s.toml"
+    file.write_text("[[rfqs]]\n" + "".join(f"{k} = {v}\n" for k, v in rfq.items()))
+    with pytest.raises(ConfigError) as info:
+        load_scenario(file)
+    assert (info.value.path, info.value.problem) == (f"$.rfqs[0].{key}", problem)
+
+
+@pytest.mark.parametrize(
     ("text", "path", "problem"),
     [
         # Found by fuzzing the scenario: each loaded, then the backtest failed with a
