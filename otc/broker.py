@@ -659,7 +659,8 @@ def generate_auth(
         operators: Broker user names of the operators (``otc/v1/control/{operator}``).
         passwords: Passwords to set, by user name (instead of the kept or a random one).
         rotate: Users to give a new random password.
-        rotate_all: Give every user a new random password (the old file is not read).
+        rotate_all: Give every user a new random password (the old file's hashes are not
+            kept, and a line of it this function does not write is no error).
         source: The file the names come from, named by the errors (the config file).
 
     Returns:
@@ -681,7 +682,8 @@ def generate_auth(
     out_dir = Path(out_dir)
     password_file = out_dir / "passwd"
     acl_file = out_dir / "acl"
-    existing = {} if rotate_all else _read_password_file(password_file)
+    known = _read_password_file(password_file, strict=not rotate_all)
+    existing = {} if rotate_all else known
     given = dict(passwords or {})
     chosen: dict[str, str] = {}
     lines: list[str] = []
@@ -700,7 +702,7 @@ def generate_auth(
     _write(password_file, "".join(lines), mode=0o600)
     _write(acl_file, acl, mode=0o644)
     kept = tuple(user for user in users if user not in chosen)
-    removed = tuple(user for user in existing if user not in users)
+    removed = tuple(user for user in known if user not in users)
     return AuthFiles(password_file, acl_file, chosen, kept, removed)
 
 
@@ -711,8 +713,9 @@ _PASSWORD_LINE = re.compile(
 )
 
 
-def _read_password_file(path: Path) -> dict[str, str]:
+def _read_password_file(path: Path, *, strict: bool = True) -> dict[str, str]:
     """The hashed password of each user of the password file ``path``; empty when absent.
+    Not ``strict``: what can be read of it (the users to report removed), never an error.
 
     Raises:
         BrokerError: a line that is not ``user:$7$...`` (or ``$6$``), or a user given twice.
@@ -722,10 +725,16 @@ def _read_password_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
+        if not strict:
+            return {}
         raise BrokerError(f"cannot read {path}: {exc}") from None
     hashes: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         match = _PASSWORD_LINE.fullmatch(line)
+        if not strict:
+            if match is not None:
+                hashes.setdefault(match["user"], match["hash"])
+            continue
         if match is None or match["user"] in hashes:
             problem = "a user given twice" if match else "not a 'user:$7$...' line"
             raise BrokerError(

@@ -438,6 +438,13 @@ def test_generate_auth_keeps_the_users_hashes_unless_rotated(tmp_path: Path) -> 
     assert now["client-a"] != hashes["client-a"]
     everyone = generate_auth(["client-a", "client-c"], "otc-engine", tmp_path, rotate_all=True)
     assert set(everyone.passwords) == {"client-a", "client-c", "otc-engine"}
+    # --rotate-all does not keep the file's hashes, but still says whom it removed.
+    fewer = generate_auth(["client-a"], "otc-engine", tmp_path, rotate_all=True)
+    assert (set(fewer.passwords), fewer.kept, fewer.removed) == (
+        {"client-a", "otc-engine"},
+        (),
+        ("client-c",),
+    )
     with pytest.raises(BrokerError, match="cannot rotate 'client-b': not a user of clients"):
         generate_auth(["client-a"], "otc-engine", tmp_path, rotate=["client-b"])
 
