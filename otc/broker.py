@@ -708,9 +708,7 @@ def generate_auth(
 
 #: A line of a mosquitto password file this module (or mosquitto_passwd) writes: a user name
 #: as :func:`_check_users` takes it, and a SHA512 (``$6$``) or PBKDF2 (``$7$``) hash.
-_PASSWORD_LINE = re.compile(
-    r"(?P<user>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(?P<hash>\$[67]\$[A-Za-z0-9+/=$]+)"
-)
+_PASSWORD_LINE = re.compile(rf"(?P<user>{CLIENT_ID.pattern}):(?P<hash>\$[67]\$[A-Za-z0-9+/=$]+)")
 
 
 def _read_password_file(path: Path, *, strict: bool = True) -> dict[str, str]:

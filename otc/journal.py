@@ -21,8 +21,9 @@ Appended and submitted events share one queue to one writer, so they are committ
 they were handed over: once a fill's receipt completed, every event queued before the fill (its
 quote, the accept) has been committed or has failed (and was reported). :class:`SqliteJournal`
 is the production implementation (SQLite in WAL mode), :class:`MemoryJournal` the one tests use.
-The CLI reads a journal file with :func:`recent` and :func:`export` and prints activity with
-:func:`format_blotter`; a restarting engine rebuilds its state from :func:`state_rows`.
+The CLI reads a journal file with :func:`recent`, :func:`export` and :func:`export_file` and
+prints activity with :func:`format_blotter`; a restarting engine rebuilds its state from
+:func:`state_rows`.
 
 Schema (one table, ``events``; ``PRAGMA user_version`` = 1)::
 
@@ -328,7 +329,8 @@ _INSERT_BATCH: Final = (
     " value->>6, value->>7, value->>8 FROM json_each(?)"
 )
 _BUSY_TIMEOUT_MS: Final = 5_000
-#: SQLite steps between two looks at the ``stop`` of a read that may be given up.
+#: SQLite virtual-machine steps between two looks at the ``stop`` of a read that may be given
+#: up (:func:`state_rows`).
 _STOP_CHECK_STEPS: Final = 10_000
 
 Synchronous = Literal["NORMAL", "FULL", "EXTRA"]
@@ -1074,7 +1076,8 @@ def recent(
 ) -> list[JournalRow]:
     """The last ``limit`` events matching the filters, oldest first (like ``tail``).
 
-    The filters are :func:`export`'s: ``None`` is no filter, a value matches exactly.
+    ``None`` is no filter, a value matches exactly; a ``symbol`` also matches the accepts,
+    fills and rejects of its quotes and RFQs. :func:`export` filters alike.
     Opens its own read-only connection; safe while a :class:`SqliteJournal` writes the file.
     Raises :class:`ValueError` for a kind not in :data:`KINDS`.
     """
@@ -1136,7 +1139,8 @@ def state_rows(
     sent an RFQ (each refused, and journaled), which would otherwise cost a query and their
     rows at every restart. Opens its own read-only connection. Raises :class:`JournalError`
     when the journal cannot be read, or when ``stop`` is set (from another thread: the read
-    gives up within a few thousand SQLite steps; a large journal takes seconds to read).
+    gives up within :data:`_STOP_CHECK_STEPS` SQLite steps; a large journal takes seconds to
+    read).
     """
     with contextlib.closing(_open_read_only(path)) as conn:
         if stop is not None:
@@ -1181,8 +1185,7 @@ def export(
 ) -> int:
     """Write the events with ``since_ns <= ts_ns < until_ns`` to ``out``; returns how many.
 
-    ``client``, ``symbol`` and ``kinds`` filter as :func:`recent`'s do (``None``: no filter; a
-    ``symbol`` also matches the accepts, fills and rejects of its quotes and RFQs), in SQL.
+    ``client``, ``symbol`` and ``kinds`` filter as :func:`recent`'s do, in SQL.
     ``csv`` (RFC 4180, CRLF line ends): a header, then one line per event with ``payload`` as
     JSON text; a text cell that a spreadsheet would run as a formula is escaped with a leading
     ``'`` (:func:`_csv_text`).
@@ -1248,9 +1251,9 @@ def export_file(
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, str(target)) from None
         try:
-            if mode is not None:
-                os.chmod(fd, stat.S_IMODE(mode))  # as the file it replaces
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:  # closes fd from here
+                if mode is not None:
+                    os.fchmod(fh.fileno(), stat.S_IMODE(mode))  # as the file it replaces
                 count = _write_export(rows, fmt, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
