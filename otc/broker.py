@@ -699,8 +699,10 @@ def generate_auth(
     out_dir.mkdir(parents=True, exist_ok=True)
     acl = _ACL_HEADER + _ENGINE_ACL.format(engine=engine_user)
     acl += "".join(_OPERATOR_ACL.format(operator=operator) for operator in operators)
-    _write(password_file, "".join(lines), mode=0o600)
+    # The ACL first: a run that fails after writing the password file would have set the
+    # hashes of passwords it never returns (and the next run keeps hashes).
     _write(acl_file, acl, mode=0o644)
+    _write(password_file, "".join(lines), mode=0o600)
     kept = tuple(user for user in users if user not in chosen)
     removed = tuple(user for user in known if user not in users)
     return AuthFiles(password_file, acl_file, chosen, kept, removed)

@@ -472,6 +472,21 @@ def test_generate_auth_refuses_a_password_file_it_did_not_write(
     }
 
 
+def test_generate_auth_that_cannot_write_the_acl_sets_no_password(tmp_path: Path) -> None:
+    """The password file was written first: an ACL that could not be written then lost the
+    new passwords (never returned, never printed) while their hashes stayed, and every later
+    run kept those hashes: users locked out until rotated by name."""
+    (tmp_path / "acl").mkdir()  # os.replace cannot put a file there
+    with pytest.raises(IsADirectoryError):
+        generate_auth(["client-a"], "otc-engine", tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["acl"]  # no password file, no temporary file
+    (tmp_path / "acl").rmdir()
+    assert set(generate_auth(["client-a"], "otc-engine", tmp_path).passwords) == {
+        "client-a",
+        "otc-engine",
+    }
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root (chown)")
 def test_generate_auth_keeps_the_owner_and_group_of_the_files_it_replaces(tmp_path: Path) -> None:
     """README: ``chown mosquitto`` the password file. A new run replaced it with a file of
