@@ -1080,16 +1080,30 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         rotate_all=args.rotate_all,
         source=str(args.config),
     )
-    out = sys.stdout
-    out.write(f"wrote {files.password_file} and {files.acl_file}\n")
+    lines = [f"wrote {files.password_file} and {files.acl_file}"]
     if files.passwords:
-        out.write("new passwords (shown this once; hand each to its user privately):\n")
-        for user, password in sorted(files.passwords.items()):
-            out.write(f"  {user}: {password}\n")
+        lines.append("new passwords (shown this once; hand each to its user privately):")
+        lines += [f"  {user}: {password}" for user, password in sorted(files.passwords.items())]
     if files.kept:
-        out.write(f"kept their password: {', '.join(files.kept)}\n")
+        lines.append(f"kept their password: {', '.join(files.kept)}")
     if files.removed:
-        out.write(f"removed (no longer configured): {', '.join(files.removed)}\n")
+        lines.append(f"removed (no longer configured): {', '.join(files.removed)}")
+    try:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    except OSError as exc:  # a reader gone (`| head`), a full disk: the passwords are lost
+        if not files.passwords:
+            raise
+        # Only their hashes are kept, and the next run keeps those: say how to start over.
+        rotate = " ".join(f"--rotate {user}" for user in sorted(files.passwords))
+        sys.stderr.write(
+            f"otc: error: the new passwords could not be printed ({exc.strerror or exc}): "
+            f"{files.password_file} holds only their hashes; give those users new ones: "
+            f"otc broker auth --out {args.out} {rotate}\n"
+        )
+        with contextlib.suppress(OSError):  # nothing more goes to the broken stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

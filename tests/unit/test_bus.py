@@ -11,6 +11,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -529,6 +530,31 @@ def test_otc_broker_auth_prints_only_the_new_passwords(
         "  ops-1",
         "kept their password",
     ]
+
+
+def test_otc_broker_auth_says_how_to_start_over_when_it_cannot_print_the_passwords(
+    tmp_path: Path,
+) -> None:
+    """The new passwords exist only in what ``otc broker auth`` prints (their hashes are kept,
+    and a later run keeps them): printed to a reader already gone, they were lost without a
+    word, status 0, and those users locked out. It now says so and names the users to rotate."""
+    argv = ["broker", "auth", "--config", str(REPO_CONFIG), "--out", str(tmp_path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otc.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader goes before anything is printed (`| head -0`)
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1, err
+    assert "the new passwords could not be printed" in err, err
+    rotate = "--rotate client-a --rotate client-b --rotate ops-1 --rotate otc-engine"
+    assert f"otc broker auth --out {tmp_path} {rotate}" in err, err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
