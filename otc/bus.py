@@ -24,7 +24,9 @@ of 0x80 or above a refusal. Properties of received messages are ignored; a publi
 PUBACK carries a reason code, and one of 0x80 or above (0x87 Not authorized: the ACL denies the
 topic) means the broker dropped the message: aiomqtt ignores it, the bus raises
 :class:`PublicationRefused`. Under 3.1.1 a broker drops such a message silently (mosquitto
-acknowledges it all the same), and at QoS 0 there is no acknowledgement to read.
+acknowledges it all the same), and at QoS 0 there is no acknowledgement to read. At QoS 2 the
+refusal is not seen either: it comes in the PUBREC, whose reason code paho (2.2) drops, and
+mosquitto then completes the exchange (PUBCOMP) with success.
 
 Every aiomqtt or socket error leaving this module is a :class:`BusError`.
 """
@@ -99,7 +101,7 @@ class BusError(OtcError):
 
 class PublicationRefused(BusError):
     """The broker acknowledged a publication with a reason code of 0x80 or above (MQTT 5,
-    QoS 1 or 2): it dropped the message, and says why (``0x87 Not authorized``: the ACL does
+    QoS 1: at QoS 2 paho drops the PUBREC's code): it dropped the message, and says why (``0x87 Not authorized``: the ACL does
     not let the user write ``topic``). The connection is fine.
 
     ``topic`` is the publication's, ``reason`` the broker's reason (its name), ``code`` its
@@ -384,8 +386,9 @@ class Bus:
         rather than hand it to a subscriber that was offline, once that many seconds passed.
 
         Raises:
-            PublicationRefused: under MQTT 5 at QoS 1 or 2, the broker acknowledged the message
+            PublicationRefused: under MQTT 5 at QoS 1, the broker acknowledged the message
                 with a reason code of 0x80 or above: it dropped it (the connection is fine).
+                Not at QoS 2 (see the module's docstring).
             BusError: not connected, the connection broke, or the topic is not a topic name.
         """
         client = self._connected()
@@ -519,8 +522,10 @@ class _Client(aiomqtt.Client):
         retain: bool,
         properties: Properties | None,
     ) -> ReasonCode | None:
-        """aiomqtt's ``publish``, returning the broker's refusal: the PUBACK's (or PUBREC's)
-        reason code when it is 0x80 or above, else ``None`` (always at QoS 0).
+        """aiomqtt's ``publish``, returning the broker's refusal: the reason code paho hands
+        ``on_publish`` when it is 0x80 or above, else ``None``. That is the PUBACK's at QoS 1;
+        at QoS 2 the PUBCOMP's (paho drops the PUBREC's, which carries a refusal), and always
+        ``None`` at QoS 0.
 
         aiomqtt (pinned below 3) waits for the acknowledgement and drops its reason code: this
         does the same wait, with its helpers, and keeps the code.
