@@ -88,8 +88,9 @@ _RECONNECT_FIRST_S = 0.1
 _RECONNECT_MAX_S = 5.0
 #: A connection that lasted this long resets the back-off.
 _RECONNECT_STABLE_S = 10.0
-#: Messages received and not yet handled, at most: beyond, a flood's RFQs are dropped (aiomqtt
-#: logs each) rather than held in memory without end (about 500 bytes each).
+#: Messages received and not yet handled, at most: beyond, a flood's RFQs are dropped (the bus
+#: counts them, logging at the 1st, 2nd, 4th... drop) rather than held in memory without end
+#: (about 500 bytes each).
 _MAX_QUEUED_MESSAGES = 20_000
 #: Topics whose refused publications :attr:`Engine.refused` counts at most (then starts over).
 _REFUSED_TOPICS = 1024
@@ -152,7 +153,8 @@ class Engine:
         config: the whole configuration.
         feeds: ``"sim"`` for the synthetic market, ``"live"`` for the venues' websockets.
         host, port, username, password, tls: broker address (default: ``config.broker``).
-        clock: wall clock (a fake one in tests).
+        clock: wall and monotonic time (a fake one in tests): stamps on the first, every
+            duration (quote lifetimes, book ages, the rate limit) on the second.
         sim_interval_s: pause between synthetic market steps.
         max_in_flight: client messages handled concurrently.
         on_ready: called once the status ``up`` has been published.

@@ -692,7 +692,8 @@ class ConsolidatedBook:
         return self.monotonic() - book.recv_mono_ns
 
     def view(self, now_ns: int | None = None) -> BookView:
-        """The venues usable at ``now_ns`` (ns since the epoch; ``None`` skips staleness)."""
+        """The venues usable at ``now_ns`` (ns since the epoch; ``None`` skips staleness; with a
+        ``monotonic`` clock, ages are measured on it and ``now_ns`` only says whether to)."""
         included: dict[str, VenueState] = {}
         excluded: list[Exclusion] = []
         # Read on every RFQ: the usual case (every venue usable) is decided inline, and

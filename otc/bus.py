@@ -24,7 +24,9 @@ of 0x80 or above a refusal. Properties of received messages are ignored; a publi
 PUBACK carries a reason code, and one of 0x80 or above (0x87 Not authorized: the ACL denies the
 topic) means the broker dropped the message: aiomqtt ignores it, the bus raises
 :class:`PublicationRefused`. Under 3.1.1 a broker drops such a message silently (mosquitto
-acknowledges it all the same), and at QoS 0 there is no acknowledgement to read.
+acknowledges it all the same), and at QoS 0 there is no acknowledgement to read. At QoS 2 the
+refusal is not seen either: it comes in the PUBREC, whose reason code paho (2.2) drops, and
+mosquitto then completes the exchange (PUBCOMP) with success.
 
 Every aiomqtt or socket error leaving this module is a :class:`BusError`.
 """
@@ -99,8 +101,9 @@ class BusError(OtcError):
 
 class PublicationRefused(BusError):
     """The broker acknowledged a publication with a reason code of 0x80 or above (MQTT 5,
-    QoS 1 or 2): it dropped the message, and says why (``0x87 Not authorized``: the ACL does
-    not let the user write ``topic``). The connection is fine.
+    QoS 1: at QoS 2 paho drops the PUBREC's code): it dropped the message, and says why
+    (``0x87 Not authorized``: the ACL does not let the user write ``topic``). The connection
+    is fine.
 
     ``topic`` is the publication's, ``reason`` the broker's reason (its name), ``code`` its
     value.
@@ -384,38 +387,34 @@ class Bus:
         rather than hand it to a subscriber that was offline, once that many seconds passed.
 
         Raises:
-            PublicationRefused: under MQTT 5 at QoS 1 or 2, the broker acknowledged the message
+            PublicationRefused: under MQTT 5 at QoS 1, the broker acknowledged the message
                 with a reason code of 0x80 or above: it dropped it (the connection is fine).
+                Not at QoS 2 (see the module's docstring).
             BusError: not connected, the connection broke, or the topic is not a topic name.
         """
         client = self._connected()
-        if self._protocol == "5":
-            await self._publish_v5(client, message)
-            return
+        topic = message.topic
         try:
-            await _keep_cancellation(
-                client.publish(message.topic, message.payload, qos=self._qos, retain=message.retain)
-            )
-        except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's topic checks
-            raise BusError(self.where, f"cannot publish to {message.topic}: {exc}") from exc
-
-    async def _publish_v5(self, client: _Client, message: Publishable) -> None:
-        expiry_s = message.expiry_s
-        properties = None if expiry_s is None else _expiry(expiry_s)
-        try:
-            refusal = await _keep_cancellation(
-                client.publish_checked(
-                    message.topic,
-                    message.payload,
-                    qos=self._qos,
-                    retain=message.retain,
-                    properties=properties,
+            if self._protocol == "5":
+                expiry_s = message.expiry_s
+                refusal = await _keep_cancellation(
+                    client.publish_checked(
+                        topic,
+                        message.payload,
+                        qos=self._qos,
+                        retain=message.retain,
+                        properties=None if expiry_s is None else _expiry(expiry_s),
+                    )
                 )
-            )
+            else:  # aiomqtt's own publish and PUBACK callback
+                await _keep_cancellation(
+                    client.publish(topic, message.payload, qos=self._qos, retain=message.retain)
+                )
+                return
         except (aiomqtt.MqttError, ValueError) as exc:  # ValueError: paho's topic checks
-            raise BusError(self.where, f"cannot publish to {message.topic}: {exc}") from exc
+            raise BusError(self.where, f"cannot publish to {topic}: {exc}") from exc
         if refusal is not None:
-            raise PublicationRefused(self.where, message.topic, str(refusal), refusal.value)
+            raise PublicationRefused(self.where, topic, str(refusal), refusal.value)
 
     async def subscribe(self, *topics: str) -> None:
         """Subscribe to topics or filters (``+``, ``#``) at the bus's QoS, in one request.
@@ -519,8 +518,10 @@ class _Client(aiomqtt.Client):
         retain: bool,
         properties: Properties | None,
     ) -> ReasonCode | None:
-        """aiomqtt's ``publish``, returning the broker's refusal: the PUBACK's (or PUBREC's)
-        reason code when it is 0x80 or above, else ``None`` (always at QoS 0).
+        """aiomqtt's ``publish``, returning the broker's refusal: the reason code paho hands
+        ``on_publish`` when it is 0x80 or above, else ``None``. That is the PUBACK's at QoS 1;
+        at QoS 2 the PUBCOMP's (paho drops the PUBREC's, which carries a refusal), and always
+        ``None`` at QoS 0.
 
         aiomqtt (pinned below 3) waits for the acknowledgement and drops its reason code: this
         does the same wait, with its helpers, and keeps the code.
@@ -621,7 +622,9 @@ class _Inbox:
 
     async def __anext__(self) -> tuple[str, bytes]:
         while True:
-            if self._queue.empty() and self._disconnected.done():
+            # done() first: the future's (C) method, where the queue's empty() is Python's, and
+            # while connected the first test settles it.
+            if self._disconnected.done() and self._queue.empty():
                 message: object = self._END  # drained, and the sentinel may not have fitted
             else:
                 message = await self._queue.get()

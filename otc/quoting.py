@@ -497,7 +497,8 @@ class QuoteEngine:
         return dict(self._positions)
 
     def daily_notional(self, client: str) -> Decimal:
-        """Notional the client has traded today (UTC)."""
+        """Notional the client has traded today (the UTC day, which never goes back: see
+        :meth:`_today`)."""
         state = self._clients.get(client)
         return _ZERO if state is None else state.used_on(self._today(self._clock.now_ns()))
 

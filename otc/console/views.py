@@ -204,7 +204,8 @@ class VenueHealth(_View, frozen=True, kw_only=True):
 
     ``state`` is the connection's (``connecting``, ``syncing``, ``live``, ``stale``, ``down``),
     ``stale`` as well for a live connection whose venue has a book left out as stale (messages
-    keep coming, the book does not change: see :func:`otc.market.venue_state`); with the
+    keep coming, the book does not change), ``crossed`` for one whose venue has a book left out
+    as crossed (see :func:`otc.market.venue_state`); with the
     synthetic market (``source`` ``"sim"``, no connection, counters 0) it is ``live``
     when every book of the venue is usable, else the first exclusion reason.
     """
