@@ -278,6 +278,7 @@ class Engine:
                     if server is not None:
                         tg.create_task(server.serve(), name="console")
             finally:
+                log.info("engine stopping: status down, then the journal")
                 if link.bus is not None:
                     # Briefly: a broker that does not acknowledge must not hold the shutdown for
                     # aiomqtt's 10 s (the last will says "down" all the same).

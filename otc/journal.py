@@ -544,7 +544,13 @@ class SqliteJournal:
         if first:
             self._queue.put(_STOP)
             self._urgent.set()
+        task = asyncio.current_task()
         try:
+            if task is not None and task.cancelling() > 1 and not self._stopped.done():
+                # Asked to stop twice already (Ctrl-C twice), the second request spent on an
+                # earlier wait of the shutdown (a broker not acknowledging status down): the
+                # caller wants out now, not after the disk.
+                raise asyncio.CancelledError
             await asyncio.shield(self._stopped)
         except asyncio.CancelledError:
             if not self._stopped.done() and self._in_flight:

@@ -290,6 +290,44 @@ def test_a_second_signal_while_the_journal_is_blocked_says_what_was_not_committe
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
 
 
+def test_a_second_signal_spent_on_the_status_wait_still_cuts_the_journal_short(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """Ctrl-C twice while the broker does not acknowledge status ``down`` (frozen) and another
+    process holds the journal's write lock: the second signal ended the 1 s status wait, and
+    the journal's closing then waited for the disk all the same (a third signal was needed).
+    Two signals now get the operator out, saying what was not committed."""
+    assert broker.pid is not None
+    journal = tmp_path / "journal.sqlite"
+    serve = otc(
+        *("serve", "--config", CONFIG, "--feeds", "sim", "--broker", broker.url),
+        *("--journal", journal, "--no-console"),
+    )
+    with reaped(serve):
+        read_until(serve, "up")
+        with write_lock(journal):
+            body = {"rfq_id": "r1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}
+            quote = asyncio.run(ask_engine(broker.host, broker.port, "client-a", "rfq", body))
+            assert quote["type"] == "quote"  # published; its journal events wait for the disk
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                serve.send_signal(signal.SIGTERM)
+                assert serve.stderr is not None
+                logged = ""
+                while "engine stopping" not in logged:  # then in the status wait (up to 1 s)
+                    line = serve.stderr.readline()
+                    assert line, logged
+                    logged += line
+                serve.send_signal(signal.SIGINT)
+                status = serve.wait(timeout=GUARD_S)
+                stderr = logged + serve.stderr.read()
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+    assert status == 1, stderr
+    assert "stopped before the journal committed 2 event(s)" in stderr, stderr
+    assert clean(stderr), stderr
+
+
 def test_a_run_whose_journal_could_not_record_events_exits_1_and_says_so(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
