@@ -572,18 +572,18 @@ class Engine:
                 try:  # inline, not through _publish: a frame less per reply
                     await bus.publish(message)
                 except PublicationRefused as exc:
-                    self._refused(exc)
+                    self._log_refusal(exc)
         finally:
             slots.release()
 
     async def _publish(self, bus: Bus, message: Outgoing) -> None:
-        """Publish one of the engine's messages; one the broker refuses is :meth:`_refused`."""
+        """Publish one of the engine's messages; one the broker refuses is :meth:`_log_refusal`."""
         try:
             await bus.publish(message)
         except PublicationRefused as exc:
-            self._refused(exc)
+            self._log_refusal(exc)
 
-    def _refused(self, exc: PublicationRefused) -> None:
+    def _log_refusal(self, exc: PublicationRefused) -> None:
         """A publication the broker refused (MQTT 5: a reason code from 0x80 in its
         acknowledgement, as when the ACL denies the engine's user the topic) is lost: logged as
         an error naming the topic, at the 1st, 2nd, 4th... refusal of the topic, and the engine
