@@ -809,7 +809,9 @@ def _write(
     The fast path inserts the whole batch at once (in one statement when ``batched``). If that
     fails, the batch is retried with a savepoint per row, so one bad event fails alone instead
     of taking its batch with it; if the transaction itself cannot commit, every row gets that
-    error.
+    error. An error no single row causes (the database locked by another process, a full or
+    failing disk) is not retried row by row: every row gets it at once (a lock held elsewhere
+    made the batch wait the busy timeout twice).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -818,8 +820,10 @@ def _write(
         else:
             conn.executemany(_INSERT, rows)
         conn.execute("COMMIT")
-    except _EVENT_ERRORS:
+    except _EVENT_ERRORS as exc:
         _rollback(conn)
+        if _whole_transaction(exc):
+            return [exc] * len(rows)
     else:
         return [None] * len(rows)
     errors: list[BaseException | None] = []
@@ -840,6 +844,24 @@ def _write(
         _rollback(conn)
         return [exc] * len(rows)
     return errors
+
+
+#: SQLite's primary result codes that fail a transaction whatever its rows hold.
+_TRANSACTION_ERRORS: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+    }
+)
+
+
+def _whole_transaction(exc: BaseException) -> bool:
+    """Whether ``exc`` failed the transaction itself, not one of its rows."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _TRANSACTION_ERRORS
 
 
 _rows_encoder: Final = msgspec.json.Encoder()

@@ -371,6 +371,32 @@ def test_a_batch_inserted_in_one_statement_is_stored_as_row_by_row(tmp_path: Pat
     assert [row[1:] for row in stored[0]] == rows
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_database_locked_elsewhere_fails_the_batch_once_not_row_by_row(
+    tmp_path: Path, batched: bool
+) -> None:
+    """Another process holding the write lock fails the transaction, whatever its rows: the
+    batch was then retried row by row, which waited the busy timeout a second time (10 s
+    instead of 5 for every batch of a disk incident, and for a SIGTERM's last commit)."""
+    path = tmp_path / "j.db"
+    rows = [(T0 + i, T0, "rfq", "client-a", "", f"r-{i}", "", "", "{}") for i in range(3)]
+    with (
+        closing(sqlite3.connect(path, isolation_level=None)) as conn,
+        closing(sqlite3.connect(path, isolation_level=None)) as other,
+    ):
+        conn.executescript(otc.journal._SCHEMA)
+        conn.execute("PRAGMA busy_timeout = 0")
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held elsewhere
+        errors = otc.journal._write(conn, rows, batched=batched)
+        other.execute("ROLLBACK")
+    assert len(errors) == len(rows)
+    assert all(isinstance(e, sqlite3.OperationalError) for e in errors), errors
+    assert "locked" in str(errors[0])
+    assert statements.count("BEGIN IMMEDIATE") == 1, statements
+
+
 async def test_malformed_events_raise_in_append_and_are_not_recorded(path: Path) -> None:
     async with SqliteJournal(path) as journal:
         with pytest.raises(ValueError, match="unknown journal event kind 'quotes'"):
