@@ -38,7 +38,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping
@@ -48,6 +47,7 @@ from typing import IO, Any, Final, Literal, NamedTuple, Self
 
 from otc.config import CLIENT_ID, RESERVED_IDS
 from otc.errors import ConfigError, OtcError
+from otc.files import replaced
 
 __all__ = [
     "AMQTT_VENV",
@@ -746,9 +746,8 @@ def _read_password_file(path: Path, *, strict: bool = True) -> dict[str, str]:
 
 
 def _write(path: Path, text: str, *, mode: int) -> None:
-    """Replace ``path`` atomically by ``text``: no reader ever sees a partial file, and a crash
-    leaves the old file or the new one. Created with ``mode`` (never readable by others in
-    between); a file replaced keeps its owner and group (when we may set them) and lends its
+    """Replace ``path`` atomically by ``text`` (:func:`otc.files.replaced`). Created with
+    ``mode``; a file replaced keeps its owner and group (when we may set them) and lends its
     group read bit."""
     try:
         old = os.stat(path)
@@ -756,23 +755,5 @@ def _write(path: Path, text: str, *, mode: int) -> None:
         old = None
     if old is not None:
         mode |= old.st_mode & stat.S_IRGRP
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), mode)
-            if old is not None:
-                with contextlib.suppress(PermissionError):  # not ours to give away: keep ours
-                    os.fchown(file.fileno(), old.st_uid, old.st_gid)
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with replaced(path, mode=mode, owner=old) as file:
+        file.write(text)

@@ -55,7 +55,6 @@ import fcntl
 import logging
 import os
 import queue
-import secrets
 import sqlite3
 import stat
 import threading
@@ -70,6 +69,7 @@ from typing import Final, Literal, Protocol, Self, TextIO
 import msgspec
 
 from otc.errors import OtcError
+from otc.files import replaced
 from otc.model import decimal_text, plain, printable
 
 __all__ = [
@@ -1273,24 +1273,14 @@ def export_file(
             with target.open("w", newline="", encoding="utf-8") as fh:
                 return _write_export(rows, fmt, fh)
         final = Path(os.path.realpath(target))  # through a symlink: replace what it points to
-        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        as_before = None if mode is None else stat.S_IMODE(mode)  # as the file it replaces
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with replaced(final, mode=as_before, newline="") as fh:
+                return _write_export(rows, fmt, fh)
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(target)) from None
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:  # closes fd from here
-                if mode is not None:
-                    os.fchmod(fh.fileno(), stat.S_IMODE(mode))  # as the file it replaces
-                count = _write_export(rows, fmt, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            if exc.filename == str(final):  # the temporary file: name what was asked for
+                raise OSError(exc.errno, exc.strerror, str(target)) from None
             raise
-    return count
 
 
 def _check_format(fmt: str) -> None:
