@@ -569,10 +569,7 @@ class Engine:
             else:
                 out = [await self.control(client, payload)]
             for message in out:
-                try:  # inline, not through _publish: a frame less per reply
-                    await bus.publish(message)
-                except PublicationRefused as exc:
-                    self._log_refusal(exc)
+                await self._publish(bus, message)
         finally:
             slots.release()
 
