@@ -399,10 +399,9 @@ class VenueBookFeed:
         snapshots: dict[str, bool] = {}  # our symbol -> the message brought a snapshot of it
         for symbol, snapshot in books:
             snapshots[symbol] = snapshots.get(symbol, False) or snapshot
-        followed = set(self.symbols.values())
         errors: list[LostUpdate | MalformedSnapshot] = []
         for symbol, snapshot in snapshots.items():
-            if snapshot and (not followed or symbol in followed):
+            if snapshot and self.follows(self.venue_symbol(symbol)):
                 errors.append(self.malformed_snapshot(symbol, problem))
             elif self.in_sync.get(symbol):
                 errors.append(self.lost_update(symbol, problem))
