@@ -50,7 +50,7 @@ import msgspec
 
 from otc.bus import Bus, BusError, PublicationRefused
 from otc.clock import Clock, SystemClock
-from otc.config import CLIENT_ID, Config
+from otc.config import CLIENT_ID, RESERVED_IDS, Config
 from otc.errors import OtcError
 from otc.journal import JournalError, SqliteJournal, state_rows
 from otc.market import Market, venue_state
@@ -551,8 +551,10 @@ class Engine:
                 client, kind = parts[2], parts[3]
                 if kind not in ("rfq", "accept"):
                     continue
-            if not CLIENT_ID.fullmatch(client):
-                continue  # "otc/v1//rfq", a NUL: no topic to answer on that a client could read
+            if not CLIENT_ID.fullmatch(client) or client in RESERVED_IDS:
+                # "otc/v1//rfq", a NUL: no topic to answer on that a client could read;
+                # "otc/v1/ladder/rfq" would be answered on a ladder topic every client reads.
+                continue
             await slots.acquire()
             tg.create_task(self._handle(bus, slots, client, kind, payload), name=f"{kind}-{client}")
         raise BusError(bus.where, "the broker ended the session")  # reconnect, as for a break

@@ -370,7 +370,10 @@ def test_a_topic_whose_client_level_is_not_a_client_id_is_ignored(
     service: tuple[str, Path, subprocess.Popen[str]],
 ) -> None:
     """`otc/v1//rfq` was answered on `otc/v1//quotes` (and a NUL in the level echoed in a topic
-    MQTT forbids): no client can hold such an id, so nothing is answered."""
+    MQTT forbids): no client can hold such an id, so nothing is answered. Nor can a client be
+    named `ladder` or `status`: `otc/v1/ladder/rfq` was answered on `otc/v1/ladder/quotes`, a
+    ladder topic every client reads (of a symbol "quotes"), and an accept on
+    `otc/v1/ladder/fills`."""
     from broker import Publication
 
     from otc.bus import Bus
@@ -381,9 +384,12 @@ def test_a_topic_whose_client_level_is_not_a_client_id_is_ignored(
 
     async def replies() -> list[str]:
         async with Bus(host=host, port=int(port)) as bus:
-            await bus.subscribe("otc/v1/+/quotes")
-            for client in ("", "client-a"):  # the valid one last: its answer ends the wait
-                body = json.dumps(rfq).encode()
+            await bus.subscribe("otc/v1/+/quotes", "otc/v1/+/fills")
+            for reserved in ("ladder", "status"):
+                accept = json.dumps({"quote_id": "q-1"}).encode()
+                await bus.publish(Publication(f"otc/v1/{reserved}/accept", accept))
+            for client in ("", "ladder", "status", "client-a"):  # the valid one last: its
+                body = json.dumps(rfq).encode()  # answer ends the wait
                 await bus.publish(Publication(f"otc/v1/{client}/rfq", body))
             topics = []
             async with asyncio.timeout(10):
