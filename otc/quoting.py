@@ -611,9 +611,7 @@ class QuoteEngine:
                 receipt = await self._submit(received, quoted)
             except BaseException:
                 self._quotes.pop(quote.quote_id, None)  # never published: nobody can accept it
-                ids = self._clients[client].rfq_ids
-                if ids.get(quote.rfq_id) == mono:  # nothing was quoted: the id may be reused
-                    del ids[quote.rfq_id]
+                self._free_rfq_id(client, quote.rfq_id, mono)  # nothing was quoted
                 raise
             if not receipt.done():
                 quote.journaled = receipt
@@ -626,8 +624,20 @@ class QuoteEngine:
         rejected = JournalEvent(
             "reject", client, arrived, rfq_id=rfq_id, payload=msgspec.to_builtins(reject)
         )
-        await self._submit(received, rejected)
+        try:
+            await self._submit(received, rejected)
+        except BaseException:
+            if code is not Code.DUPLICATE_RFQ_ID:  # the id is an earlier RFQ's: it stays used
+                self._free_rfq_id(client, rfq_id, mono)  # refused INTERNAL_ERROR instead
+            raise
         return [Outgoing(topic, encode(reject))]
+
+    def _free_rfq_id(self, client: str, rfq_id: str, mono: int) -> None:
+        """Forget the id an RFQ took at ``mono`` when the journal could not record its answer:
+        the client is told so (``INTERNAL_ERROR``), and may ask again with the same id."""
+        state = self._clients.get(client)
+        if state is not None and state.rfq_ids.get(rfq_id) == mono:
+            del state.rfq_ids[rfq_id]
 
     async def _submit(self, *events: JournalEvent) -> Receipt:
         """Submit ``events`` to the journal in order, without waiting for their commit.

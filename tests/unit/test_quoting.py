@@ -1535,3 +1535,16 @@ def test_an_rfq_id_with_control_characters_is_refused() -> None:
                 msgspec.json.encode({"rfq_id": rfq_id, "symbol": "X", "side": "buy", "qty": "1"})
             )
         assert info.value.code == Code.INVALID_MESSAGE
+
+
+async def test_an_rfq_whose_reject_the_journal_did_not_take_leaves_its_id_free(desk: Desk) -> None:
+    """A reject that could not be journaled is answered INTERNAL_ERROR ("the journal could not
+    record the RFQ"): the client asks again with the same id and gets the real answer, not
+    DUPLICATE_RFQ_ID (as for a quote the journal did not take)."""
+    desk.journal.error = JournalError("disk full")
+    refused = await desk.rfq(rfq_id="r-1", symbol="DOGE-USDT")
+    assert (refused["type"], refused["code"]) == ("reject", "INTERNAL_ERROR")
+    desk.journal.error = None
+    again = await desk.rfq(rfq_id="r-1", symbol="DOGE-USDT")
+    assert (again["type"], again["code"]) == ("reject", "UNKNOWN_SYMBOL"), again
+    assert (await desk.rfq(rfq_id="r-1"))["code"] == "DUPLICATE_RFQ_ID"  # now it was journaled
