@@ -684,12 +684,17 @@ class Engine:
         return result
 
     async def _ladders(self, bus: Bus) -> None:
+        """Publish each symbol's ladder every ``ladder_interval_ms`` when anything it is priced
+        from changed; the first round of a connection publishes every ladder (a broker that
+        restarted lost the retained ones, and a ladder cut off by the lost connection was
+        never published)."""
         assert self.quotes is not None
         interval = self.config.quoting.ladder_interval_ms / 1e3
+        force = True
         while True:
             await asyncio.sleep(interval)
             for symbol in self.market.books:
-                steps = self.quotes.ladder_steps(symbol)
+                steps = self.quotes.ladder_steps(symbol, force=force)
                 while True:
                     try:
                         next(steps)
@@ -699,6 +704,7 @@ class Engine:
                     await asyncio.sleep(0)  # serve what arrived while the band was priced
                 if ladder is not None:
                     await self._publish(bus, ladder)
+            force = False
 
 
 class _Link:

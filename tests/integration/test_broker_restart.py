@@ -224,3 +224,50 @@ async def test_a_retained_rfq_is_not_served_again_when_the_engine_subscribes(
         }
     assert served == {"r-live", "r-sent-retained"}
     assert "skipped a retained message on otc/v1/client-a/rfq" in caplog.text
+
+
+async def test_the_ladders_are_published_again_to_a_broker_that_lost_them(tmp_path: Path) -> None:
+    """The ladders are retained, and a broker restarted without persistence (as ours run) has
+    none: the engine publishes each again on its new connection, also when no book moved since
+    the last one (a quiet market, stale venues: the ladder of nulls), and not only once one
+    does."""
+    from otc.app import sim_markets
+    from otc.clock import FakeClock
+    from otc.journal import MemoryJournal
+    from otc.quoting import QuoteEngine
+
+    config = load_config(CONFIG)
+    clock = FakeClock()  # time stands still: the books neither move nor age
+    engine = Engine(config, clock=clock)
+    engine.quotes = QuoteEngine(config, engine.market, MemoryJournal(), clock)
+    for sim in sim_markets(config, engine.market):
+        for event in sim.snapshot_events(clock.now_ns()):
+            engine.market.apply(event)
+    laddered = {f"otc/v1/ladder/{i.symbol}" for i in config.instruments if i.ladder_bands}
+    assert len(laddered) == 2
+
+    async def retained_ladders(host: str, port: int) -> set[str]:
+        async with Bus(host=host, port=port) as bus:
+            await bus.subscribe("otc/v1/ladder/+")
+            topics: set[str] = set()
+            messages = bus.messages()
+            while topics != laddered:
+                topic, _ = await receive(messages)
+                topics.add(topic)
+        return topics
+
+    with running_broker(tmp_path / "first") as first:
+        port = first.port
+        async with Bus(host=first.host, port=port) as bus:
+            ladders = asyncio.create_task(engine._ladders(bus))
+            assert await retained_ladders(first.host, port) == laddered
+            ladders.cancel()
+            await asyncio.gather(ladders, return_exceptions=True)
+    with running_broker(tmp_path / "second", port=port) as second:
+        async with Bus(host=second.host, port=port) as bus:
+            ladders = asyncio.create_task(engine._ladders(bus))
+            try:
+                assert await retained_ladders(second.host, port) == laddered
+            finally:
+                ladders.cancel()
+                await asyncio.gather(ladders, return_exceptions=True)
