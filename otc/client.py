@@ -12,7 +12,8 @@ anyone the broker lets write there, sends. So:
 * the answer must then be a message of the protocol (:class:`~otc.protocol.Quote` or
   :class:`~otc.protocol.Reject`, :class:`~otc.protocol.Fill` or
   :class:`~otc.protocol.AcceptReject`, :class:`~otc.protocol.ControlResult`), each member
-  given once, and agree with what was asked: a quote of our symbol, side and size, priced on
+  given once, and agree with what was asked: a quote of our symbol, side and size (a notional
+  RFQ's: its notional, and a qty that costs no more at each price quoted), priced on
   exactly the sides asked with plain positive decimals, a two-way bid below its ask; a fill of
   the side and quantity accepted, at the price quoted. An answer that names our request and
   breaks any of this raises :class:`ReplyError`: the client must not act on it (accept it,
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Literal, TypeVar
 
 import msgspec
 
 from otc.bus import Bus
 from otc.errors import OtcError
+from otc.model import decimal_text
 from otc.protocol import (
     ACCEPT_TOPIC,
     CONTROL_RESULT_TOPIC,
@@ -72,6 +74,7 @@ T = TypeVar("T")
 
 #: The largest answer read: an engine's answers are a few hundred bytes.
 MAX_REPLY_BYTES = 64 * 1024
+_EXACT = Context(prec=64)
 
 
 class ReplyError(OtcError):
@@ -158,7 +161,11 @@ def check_quote(rfq: ParsedRfq, quote: Quote) -> None:
     if rfq.qty is not None and qty != rfq.qty:
         raise ReplyError(f"{what} is for qty {quote.qty}, the RFQ for {rfq.qty}")
     notional = None if quote.notional is None else _decimal(quote.notional, "notional", what)
-    if rfq.notional is not None and notional is not None and notional != rfq.notional:
+    if rfq.notional is None and notional is not None:
+        raise ReplyError(f"{what} gives a notional, which a qty RFQ does not ask")
+    if rfq.notional is not None and notional is None:
+        raise ReplyError(f"{what} has no notional, the RFQ asks for notional {rfq.notional}")
+    if rfq.notional is not None and notional != rfq.notional:
         raise ReplyError(f"{what} is for notional {quote.notional}, the RFQ {rfq.notional}")
     wanted = {"buy": ("ask",), "sell": ("bid",), "two_way": ("bid", "ask")}[rfq.side]
     prices: dict[str, Decimal] = {}
@@ -173,6 +180,14 @@ def check_quote(rfq: ParsedRfq, quote: Quote) -> None:
         prices[side] = _decimal(price, side, what)
     if len(prices) == 2 and prices["bid"] >= prices["ask"]:
         raise ReplyError(f"{what} bids {quote.bid} at or above its ask {quote.ask}")
+    if rfq.notional is not None:  # the client never trades more than the notional asked
+        for side, price in sorted(prices.items(), key=lambda item: item[0] != "ask"):
+            cost = _EXACT.multiply(qty, price)  # 30 digits each at most: exact
+            if cost > rfq.notional:
+                raise ReplyError(
+                    f"{what} costs {decimal_text(cost)} at its {side} {decimal_text(price)}, "
+                    f"over the notional {decimal_text(rfq.notional)} asked"
+                )
 
 
 def check_fill(quote: Quote, side: Literal["buy", "sell"], fill: Fill) -> None:

@@ -305,6 +305,27 @@ def test_a_notional_quote_must_echo_the_notional_asked() -> None:
         check_quote(rfq, msgspec.structs.replace(quote, notional="6000"))
 
 
+def test_a_notional_quote_must_keep_within_the_notional_asked() -> None:
+    """A quote naming a notional RFQ with no notional, or whose qty costs more than the
+    notional at its price, was taken (`otc rfq --notional 5000 --accept` accepted 1 BTC at
+    64,000); and a quote of a qty RFQ may not claim a notional."""
+    rfq = ParsedRfq("r-1", "BTC-USDT", "two_way", None, Decimal("5000"))
+    quote = Quote("r-1", "q-1", "BTC-USDT", "two_way", "0.078", "63900", "64000", 1, "5000")
+    check_quote(rfq, quote)  # 0.078 x 64000 = 4992
+    with pytest.raises(ReplyError, match="has no notional"):
+        check_quote(rfq, msgspec.structs.replace(quote, notional=None))
+    with pytest.raises(ReplyError, match="costs 64000 at its ask 64000, over the notional 5000"):
+        check_quote(rfq, msgspec.structs.replace(quote, qty="1"))
+    sell = msgspec.structs.replace(rfq, side="sell")
+    sold = msgspec.structs.replace(quote, side="sell", bid="65536", ask=None)
+    with pytest.raises(ReplyError, match=r"costs 5111\.808 at its bid 65536, over the notional"):
+        check_quote(sell, sold)
+    by_qty = ParsedRfq("r-1", "BTC-USDT", "two_way", Decimal("0.078"), None)
+    check_quote(by_qty, msgspec.structs.replace(quote, notional=None))
+    with pytest.raises(ReplyError, match="gives a notional, which a qty RFQ does not ask"):
+        check_quote(by_qty, quote)
+
+
 # -- the commands' own arguments ------------------------------------------------------------------
 
 
