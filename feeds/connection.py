@@ -107,7 +107,9 @@ class Backoff:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
+        # A float power: 2**n as an int no longer converts to a float past n = 1023 (a venue
+        # away for hours), and the exponent stops where the float would overflow.
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self.attempt, 1000))
         self.attempt += 1
         return self._rng.uniform(self.least * ceiling, ceiling)
 

@@ -49,6 +49,34 @@ def test_backoff_is_jittered_capped_and_resets() -> None:
     assert backoff.next_delay() <= 0.5
 
 
+def test_backoff_stays_at_its_cap_however_long_the_venue_is_away() -> None:
+    """The ceiling was ``base_s * 2**attempt``: at the 1,025th attempt in a row (a venue away for
+    about 4 h at the default 30 s cap) the int no longer converted to a float and next_delay
+    raised OverflowError, out of FeedConnection.run and its engine's task group."""
+    backoff = Backoff(base_s=0.5, cap_s=30.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(5000)]
+    assert max(delays) <= 30.0
+    assert min(delays[-100:]) >= 0.0
+    assert max(delays[-100:]) > 15.0  # still jittered over the whole cap
+
+
+async def test_an_unreachable_venue_is_redialled_past_a_thousand_attempts() -> None:
+    conn = FeedConnection(
+        BybitBookFeed(),
+        ["BTCUSDT"],
+        url="ws://127.0.0.1:9",  # discard port: nothing listens
+        backoff=Backoff(base_s=0.001, cap_s=0.002, rng=random.Random(1)),
+    )
+    conn.backoff.attempt = 1020  # hours of a venue away, at the default cap
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(), name="feed")
+        while conn.reconnects < 10 and not task.done():  # noqa: ASYNC110 - feed task state
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        task.cancel()
+    assert conn.health().state == "down"
+
+
 async def test_quiet_connection_is_reported_stale_then_reopened(shared_data: Path) -> None:
     """A venue that stops talking: health turns stale and the watchdog reconnects."""
     path = shared_data / "bybit" / "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
