@@ -18,9 +18,10 @@ connection logic:
   one out of sync resyncs them all (the error's ``others``), and the events it did apply are
   forwarded all the same (its ``applied``). A REST snapshot body that does not parse leaves
   its symbol pending: it is fetched again, ``snapshot_retry_s`` later at the earliest;
-* resyncs of one symbol that follow each other (none ``resync_calm_s`` apart) are paced by a
-  growing, jittered delay (``resync_base_s`` doubling up to ``resync_cap_s``): a fault that keeps
-  coming back must not turn into a flood of subscriptions, which venues rate-limit or ban;
+* resyncs of one symbol that follow each other (none ``resync_calm_s`` after the previous one
+  went out) are paced by a growing, jittered delay (``resync_base_s`` doubling up to
+  ``resync_cap_s``): a fault that keeps coming back must not turn into a flood of
+  subscriptions, which venues rate-limit or ban;
 * a symbol still out of sync ``sync_timeout_s`` after its watchdog first saw it so (a snapshot
   the adapter could not decode at all, a subscription the venue ignored) is resynced: the
   safety net behind the rules above;
@@ -154,11 +155,12 @@ class FeedConnection:
             one the adapter could not even decode, a subscription the venue ignored...) is
             resynced, as after a gap: the safety net behind every other resync rule.
         resync_base_s, resync_cap_s, resync_calm_s: pacing of a symbol's resyncs by
-            resubscription or reconnection. A symbol's first resync after ``resync_calm_s``
-            without one is immediate; each further one waits ``d / 2 + uniform(0, d / 2)``,
-            ``d = min(resync_cap_s, resync_base_s * 2**n)`` for its ``n``-th in a row, so that
-            a fault that keeps coming back (a checksum that never matches, a venue sending bad
-            snapshots) does not become a flood of subscriptions, which venues rate-limit.
+            resubscription or reconnection. A symbol's first resync ``resync_calm_s`` or more
+            after the previous one went out (not was asked for) is immediate; each further one
+            waits ``d / 2 + uniform(0, d / 2)``, ``d = min(resync_cap_s, resync_base_s *
+            2**n)`` for its ``n``-th in a row, so that a fault that keeps coming back (a
+            checksum that never matches, a venue sending bad snapshots) does not become a flood
+            of subscriptions, which venues rate-limit.
     """
 
     def __init__(
@@ -346,11 +348,15 @@ class FeedConnection:
         else:
             pacing = Backoff(base_s=self.resync_base_s, cap_s=self.resync_cap_s, least=0.5)
             last = None
-        self._resyncs[symbol] = (pacing, now)
         if last is None or now - last >= self.resync_calm_s * 1e9:
             pacing.reset()  # the first of a row: at once
-            return 0.0
-        return pacing.next_delay()
+            delay = 0.0
+        else:
+            delay = pacing.next_delay()
+        # The calm spell counts from when the resync goes out, not from when it was asked for:
+        # a fault back right after a resync paced longer than the spell is still in a row.
+        self._resyncs[symbol] = (pacing, now + round(delay * 1e9))
+        return delay
 
     async def _resync(self, ws: ClientConnection, tg: asyncio.TaskGroup, symbol: str) -> None:
         """Resync our ``symbol`` (out of sync already), now or, paced, from a task."""

@@ -242,9 +242,26 @@ def test_resyncs_in_a_row_are_paced_and_a_calm_spell_resets_them() -> None:
     for delay, ceiling in zip(delays[1:], [0.5, 1, 2, 4, 4, 4], strict=True):
         assert ceiling / 2 <= delay <= ceiling
     assert conn.resync_delay("ETHUSDT") == 0  # per symbol
-    now[0] += 10_000_000_000  # ten quiet seconds
+    now[0] += round(delays[-1] * 1e9) + 10_000_000_000  # ten quiet seconds after the last went out
     assert conn.resync_delay("BTCUSDT") == 0
     assert 0.25 <= conn.resync_delay("BTCUSDT") <= 0.5
+
+
+def test_paced_resyncs_reach_the_cap_when_the_fault_comes_back_after_each() -> None:
+    """The calm spell was counted from when a resync was asked for, not from when it was sent:
+    a fault coming back right after a resync paced 10 s or more looked calm, and the pacing
+    started over at once. With the defaults the delays never passed 16 s and kept starting
+    over from 0: a resync every 4 s on average, where the cap (30 s) allows one every 22 s."""
+    now = [0]
+    conn = FeedConnection(BybitBookFeed(), ["BTCUSDT"], monotonic_ns=lambda: now[0])
+    delays = []
+    for _ in range(20):
+        delay = conn.resync_delay("BTCUSDT")
+        delays.append(delay)
+        now[0] += round(delay * 1e9) + 200_000_000  # resynced after the delay; fails 0.2 s on
+    assert delays[0] == 0
+    assert all(delay > 0 for delay in delays[1:])  # never started over: no calm spell
+    assert all(15 <= delay <= 30 for delay in delays[8:])  # at the cap, 30 s
 
 
 async def test_a_fault_that_keeps_coming_back_is_resynced_at_a_slowing_pace() -> None:
