@@ -32,7 +32,9 @@ connection logic:
   slowly); closing handshakes the venue does not complete are given up after 1 s;
 * REST snapshots are fetched only for the symbols subscribed, and one that keeps failing (an
   HTTP error, a broken response, a body that does not parse) is fetched again paced like a
-  resync, never faster than ``snapshot_retry_s``;
+  resync, never faster than ``snapshot_retry_s`` nor sooner than an HTTP error's
+  ``Retry-After`` asks (Binance's 429 and 418: it bans for longer each time a client does not
+  wait);
 * other malformed messages are counted and skipped, never fatal; the venue's error answer to a
   request (:class:`~feeds.base.RequestRefused`, e.g. a refused subscription) is logged and
   skipped, its symbols staying out of sync;
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import http.client
 import logging
 import random
@@ -394,6 +397,7 @@ class FeedConnection:
     async def _fetch_snapshot(self, venue_symbol: str) -> None:
         url = self.feed.snapshot_url(venue_symbol, base=self.rest_url)
         symbol = self.feed.our_symbol(venue_symbol)
+        retry_after_s = 0.0  # what the venue asked us to wait, if it did
         try:
             try:
                 body = await asyncio.to_thread(_http_get, url)
@@ -413,12 +417,17 @@ class FeedConnection:
                 # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
                 self.malformed += 1
                 self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
+            except urllib.error.HTTPError as exc:
+                # 429 (over the limits) or 418 (banned) with the seconds to wait: a venue bans
+                # for longer each time a client asks again sooner (Binance: 2 min to 3 days).
+                self.last_error = f"snapshot {venue_symbol}: {type(exc).__name__}: {exc}"
+                retry_after_s = _retry_after_s(exc.headers)
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 # HTTP errors, a broken HTTP response, a bad redirect (urllib's ValueError).
                 self.last_error = f"snapshot {venue_symbol}: {type(exc).__name__}: {exc}"
             # Space out retries: a deep REST snapshot is expensive in the venue's rate limits,
             # and snapshots that keep failing are paced like resyncs (a flood gets the IP banned).
-            delay = self.snapshot_retry_s
+            delay = max(self.snapshot_retry_s, retry_after_s)
             if not self.feed.in_sync.get(symbol):
                 delay = max(delay, self.resync_delay(symbol))
             await asyncio.sleep(delay)
@@ -460,6 +469,20 @@ class FeedConnection:
                     self.last_error = f"{symbol}: out of sync for {self.sync_timeout_s:g} s"
                     log.warning("%s %s", self.feed.venue, self.last_error)
                     await self._resync(ws, tg, symbol)
+
+
+#: The longest Retry-After followed (Binance's longest ban); a longer one waits this long.
+_MAX_RETRY_AFTER_S = 3 * 86_400.0
+
+
+def _retry_after_s(headers: email.message.Message | None) -> float:
+    """The seconds an HTTP error's ``Retry-After`` asks for (0 without one; its date form,
+    which the venues do not send, counts as none)."""
+    value = (headers.get("Retry-After") if headers is not None else None) or ""
+    value = value.strip()
+    if not (value.isdigit() and value.isascii() and len(value) <= 9):
+        return 0.0
+    return min(float(value), _MAX_RETRY_AFTER_S)
 
 
 #: A REST snapshot's whole exchange may take this long, and its body be this large, at most:

@@ -325,7 +325,7 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
 
 
 async def run_binance(
-    rest_body: Callable[[int, int], str],
+    rest_body: Callable[[int, int], str | Response],
     update_ids: Iterable[int] = itertools.count(1),
     *,
     ready: Callable[[FeedConnection, int], bool] | None = None,
@@ -333,9 +333,9 @@ async def run_binance(
 ) -> tuple[FeedConnection, int]:
     """A Binance venue streaming BNBBTC depth events numbered ``update_ids``, one every 5 ms,
     and answering its ``n``-th REST snapshot request (from 1) with ``rest_body(n, the last
-    update id sent)``; a connection to it (``options``) runs until ``ready(connection,
-    snapshots requested)``, by default until the symbol is in sync. Returns the connection
-    and how many snapshots were requested."""
+    update id sent)`` (a body, or a whole HTTP response); a connection to it (``options``)
+    runs until ``ready(connection, snapshots requested)``, by default until the symbol is in
+    sync. Returns the connection and how many snapshots were requested."""
     sent = [0]
     requests: list[str] = []
 
@@ -343,8 +343,10 @@ async def run_binance(
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         requests.append(request.path)
-        body = rest_body(len(requests), sent[0]).encode()
-        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+        answer = rest_body(len(requests), sent[0])
+        if isinstance(answer, Response):
+            return answer
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), answer.encode())
 
     async def venue(ws: ServerConnection) -> None:
         await ws.recv()  # the subscription
@@ -699,6 +701,27 @@ async def test_a_rest_snapshot_that_keeps_failing_is_fetched_ever_more_slowly() 
     # Each refetch after the first waits at least half its ceiling: 0.1, 0.2, 0.4, 0.4 s.
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert sum(gaps[1:5]) >= 0.05 + 0.1 + 0.2 + 0.2, gaps
+
+
+async def test_a_rate_limited_rest_snapshot_waits_as_long_as_the_venue_says() -> None:
+    """Binance answers requests over its limits with 429 (418 once it has banned the IP) and a
+    Retry-After in seconds, and bans for longer each time a client does not wait: the snapshot
+    was fetched again ``snapshot_retry_s`` (or the resync pacing) later, whatever it said."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def body(n: int, last: int) -> str | Response:
+        times.append(loop.time())
+        if n == 1:
+            headers = Headers([("Content-Type", "application/json"), ("Retry-After", "1")])
+            limited = b'{"code":-1003,"msg":"Too many requests; current limit exceeded"}'
+            return Response(429, "Too Many Requests", headers, limited)
+        return f'{{"lastUpdateId":{last},"bids":[["0.0024","1"]],"asks":[]}}'
+
+    conn, requests = await run_binance(body, snapshot_retry_s=0.01)
+    assert requests == 2
+    assert times[1] - times[0] >= 1.0, times
+    assert "429" in conn.last_error
 
 
 async def test_a_symbol_left_out_of_sync_is_resynced_while_another_waits_for_a_snapshot() -> None:
