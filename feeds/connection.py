@@ -24,7 +24,9 @@ connection logic:
   subscriptions, which venues rate-limit or ban;
 * a symbol still out of sync ``sync_timeout_s`` after its watchdog first saw it so (a snapshot
   the adapter could not decode at all, a subscription the venue ignored) is resynced: the
-  safety net behind the rules above;
+  safety net behind the rules above; so is one whose book stays crossed for
+  ``crossed_timeout_s`` (left out of the consolidated view, it would wait for a snapshot that
+  nothing else brings);
 * a connection that goes quiet for ``stale_after_ms`` (counted from its opening: a venue that
   never says a word is stale too) is dropped and reopened; a dropped connection is reopened
   after a capped, jittered exponential backoff, which starts over only after a connection that
@@ -157,6 +159,9 @@ class FeedConnection:
         sync_timeout_s: a symbol of a live connection out of sync this long (no snapshot came:
             one the adapter could not even decode, a subscription the venue ignored...) is
             resynced, as after a gap: the safety net behind every other resync rule.
+        crossed_timeout_s: a symbol in sync whose book stays crossed (best bid at or above
+            best ask) this long is marked out of sync and resynced: the consolidated view
+            leaves a crossed book out, and nothing else would ever bring a fresh snapshot.
         resync_base_s, resync_cap_s, resync_calm_s: pacing of a symbol's resyncs by
             resubscription or reconnection. A symbol's first resync ``resync_calm_s`` or more
             after the previous one went out (not was asked for) is immediate; each further one
@@ -180,6 +185,7 @@ class FeedConnection:
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         snapshot_retry_s: float = 1.0,
         sync_timeout_s: float = 15.0,
+        crossed_timeout_s: float = 5.0,
         resync_base_s: float = 0.5,
         resync_cap_s: float = 30.0,
         resync_calm_s: float = 10.0,
@@ -204,6 +210,7 @@ class FeedConnection:
         self._ws: ClientConnection | None = None
         self._fetching: set[str] = set()
         self.sync_timeout_s = sync_timeout_s
+        self.crossed_timeout_s = crossed_timeout_s
         self.resync_base_s = resync_base_s
         self.resync_cap_s = resync_cap_s
         self.resync_calm_s = resync_calm_s
@@ -445,9 +452,12 @@ class FeedConnection:
 
     async def _watchdog(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
         """Close a connection quiet for ``stale_after_ms``; resync a symbol out of sync for
-        ``sync_timeout_s``."""
-        period = min(self.stale_after_ms / 1e3 / 4, self.sync_timeout_s / 2)
+        ``sync_timeout_s``, or crossed for ``crossed_timeout_s``."""
+        period = min(
+            self.stale_after_ms / 1e3 / 4, self.sync_timeout_s / 2, self.crossed_timeout_s / 2
+        )
         out_since: dict[str, int] = {}  # our symbol -> when this watchdog saw it out of sync
+        crossed_since: dict[str, int] = {}  # our symbol -> when it saw its book crossed
         while True:
             await asyncio.sleep(period)
             now = self.monotonic_ns()
@@ -460,7 +470,12 @@ class FeedConnection:
                 return
             for venue_symbol in self.venue_symbols:
                 symbol = self.feed.our_symbol(venue_symbol)
-                if self.feed.in_sync.get(symbol) or venue_symbol in self._fetching:
+                if self.feed.in_sync.get(symbol):
+                    out_since.pop(symbol, None)
+                    await self._check_crossed(ws, tg, venue_symbol, symbol, now, crossed_since)
+                    continue
+                crossed_since.pop(symbol, None)
+                if venue_symbol in self._fetching:
                     out_since.pop(symbol, None)
                     continue
                 since = out_since.setdefault(symbol, now)
@@ -469,6 +484,33 @@ class FeedConnection:
                     self.last_error = f"{symbol}: out of sync for {self.sync_timeout_s:g} s"
                     log.warning("%s %s", self.feed.venue, self.last_error)
                     await self._resync(ws, tg, symbol)
+
+    async def _check_crossed(
+        self,
+        ws: ClientConnection,
+        tg: asyncio.TaskGroup,
+        venue_symbol: str,
+        symbol: str,
+        now: int,
+        crossed_since: dict[str, int],
+    ) -> None:
+        """Resync our ``symbol`` (in sync) once its book has been crossed for
+        ``crossed_timeout_s`` in a row (a moment's crossing is left alone)."""
+        book = self.feed.books.get(symbol)
+        if book is None or not book.crossed:
+            crossed_since.pop(symbol, None)
+            return
+        since = crossed_since.setdefault(symbol, now)
+        if now - since < self.crossed_timeout_s * 1e9:
+            return
+        crossed_since.pop(symbol, None)
+        self.last_error = f"{symbol}: book crossed for {self.crossed_timeout_s:g} s"
+        log.warning("%s %s", self.feed.venue, self.last_error)
+        self.feed.stats.resyncs += 1
+        self.feed.mark(symbol, False, self.last_error)
+        if self.feed.resubscribe_messages(venue_symbol) is None:
+            return  # synced from REST snapshots: the events buffered from now on fetch one
+        await self._resync(ws, tg, symbol)
 
 
 #: The longest Retry-After followed (Binance's longest ban); a longer one waits this long.

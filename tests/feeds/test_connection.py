@@ -324,6 +324,44 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
     assert (conn.malformed, conn.reconnects) == (1, 0)
 
 
+async def test_a_book_that_stays_crossed_is_resynced() -> None:
+    """A book whose best bid stays at or above its best ask (an update lost where nothing
+    numbers them, a venue's glitch) was left out of the consolidated view as crossed, and kept
+    in sync: no resync ever came, and the venue stayed out until the next reconnect."""
+    received: list[dict[str, object]] = []
+    crossed = bybit_snapshot(1, '[["102","1"]]')  # bid 102 >= ask 101
+
+    async def venue(ws: ServerConnection) -> None:
+        received.append(json.loads(await ws.recv()))  # the subscription
+        await ws.send(crossed)
+        while True:  # ETHUSDT keeps the connection busy, never stale
+            await ws.send(ETH_SNAPSHOT)
+            try:
+                async with asyncio.timeout(0.05):
+                    received.append(json.loads(await ws.recv()))
+            except TimeoutError:
+                continue
+            if received[-1]["op"] == "subscribe":
+                await ws.send(bybit_snapshot(2, '[["100","1"]]'))
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}", crossed_timeout_s=0.2
+        )
+        await run_until(
+            conn,
+            lambda: (
+                feed.books.get("BTCUSDT", None) is not None and feed.books["BTCUSDT"].sequence == 2
+            ),
+        )
+    assert received[1:3] == BTC_RESUBSCRIBED
+    assert not feed.books["BTCUSDT"].crossed
+    assert (feed.stats.resyncs, conn.reconnects) == (1, 0)
+    assert "crossed" in conn.last_error
+
+
 async def run_binance(
     rest_body: Callable[[int, int], str | Response],
     update_ids: Iterable[int] = itertools.count(1),
@@ -722,6 +760,26 @@ async def test_a_rate_limited_rest_snapshot_waits_as_long_as_the_venue_says() ->
     assert requests == 2
     assert times[1] - times[0] >= 1.0, times
     assert "429" in conn.last_error
+
+
+async def test_a_binance_book_that_stays_crossed_fetches_a_new_snapshot() -> None:
+    """Binance resyncs from REST: a crossed book is marked out of sync, the events buffer
+    again and a new snapshot is fetched, without reconnecting."""
+
+    def body(n: int, last: int) -> str:
+        asks = '[["0.0022","1"]]' if n == 1 else '[["0.0030","1"]]'  # the stream's bid: 0.0023
+        return f'{{"lastUpdateId":{last},"bids":[],"asks":{asks}}}'
+
+    conn, requests = await run_binance(
+        body,
+        ready=lambda conn, requests: requests >= 2 and conn.feed.in_sync.get("BNBBTC", False),
+        snapshot_retry_s=0.01,
+        crossed_timeout_s=0.2,
+    )
+    assert requests == 2
+    assert not conn.feed.books["BNBBTC"].crossed
+    assert conn.reconnects == 0
+    assert "crossed" in conn.last_error
 
 
 async def test_a_symbol_left_out_of_sync_is_resynced_while_another_waits_for_a_snapshot() -> None:
