@@ -18,12 +18,15 @@ connection logic:
   one out of sync resyncs them all (the error's ``others``), and the events it did apply are
   forwarded all the same (its ``applied``). A REST snapshot body that does not parse leaves
   its symbol pending: it is fetched again, ``snapshot_retry_s`` later at the earliest;
-* resyncs of one symbol that follow each other (none ``resync_calm_s`` apart) are paced by a
-  growing, jittered delay (``resync_base_s`` doubling up to ``resync_cap_s``): a fault that keeps
-  coming back must not turn into a flood of subscriptions, which venues rate-limit or ban;
+* resyncs of one symbol that follow each other (none ``resync_calm_s`` after the previous one
+  went out) are paced by a growing, jittered delay (``resync_base_s`` doubling up to
+  ``resync_cap_s``): a fault that keeps coming back must not turn into a flood of
+  subscriptions, which venues rate-limit or ban;
 * a symbol still out of sync ``sync_timeout_s`` after its watchdog first saw it so (a snapshot
   the adapter could not decode at all, a subscription the venue ignored) is resynced: the
-  safety net behind the rules above;
+  safety net behind the rules above; so is one whose book stays crossed for
+  ``crossed_timeout_s`` (left out of the consolidated view, it would wait for a snapshot that
+  nothing else brings);
 * a connection that goes quiet for ``stale_after_ms`` (counted from its opening: a venue that
   never says a word is stale too) is dropped and reopened; a dropped connection is reopened
   after a capped, jittered exponential backoff, which starts over only after a connection that
@@ -31,7 +34,9 @@ connection logic:
   slowly); closing handshakes the venue does not complete are given up after 1 s;
 * REST snapshots are fetched only for the symbols subscribed, and one that keeps failing (an
   HTTP error, a broken response, a body that does not parse) is fetched again paced like a
-  resync, never faster than ``snapshot_retry_s``;
+  resync, never faster than ``snapshot_retry_s`` nor sooner than an HTTP error's
+  ``Retry-After`` asks (Binance's 429 and 418: it bans for longer each time a client does not
+  wait);
 * other malformed messages are counted and skipped, never fatal; the venue's error answer to a
   request (:class:`~feeds.base.RequestRefused`, e.g. a refused subscription) is logged and
   skipped, its symbols staying out of sync;
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import http.client
 import logging
 import random
@@ -107,7 +113,9 @@ class Backoff:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
+        # A float power: 2**n as an int no longer converts to a float past n = 1023 (a venue
+        # away for hours), and the exponent stops where the float would overflow.
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self.attempt, 1000))
         self.attempt += 1
         return self._rng.uniform(self.least * ceiling, ceiling)
 
@@ -151,12 +159,16 @@ class FeedConnection:
         sync_timeout_s: a symbol of a live connection out of sync this long (no snapshot came:
             one the adapter could not even decode, a subscription the venue ignored...) is
             resynced, as after a gap: the safety net behind every other resync rule.
+        crossed_timeout_s: a symbol in sync whose book stays crossed (best bid at or above
+            best ask) this long is marked out of sync and resynced: the consolidated view
+            leaves a crossed book out, and nothing else would ever bring a fresh snapshot.
         resync_base_s, resync_cap_s, resync_calm_s: pacing of a symbol's resyncs by
-            resubscription or reconnection. A symbol's first resync after ``resync_calm_s``
-            without one is immediate; each further one waits ``d / 2 + uniform(0, d / 2)``,
-            ``d = min(resync_cap_s, resync_base_s * 2**n)`` for its ``n``-th in a row, so that
-            a fault that keeps coming back (a checksum that never matches, a venue sending bad
-            snapshots) does not become a flood of subscriptions, which venues rate-limit.
+            resubscription or reconnection. A symbol's first resync ``resync_calm_s`` or more
+            after the previous one went out (not was asked for) is immediate; each further one
+            waits ``d / 2 + uniform(0, d / 2)``, ``d = min(resync_cap_s, resync_base_s *
+            2**n)`` for its ``n``-th in a row, so that a fault that keeps coming back (a
+            checksum that never matches, a venue sending bad snapshots) does not become a flood
+            of subscriptions, which venues rate-limit.
     """
 
     def __init__(
@@ -173,6 +185,7 @@ class FeedConnection:
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         snapshot_retry_s: float = 1.0,
         sync_timeout_s: float = 15.0,
+        crossed_timeout_s: float = 5.0,
         resync_base_s: float = 0.5,
         resync_cap_s: float = 30.0,
         resync_calm_s: float = 10.0,
@@ -197,6 +210,7 @@ class FeedConnection:
         self._ws: ClientConnection | None = None
         self._fetching: set[str] = set()
         self.sync_timeout_s = sync_timeout_s
+        self.crossed_timeout_s = crossed_timeout_s
         self.resync_base_s = resync_base_s
         self.resync_cap_s = resync_cap_s
         self.resync_calm_s = resync_calm_s
@@ -344,11 +358,15 @@ class FeedConnection:
         else:
             pacing = Backoff(base_s=self.resync_base_s, cap_s=self.resync_cap_s, least=0.5)
             last = None
-        self._resyncs[symbol] = (pacing, now)
         if last is None or now - last >= self.resync_calm_s * 1e9:
             pacing.reset()  # the first of a row: at once
-            return 0.0
-        return pacing.next_delay()
+            delay = 0.0
+        else:
+            delay = pacing.next_delay()
+        # The calm spell counts from when the resync goes out, not from when it was asked for:
+        # a fault back right after a resync paced longer than the spell is still in a row.
+        self._resyncs[symbol] = (pacing, now + round(delay * 1e9))
+        return delay
 
     async def _resync(self, ws: ClientConnection, tg: asyncio.TaskGroup, symbol: str) -> None:
         """Resync our ``symbol`` (out of sync already), now or, paced, from a task."""
@@ -386,6 +404,7 @@ class FeedConnection:
     async def _fetch_snapshot(self, venue_symbol: str) -> None:
         url = self.feed.snapshot_url(venue_symbol, base=self.rest_url)
         symbol = self.feed.our_symbol(venue_symbol)
+        retry_after_s = 0.0  # what the venue asked us to wait, if it did
         try:
             try:
                 body = await asyncio.to_thread(_http_get, url)
@@ -405,12 +424,17 @@ class FeedConnection:
                 # MalformedSnapshot included: the symbol stays pending, so it is fetched again.
                 self.malformed += 1
                 self.last_error = f"snapshot {venue_symbol}: malformed body: {exc}"
+            except urllib.error.HTTPError as exc:
+                # 429 (over the limits) or 418 (banned) with the seconds to wait: a venue bans
+                # for longer each time a client asks again sooner (Binance: 2 min to 3 days).
+                self.last_error = f"snapshot {venue_symbol}: {type(exc).__name__}: {exc}"
+                retry_after_s = _retry_after_s(exc.headers)
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 # HTTP errors, a broken HTTP response, a bad redirect (urllib's ValueError).
                 self.last_error = f"snapshot {venue_symbol}: {type(exc).__name__}: {exc}"
             # Space out retries: a deep REST snapshot is expensive in the venue's rate limits,
             # and snapshots that keep failing are paced like resyncs (a flood gets the IP banned).
-            delay = self.snapshot_retry_s
+            delay = max(self.snapshot_retry_s, retry_after_s)
             if not self.feed.in_sync.get(symbol):
                 delay = max(delay, self.resync_delay(symbol))
             await asyncio.sleep(delay)
@@ -428,9 +452,12 @@ class FeedConnection:
 
     async def _watchdog(self, ws: ClientConnection, tg: asyncio.TaskGroup) -> None:
         """Close a connection quiet for ``stale_after_ms``; resync a symbol out of sync for
-        ``sync_timeout_s``."""
-        period = min(self.stale_after_ms / 1e3 / 4, self.sync_timeout_s / 2)
+        ``sync_timeout_s``, or crossed for ``crossed_timeout_s``."""
+        period = min(
+            self.stale_after_ms / 1e3 / 4, self.sync_timeout_s / 2, self.crossed_timeout_s / 2
+        )
         out_since: dict[str, int] = {}  # our symbol -> when this watchdog saw it out of sync
+        crossed_since: dict[str, int] = {}  # our symbol -> when it saw its book crossed
         while True:
             await asyncio.sleep(period)
             now = self.monotonic_ns()
@@ -443,7 +470,12 @@ class FeedConnection:
                 return
             for venue_symbol in self.venue_symbols:
                 symbol = self.feed.our_symbol(venue_symbol)
-                if self.feed.in_sync.get(symbol) or venue_symbol in self._fetching:
+                if self.feed.in_sync.get(symbol):
+                    out_since.pop(symbol, None)
+                    await self._check_crossed(ws, tg, venue_symbol, symbol, now, crossed_since)
+                    continue
+                crossed_since.pop(symbol, None)
+                if venue_symbol in self._fetching:
                     out_since.pop(symbol, None)
                     continue
                 since = out_since.setdefault(symbol, now)
@@ -452,6 +484,47 @@ class FeedConnection:
                     self.last_error = f"{symbol}: out of sync for {self.sync_timeout_s:g} s"
                     log.warning("%s %s", self.feed.venue, self.last_error)
                     await self._resync(ws, tg, symbol)
+
+    async def _check_crossed(
+        self,
+        ws: ClientConnection,
+        tg: asyncio.TaskGroup,
+        venue_symbol: str,
+        symbol: str,
+        now: int,
+        crossed_since: dict[str, int],
+    ) -> None:
+        """Resync our ``symbol`` (in sync) once its book has been crossed for
+        ``crossed_timeout_s`` in a row (a moment's crossing is left alone)."""
+        book = self.feed.books.get(symbol)
+        if book is None or not book.crossed:
+            crossed_since.pop(symbol, None)
+            return
+        since = crossed_since.setdefault(symbol, now)
+        if now - since < self.crossed_timeout_s * 1e9:
+            return
+        crossed_since.pop(symbol, None)
+        self.last_error = f"{symbol}: book crossed for {self.crossed_timeout_s:g} s"
+        log.warning("%s %s", self.feed.venue, self.last_error)
+        self.feed.stats.resyncs += 1
+        self.feed.mark(symbol, False, self.last_error)
+        if self.feed.resubscribe_messages(venue_symbol) is None:
+            return  # synced from REST snapshots: the events buffered from now on fetch one
+        await self._resync(ws, tg, symbol)
+
+
+#: The longest Retry-After followed (Binance's longest ban); a longer one waits this long.
+_MAX_RETRY_AFTER_S = 3 * 86_400.0
+
+
+def _retry_after_s(headers: email.message.Message | None) -> float:
+    """The seconds an HTTP error's ``Retry-After`` asks for (0 without one; its date form,
+    which the venues do not send, counts as none)."""
+    value = (headers.get("Retry-After") if headers is not None else None) or ""
+    value = value.strip()
+    if not (value.isdigit() and value.isascii() and len(value) <= 9):
+        return 0.0
+    return min(float(value), _MAX_RETRY_AFTER_S)
 
 
 #: A REST snapshot's whole exchange may take this long, and its body be this large, at most:

@@ -49,6 +49,34 @@ def test_backoff_is_jittered_capped_and_resets() -> None:
     assert backoff.next_delay() <= 0.5
 
 
+def test_backoff_stays_at_its_cap_however_long_the_venue_is_away() -> None:
+    """The ceiling was ``base_s * 2**attempt``: at the 1,025th attempt in a row (a venue away for
+    about 4 h at the default 30 s cap) the int no longer converted to a float and next_delay
+    raised OverflowError, out of FeedConnection.run and its engine's task group."""
+    backoff = Backoff(base_s=0.5, cap_s=30.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(5000)]
+    assert max(delays) <= 30.0
+    assert min(delays[-100:]) >= 0.0
+    assert max(delays[-100:]) > 15.0  # still jittered over the whole cap
+
+
+async def test_an_unreachable_venue_is_redialled_past_a_thousand_attempts() -> None:
+    conn = FeedConnection(
+        BybitBookFeed(),
+        ["BTCUSDT"],
+        url="ws://127.0.0.1:9",  # discard port: nothing listens
+        backoff=Backoff(base_s=0.001, cap_s=0.002, rng=random.Random(1)),
+    )
+    conn.backoff.attempt = 1020  # hours of a venue away, at the default cap
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(conn.run(), name="feed")
+        while conn.reconnects < 10 and not task.done():  # noqa: ASYNC110 - feed task state
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        task.cancel()
+    assert conn.health().state == "down"
+
+
 async def test_quiet_connection_is_reported_stale_then_reopened(shared_data: Path) -> None:
     """A venue that stops talking: health turns stale and the watchdog reconnects."""
     path = shared_data / "bybit" / "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
@@ -214,9 +242,26 @@ def test_resyncs_in_a_row_are_paced_and_a_calm_spell_resets_them() -> None:
     for delay, ceiling in zip(delays[1:], [0.5, 1, 2, 4, 4, 4], strict=True):
         assert ceiling / 2 <= delay <= ceiling
     assert conn.resync_delay("ETHUSDT") == 0  # per symbol
-    now[0] += 10_000_000_000  # ten quiet seconds
+    now[0] += round(delays[-1] * 1e9) + 10_000_000_000  # ten quiet seconds after the last went out
     assert conn.resync_delay("BTCUSDT") == 0
     assert 0.25 <= conn.resync_delay("BTCUSDT") <= 0.5
+
+
+def test_paced_resyncs_reach_the_cap_when_the_fault_comes_back_after_each() -> None:
+    """The calm spell was counted from when a resync was asked for, not from when it was sent:
+    a fault coming back right after a resync paced 10 s or more looked calm, and the pacing
+    started over at once. With the defaults the delays never passed 16 s and kept starting
+    over from 0: a resync every 4 s on average, where the cap (30 s) allows one every 22 s."""
+    now = [0]
+    conn = FeedConnection(BybitBookFeed(), ["BTCUSDT"], monotonic_ns=lambda: now[0])
+    delays = []
+    for _ in range(20):
+        delay = conn.resync_delay("BTCUSDT")
+        delays.append(delay)
+        now[0] += round(delay * 1e9) + 200_000_000  # resynced after the delay; fails 0.2 s on
+    assert delays[0] == 0
+    assert all(delay > 0 for delay in delays[1:])  # never started over: no calm spell
+    assert all(15 <= delay <= 30 for delay in delays[8:])  # at the cap, 30 s
 
 
 async def test_a_fault_that_keeps_coming_back_is_resynced_at_a_slowing_pace() -> None:
@@ -279,8 +324,46 @@ async def test_a_symbol_left_out_of_sync_is_resynced_after_the_sync_timeout() ->
     assert (conn.malformed, conn.reconnects) == (1, 0)
 
 
+async def test_a_book_that_stays_crossed_is_resynced() -> None:
+    """A book whose best bid stays at or above its best ask (an update lost where nothing
+    numbers them, a venue's glitch) was left out of the consolidated view as crossed, and kept
+    in sync: no resync ever came, and the venue stayed out until the next reconnect."""
+    received: list[dict[str, object]] = []
+    crossed = bybit_snapshot(1, '[["102","1"]]')  # bid 102 >= ask 101
+
+    async def venue(ws: ServerConnection) -> None:
+        received.append(json.loads(await ws.recv()))  # the subscription
+        await ws.send(crossed)
+        while True:  # ETHUSDT keeps the connection busy, never stale
+            await ws.send(ETH_SNAPSHOT)
+            try:
+                async with asyncio.timeout(0.05):
+                    received.append(json.loads(await ws.recv()))
+            except TimeoutError:
+                continue
+            if received[-1]["op"] == "subscribe":
+                await ws.send(bybit_snapshot(2, '[["100","1"]]'))
+
+    feed = BybitBookFeed()
+    async with serve(venue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = FeedConnection(
+            feed, ["BTCUSDT", "ETHUSDT"], url=f"ws://127.0.0.1:{port}", crossed_timeout_s=0.2
+        )
+        await run_until(
+            conn,
+            lambda: (
+                feed.books.get("BTCUSDT", None) is not None and feed.books["BTCUSDT"].sequence == 2
+            ),
+        )
+    assert received[1:3] == BTC_RESUBSCRIBED
+    assert not feed.books["BTCUSDT"].crossed
+    assert (feed.stats.resyncs, conn.reconnects) == (1, 0)
+    assert "crossed" in conn.last_error
+
+
 async def run_binance(
-    rest_body: Callable[[int, int], str],
+    rest_body: Callable[[int, int], str | Response],
     update_ids: Iterable[int] = itertools.count(1),
     *,
     ready: Callable[[FeedConnection, int], bool] | None = None,
@@ -288,9 +371,9 @@ async def run_binance(
 ) -> tuple[FeedConnection, int]:
     """A Binance venue streaming BNBBTC depth events numbered ``update_ids``, one every 5 ms,
     and answering its ``n``-th REST snapshot request (from 1) with ``rest_body(n, the last
-    update id sent)``; a connection to it (``options``) runs until ``ready(connection,
-    snapshots requested)``, by default until the symbol is in sync. Returns the connection
-    and how many snapshots were requested."""
+    update id sent)`` (a body, or a whole HTTP response); a connection to it (``options``)
+    runs until ``ready(connection, snapshots requested)``, by default until the symbol is in
+    sync. Returns the connection and how many snapshots were requested."""
     sent = [0]
     requests: list[str] = []
 
@@ -298,8 +381,10 @@ async def run_binance(
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         requests.append(request.path)
-        body = rest_body(len(requests), sent[0]).encode()
-        return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
+        answer = rest_body(len(requests), sent[0])
+        if isinstance(answer, Response):
+            return answer
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), answer.encode())
 
     async def venue(ws: ServerConnection) -> None:
         await ws.recv()  # the subscription
@@ -654,6 +739,47 @@ async def test_a_rest_snapshot_that_keeps_failing_is_fetched_ever_more_slowly() 
     # Each refetch after the first waits at least half its ceiling: 0.1, 0.2, 0.4, 0.4 s.
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert sum(gaps[1:5]) >= 0.05 + 0.1 + 0.2 + 0.2, gaps
+
+
+async def test_a_rate_limited_rest_snapshot_waits_as_long_as_the_venue_says() -> None:
+    """Binance answers requests over its limits with 429 (418 once it has banned the IP) and a
+    Retry-After in seconds, and bans for longer each time a client does not wait: the snapshot
+    was fetched again ``snapshot_retry_s`` (or the resync pacing) later, whatever it said."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    def body(n: int, last: int) -> str | Response:
+        times.append(loop.time())
+        if n == 1:
+            headers = Headers([("Content-Type", "application/json"), ("Retry-After", "1")])
+            limited = b'{"code":-1003,"msg":"Too many requests; current limit exceeded"}'
+            return Response(429, "Too Many Requests", headers, limited)
+        return f'{{"lastUpdateId":{last},"bids":[["0.0024","1"]],"asks":[]}}'
+
+    conn, requests = await run_binance(body, snapshot_retry_s=0.01)
+    assert requests == 2
+    assert times[1] - times[0] >= 1.0, times
+    assert "429" in conn.last_error
+
+
+async def test_a_binance_book_that_stays_crossed_fetches_a_new_snapshot() -> None:
+    """Binance resyncs from REST: a crossed book is marked out of sync, the events buffer
+    again and a new snapshot is fetched, without reconnecting."""
+
+    def body(n: int, last: int) -> str:
+        asks = '[["0.0022","1"]]' if n == 1 else '[["0.0030","1"]]'  # the stream's bid: 0.0023
+        return f'{{"lastUpdateId":{last},"bids":[],"asks":{asks}}}'
+
+    conn, requests = await run_binance(
+        body,
+        ready=lambda conn, requests: requests >= 2 and conn.feed.in_sync.get("BNBBTC", False),
+        snapshot_retry_s=0.01,
+        crossed_timeout_s=0.2,
+    )
+    assert requests == 2
+    assert not conn.feed.books["BNBBTC"].crossed
+    assert conn.reconnects == 0
+    assert "crossed" in conn.last_error
 
 
 async def test_a_symbol_left_out_of_sync_is_resynced_while_another_waits_for_a_snapshot() -> None:
