@@ -45,10 +45,10 @@ from typing import Any
 
 import msgspec
 
-from otc.backtest.runner import recorded_scales
+from otc.backtest.runner import recorded_scales, refused_event
 from otc.clock import FakeClock
 from otc.config import Config
-from otc.errors import OtcError
+from otc.errors import ConfigError, OtcError
 from otc.journal import JournalError, JournalEvent, MemoryJournal, _encode_payload, export
 from otc.market import Market
 from otc.model import BookEvent
@@ -164,10 +164,12 @@ class _HeldAccepts(MemoryJournal):
 
 
 class _Books:
-    """The recorded events per (venue, our symbol), applied on demand."""
+    """The recorded events per (venue, our symbol), applied on demand; ``source`` names the
+    recording in errors."""
 
-    def __init__(self, market: Market, events: Iterable[BookEvent]) -> None:
+    def __init__(self, market: Market, events: Iterable[BookEvent], source: str) -> None:
         self.market = market
+        self.source = source
         routes: dict[tuple[str, str], str | None] = {}
         for cfg in market.config.venues:
             for ours, theirs in cfg.symbols.items():
@@ -196,7 +198,10 @@ class _Books:
                         break
                 elif head.ts_recv_ns > ts_ns:
                     break
-                apply(queue.popleft(), symbol)
+                try:
+                    apply(queue.popleft(), symbol)
+                except ValueError as exc:  # a level no book holds (a negative size...)
+                    raise refused_event(self.source, head, exc) from None
 
 
 def _targets(quote: dict[str, Any] | None, symbol: str) -> dict[tuple[str, str], int]:
@@ -222,7 +227,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
     rows = _journal_rows(journal)
     events = ReplayFeed(data, scales=recorded_scales(config)).iter_events()
     market = Market(config)
-    books = _Books(market, events)
+    books = _Books(market, events, ", ".join(map(str, data)))
     first_quote = next((r for r in rows if r["kind"] == "quote"), None)
     run_id = first_quote["quote_id"].rsplit("-q", 1)[0] if first_quote else "replay"
     clock = FakeClock(rows[0]["ts_ns"] if rows else 0)
@@ -283,7 +288,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
     current: list[dict[str, Any] | None] = [None]  # the row being replayed, for errors
     try:
         asyncio.run(run())
-    except JournalError:
+    except (JournalError, ConfigError):  # the journal, or the recording, named already
         raise
     except (
         KeyError,

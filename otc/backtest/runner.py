@@ -122,6 +122,16 @@ def backtest_config(config: Config, scenario: Scenario, *, source: str = "scenar
     return msgspec.structs.replace(config, venues=list(venues.values()), quoting=quoting)
 
 
+def refused_event(source: str, event: BookEvent, exc: ValueError) -> ConfigError:
+    """The error of a recorded ``event`` (of the data ``source``) that its book refused."""
+    kind = "snapshot" if isinstance(event, BookSnapshot) else "delta"
+    where = (
+        f"{kind} of {event.venue} {event.symbol} received at {event.ts_recv_ns} ns "
+        f"(sequence {event.sequence})"
+    )
+    return ConfigError(source, where, str(exc))
+
+
 def recorded_scales(config: Config) -> dict[str, Scale]:
     """Recorded symbol -> the scale our books keep: ours and every venue's own names."""
     scales: dict[str, Scale] = {}
@@ -343,6 +353,7 @@ class Backtest:
         scenario: the flow, accept model, hedging and options.
         progress: where a one-line progress report goes while replaying (``None``: nowhere).
         run_id: prefix of quote and trade ids.
+        source: the data replayed, as an error about one of its events names it (the files).
     """
 
     def __init__(
@@ -352,10 +363,12 @@ class Backtest:
         *,
         progress: TextIO | None = None,
         run_id: str = "bt",
+        source: str = "recorded data",
     ) -> None:
         self.config = config
         self.scenario = scenario
         self.progress = progress
+        self.source = source
         self.clock = FakeClock(0)
         self.market = Market(config)
         self.journal = MemoryJournal()
@@ -431,7 +444,10 @@ class Backtest:
                         next_due = heap[0][0] if heap else math.inf
                     now = t
                     clock.set(t)
-                apply(event, symbol)
+                try:
+                    apply(event, symbol)
+                except ValueError as exc:  # a level no book holds (a negative size...)
+                    raise refused_event(self.source, event, exc) from None
                 if type(event) is BookDelta:
                     self.deltas += 1
                     if (symbol, event.venue) not in synced:
@@ -762,7 +778,7 @@ def run_backtest(
     progress: TextIO | None = None,
 ) -> Backtest:
     """Run a whole backtest over recorded files (in its own event loop); returns it, done."""
-    bt = Backtest(config, scenario, progress=progress)
+    bt = Backtest(config, scenario, progress=progress, source=", ".join(map(str, paths)))
 
     async def main() -> None:
         await bt.run(event_batches(paths, recorded_scales(config)))

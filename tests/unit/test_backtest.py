@@ -16,7 +16,7 @@ from otc.backtest.scenario import load_scenario
 from otc.backtest.scores import bucket_label, error_stats
 from otc.config import load_config
 from otc.errors import ConfigError
-from otc.model import BookDelta, BookSnapshot, Scale
+from otc.model import BookDelta, BookEvent, BookSnapshot, Scale
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -386,3 +386,35 @@ def test_a_silence_longer_than_the_book_age_limit_is_reported_as_a_data_gap(
         "from_s": "15",
         "seconds": "55",
     }
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (
+            BookDelta("alpha", "BTCUSDT", [], [(p("101"), -q("1.5"))], 2, 0, T0 + S // 2),
+            "negative ask size -1500 at price 10100",
+        ),
+        (
+            BookSnapshot("alpha", "BTCUSDT", [(0, q("1"))], [], 2, 0, T0 + S // 2),
+            "non-positive bid price 0",
+        ),
+    ],
+)
+def test_a_recorded_event_the_book_refuses_stops_the_backtest_naming_it(
+    session: tuple[Path, Path, Path], tmp_path: Path, event: BookEvent, problem: str
+) -> None:
+    """A negative size in a recorded delta was stored as a level: the walk took -1.5 BTC at
+    101 and the backtest scored quotes priced through it (a markout of 363 bps) without a
+    word; a refused snapshot stopped it naming neither the data nor the event."""
+    config, scenario, _ = session
+    data = tmp_path / "bad.jsonl.gz"
+    with RecordWriter(data, scales={"BTCUSDT": SCALE}, source="test", created_ns=T0) as w:
+        w.write([events()[0], event])
+    with pytest.raises(ConfigError) as info:
+        run(config, scenario, data)
+    message = str(info.value)
+    assert f"{event.venue} {event.symbol}" in message
+    assert f"received at {event.ts_recv_ns}" in message
+    assert "sequence 2" in message
+    assert message.endswith(problem)

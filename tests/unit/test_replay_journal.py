@@ -14,13 +14,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.record import RecordWriter
+from feeds.record import RecordWriter, read_events
 from feeds.sim import SyntheticMarket, default_venues
 from otc.backtest.audit import replay_journal
 from otc.clock import FakeClock
 from otc.config import load_config
+from otc.errors import ConfigError
 from otc.journal import JournalError, SqliteJournal, export, recent
 from otc.market import Market
+from otc.model import BookDelta
 from otc.quoting import QuoteEngine
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
@@ -262,3 +264,24 @@ def test_a_row_not_as_the_engine_writes_it_is_named(tmp_path: Path) -> None:
         with pytest.raises(JournalError, match=rf"cannot replay journal {copy}: event \d+") as info:
             replay_journal(config, copy, [data])
         assert problem in str(info.value)
+
+
+def test_a_recorded_event_the_book_refuses_is_named_with_the_recording(tmp_path: Path) -> None:
+    """A delta with a negative size was stored as a level, and the replay priced through it
+    (reported as DIFFERENT, as if the engine had quoted otherwise); now the recording is named
+    with the event."""
+    journal, data, _ = asyncio.run(live_run(tmp_path, seed=5))
+    header, events = read_events(data)
+    events = list(events)
+    i = next(i for i, e in enumerate(events) if isinstance(e, BookDelta) and e.asks)
+    bad = events[i]
+    price = bad.asks[0][0]
+    events[i] = msgspec.structs.replace(bad, asks=[(price, -1)])
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    with RecordWriter(corrupt, scales=header.symbol_scales, source="test") as writer:
+        writer.write(events)
+    with pytest.raises(ConfigError) as info:
+        replay_journal(load_config(CONFIG), journal, [corrupt])
+    message = str(info.value)
+    assert message.startswith(f"{corrupt}: delta of {bad.venue} {bad.symbol} received at ")
+    assert message.endswith(f"negative ask size -1 at price {price}")
