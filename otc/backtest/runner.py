@@ -52,7 +52,7 @@ from otc.backtest.scenario import (
 from otc.book import ConsolidatedBook, L2Book
 from otc.clock import FakeClock
 from otc.config import Config, InstrumentConfig
-from otc.errors import ConfigError
+from otc.errors import ConfigError, InsufficientDepth
 from otc.journal import MemoryJournal
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, BookDelta, BookEvent, BookSnapshot, Scale, Side
@@ -392,6 +392,8 @@ class Backtest:
         #: Events stamped before one replayed earlier (a recording's clock stepped back, or
         #: files that overlap out of order): applied at the time the replay had reached.
         self.out_of_order = 0
+        #: Model checks left out: sells the impact model gives no positive price for.
+        self.model_unpriced = 0
         #: Silences longer than ``max_book_age_ms`` in a venue's book (see :class:`DataGap`).
         self.gaps: list[DataGap] = []
         self._gap_ns = config.estimator.max_book_age_ms * _NS_PER_MS
@@ -751,7 +753,11 @@ class Backtest:
         qty = Decimal(record.quote["qty"])
         for key in sorted(record.estimated_all_in):
             side = Side.BUY if key == "ask" else Side.SELL
-            model = estimate(cut_view, side, qty=qty, impact=inst.impact)
+            try:
+                model = estimate(cut_view, side, qty=qty, impact=inst.impact)
+            except InsufficientDepth:  # a sell the model puts 10,000 bps or more below mid
+                self.model_unpriced += 1
+                continue
             full = estimate(view, side, qty=qty)
             if model.impact is None or full.depth_exhausted or full.avg_price_all_in is None:
                 continue  # within the cut depth (the same walk), or beyond the whole book
