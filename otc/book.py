@@ -139,18 +139,27 @@ class L2Book:
         self.ask_version += 1
 
     def update_bid(self, price: int, size: int) -> None:
-        """Set the bid at ``price`` to ``size`` (0 deletes). Sizes must be >= 0."""
+        """Set the bid at ``price`` to ``size`` (0 deletes).
+
+        Raises:
+            ValueError: a negative size, or a new level at a non-positive price (the levels
+                are then unchanged).
+        """
         sizes = self._bid_sizes
         self.bid_version += 1
-        if size:
+        if size > 0:
             if price in sizes:  # the common case: a size change at an existing level
                 sizes[price] = size
                 return
+            if price <= 0:
+                raise ValueError(f"non-positive bid price {price}")
             sizes[price] = size
             self._bid_prices.add(price)
             best = self.best_bid
             if best is None or price > best:
                 self.best_bid = price
+        elif size:
+            raise ValueError(f"negative bid size {size} at price {price}")
         elif sizes.pop(price, None) is not None:
             prices = self._bid_prices
             prices.remove(price)
@@ -158,18 +167,27 @@ class L2Book:
                 self.best_bid = prices[-1] if prices else None
 
     def update_ask(self, price: int, size: int) -> None:
-        """Set the ask at ``price`` to ``size`` (0 deletes). Sizes must be >= 0."""
+        """Set the ask at ``price`` to ``size`` (0 deletes).
+
+        Raises:
+            ValueError: a negative size, or a new level at a non-positive price (the levels
+                are then unchanged).
+        """
         sizes = self._ask_sizes
         self.ask_version += 1
-        if size:
+        if size > 0:
             if price in sizes:  # the common case: a size change at an existing level
                 sizes[price] = size
                 return
+            if price <= 0:
+                raise ValueError(f"non-positive ask price {price}")
             sizes[price] = size
             self._ask_prices.add(price)
             best = self.best_ask
             if best is None or price < best:
                 self.best_ask = price
+        elif size:
+            raise ValueError(f"negative ask size {size} at price {price}")
         elif sizes.pop(price, None) is not None:
             prices = self._ask_prices
             prices.remove(price)
@@ -324,7 +342,12 @@ def _side_from_levels(levels: Iterable[tuple[int, int]], name: str) -> dict[int,
 
 
 def apply_event(book: L2Book, event: BookEvent) -> None:
-    """Apply a normalized event to ``book`` (a snapshot replaces it, a delta sets levels)."""
+    """Apply a normalized event to ``book`` (a snapshot replaces it, a delta sets levels).
+
+    Raises:
+        ValueError: a level the book refuses (a negative size, a non-positive price): a
+            snapshot is then refused whole; a delta's levels before that one stay applied.
+    """
     if isinstance(event, BookSnapshot):
         book.apply_snapshot(
             event.bids,

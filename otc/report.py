@@ -22,8 +22,9 @@ def _grouped(value: Decimal | None) -> str:
     """A money amount with thousands separators and 2 decimals, for reading (not for wire)."""
     if value is None:
         return "n/a"
-    # Quantized at the value's own precision: the context's 28 digits would refuse 1e27.
-    digits = max(value.adjusted() + 3, 1)
+    # Quantized at the value's own precision (the context's 28 digits would refuse 1e27), with
+    # room for one more digit: 9.996 is 10.00.
+    digits = max(value.adjusted() + 4, 1)
     return f"{value.quantize(_CENT, context=Context(prec=digits)):,}"
 
 

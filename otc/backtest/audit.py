@@ -14,10 +14,11 @@ Assumptions, which make the reproduction exact:
 * the clock: each message is handled at its journaled ``ts_ns`` (what the live engine's clock
   said), so expiry, rate limits, daily notional and book ages repeat;
 * the books: before an RFQ, each venue's book of the symbol is brought to the state it was
-  priced from: the venue's events are applied up to the book sequence id that the journaled
+  priced from: the venue's events are applied up to the one whose sequence id the journaled
   explanation names for it (so events that arrived between two RFQs in the same millisecond
-  are placed exactly); a venue the explanation does not name and a venue without sequence ids
-  get the events received at or before the RFQ's ``ts_ns``. Other symbols' books are left as
+  are placed exactly; see :meth:`_Books.until` for a numbering that starts over); a venue the
+  explanation does not name and a venue without sequence ids get the events received at or
+  before the RFQ's ``ts_ns``. Other symbols' books are left as
   they are until an RFQ of theirs (a quote reads only its own symbol's book; the engine stamps
   a feed event when it receives it, and may apply it a little later, after RFQs it holds);
 * one run per journal file, and the desk starts flat, as a live engine does on a new journal
@@ -40,15 +41,16 @@ import io
 import json
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from otc.backtest.runner import recorded_scales
+from otc.backtest.runner import recorded_scales, refused_event
 from otc.clock import FakeClock
 from otc.config import Config
-from otc.errors import OtcError
+from otc.errors import ConfigError, OtcError
 from otc.journal import JournalError, JournalEvent, MemoryJournal, _encode_payload, export
 from otc.market import Market
 from otc.model import BookEvent
@@ -164,10 +166,12 @@ class _HeldAccepts(MemoryJournal):
 
 
 class _Books:
-    """The recorded events per (venue, our symbol), applied on demand."""
+    """The recorded events per (venue, our symbol), applied on demand; ``source`` names the
+    recording in errors."""
 
-    def __init__(self, market: Market, events: Iterable[BookEvent]) -> None:
+    def __init__(self, market: Market, events: Iterable[BookEvent], source: str) -> None:
         self.market = market
+        self.source = source
         routes: dict[tuple[str, str], str | None] = {}
         for cfg in market.config.venues:
             for ours, theirs in cfg.symbols.items():
@@ -182,21 +186,48 @@ class _Books:
     def until(
         self, ts_ns: int, targets: dict[tuple[str, str], int], only: str | None = None
     ) -> None:
-        """Apply each (venue, symbol)'s events up to its target sequence, else up to ``ts_ns``;
-        ``only``: that symbol's books only."""
-        apply = self.market.apply
+        """Apply each (venue, symbol)'s events up to the one its book was priced from: the
+        last one received at or before ``ts_ns`` numbered as its target sequence (and the
+        unnumbered ones after it); failing that, the first one numbered so received later
+        (during a wait before the pricing), among events numbered up to it; else every event
+        received at or before ``ts_ns``. ``only``: that symbol's books only.
+
+        The last one numbered so, not the events numbered up to the target: a venue's
+        numbering may start over (a reconnection, maintenance), and its events received after
+        ``ts_ns`` with a smaller number were not applied when the RFQ was priced.
+        """
         for (venue, symbol), queue in self.queues.items():
             if only is not None and symbol != only:
                 continue
             target = targets.get((venue, symbol))
-            while queue:
-                head = queue[0]
-                if target is not None and head.sequence is not None:
-                    if head.sequence > target:
-                        break
-                elif head.ts_recv_ns > ts_ns:
+            count = 0  # events received at or before ts_ns
+            last = None  # how many events up to the one numbered ``target``
+            for event in queue:
+                if event.ts_recv_ns > ts_ns:
                     break
-                apply(queue.popleft(), symbol)
+                count += 1
+                if target is not None and event.sequence == target:
+                    last = count
+            if last is not None:
+                while last < count and queue[last].sequence is None:
+                    last += 1
+            elif target is not None:
+                later = count
+                for event in islice(queue, count, None):
+                    if event.sequence is not None and event.sequence > target:
+                        break
+                    later += 1
+                    if event.sequence == target:
+                        last = later
+                        break
+            for _ in range(count if last is None else last):
+                self._apply(queue.popleft(), symbol)
+
+    def _apply(self, event: BookEvent, symbol: str) -> None:
+        try:
+            self.market.apply(event, symbol)
+        except ValueError as exc:  # a level no book holds (a negative size...)
+            raise refused_event(self.source, event, exc) from None
 
 
 def _targets(quote: dict[str, Any] | None, symbol: str) -> dict[tuple[str, str], int]:
@@ -222,7 +253,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
     rows = _journal_rows(journal)
     events = ReplayFeed(data, scales=recorded_scales(config)).iter_events()
     market = Market(config)
-    books = _Books(market, events)
+    books = _Books(market, events, ", ".join(map(str, data)))
     first_quote = next((r for r in rows if r["kind"] == "quote"), None)
     run_id = first_quote["quote_id"].rsplit("-q", 1)[0] if first_quote else "replay"
     clock = FakeClock(rows[0]["ts_ns"] if rows else 0)
@@ -283,7 +314,7 @@ def replay_journal(config: Config, journal: Path, data: list[Path]) -> AuditResu
     current: list[dict[str, Any] | None] = [None]  # the row being replayed, for errors
     try:
         asyncio.run(run())
-    except JournalError:
+    except (JournalError, ConfigError):  # the journal, or the recording, named already
         raise
     except (
         KeyError,

@@ -52,7 +52,7 @@ from otc.backtest.scenario import (
 from otc.book import ConsolidatedBook, L2Book
 from otc.clock import FakeClock
 from otc.config import Config, InstrumentConfig
-from otc.errors import ConfigError
+from otc.errors import ConfigError, InsufficientDepth
 from otc.journal import MemoryJournal
 from otc.market import Market
 from otc.model import BPS_DENOMINATOR, BookDelta, BookEvent, BookSnapshot, Scale, Side
@@ -120,6 +120,16 @@ def backtest_config(config: Config, scenario: Scenario, *, source: str = "scenar
     if scenario.quote_ttl_ms is not None:
         quoting = msgspec.structs.replace(quoting, quote_ttl_ms=scenario.quote_ttl_ms)
     return msgspec.structs.replace(config, venues=list(venues.values()), quoting=quoting)
+
+
+def refused_event(source: str, event: BookEvent, exc: ValueError) -> ConfigError:
+    """The error of a recorded ``event`` (of the data ``source``) that its book refused."""
+    kind = "snapshot" if isinstance(event, BookSnapshot) else "delta"
+    where = (
+        f"{kind} of {event.venue} {event.symbol} received at {event.ts_recv_ns} ns "
+        f"(sequence {event.sequence})"
+    )
+    return ConfigError(source, where, str(exc))
 
 
 def recorded_scales(config: Config) -> dict[str, Scale]:
@@ -343,6 +353,7 @@ class Backtest:
         scenario: the flow, accept model, hedging and options.
         progress: where a one-line progress report goes while replaying (``None``: nowhere).
         run_id: prefix of quote and trade ids.
+        source: the data replayed, as an error about one of its events names it (the files).
     """
 
     def __init__(
@@ -352,10 +363,12 @@ class Backtest:
         *,
         progress: TextIO | None = None,
         run_id: str = "bt",
+        source: str = "recorded data",
     ) -> None:
         self.config = config
         self.scenario = scenario
         self.progress = progress
+        self.source = source
         self.clock = FakeClock(0)
         self.market = Market(config)
         self.journal = MemoryJournal()
@@ -379,6 +392,8 @@ class Backtest:
         #: Events stamped before one replayed earlier (a recording's clock stepped back, or
         #: files that overlap out of order): applied at the time the replay had reached.
         self.out_of_order = 0
+        #: Model checks left out: sells the impact model gives no positive price for.
+        self.model_unpriced = 0
         #: Silences longer than ``max_book_age_ms`` in a venue's book (see :class:`DataGap`).
         self.gaps: list[DataGap] = []
         self._gap_ns = config.estimator.max_book_age_ms * _NS_PER_MS
@@ -431,7 +446,10 @@ class Backtest:
                         next_due = heap[0][0] if heap else math.inf
                     now = t
                     clock.set(t)
-                apply(event, symbol)
+                try:
+                    apply(event, symbol)
+                except ValueError as exc:  # a level no book holds (a negative size...)
+                    raise refused_event(self.source, event, exc) from None
                 if type(event) is BookDelta:
                     self.deltas += 1
                     if (symbol, event.venue) not in synced:
@@ -735,7 +753,11 @@ class Backtest:
         qty = Decimal(record.quote["qty"])
         for key in sorted(record.estimated_all_in):
             side = Side.BUY if key == "ask" else Side.SELL
-            model = estimate(cut_view, side, qty=qty, impact=inst.impact)
+            try:
+                model = estimate(cut_view, side, qty=qty, impact=inst.impact)
+            except InsufficientDepth:  # a sell the model puts 10,000 bps or more below mid
+                self.model_unpriced += 1
+                continue
             full = estimate(view, side, qty=qty)
             if model.impact is None or full.depth_exhausted or full.avg_price_all_in is None:
                 continue  # within the cut depth (the same walk), or beyond the whole book
@@ -762,7 +784,7 @@ def run_backtest(
     progress: TextIO | None = None,
 ) -> Backtest:
     """Run a whole backtest over recorded files (in its own event loop); returns it, done."""
-    bt = Backtest(config, scenario, progress=progress)
+    bt = Backtest(config, scenario, progress=progress, source=", ".join(map(str, paths)))
 
     async def main() -> None:
         await bt.run(event_batches(paths, recorded_scales(config)))

@@ -312,6 +312,7 @@ def summary(bt: Backtest, files: Sequence[str]) -> dict[str, Any]:
         out["model_check"] = {
             "levels": scenario.model_check_levels,
             "error_bps": error_stats(c.error_bps for c in checks),
+            "unpriced_by_model": bt.model_unpriced,
             "by_qty_over_truncated_depth": {k: error_stats(v) for k, v in by_ratio.items()},
         }
     return out

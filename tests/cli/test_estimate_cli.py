@@ -114,6 +114,18 @@ def test_no_float_artefacts_anywhere_in_json() -> None:
         assert "9999999999" not in out
 
 
+def test_the_table_prints_fees_that_round_up_to_one_more_digit(tmp_path: Path) -> None:
+    # 1 @ 99960 with a 1 bps fee: fees 9.996, shown to the cent as 10.00.
+    path = tmp_path / "book.json"
+    path.write_text(
+        '{"symbol": "X", "venues": {"a": {"taker_fee_bps": "1", "bids": [["99950", "1"]], '
+        '"asks": [["99960", "1"]]}}}'
+    )
+    proc = otc("estimate", "--book", path, "--side", "buy", "--qty", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "fees                10.00" in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [

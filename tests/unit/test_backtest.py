@@ -16,7 +16,7 @@ from otc.backtest.scenario import load_scenario
 from otc.backtest.scores import bucket_label, error_stats
 from otc.config import load_config
 from otc.errors import ConfigError
-from otc.model import BookDelta, BookSnapshot, Scale
+from otc.model import BookDelta, BookEvent, BookSnapshot, Scale
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -386,3 +386,69 @@ def test_a_silence_longer_than_the_book_age_limit_is_reported_as_a_data_gap(
         "from_s": "15",
         "seconds": "55",
     }
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (
+            BookDelta("alpha", "BTCUSDT", [], [(p("101"), -q("1.5"))], 2, 0, T0 + S // 2),
+            "negative ask size -1500 at price 10100",
+        ),
+        (
+            BookSnapshot("alpha", "BTCUSDT", [(0, q("1"))], [], 2, 0, T0 + S // 2),
+            "non-positive bid price 0",
+        ),
+    ],
+)
+def test_a_recorded_event_the_book_refuses_stops_the_backtest_naming_it(
+    session: tuple[Path, Path, Path], tmp_path: Path, event: BookEvent, problem: str
+) -> None:
+    """A negative size in a recorded delta was stored as a level: the walk took -1.5 BTC at
+    101 and the backtest scored quotes priced through it (a markout of 363 bps) without a
+    word; a refused snapshot stopped it naming neither the data nor the event."""
+    config, scenario, _ = session
+    data = tmp_path / "bad.jsonl.gz"
+    with RecordWriter(data, scales={"BTCUSDT": SCALE}, source="test", created_ns=T0) as w:
+        w.write([events()[0], event])
+    with pytest.raises(ConfigError) as info:
+        run(config, scenario, data)
+    message = str(info.value)
+    assert f"{event.venue} {event.symbol}" in message
+    assert f"received at {event.ts_recv_ns}" in message
+    assert "sequence 2" in message
+    assert message.endswith(problem)
+
+
+def test_a_sell_the_impact_model_cannot_price_is_left_out_of_the_model_check(
+    session: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Cut to 1 level (5 BTC of bids), a 7 BTC sell is extrapolated by a model that puts it
+    10,000 bps below mid: no positive price. The InsufficientDepth it raised ended the whole
+    backtest (`otc: error: ...`, no output); now the sample is counted as unpriced."""
+    config, _, data = session
+    impact = tmp_path / "impact.toml"
+    impact.write_text(
+        config.read_text().replace(
+            "size_decimals = 3\n",
+            "size_decimals = 3\nimpact = { coefficient = '10', daily_volatility_bps = '1000', "
+            "daily_volume = '7' }\n",
+        )
+    )
+    sells = tmp_path / "sells.toml"
+    sells.write_text(
+        "warmup_ms = 0\nmodel_check_levels = 1\n[accept]\nmodel = 'always'\n"
+        "[[rfqs]]\nat_ms = 1000\nclient = 'client-a'\nsymbol = 'BTC-USDT'\nside = 'sell'\n"
+        "qty = '7'\n"
+        "[[rfqs]]\nat_ms = 1200\nclient = 'client-a'\nsymbol = 'BTC-USDT'\nside = 'sell'\n"
+        "qty = '6'\n"
+    )
+    bt = run(impact, sells, data)
+    assert [r.outcome for r in bt.records] == ["quote", "quote"]
+    assert bt.records[0].model_checks == []  # 10,000 bps: no price to compare
+    assert len(bt.records[1].model_checks) == 1  # 6 BTC: 9,258 bps, priced
+    out = tmp_path / "out"
+    write_outputs(bt, out, files=[str(data)], report=False)
+    check = json.loads((out / "summary.json").read_text())["model_check"]
+    assert check["unpriced_by_model"] == 1
+    assert check["error_bps"]["n"] == 1

@@ -92,6 +92,39 @@ def test_deleting_a_missing_level_is_a_no_op() -> None:
     assert (book.best_bid, book.best_ask) == (100, 101)
 
 
+@pytest.mark.parametrize(
+    ("side", "price", "size", "match"),
+    [
+        ("bid", 100, -1, "negative bid size -1 at price 100"),  # an existing level
+        ("bid", 97, -2, "negative bid size -2 at price 97"),  # a new one
+        ("ask", 101, -5, "negative ask size -5 at price 101"),
+        ("ask", 105, -5, "negative ask size -5 at price 105"),
+        ("bid", 0, 1, "non-positive bid price 0"),
+        ("ask", -3, 1, "non-positive ask price -3"),
+    ],
+)
+def test_a_delta_refuses_bad_levels_and_leaves_the_book_unchanged(
+    side: str, price: int, size: int, match: str
+) -> None:
+    # A negative size was stored as a level (a recording's delta, replayed): walks then took
+    # negative quantities, and the backtest priced through them without a word.
+    book = book_with([(100, 5), (99, 1)], [(101, 2), (102, 3)])
+    twin = book_with([(100, 5), (99, 1)], [(101, 2), (102, 3)])
+    update = book.update_bid if side == "bid" else book.update_ask
+    with pytest.raises(ValueError, match=match):
+        update(price, size)
+    levels = [(price, size)]
+    delta = BookDelta(
+        "x", "BTC-USDT", levels if side == "bid" else [], [] if side == "bid" else levels, 9, 0, 5
+    )
+    with pytest.raises(ValueError, match=match):
+        apply_event(book, delta)
+    book._check()
+    assert book == twin
+    assert (book.best_bid, book.best_ask) == (100, 101)
+    assert book.sequence is None
+
+
 def test_size_change_at_an_existing_level_keeps_the_touch() -> None:
     book = book_with([(100, 5), (99, 1)], [(101, 2)])
     book.update_bid(99, 7)

@@ -14,13 +14,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from feeds.record import RecordWriter
+from feeds.record import RecordWriter, read_events
 from feeds.sim import SyntheticMarket, default_venues
 from otc.backtest.audit import replay_journal
 from otc.clock import FakeClock
 from otc.config import load_config
+from otc.errors import ConfigError
 from otc.journal import JournalError, SqliteJournal, export, recent
 from otc.market import Market
+from otc.model import BookDelta, BookSnapshot
 from otc.quoting import QuoteEngine
 
 CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
@@ -262,3 +264,96 @@ def test_a_row_not_as_the_engine_writes_it_is_named(tmp_path: Path) -> None:
         with pytest.raises(JournalError, match=rf"cannot replay journal {copy}: event \d+") as info:
             replay_journal(config, copy, [data])
         assert problem in str(info.value)
+
+
+def test_a_recorded_event_the_book_refuses_is_named_with_the_recording(tmp_path: Path) -> None:
+    """A delta with a negative size was stored as a level, and the replay priced through it
+    (reported as DIFFERENT, as if the engine had quoted otherwise); now the recording is named
+    with the event."""
+    journal, data, _ = asyncio.run(live_run(tmp_path, seed=5))
+    header, events = read_events(data)
+    events = list(events)
+    i = next(i for i, e in enumerate(events) if isinstance(e, BookDelta) and e.asks)
+    bad = events[i]
+    price = bad.asks[0][0]
+    events[i] = msgspec.structs.replace(bad, asks=[(price, -1)])
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    with RecordWriter(corrupt, scales=header.symbol_scales, source="test") as writer:
+        writer.write(events)
+    with pytest.raises(ConfigError) as info:
+        replay_journal(load_config(CONFIG), journal, [corrupt])
+    message = str(info.value)
+    assert message.startswith(f"{corrupt}: delta of {bad.venue} {bad.symbol} received at ")
+    assert message.endswith(f"negative ask size -1 at price {price}")
+
+
+async def reset_run(folder: Path) -> tuple[Path, Path]:
+    """Venues whose sequence ids start over mid-run, as Coinbase's (per connection) after a
+    reconnection and OKX's after maintenance do: a fresh snapshot numbered 0 at step 12, then
+    updates numbered 1, 2, ... again; RFQs before and after."""
+    config = load_config(CONFIG)
+    inst = config.instrument("BTC-USDT")
+    market = Market(config)
+    clock = FakeClock(T0)
+    venues = [v for v in default_venues() if v.name in market.books["BTC-USDT"].venues]
+    sim = SyntheticMarket(inst.symbol, inst.scale, venues=venues, seed=3)
+    journal_path, data = folder / "journal.sqlite", folder / "feed.jsonl.gz"
+    async with SqliteJournal(journal_path, synchronous="NORMAL") as journal:
+        engine = QuoteEngine(config, market, journal, clock)
+        with RecordWriter(data, scales={inst.symbol: inst.scale}, source="test") as writer:
+
+            def feed(events: list[BookSnapshot] | list[BookDelta]) -> None:
+                for event in events:
+                    market.apply(event)
+                    writer.write([event])
+
+            feed(sim.snapshot_events(clock.now_ns()))
+            for step in range(1, 25):
+                clock.advance(ms=40)
+                if step == 12:  # every venue reconnected: a snapshot, numbering from 0
+                    feed(sim.snapshot_events(clock.now_ns()))
+                    continue
+                feed(sim.step_events(step if step < 12 else step - 12, clock.now_ns()))
+                clock.advance(ms=1)
+                rfq = {"rfq_id": f"r{step}", "symbol": "BTC-USDT", "side": "two_way", "qty": "3"}
+                out = await engine.on_rfq("client-a", msgspec.json.encode(rfq))
+                assert msgspec.json.decode(out[0].payload)["type"] == "quote"
+    return journal_path, data
+
+
+def test_sequence_ids_that_start_over_replay_identically(tmp_path: Path) -> None:
+    """The books were brought to the first event numbered as the quote's book, before the
+    restart: every RFQ after it was priced from the old books (DIFFERENT)."""
+    journal, data = asyncio.run(reset_run(tmp_path))
+    result = replay_journal(load_config(CONFIG), journal, [data])
+    assert result.mismatches == []
+    assert result.identical
+    assert result.journaled == result.reproduced == 23
+
+
+def test_the_books_are_brought_to_the_event_the_quote_names() -> None:
+    from otc.backtest.audit import _Books
+
+    config = load_config(CONFIG)
+    scale = config.instrument("BTC-USDT").scale
+
+    def event(sequence: int | None, ts: int, price: int) -> BookDelta:
+        return BookDelta("binance", "BTCUSDT", [(price * 10**8, 10**8)], [], sequence, 0, ts)
+
+    def applied(events: list[BookDelta], ts: int, target: int | None) -> list[int]:
+        market = Market(config)
+        books = _Books(market, events, "data")
+        books.until(ts, {} if target is None else {("binance", "BTC-USDT"): target})
+        book = market.l2("binance", "BTC-USDT")
+        return sorted(p // 10**8 for p, _ in book.bids())
+
+    assert scale.price_decimals == 8
+    restart = [event(7, 10, 1), event(8, 20, 2), event(1, 30, 3), event(2, 40, 4)]
+    assert applied(restart, 25, 8) == [1, 2]  # not the restarted 1 and 2, received later
+    assert applied(restart, 45, 2) == [1, 2, 3, 4]  # the 2 after the restart
+    assert applied(restart, 25, None) == [1, 2]  # no target: what was received by then
+    # Received after the RFQ's time (during a wait before its pricing), yet priced from.
+    late = [event(7, 10, 1), event(None, 30, 2), event(8, 30, 3), event(9, 40, 4)]
+    assert applied(late, 25, 8) == [1, 2, 3]
+    assert applied(late, 35, 7) == [1, 2]  # unnumbered, received by then
+    assert applied(late, 35, 8) == [1, 2, 3]
