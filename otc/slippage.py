@@ -38,8 +38,10 @@ shortfall of a quantity request: ``impact_bps(Q) = coefficient x daily_volatilit
 sqrt(Q / daily_volume)``, the model all-in average for a block of ``Q`` being
 ``mid x (1 +/- impact_bps(Q) / 1e4)``. The shortfall ``Q - D`` (D = visible depth) is priced at
 the model's marginal average ``(Q m(Q) - D m(D)) / (Q - D)``, never better than the last visible
-all-in price. The result is reported in a separate :class:`ImpactExtrapolation`, labelled as
-model output, and is never folded into the book figures.
+all-in price; a sell whose shortfall that prices at zero or below (or that the model puts
+10,000 bps or more below mid) is refused. The result is reported in a separate
+:class:`ImpactExtrapolation`, labelled as model output, and is never folded into the book
+figures.
 """
 
 from __future__ import annotations
@@ -297,8 +299,9 @@ def estimate(
     Raises:
         ValueError: both or neither of ``qty``/``notional``, or a non-positive, non-finite or
             too finely specified value.
-        InsufficientDepth: with ``impact``, a sell the model puts 10,000 bps or more below mid
-            (no positive price: beyond what it can price).
+        InsufficientDepth: with ``impact``, a sell the model puts 10,000 bps or more below mid,
+            or whose shortfall it prices at zero or below (no positive price: beyond what it
+            can price).
     """
     scale = view.scale
     pd, sd = scale.price_decimals, scale.size_decimals
@@ -510,6 +513,17 @@ def _extrapolate(
     cost_total = ctx.multiply(total_q, model_avg(total_q))
     cost_visible = ctx.multiply(visible_q, model_avg(visible_q)) if visible_lots else Decimal(0)
     marginal = ctx.divide(cost_total - cost_visible, shortfall)
+    if not buy and marginal <= 0:
+        # The square-root law's marginal sell falls faster than its average (mid x (1 - 1.5
+        # x impact) for a small visible depth): from about 6,667 bps on, the shortfall would
+        # be sold at a price of zero or less.
+        raise InsufficientDepth(
+            f"{decimal_text(total_q)} (the impact model prices the "
+            f"{decimal_text(shortfall)} beyond visible depth at "
+            f"{decimal_text(marginal.quantize(Decimal(1).scaleb(-pd), context=ctx))}: "
+            "no positive price)",
+            decimal_text(visible_q),
+        )
     if len(ladder):
         last = to_decimal(ladder.adjusted[len(ladder) - 1], pd) / FEE_DENOMINATOR
         marginal = max(marginal, last) if buy else min(marginal, last)

@@ -755,7 +755,7 @@ class Backtest:
             side = Side.BUY if key == "ask" else Side.SELL
             try:
                 model = estimate(cut_view, side, qty=qty, impact=inst.impact)
-            except InsufficientDepth:  # a sell the model puts 10,000 bps or more below mid
+            except InsufficientDepth:  # a sell the model gives no positive price
                 self.model_unpriced += 1
                 continue
             full = estimate(view, side, qty=qty)

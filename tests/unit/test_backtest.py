@@ -424,14 +424,16 @@ def test_a_sell_the_impact_model_cannot_price_is_left_out_of_the_model_check(
     session: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     """Cut to 1 level (5 BTC of bids), a 7 BTC sell is extrapolated by a model that puts it
-    10,000 bps below mid: no positive price. The InsufficientDepth it raised ended the whole
-    backtest (`otc: error: ...`, no output); now the sample is counted as unpriced."""
+    7,350 bps below mid, and the 2 BTC beyond visible depth at a marginal price below zero
+    (7 x 0.265 < 5 x (1 - 0.6212) of mid): no positive price. The InsufficientDepth it raised
+    ended the whole backtest (`otc: error: ...`, no output); now the sample is counted as
+    unpriced. 6 BTC (6,805 bps) keeps a positive marginal (6 x 0.3195 > 1.894) and is priced."""
     config, _, data = session
     impact = tmp_path / "impact.toml"
     impact.write_text(
         config.read_text().replace(
             "size_decimals = 3\n",
-            "size_decimals = 3\nimpact = { coefficient = '10', daily_volatility_bps = '1000', "
+            "size_decimals = 3\nimpact = { coefficient = '7.35', daily_volatility_bps = '1000', "
             "daily_volume = '7' }\n",
         )
     )
@@ -445,8 +447,8 @@ def test_a_sell_the_impact_model_cannot_price_is_left_out_of_the_model_check(
     )
     bt = run(impact, sells, data)
     assert [r.outcome for r in bt.records] == ["quote", "quote"]
-    assert bt.records[0].model_checks == []  # 10,000 bps: no price to compare
-    assert len(bt.records[1].model_checks) == 1  # 6 BTC: 9,258 bps, priced
+    assert bt.records[0].model_checks == []  # a marginal price below zero: nothing to compare
+    assert len(bt.records[1].model_checks) == 1  # 6 BTC: priced
     out = tmp_path / "out"
     write_outputs(bt, out, files=[str(data)], report=False)
     check = json.loads((out / "summary.json").read_text())["model_check"]

@@ -12,7 +12,7 @@ from fractions import Fraction
 import pytest
 
 from otc.book import BookView, ConsolidatedBook, Exclusion, L2Book
-from otc.errors import QuoteError, ValueParseError
+from otc.errors import InsufficientDepth, QuoteError, ValueParseError
 from otc.model import Scale, Side, decimal_text, parse_fee_bps, plain
 from otc.slippage import (
     ImpactModel,
@@ -425,6 +425,21 @@ def test_impact_extrapolation_prices_the_shortfall_of_a_sell() -> None:
     assert impact.total_avg_price_all_in < est.avg_price_all_in  # type: ignore[operator]
     # (1 - 99.495625 / 100.5) x 1e4 = 1.004375 / 100.5 x 1e4 = 99.93781094... -> 99.937811
     assert impact.total_slippage_bps_mid == D("99.937811")
+
+
+def test_impact_extrapolation_refuses_a_sell_its_marginal_prices_at_or_below_zero() -> None:
+    # 25,000 visible at 100 (mid 100.5); impact(25,600) = 100 x sqrt(6,400) = 8,000 bps and
+    # impact(25,000) = 7,905.69 bps: the model's averages are still positive (20.1 and
+    # 21.048...), but the shortfall's marginal (Q m(Q) - D m(D)) / (Q - D) =
+    # (514,560 - 526,201.9...) / 600 is below zero: the estimate printed a negative price.
+    deep = view_of({"a": ("0", [("100", "25000")], [("101", "1")])})
+    with pytest.raises(InsufficientDepth, match="no positive price"):
+        estimate(deep, Side.SELL, qty=D("25600"), impact=MODEL)
+    # Past visible depth by as much at 5,000 bps (impact(10,000)): marginal positive, priced.
+    shallow = view_of({"a": ("0", [("100", "9400")], [("101", "1")])})
+    est = estimate(shallow, Side.SELL, qty=D("10000"), impact=MODEL)
+    assert est.impact is not None
+    assert est.impact.avg_price_all_in > 0
 
 
 def test_impact_extrapolation_is_never_better_than_the_last_visible_price() -> None:
