@@ -76,7 +76,8 @@ async def running() -> AsyncIterator[Running]:
     engine = Engine(config, clock=clock, console=False)
     feed_books(engine, clock)
     journal = MemoryJournal()
-    activity = Activity()
+    # As the engine makes it (otc.app.Engine._console).
+    activity = Activity(config.console.blotter_size, clients=[c.id for c in config.clients])
     quotes = QuoteEngine(config, engine.market, ObservedJournal(journal, activity.record), clock)
     engine.quotes = quotes
     console = Console(
@@ -959,3 +960,52 @@ async def test_a_live_venue_whose_book_crossed_is_reported_crossed() -> None:
                 await asyncio.sleep(0.01)
             task.cancel()
     assert crossed == ("live", "crossed", "crossed")
+
+
+async def test_a_flood_from_unknown_clients_cannot_push_the_desk_s_events_out(
+    running: Running,
+) -> None:
+    """On a broker without the shipped ACL anyone may publish as any client id: the engine
+    rejects an unknown one (``UNKNOWN_CLIENT``) and journals its RFQ and the reject. The
+    console kept them in its one ring of recent events, so that a few thousand such RFQs
+    pushed every quote, fill and control of the desk out of the blotter, the stream's
+    backlog and the page. Strangers' events are kept apart now, a few of them, and those
+    dropped are counted (the journal has them all)."""
+    await running.client.post(
+        "/api/control",
+        json={"operator": "ops-1", "command": "halt", "symbol": "ETH-USDT"},
+        headers=AUTH,
+    )
+    quote = await rfq(running, "client-a", "r-desk")
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (fill_out,) = await running.quotes.on_accept("client-a", accept)
+    fill = json.loads(fill_out.payload)
+    assert fill["type"] == "fill"
+    desk = ["control", "rfq", "quote", "accept", "fill"]
+    flood = 1_500  # an RFQ and its reject each: more events than the blotter keeps
+    for n in range(flood):
+        reject = await rfq(running, f"intruder-{n % 7}", f"x{n}")
+        assert reject["code"] == "UNKNOWN_CLIENT"
+    await running.quotes.on_accept("intruder-0", b'{"quote_id": "nope"}')
+    every = (await running.client.get("/api/blotter?limit=0", headers=AUTH)).json()
+    assert [r["kind"] for r in every if r["client"] in ("", "client-a")] == desk
+    strangers = [r for r in every if r["client"].startswith("intruder-")]
+    assert all(r["unknown_client"] for r in strangers)
+    assert 0 < len(strangers) <= 200
+    assert strangers[-1]["kind"] == "accept_reject"  # the newest are the ones kept
+    assert [r["seq"] for r in every] == sorted(r["seq"] for r in every)
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    unknown = overview["unknown_clients"]
+    assert unknown["kept"] == len(strangers)
+    assert unknown["kept"] + unknown["dropped"] == 2 * flood + 2
+    # The push stream's backlog has the desk's events as well.
+    async with running.client.stream("GET", "/api/stream", headers=AUTH) as stream:
+        lines = stream.aiter_lines()
+        (_, (name, backlog)) = await asyncio.wait_for(read_events(lines, 2), 10)
+    assert name == "activity"
+    assert isinstance(backlog, list)
+    assert [r["kind"] for r in backlog if not r["unknown_client"]] == desk
+    assert fill["trade_id"] in [r["trade_id"] for r in backlog]
+    # Memory stays bounded: the ring of strangers' events is small, the desk's as configured.
+    activity = running.console.activity
+    assert len(activity.events()) <= 200 + running.console.config.console.blotter_size

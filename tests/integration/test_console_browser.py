@@ -207,7 +207,7 @@ class InProcess:
             config = msgspec.structs.replace(config, instruments=instruments, clients=clients)
         clock = FakeClock()
         engine = Engine(config, clock=clock, console=False)
-        activity = Activity()
+        activity = Activity(config.console.blotter_size, clients=[c.id for c in config.clients])
         journal = ObservedJournal(MemoryJournal(), activity.record)
         quotes = QuoteEngine(config, engine.market, journal, clock)
         engine.quotes = quotes
@@ -400,3 +400,30 @@ def test_a_command_the_engine_does_not_answer_says_so(in_process: InProcess, pag
         "no answer from the engine", timeout=20_000
     )
     expect(page.locator("#last-action")).to_have_class("last-action error")
+
+
+def test_a_flood_from_unknown_clients_leaves_the_desk_s_rows_on_the_page(
+    in_process: InProcess, page: Any
+) -> None:
+    # RFQs under client ids the config does not name (a broker without the shipped ACL) filled
+    # the page's 2,000 rows as the engine's: the desk's quotes left the blotter. They are kept
+    # apart (a few), and the page says how many the engine dropped.
+    from playwright.sync_api import expect
+
+    quotes = in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    desk = b'{"rfq_id": "desk-1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}'
+    in_process.run(quotes.on_rfq("client-a", desk))
+    expect(page.locator('#blotter tr[data-rfq-id="desk-1"]').first).to_be_visible(timeout=20_000)
+
+    async def flood() -> None:
+        for n in range(1_200):
+            rfq = f'{{"rfq_id": "x{n}", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}}'
+            await quotes.on_rfq(f"intruder-{n % 5}", rfq.encode())
+
+    in_process.run(flood())
+    expect(page.locator("#unknown-clients")).to_contain_text("dropped", timeout=20_000)
+    expect(page.locator('#blotter tr[data-rfq-id="x1199"]').first).to_be_visible(timeout=20_000)
+    expect(page.locator('#blotter tr[data-rfq-id="desk-1"]').first).to_be_visible()
+    assert page.locator('#blotter tr[data-kind="rfq"]').count() <= 300
