@@ -411,7 +411,9 @@ class Engine:
         from otc.console.views import BrokerLink
 
         activity = Activity(
-            self.config.console.blotter_size, clients=[c.id for c in self.config.clients]
+            self.config.console.blotter_size,
+            clients=[c.id for c in self.config.clients],
+            clock=self.clock,
         )
         self.quotes = QuoteEngine(
             self.config,

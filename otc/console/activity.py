@@ -13,7 +13,9 @@ drops are counted: a flood of them cannot push the desk's events (quotes, fills,
 of what the console shows. The journal keeps every event all the same.
 
 :class:`Activity` also keeps the desk's fills since start-up, for the P&L per instrument, and
-the :class:`Markouts` of the most recent ones.
+the :class:`Markouts` of the most recent ones. A markout's horizons (1, 5, 30, 60 s) are time
+passed since the fill was committed, on the engine's monotonic clock: a step of the wall clock
+neither brings them all at once nor holds them back. The fill's wall time is kept for display.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from decimal import Context, Decimal
 
 import msgspec
 
+from otc.clock import Clock, SystemClock
 from otc.journal import Journal, JournalEvent, Receipt
 
 __all__ = ["Activity", "Markouts", "ObservedJournal", "TradeFill"]
@@ -35,7 +38,7 @@ __all__ = ["Activity", "Markouts", "ObservedJournal", "TradeFill"]
 _CTX = Context(prec=60)
 _ZERO = Decimal(0)
 _NS_PER_MS = 1_000_000
-#: Markout horizons: label -> ns after the fill.
+#: Markout horizons: label -> ns of time passed after the fill (monotonic clock).
 HORIZONS: dict[str, int] = {
     "1s": 1_000_000_000,
     "5s": 5_000_000_000,
@@ -94,9 +97,11 @@ class TradeFill(msgspec.Struct, frozen=True):
 
 class Markout(msgspec.Struct):
     """A fill and the mid at each horizon after it: a horizon is absent until it is reached,
-    then the mid sampled then, ``None`` when there was no usable mid (never a later one)."""
+    then the mid sampled then, ``None`` when there was no usable mid (never a later one).
+    ``mono_ns``: when the fill was booked, on the monotonic clock the horizons count on."""
 
     fill: TradeFill
+    mono_ns: int
     mids: dict[str, Decimal | None]
 
 
@@ -116,17 +121,19 @@ class Markouts:
     def __init__(self, size: int = 50) -> None:
         self._items: deque[Markout] = deque(maxlen=size)
 
-    def add(self, fill: TradeFill) -> None:
-        self._items.append(Markout(fill, {}))
+    def add(self, fill: TradeFill, mono_ns: int) -> None:
+        """Follow ``fill``, booked at ``mono_ns`` on the monotonic clock."""
+        self._items.append(Markout(fill, mono_ns, {}))
 
-    def sample(self, now_ns: int, mid: Callable[[str], Decimal | None]) -> None:
-        """Record the mid of every horizon that has come; call it often (every ~100 ms).
+    def sample(self, mono_ns: int, mid: Callable[[str], Decimal | None]) -> None:
+        """Record the mid of every horizon that has come by ``mono_ns`` (the monotonic clock
+        the fills were booked on, never the wall clock); call it often (every ~100 ms).
 
         A horizon is sampled once: without a usable mid then, its markout stays unknown
         rather than be read from a mid that comes back later."""
         for item in self._items:
             for label, after_ns in HORIZONS.items():
-                if label not in item.mids and now_ns >= item.fill.ts_ns + after_ns:
+                if label not in item.mids and mono_ns >= item.mono_ns + after_ns:
                     item.mids[label] = mid(item.fill.symbol)
 
     def __iter__(self) -> Iterator[Markout]:
@@ -154,6 +161,7 @@ class Activity:
         unknown_size: how many unknown clients' events are kept; by default a tenth of
             ``size``, from 10 to 200 (never many: the push stream's backlog of 500 rows is
             mostly the desk's).
+        clock: the engine's clock; its monotonic part times the markouts' horizons.
     """
 
     def __init__(
@@ -162,7 +170,9 @@ class Activity:
         *,
         clients: Collection[str] | None = None,
         unknown_size: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = SystemClock() if clock is None else clock
         self._events: deque[tuple[int, JournalEvent]] = deque(maxlen=size)
         self._clients = None if clients is None else frozenset(clients)
         if unknown_size is None:
@@ -233,7 +243,7 @@ class Activity:
         else:
             base, cash = base + fill.qty, cash - notional
         self.flows[fill.symbol] = (base, cash)
-        self.markouts.add(fill)
+        self.markouts.add(fill, self._clock.monotonic_ns())
 
     def since(self, seq: int) -> list[tuple[int, JournalEvent]]:
         """Events numbered after ``seq`` still kept (the desk's and unknown clients'), oldest

@@ -120,7 +120,7 @@ def test_a_markout_horizon_without_a_mid_stays_unknown_rather_than_take_a_later_
     on), shown as the 1 s and 5 s markouts."""
     fill = TradeFill("t1", "client-a", "BTC-USDT", "buy", Decimal(1), Decimal(64010), 0)
     markouts = Markouts()
-    markouts.add(fill)
+    markouts.add(fill, 0)
     mids: dict[str, Decimal | None] = {"BTC-USDT": None}
     markouts.sample(5 * _S, mids.get)  # 1 s and 5 s came: no mid
     mids["BTC-USDT"] = Decimal(64000)

@@ -77,7 +77,9 @@ async def running() -> AsyncIterator[Running]:
     feed_books(engine, clock)
     journal = MemoryJournal()
     # As the engine makes it (otc.app.Engine._console).
-    activity = Activity(config.console.blotter_size, clients=[c.id for c in config.clients])
+    activity = Activity(
+        config.console.blotter_size, clients=[c.id for c in config.clients], clock=clock
+    )
     quotes = QuoteEngine(config, engine.market, ObservedJournal(journal, activity.record), clock)
     engine.quotes = quotes
     console = Console(
@@ -1009,3 +1011,40 @@ async def test_a_flood_from_unknown_clients_cannot_push_the_desk_s_events_out(
     # Memory stays bounded: the ring of strangers' events is small, the desk's as configured.
     activity = running.console.activity
     assert len(activity.events()) <= 200 + running.console.config.console.blotter_size
+
+
+async def test_markout_horizons_are_time_passed_not_wall_clock_steps(running: Running) -> None:
+    """A fill's 1 s markout is the mid 1 s of time after it. The horizons were read on the
+    wall clock: stepped forward (NTP, a resumed virtual machine), every horizon of every
+    recent fill came at once and took the mid of that instant; stepped back, none came for as
+    long as the step. They are measured on the monotonic clock now; ``ts_ms`` stays wall."""
+    quote = await rfq(running, "client-a", "r-mo", qty="1")
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (fill_out,) = await running.quotes.on_accept("client-a", accept)
+    fill = json.loads(fill_out.payload)
+    filled_ms = running.clock.now_ns() // 1_000_000
+
+    async def markout() -> dict[str, Any]:
+        await asyncio.sleep(0.3)  # the console samples every 100 ms
+        overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+        (item,) = overview["markouts"]
+        assert item["trade_id"] == fill["trade_id"]
+        assert item["ts_ms"] == filled_ms  # the fill's wall time, for display
+        got: dict[str, Any] = item["markouts_bps"]
+        return got
+
+    running.clock.step(s=120)  # the wall clock jumps 2 minutes: no time passed
+    feed_books(running.engine, running.clock)
+    assert await markout() == {"1s": None, "5s": None, "30s": None, "60s": None}
+    running.clock.advance(s=1.5)
+    feed_books(running.engine, running.clock)
+    got = await markout()
+    expected = (Decimal(fill["price"]) - Decimal("64002.5")) * 10_000 / Decimal("64002.5")
+    assert got["1s"] == str(expected.quantize(Decimal("0.01")))
+    assert got["5s"] is None
+    running.clock.step(s=-3_600)  # an hour back: time still passes
+    running.clock.advance(s=4)
+    feed_books(running.engine, running.clock)
+    got = await markout()
+    assert got["5s"] == got["1s"]
+    assert got["30s"] is None

@@ -207,7 +207,9 @@ class InProcess:
             config = msgspec.structs.replace(config, instruments=instruments, clients=clients)
         clock = FakeClock()
         engine = Engine(config, clock=clock, console=False)
-        activity = Activity(config.console.blotter_size, clients=[c.id for c in config.clients])
+        activity = Activity(
+            config.console.blotter_size, clients=[c.id for c in config.clients], clock=clock
+        )
         journal = ObservedJournal(MemoryJournal(), activity.record)
         quotes = QuoteEngine(config, engine.market, journal, clock)
         engine.quotes = quotes
