@@ -431,3 +431,24 @@ def test_a_flood_from_unknown_clients_leaves_the_desk_s_rows_on_the_page(
     expect(page.locator('#blotter tr[data-rfq-id="desk-1"]').first).to_be_visible()
     expect(page.locator("#unknown-clients")).to_contain_text("dropped", timeout=20_000)
     assert page.locator('#blotter tr[data-kind="rfq"]').count() <= 300
+
+
+def test_the_page_tells_a_quiet_engine_even_when_its_own_clock_steps_back(
+    in_process: InProcess, page: Any
+) -> None:
+    # The page timed the stream's silence on the wall clock (Date.now): the operator's
+    # machine stepped back an hour (NTP, a resumed virtual machine), and a frozen engine was
+    # shown "live", its views stale, for that hour, without a reconnection. Silence is timed
+    # on performance.now: the page reconnects as it does without a step.
+    from playwright.sync_api import expect
+
+    in_process.start(quiet=True)  # one state, then nothing: an engine gone quiet
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    opened = in_process.streams
+    page.evaluate("() => { const wall = Date.now; Date.now = () => wall() - 3_600_000; }")
+    for _ in range(300):  # until the page opens another stream; a hang guard
+        if in_process.streams > opened:
+            break
+        page.wait_for_timeout(100)
+    assert in_process.streams > opened

@@ -20,8 +20,8 @@ const state = {
   token: null,
   symbol: null,
   source: null,
-  lastMessage: 0,
-  connectedAt: 0,      // when the stream was last opened
+  lastMessage: 0,      // when the last message came and (below) the stream was last opened,
+  connectedAt: 0,      // on performance.now(): a step of the machine's clock cannot hide silence
   pushMs: 500,
   rows: [],            // blotter rows of the desk (configured clients, controls), oldest first
   maxRows: 2000,
@@ -110,7 +110,7 @@ function connect() {
   if (state.symbol) params.set("symbol", state.symbol);
   const source = new EventSource(`/api/stream?${params}`);
   state.source = source;
-  state.connectedAt = Date.now();
+  state.connectedAt = performance.now();
   source.addEventListener("hello", (e) => onHello(JSON.parse(e.data)));
   source.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   source.addEventListener("activity", (e) => onActivity(JSON.parse(e.data)));
@@ -131,14 +131,14 @@ function connect() {
 
 setInterval(() => {  // a silent stream is a dead engine, whatever the socket says: reconnect
   const quiet = Math.max(3000, 4 * state.pushMs);
-  if (state.lastMessage && Date.now() - state.lastMessage > quiet) {
+  if (state.lastMessage && performance.now() - state.lastMessage > quiet) {
     setConnected(false);
-    if (state.source && Date.now() - state.connectedAt > quiet) connect();
+    if (state.source && performance.now() - state.connectedAt > quiet) connect();
   }
 }, 500);
 
 function touch() {
-  state.lastMessage = Date.now();
+  state.lastMessage = performance.now();
   setConnected(true);
 }
 
