@@ -410,7 +410,11 @@ class Engine:
         from otc.console import Activity, Console, ConsoleServer, ObservedJournal
         from otc.console.views import BrokerLink
 
-        activity = Activity(self.config.console.blotter_size)
+        activity = Activity(
+            self.config.console.blotter_size,
+            clients=[c.id for c in self.config.clients],
+            clock=self.clock,
+        )
         self.quotes = QuoteEngine(
             self.config,
             self.market,

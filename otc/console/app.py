@@ -253,7 +253,9 @@ class Console:
     async def sample_markouts(self) -> None:
         """Record the mid at each markout horizon of recent fills, every 100 ms, until cancelled."""
         while True:
-            self.activity.markouts.sample(self.clock.now_ns(), self._mid)
+            # Horizons are time passed (monotonic), as the fills were booked on: a step of the
+            # wall clock neither brings every horizon at once nor holds them back.
+            self.activity.markouts.sample(self.clock.monotonic_ns(), self._mid)
             await asyncio.sleep(0.1)
 
     # -- HTTP ----------------------------------------------------------------------------------

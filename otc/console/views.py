@@ -13,15 +13,17 @@ Views (``GET /api/...`` and the push stream, see :mod:`otc.console.app`):
 * :class:`BlotterRow`: one journal event (RFQ, quote, reject, accept, fill, accept reject,
   control) with its client and symbol; :class:`QuoteExplanation`: how a quote was priced;
 * :class:`Overview`: controls (kill switches, tier spreads), venues, per-client limit usage,
-  inventory per asset, P&L per instrument and markouts of recent fills.
+  inventory per asset, P&L per instrument, markouts of recent fills and the count of unknown
+  clients' events kept and dropped.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Context, Decimal
 from itertools import islice, takewhile
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -306,7 +308,9 @@ def venue_health(
 
 class BlotterRow(_View, frozen=True, kw_only=True):
     """One journal event as a blotter line. ``side`` is the client's; ``code``/``reason`` are a
-    reject's; ``detail`` says what a control did; fields that do not apply are ``""``/``None``."""
+    reject's; ``detail`` says what a control did; fields that do not apply are ``""``/``None``.
+    ``unknown_client``: the event of a client id the config does not name (kept apart, a few
+    only: see :class:`~otc.console.activity.Activity`)."""
 
     seq: int
     ts_ms: int
@@ -326,6 +330,7 @@ class BlotterRow(_View, frozen=True, kw_only=True):
     trade_id: str
     operator: str
     detail: str
+    unknown_client: bool
 
 
 class QuoteExplanation(_View, frozen=True, kw_only=True):
@@ -362,28 +367,34 @@ def _control_detail(payload: dict[str, object]) -> str:
 
 class Blotter:
     """Blotter rows of an :class:`Activity`, built once per event, with the symbol of events
-    that name none (accepts, rejects) taken from the RFQ or quote they refer to."""
+    that name none (accepts, rejects) taken from the RFQ or quote they refer to.
+
+    Unknown clients' rows are kept apart, as many as the activity keeps of their events, so
+    that a flood of them cannot push the desk's rows out (nor their RFQs' symbols)."""
 
     def __init__(self, activity: Activity, size: int = 2_000) -> None:
         self._activity = activity
         self._size = size
         self._rows: dict[int, BlotterRow] = {}
+        self._unknown_rows: dict[int, BlotterRow] = {}
         self._quotes: dict[str, JournalEvent] = {}
         self._rfq_symbols: dict[tuple[str, str], str] = {}
+        self._unknown_rfq_symbols: dict[tuple[str, str], str] = {}
         self._quote_symbols: dict[str, str] = {}
         self._seen = 0
 
     def _update(self) -> None:
-        for seq, event in self._activity.since(self._seen):
-            self._rows[seq] = self._row(seq, event)
+        activity = self._activity
+        for seq, event in activity.since(self._seen):
+            unknown = activity.unknown(event.client)
+            (self._unknown_rows if unknown else self._rows)[seq] = self._row(seq, event, unknown)
             self._seen = seq
-        while len(self._rows) > self._size:
-            del self._rows[next(iter(self._rows))]
-        for index in (self._quotes, self._quote_symbols):
-            while len(index) > self._size:
-                del index[next(iter(index))]
-        while len(self._rfq_symbols) > self._size:
-            del self._rfq_symbols[next(iter(self._rfq_symbols))]
+        _trim(self._rows, self._size)
+        _trim(self._unknown_rows, activity.unknown_size)
+        _trim(self._quotes, self._size)
+        _trim(self._quote_symbols, self._size)
+        _trim(self._rfq_symbols, self._size)
+        _trim(self._unknown_rfq_symbols, activity.unknown_size)
 
     def rows(
         self,
@@ -399,13 +410,15 @@ class Blotter:
         Rows after ``after`` are read from the newest back: a push stream, which asks for the
         few since its last, does not scan every row kept."""
         self._update()
-        kept = self._rows
         newer: Iterable[BlotterRow]
         if after:
-            backwards = map(kept.__getitem__, reversed(kept))
-            newer = list(takewhile(lambda row: row.seq > after, backwards))[::-1]
+            newer = heapq.merge(
+                _newer(self._rows, after), _newer(self._unknown_rows, after), key=_seq
+            )
+        elif self._unknown_rows:
+            newer = heapq.merge(self._rows.values(), self._unknown_rows.values(), key=_seq)
         else:
-            newer = kept.values()
+            newer = self._rows.values()
         rows = [
             row
             for row in newer
@@ -433,8 +446,9 @@ class Blotter:
             explanation=explanation if isinstance(explanation, dict) else {},
         )
 
-    def _row(self, seq: int, event: JournalEvent) -> BlotterRow:
+    def _row(self, seq: int, event: JournalEvent, unknown: bool) -> BlotterRow:
         p = event.payload
+        rfq_symbols = self._unknown_rfq_symbols if unknown else self._rfq_symbols
         fields: dict[str, object] = {}
         symbol = str(p.get("symbol") or "")
         if event.kind == "rfq":
@@ -446,7 +460,7 @@ class Blotter:
             if "invalid" in p:
                 fields["reason"] = str(p["invalid"])
             if symbol and event.rfq_id:
-                self._rfq_symbols[(event.client, event.rfq_id)] = symbol
+                rfq_symbols[(event.client, event.rfq_id)] = symbol
         elif event.kind == "quote":
             quote = p.get("quote")
             q: dict[str, object] = quote if isinstance(quote, dict) else {}
@@ -479,7 +493,7 @@ class Blotter:
         if not symbol and event.quote_id:
             symbol = self._quote_symbols.get(event.quote_id, "")
         if not symbol and event.rfq_id:
-            symbol = self._rfq_symbols.get((event.client, event.rfq_id), "")
+            symbol = rfq_symbols.get((event.client, event.rfq_id), "")
         return BlotterRow(
             seq=seq,
             ts_ms=event.ts_ns // _NS_PER_MS,
@@ -499,7 +513,25 @@ class Blotter:
             trade_id=event.trade_id,
             operator=str(fields.get("operator", "")),
             detail=str(fields.get("detail", "")),
+            unknown_client=unknown,
         )
+
+
+def _trim(index: dict[Any, Any], size: int) -> None:
+    """Forget the oldest entries of ``index`` beyond ``size``."""
+    while len(index) > size:
+        del index[next(iter(index))]
+
+
+def _seq(row: BlotterRow) -> int:
+    return row.seq
+
+
+def _newer(rows: dict[int, BlotterRow], after: int) -> list[BlotterRow]:
+    """``rows`` (by number, in increasing order) numbered after ``after``, oldest first; read
+    from the newest back."""
+    backwards = map(rows.__getitem__, reversed(rows))
+    return list(takewhile(lambda row: row.seq > after, backwards))[::-1]
 
 
 # -- overview ----------------------------------------------------------------------------------
@@ -574,6 +606,15 @@ class FillMarkout(_View, frozen=True, kw_only=True):
     now_bps: str | None
 
 
+class UnknownClients(_View, frozen=True, kw_only=True):
+    """Events of client ids the config does not name (possible on a broker without the
+    shipped ACL): how many the console keeps (the newest) and how many it dropped since
+    start-up. The journal has them all."""
+
+    kept: int
+    dropped: int
+
+
 class Overview(_View, frozen=True, kw_only=True):
     """Everything the console shows but the depth, ladder and blotter."""
 
@@ -585,6 +626,7 @@ class Overview(_View, frozen=True, kw_only=True):
     inventory: list[AssetInventory]
     pnl: list[InstrumentPnl]
     markouts: list[FillMarkout]
+    unknown_clients: UnknownClients
     #: ``None`` when the console runs without an engine's broker connection (tests).
     broker: BrokerLink | None = None
 
@@ -697,6 +739,9 @@ def overview(
         inventory=inventory,
         pnl=pnl,
         markouts=markouts,
+        unknown_clients=UnknownClients(
+            kept=activity.unknown_kept, dropped=activity.unknown_dropped
+        ),
         broker=broker,
     )
 

@@ -120,7 +120,7 @@ def test_a_markout_horizon_without_a_mid_stays_unknown_rather_than_take_a_later_
     on), shown as the 1 s and 5 s markouts."""
     fill = TradeFill("t1", "client-a", "BTC-USDT", "buy", Decimal(1), Decimal(64010), 0)
     markouts = Markouts()
-    markouts.add(fill)
+    markouts.add(fill, 0)
     mids: dict[str, Decimal | None] = {"BTC-USDT": None}
     markouts.sample(5 * _S, mids.get)  # 1 s and 5 s came: no mid
     mids["BTC-USDT"] = Decimal(64000)
@@ -135,3 +135,22 @@ def test_a_markout_horizon_without_a_mid_stays_unknown_rather_than_take_a_later_
     (shown,) = view.markouts
     # (64010 - 64000) / 64000 x 1e4 = 1.5625 -> 1.56 (half-even)
     assert shown.markouts_bps == {"1s": None, "5s": None, "30s": "1.56", "60s": "1.56"}
+
+
+def test_unknown_clients_events_are_kept_apart_in_order_and_counted_when_dropped() -> None:
+    activity = Activity(size=20, clients=["client-a"], unknown_size=3)
+    blotter = Blotter(activity, size=20)
+    for n in range(1, 11):
+        client = "client-a" if n % 2 else "stranger"
+        activity.record(JournalEvent("rfq", client, n, rfq_id=f"r{n}"))
+    activity.record(JournalEvent("control", "", 11, payload={"action": "halt"}))
+    assert [seq for seq, _ in activity.events()] == [1, 3, 5, 6, 7, 8, 9, 10, 11]
+    assert (activity.unknown_kept, activity.unknown_dropped) == (3, 2)
+    assert [row.seq for row in blotter.rows()] == [1, 3, 5, 6, 7, 8, 9, 10, 11]
+    assert [row.unknown_client for row in blotter.rows(after=7)] == [True, False, True, False]
+    # What a push stream asks for still costs what is new, in both rings.
+    activity._events = _NoWalk(activity._events, maxlen=20)
+    activity._unknown = _NoWalk(activity._unknown, maxlen=3)
+    assert [seq for seq, _ in activity.since(8)] == [9, 10, 11]
+    activity.record(JournalEvent("rfq", "stranger", 12, rfq_id="r12"))
+    assert [row.rfq_id for row in blotter.rows(after=10)] == ["", "r12"]

@@ -76,7 +76,10 @@ async def running() -> AsyncIterator[Running]:
     engine = Engine(config, clock=clock, console=False)
     feed_books(engine, clock)
     journal = MemoryJournal()
-    activity = Activity()
+    # As the engine makes it (otc.app.Engine._console).
+    activity = Activity(
+        config.console.blotter_size, clients=[c.id for c in config.clients], clock=clock
+    )
     quotes = QuoteEngine(config, engine.market, ObservedJournal(journal, activity.record), clock)
     engine.quotes = quotes
     console = Console(
@@ -959,3 +962,89 @@ async def test_a_live_venue_whose_book_crossed_is_reported_crossed() -> None:
                 await asyncio.sleep(0.01)
             task.cancel()
     assert crossed == ("live", "crossed", "crossed")
+
+
+async def test_a_flood_from_unknown_clients_cannot_push_the_desk_s_events_out(
+    running: Running,
+) -> None:
+    """On a broker without the shipped ACL anyone may publish as any client id: the engine
+    rejects an unknown one (``UNKNOWN_CLIENT``) and journals its RFQ and the reject. The
+    console kept them in its one ring of recent events, so that a few thousand such RFQs
+    pushed every quote, fill and control of the desk out of the blotter, the stream's
+    backlog and the page. Strangers' events are kept apart now, a few of them, and those
+    dropped are counted (the journal has them all)."""
+    await running.client.post(
+        "/api/control",
+        json={"operator": "ops-1", "command": "halt", "symbol": "ETH-USDT"},
+        headers=AUTH,
+    )
+    quote = await rfq(running, "client-a", "r-desk")
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (fill_out,) = await running.quotes.on_accept("client-a", accept)
+    fill = json.loads(fill_out.payload)
+    assert fill["type"] == "fill"
+    desk = ["control", "rfq", "quote", "accept", "fill"]
+    flood = 1_500  # an RFQ and its reject each: more events than the blotter keeps
+    for n in range(flood):
+        reject = await rfq(running, f"intruder-{n % 7}", f"x{n}")
+        assert reject["code"] == "UNKNOWN_CLIENT"
+    await running.quotes.on_accept("intruder-0", b'{"quote_id": "nope"}')
+    every = (await running.client.get("/api/blotter?limit=0", headers=AUTH)).json()
+    assert [r["kind"] for r in every if r["client"] in ("", "client-a")] == desk
+    strangers = [r for r in every if r["client"].startswith("intruder-")]
+    assert all(r["unknown_client"] for r in strangers)
+    assert 0 < len(strangers) <= 200
+    assert strangers[-1]["kind"] == "accept_reject"  # the newest are the ones kept
+    assert [r["seq"] for r in every] == sorted(r["seq"] for r in every)
+    overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+    unknown = overview["unknown_clients"]
+    assert unknown["kept"] == len(strangers)
+    assert unknown["kept"] + unknown["dropped"] == 2 * flood + 2
+    # The push stream's backlog has the desk's events as well.
+    async with running.client.stream("GET", "/api/stream", headers=AUTH) as stream:
+        lines = stream.aiter_lines()
+        (_, (name, backlog)) = await asyncio.wait_for(read_events(lines, 2), 10)
+    assert name == "activity"
+    assert isinstance(backlog, list)
+    assert [r["kind"] for r in backlog if not r["unknown_client"]] == desk
+    assert fill["trade_id"] in [r["trade_id"] for r in backlog]
+    # Memory stays bounded: the ring of strangers' events is small, the desk's as configured.
+    activity = running.console.activity
+    assert len(activity.events()) <= 200 + running.console.config.console.blotter_size
+
+
+async def test_markout_horizons_are_time_passed_not_wall_clock_steps(running: Running) -> None:
+    """A fill's 1 s markout is the mid 1 s of time after it. The horizons were read on the
+    wall clock: stepped forward (NTP, a resumed virtual machine), every horizon of every
+    recent fill came at once and took the mid of that instant; stepped back, none came for as
+    long as the step. They are measured on the monotonic clock now; ``ts_ms`` stays wall."""
+    quote = await rfq(running, "client-a", "r-mo", qty="1")
+    accept = json.dumps({"quote_id": quote["quote_id"]}).encode()
+    (fill_out,) = await running.quotes.on_accept("client-a", accept)
+    fill = json.loads(fill_out.payload)
+    filled_ms = running.clock.now_ns() // 1_000_000
+
+    async def markout() -> dict[str, Any]:
+        await asyncio.sleep(0.3)  # the console samples every 100 ms
+        overview = (await running.client.get("/api/overview", headers=AUTH)).json()
+        (item,) = overview["markouts"]
+        assert item["trade_id"] == fill["trade_id"]
+        assert item["ts_ms"] == filled_ms  # the fill's wall time, for display
+        got: dict[str, Any] = item["markouts_bps"]
+        return got
+
+    running.clock.step(s=120)  # the wall clock jumps 2 minutes: no time passed
+    feed_books(running.engine, running.clock)
+    assert await markout() == {"1s": None, "5s": None, "30s": None, "60s": None}
+    running.clock.advance(s=1.5)
+    feed_books(running.engine, running.clock)
+    got = await markout()
+    expected = (Decimal(fill["price"]) - Decimal("64002.5")) * 10_000 / Decimal("64002.5")
+    assert got["1s"] == str(expected.quantize(Decimal("0.01")))
+    assert got["5s"] is None
+    running.clock.step(s=-3_600)  # an hour back: time still passes
+    running.clock.advance(s=4)
+    feed_books(running.engine, running.clock)
+    got = await markout()
+    assert got["5s"] == got["1s"]
+    assert got["30s"] is None

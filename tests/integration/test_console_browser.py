@@ -207,7 +207,9 @@ class InProcess:
             config = msgspec.structs.replace(config, instruments=instruments, clients=clients)
         clock = FakeClock()
         engine = Engine(config, clock=clock, console=False)
-        activity = Activity()
+        activity = Activity(
+            config.console.blotter_size, clients=[c.id for c in config.clients], clock=clock
+        )
         journal = ObservedJournal(MemoryJournal(), activity.record)
         quotes = QuoteEngine(config, engine.market, journal, clock)
         engine.quotes = quotes
@@ -400,3 +402,53 @@ def test_a_command_the_engine_does_not_answer_says_so(in_process: InProcess, pag
         "no answer from the engine", timeout=20_000
     )
     expect(page.locator("#last-action")).to_have_class("last-action error")
+
+
+def test_a_flood_from_unknown_clients_leaves_the_desk_s_rows_on_the_page(
+    in_process: InProcess, page: Any
+) -> None:
+    # RFQs under client ids the config does not name (a broker without the shipped ACL) filled
+    # the page's 2,000 rows as the engine's: the desk's quotes left the blotter. They are kept
+    # apart (a few), and the page says how many the engine dropped.
+    from playwright.sync_api import expect
+
+    quotes = in_process.start()
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    desk = b'{"rfq_id": "desk-1", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}'
+    in_process.run(quotes.on_rfq("client-a", desk))
+    expect(page.locator('#blotter tr[data-rfq-id="desk-1"]').first).to_be_visible(timeout=20_000)
+
+    async def flood() -> None:
+        for n in range(1_200):
+            rfq = f'{{"rfq_id": "x{n}", "symbol": "BTC-USDT", "side": "buy", "qty": "1"}}'
+            await quotes.on_rfq(f"intruder-{n % 5}", rfq.encode())
+            if n % 50 == 0:  # let the stream push them to the page as they come
+                await asyncio.sleep(0.02)
+
+    in_process.run(flood())
+    expect(page.locator('#blotter tr[data-rfq-id="x1199"]').first).to_be_visible(timeout=20_000)
+    expect(page.locator('#blotter tr[data-rfq-id="desk-1"]').first).to_be_visible()
+    expect(page.locator("#unknown-clients")).to_contain_text("dropped", timeout=20_000)
+    assert page.locator('#blotter tr[data-kind="rfq"]').count() <= 300
+
+
+def test_the_page_tells_a_quiet_engine_even_when_its_own_clock_steps_back(
+    in_process: InProcess, page: Any
+) -> None:
+    # The page timed the stream's silence on the wall clock (Date.now): the operator's
+    # machine stepped back an hour (NTP, a resumed virtual machine), and a frozen engine was
+    # shown "live", its views stale, for that hour, without a reconnection. Silence is timed
+    # on performance.now: the page reconnects as it does without a step.
+    from playwright.sync_api import expect
+
+    in_process.start(quiet=True)  # one state, then nothing: an engine gone quiet
+    page.goto(in_process.url)
+    expect(page.locator("#conn-status")).to_have_text("live", timeout=20_000)
+    opened = in_process.streams
+    page.evaluate("() => { const wall = Date.now; Date.now = () => wall() - 3_600_000; }")
+    for _ in range(300):  # until the page opens another stream; a hang guard
+        if in_process.streams > opened:
+            break
+        page.wait_for_timeout(100)
+    assert in_process.streams > opened

@@ -20,11 +20,13 @@ const state = {
   token: null,
   symbol: null,
   source: null,
-  lastMessage: 0,
-  connectedAt: 0,      // when the stream was last opened
+  lastMessage: 0,      // when the last message came and (below) the stream was last opened,
+  connectedAt: 0,      // on performance.now(): a step of the machine's clock cannot hide silence
   pushMs: 500,
-  rows: [],            // blotter rows, oldest first
+  rows: [],            // blotter rows of the desk (configured clients, controls), oldest first
   maxRows: 2000,
+  unknownRows: [],     // rows of client ids the config does not name, kept apart: a flood of
+  maxUnknownRows: 200, // them must not push the desk's rows out
   selectedQuote: null,
   chart: null,
   chartKey: "",
@@ -108,7 +110,7 @@ function connect() {
   if (state.symbol) params.set("symbol", state.symbol);
   const source = new EventSource(`/api/stream?${params}`);
   state.source = source;
-  state.connectedAt = Date.now();
+  state.connectedAt = performance.now();
   source.addEventListener("hello", (e) => onHello(JSON.parse(e.data)));
   source.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   source.addEventListener("activity", (e) => onActivity(JSON.parse(e.data)));
@@ -129,14 +131,14 @@ function connect() {
 
 setInterval(() => {  // a silent stream is a dead engine, whatever the socket says: reconnect
   const quiet = Math.max(3000, 4 * state.pushMs);
-  if (state.lastMessage && Date.now() - state.lastMessage > quiet) {
+  if (state.lastMessage && performance.now() - state.lastMessage > quiet) {
     setConnected(false);
-    if (state.source && Date.now() - state.connectedAt > quiet) connect();
+    if (state.source && performance.now() - state.connectedAt > quiet) connect();
   }
 }, 500);
 
 function touch() {
-  state.lastMessage = Date.now();
+  state.lastMessage = performance.now();
   setConnected(true);
 }
 
@@ -157,6 +159,7 @@ function onHello(hello) {
   }
   select.value = hello.symbol;
   state.rows = [];     // the backlog follows, if the engine has any
+  state.unknownRows = [];
   renderBlotter();
 }
 
@@ -292,6 +295,10 @@ function renderOverview(o) {
   $("#pnl tbody").replaceChildren(...o.pnl.map((p) => el("tr", {},
     el("td", {}, p.symbol), el("td", {}, `${p.position} ${p.base}`), el("td", {}, `${p.cash} ${p.quote}`),
     el("td", {}, dash(p.mid)), el("td", { class: sign(p.pnl) }, p.pnl === null ? "-" : `${p.pnl} ${p.quote}`))));
+  const u = o.unknown_clients;
+  $("#unknown-clients").textContent = u.kept || u.dropped
+    ? `unknown client ids: ${u.kept} events shown, ${u.dropped} dropped (all in the journal)`
+    : "";
   $("#markouts tbody").replaceChildren(...o.markouts.map((m) => el("tr", {},
     el("td", {}, m.trade_id), el("td", {}, m.client), el("td", {}, m.symbol), el("td", {}, m.side),
     el("td", {}, m.qty), el("td", {}, m.price),
@@ -308,15 +315,28 @@ function sign(text) {
 
 function onActivity(rows) {
   touch();
-  state.rows.push(...rows);
+  for (const r of rows) (r.unknown_client ? state.unknownRows : state.rows).push(r);
   if (state.rows.length > state.maxRows) state.rows.splice(0, state.rows.length - state.maxRows);
+  const unknown = state.unknownRows;
+  if (unknown.length > state.maxUnknownRows) unknown.splice(0, unknown.length - state.maxUnknownRows);
   renderBlotter();
+}
+
+function mergedRows() {  // the desk's rows and the unknown clients', by seq
+  const a = state.rows, b = state.unknownRows, out = [];
+  let i = 0, j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i].seq < b[j].seq)) out.push(a[i++]);
+    else out.push(b[j++]);
+  }
+  return out;
 }
 
 function renderBlotter() {
   const client = $("#filter-client").value;
   const symbol = $("#filter-symbol").value;
-  const shown = state.rows.filter((r) => (!client || r.client === client) && (!symbol || r.symbol === symbol));
+  const rows = state.unknownRows.length ? mergedRows() : state.rows;
+  const shown = rows.filter((r) => (!client || r.client === client) && (!symbol || r.symbol === symbol));
   const body = $("#blotter tbody");
   body.replaceChildren(...shown.slice(-300).reverse().map((r) => {
     const tr = el("tr", {
