@@ -119,6 +119,14 @@ def _duration(text: str) -> float:
     return value
 
 
+def _path(text: str) -> Path:
+    """A file or folder argument: never empty (``Path("")`` is the working folder, which no
+    one means; an unset variable, ``--journal "$JOURNAL"``, gives it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
 #: A count of things to do or show: at least 1, at most a billion.
 _positive_int = _int_in(1, 10**9)
 #: A TCP port, 0 for any free one.
@@ -151,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         help="price a block against a book file",
         description="Walk a consolidated book file and print what a block would cost.",
     )
-    est.add_argument("--book", required=True, type=Path, help="book file (JSON)")
+    est.add_argument("--book", required=True, type=_path, help="book file (JSON)")
     est.add_argument("--side", required=True, choices=["buy", "sell"], help="taker side")
     size = est.add_mutually_exclusive_group(required=True)
     size.add_argument("--qty", type=_amount, help="base quantity")
@@ -162,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument(
         "--config",
-        type=Path,
+        type=_path,
         help="engine config: enables the instrument's impact model beyond visible depth "
         "when its estimator.use_impact_model is true",
     )
@@ -176,23 +184,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--symbol", default="BTC-USDT")
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    demo.add_argument("--dump-book", type=Path, help="also write the book file used (--once)")
+    demo.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
+    demo.add_argument("--dump-book", type=_path, help="also write the book file used (--once)")
     demo.add_argument("--once", action="store_true", help="print estimates and exit")
     demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of our own")
     demo.add_argument("--mqtt-port", type=_port, default=0, help="port of our broker (0: free)")
     demo.add_argument("--duration", type=_duration, help="stop after this many seconds")
-    demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
+    demo.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    demo.add_argument("--record", type=_path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
     _log_options(demo)
 
     serve = sub.add_parser("serve", help="run the quoting service")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     serve.add_argument("--feeds", choices=["sim", "live"], default="live")
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
-    serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
+    serve.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    serve.add_argument("--record", type=_path, metavar="FILE", help=_RECORD_HELP)
     serve.add_argument("--duration", type=_duration, help="stop after this many seconds")
     _console_options(serve)
     _log_options(serve)
@@ -222,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
         "applied, checksums checked and failed, gaps, resyncs, final top of book per symbol.",
     )
     ver.add_argument("--venue", required=True, help="binance, bitget, bybit, coinbase, kraken, okx")
-    ver.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ver.add_argument("files", nargs="+", type=_path, metavar="FILE")
     ver.add_argument("--json", action="store_true", help="print one JSON object")
 
     srv = feeds_sub.add_parser(
@@ -230,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a recording as a loopback exchange (websocket + REST) with fault injection",
     )
     srv.add_argument("--venue", required=True)
-    srv.add_argument("file", type=Path, metavar="FILE")
+    srv.add_argument("file", type=_path, metavar="FILE")
     srv.add_argument("--port", type=_port, default=0, help="TCP port on 127.0.0.1 (0: any free)")
     srv.add_argument("--interval-ms", type=_duration, default=0.0, help="pause between messages")
     srv.add_argument(
@@ -250,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         "format (see feeds/record.py).",
     )
     rec.add_argument("--source", required=True, help="sim, or a venue name")
-    rec.add_argument("--out", required=True, type=Path, help="output file")
+    rec.add_argument("--out", required=True, type=_path, help="output file")
     rec.add_argument("--symbols", default="", help="venue symbols, comma-separated (live venue)")
     rec.add_argument("--url", help="websocket endpoint (default: the venue's public one)")
     rec.add_argument("--rest-url", help="REST base for snapshot-synced venues")
@@ -259,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
         "--from",
         dest="from_files",
         nargs="+",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="convert these derived-JSONL venue recordings instead of connecting",
     )
@@ -267,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=_positive_int, default=1_000, help="synthetic market steps (sim)"
     )
     rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
-    rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    rec.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
 
     ctl = sub.add_parser(
         "control",
@@ -304,8 +312,8 @@ def _parser() -> argparse.ArgumentParser:
         "get a random one, and users no longer configured are removed. Prints the new "
         "passwords once (only their hashes are stored): hand each to its user privately.",
     )
-    auth.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    auth.add_argument("--out", type=Path, required=True)
+    auth.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
+    auth.add_argument("--out", type=_path, required=True)
     auth.add_argument(
         "--rotate",
         action="append",
@@ -316,18 +324,18 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--rotate-all", action="store_true", help="give every user a new password")
 
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
-    blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    blot.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    blot.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    blot.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     blot.add_argument("--limit", type=_positive_int, default=50)
     _journal_filters(blot)
 
     journal = sub.add_parser("journal", help="the durable event journal")
     journal_sub = journal.add_subparsers(dest="journal", required=True)
     exp = journal_sub.add_parser("export", help="write journal events as CSV or JSON")
-    exp.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    exp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    exp.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    exp.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
-    exp.add_argument("--out", type=Path, help="output file (default: stdout)")
+    exp.add_argument("--out", type=_path, help="output file (default: stdout)")
     _journal_filters(exp)
     exp.add_argument(
         "--since-ns", type=_epoch_ns, metavar="NS", help="only events with ts_ns >= NS"
@@ -369,7 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     bt_bench = bench_sub.add_parser(
         "backtest", help="backtest replay throughput next to the raw book update rate"
     )
-    bt_bench.add_argument("--data", nargs="+", type=Path, help="recordings (default: synthetic)")
+    bt_bench.add_argument("--data", nargs="+", type=_path, help="recordings (default: synthetic)")
     bt_bench.add_argument("--deltas", type=_positive_int, default=200_000, help="synthetic deltas")
     bt_bench.add_argument("--repeats", type=_positive_int, default=3)
     bt_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -380,15 +388,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay recordings (ours or tardis CSV) through the live pricing path, "
         "with a virtual clock, and write DIR/summary.json, DIR/rfqs.csv and DIR/report.html.",
     )
-    backtest.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
-    backtest.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in flow)")
-    backtest.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    backtest.add_argument("--data", nargs="+", required=True, type=_path, metavar="FILE")
+    backtest.add_argument("--scenario", type=_path, help="scenario TOML (default: built-in flow)")
+    backtest.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     backtest.add_argument("--rfqs", type=int, help="generated RFQs (overrides [flow] rfqs)")
     backtest.add_argument("--seed", type=int, help="flow seed (overrides [flow] seed)")
     backtest.add_argument(
         "--model-check-levels", type=int, help="beyond-depth model check on books cut to N levels"
     )
-    backtest.add_argument("--out", required=True, type=Path, metavar="DIR")
+    backtest.add_argument("--out", required=True, type=_path, metavar="DIR")
     backtest.add_argument("--no-report", action="store_true", help="skip report.html")
     backtest.add_argument(
         "--progress",
@@ -401,9 +409,9 @@ def _parser() -> argparse.ArgumentParser:
         "replay-journal",
         help="reproduce a run's quotes from its journal and the book events it recorded",
     )
-    replay_journal.add_argument("--journal", required=True, type=Path)
-    replay_journal.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
-    replay_journal.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    replay_journal.add_argument("--journal", required=True, type=_path)
+    replay_journal.add_argument("--data", nargs="+", required=True, type=_path, metavar="FILE")
+    replay_journal.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     replay_journal.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

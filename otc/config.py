@@ -329,6 +329,13 @@ class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     #: (``otc-book-events``, see :mod:`feeds.record`), for ``otc replay-journal``.
     record_path: str | None = None
 
+    def __post_init__(self) -> None:
+        # "" is the working folder (Path("") == Path(".")), never a file meant.
+        if not self.path:
+            raise ValueError("path: must not be empty (a file, like var/journal.sqlite)")
+        if self.record_path == "":
+            raise ValueError("record_path: must not be empty (omit it to record nothing)")
+
 
 class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The operator console (:mod:`otc.console`): a web page and JSON API served by the engine.

@@ -240,6 +240,12 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         ('operators = ["ops-1", "ops-2"]', 'operators = [""]', "$.broker.operators[0]", "no '/'"),
         ('path = "/var/lib/otc/journal.sqlite"', 'file = "j.sqlite"', "$.journal.file",
          "unknown field"),
+        # Path("") is the working folder: the engine's journal thread died on it and the
+        # engine waited for it for ever (SIGTERM included); a recording went to "."
+        ('path = "/var/lib/otc/journal.sqlite"', 'path = ""', "$.journal.path", "empty"),
+        ('path = "/var/lib/otc/journal.sqlite"',
+         'path = "/var/lib/otc/journal.sqlite"\nrecord_path = ""', "$.journal.record_path",
+         "empty"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "1.000001", "10"]',
          "$.instruments[0].ladder_bands[1]", "not a multiple of lot_size"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "10", "1"]',

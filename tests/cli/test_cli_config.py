@@ -1,0 +1,73 @@
+"""A config or argument the engine cannot run with: `otc serve`, `otc demo` and `otc record`,
+run as real processes, stop at once with one line `otc: error: ...` naming the file and the
+key (or the option), status 2; never a traceback, never a hang."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
+#: Nothing listens there: a command that got as far as the broker fails "cannot connect".
+NO_BROKER = "mqtt://127.0.0.1:1"
+
+
+def otc(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otc.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def refused(*args: str | Path) -> str:
+    """The one error line of a command that must fail with status 2, having printed nothing."""
+    proc = otc(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("otc: error: ")
+    return line
+
+
+def edited(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped config with ``old`` replaced by ``new``."""
+    text = CONFIG.read_text()
+    assert old in text, old  # the edit must apply, or the test proves nothing
+    path = tmp_path / "otc.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def engine(command: str, *args: str | Path) -> tuple[str | Path, ...]:
+    """``otc serve`` or ``otc demo`` against no broker, briefly, without its console."""
+    feeds = ("--feeds", "sim") if command == "serve" else ()
+    return (command, *feeds, "--broker", NO_BROKER, "--no-console", "--duration", "1", *args)
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("option", ["--journal", "--record"])
+def test_an_empty_journal_or_recording_path_is_refused(
+    tmp_path: Path, command: str, option: str
+) -> None:
+    # --journal "": the journal's writer thread died on Path("") (".") and the engine waited
+    # for it for ever, SIGTERM included; --record "" tried to record to the folder ".".
+    journal = () if option == "--journal" else ("--journal", tmp_path / "j.sqlite")
+    line = refused(*engine(command, *journal, option, ""))
+    assert f"argument {option}: must not be empty" in line
+
+
+@pytest.mark.parametrize("key", ["path", "record_path"])
+def test_an_empty_journal_path_in_the_config_names_the_file_and_key(
+    tmp_path: Path, key: str
+) -> None:
+    config = edited(tmp_path, 'path = "var/journal.sqlite"', f'{key} = ""')
+    journal = () if key == "path" else ("--journal", tmp_path / "j.sqlite")
+    line = refused(*engine("serve", "--config", config, *journal))
+    assert line.startswith(f"otc: error: {config}: $.journal.{key}: "), line
