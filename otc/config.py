@@ -36,6 +36,7 @@ T = TypeVar("T")
 __all__ = [
     "CLIENT_ID",
     "RESERVED_IDS",
+    "SYMBOL",
     "BrokerConfig",
     "ClientConfig",
     "Config",
@@ -64,6 +65,9 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: ``control`` would write ``otc/v1/control/rfq`` (a command of operator ``rfq``, to the
 #: engine) and read ``otc/v1/control/quotes`` (operator ``quotes``' commands).
 RESERVED_IDS: Final = frozenset({"control", "ladder", "status"})
+#: Instrument symbols and asset names: a symbol is a topic level (``otc/v1/ladder/{symbol}``),
+#: where ``#`` and ``+`` are wildcards and ``/`` a separator; assets are written beside them.
+SYMBOL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RESERVED: Final = "otc/v1/control, otc/v1/ladder and otc/v1/status are not a client's topics"
 
 
@@ -112,6 +116,14 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
     ladder_bands: list[Decimal] = []
 
     def __post_init__(self) -> None:
+        for key in ("symbol", "base", "quote"):
+            name = getattr(self, key)
+            if not SYMBOL.fullmatch(name):
+                why = ": it is a topic level, otc/v1/ladder/{symbol}" if key == "symbol" else ""
+                raise ValueError(
+                    f"{key}: {name!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', "
+                    f"'+', '#' or spaces{why})"
+                )
         for key in ("tick_size", "lot_size"):
             _check_decimal(self, key, positive=True, below=_MAX_SIZE)
         if decimals_of(str(self.tick_size)) > self.price_decimals:
