@@ -179,6 +179,17 @@ class VenueConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(
                 f"name: {self.name!r} is not a lower-case name (letters, digits, '_', '-')"
             )
+        # The venue's messages are routed back to ours by its names: one name for two of our
+        # instruments would feed both books' messages into one and leave the other empty.
+        ours: dict[str, str] = {}
+        for symbol, theirs in self.symbols.items():
+            if not theirs:
+                raise ValueError(f"symbols.{symbol}: must not be empty")
+            if not theirs.isprintable() or " " in theirs:
+                raise ValueError(f"symbols.{symbol}: {theirs!r}: no spaces or control characters")
+            if theirs in ours:
+                raise ValueError(f"symbols.{symbol}: {theirs!r} is {ours[theirs]}'s name too")
+            ours[theirs] = symbol
 
     @property
     def fee(self) -> int:
@@ -407,7 +418,7 @@ _AT = re.compile(r"^(?P<problem>.*) - at `(?P<path>\$[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 #: ``key: problem``, ``key[3]: problem`` or ``key.sub: problem`` from a ``__post_init__``.
 _FIELD = re.compile(
-    r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z0-9_-]+)*): (?P<problem>.*)$"
+    r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z0-9_.-]+)*): (?P<problem>.*)$"
 )
 
 

@@ -372,3 +372,23 @@ def test_an_asset_must_be_named(tmp_path: Path, key: str) -> None:
         load_config(file)
     assert info.value.path == f"$.instruments[{0 if key == 'quote' else 1}].{key}"
     assert "letters, digits" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        # The adapter maps a venue symbol back to one of ours: binance's BTCUSDT book was fed
+        # into ETH-USDT's, and BTC-USDT's binance book never synced; nothing said so.
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "BTCUSDT" }', "'BTCUSDT' is BTC-USDT's name too"),
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "" }', "must not be empty"),
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETH USDT" }', "no spaces"),
+    ],
+)
+def test_a_venue_names_each_instrument_its_own_way(
+    tmp_path: Path, names: str, problem: str
+) -> None:
+    file = broken(tmp_path, '{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETHUSDT" }', names)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.venues[0].symbols.ETH-USDT"
+    assert problem in info.value.problem, info.value.problem
