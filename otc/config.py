@@ -343,6 +343,15 @@ class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: the engine refuses commands from anyone else.
     operators: list[str] = []
 
+    def __post_init__(self) -> None:
+        # An empty client id is one the broker makes up (a second engine would no longer take
+        # the first one's session over); an empty user or password is most likely one meant
+        # to be filled in (``otc broker auth`` writes none for user "").
+        for key in ("host", "client_id", "username", "password"):
+            if getattr(self, key) == "":
+                omit = " (omit it for none)" if key in ("username", "password") else ""
+                raise ValueError(f"{key}: must not be empty{omit}")
+
 
 class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where the journal is written (SQLite); a relative path is relative to the working dir."""
@@ -377,6 +386,8 @@ class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     blotter_size: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 2_000
 
     def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: must not be empty (127.0.0.1: this machine only)")
         if self.token is not None and not CONSOLE_TOKEN.fullmatch(self.token):
             raise ValueError(f"token: {CONSOLE_TOKEN_RULE}")
 

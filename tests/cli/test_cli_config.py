@@ -36,9 +36,9 @@ def refused(*args: str | Path) -> str:
     return line
 
 
-def edited(tmp_path: Path, old: str, new: str) -> Path:
-    """The shipped config with ``old`` replaced by ``new``."""
-    text = CONFIG.read_text()
+def edited(tmp_path: Path, old: str, new: str, config: Path = CONFIG) -> Path:
+    """``config`` (the shipped one) with ``old`` replaced by ``new``, as tmp_path/otc.toml."""
+    text = config.read_text()
     assert old in text, old  # the edit must apply, or the test proves nothing
     path = tmp_path / "otc.toml"
     path.write_text(text.replace(old, new, 1))
@@ -71,3 +71,23 @@ def test_an_empty_journal_path_in_the_config_names_the_file_and_key(
     journal = () if key == "path" else ("--journal", tmp_path / "j.sqlite")
     line = refused(*engine("serve", "--config", config, *journal))
     assert line.startswith(f"otc: error: {config}: $.journal.{key}: "), line
+
+
+@pytest.mark.parametrize(
+    ("edits", "key"),
+    [
+        ({'host = "127.0.0.1"\nport = 1883': 'host = ""\nport = 1'}, "broker.host"),
+        ({"port = 1883": "port = 1", 'host = "127.0.0.1"         #': 'host = ""  #'},
+         "console.host"),
+    ],
+)  # fmt: skip
+def test_an_empty_host_names_the_file_and_key(
+    tmp_path: Path, edits: dict[str, str], key: str
+) -> None:
+    # They were "otc: error: Invalid host." and "console: cannot listen on :8321: ...".
+    config = CONFIG
+    for old, new in edits.items():
+        config = edited(tmp_path, old, new, config)
+    args = ["serve", "--feeds", "sim", "--duration", "1", "--config", config]
+    line = refused(*args, "--journal", tmp_path / "j.sqlite")
+    assert line.startswith(f"otc: error: {config}: $.{key}: must not be empty"), line

@@ -226,6 +226,17 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         # 0 turns MQTT pings off: a frozen engine would be "up" for as long as its socket lives
         ("port = 8883", "port = 8883\nkeepalive_s = 0", "$.broker.keepalive_s", ">= 1"),
         ("tls = true", 'tls = "yes"', "$.broker.tls", "Expected `bool`"),
+        # Empty strings: "otc: error: Invalid host." (no file, no key) for the host; a client
+        # id the broker makes up (a second engine no longer takes the first one's session
+        # over); a user "" that `otc broker auth` wrote no password for (it took otc-engine);
+        # a password "" as OTC_BROKER_PASSWORD="" is refused.
+        ('host = "mqtt.example"', 'host = ""', "$.broker.host", "must not be empty"),
+        ('client_id = "otc-1"', 'client_id = ""', "$.broker.client_id", "must not be empty"),
+        ('username = "engine"', 'username = ""', "$.broker.username", "must not be empty"),
+        ('password = "secret"', 'password = ""', "$.broker.password", "must not be empty"),
+        ('path = "/var/lib/otc/journal.sqlite"',
+         'path = "/var/lib/otc/journal.sqlite"\n[console]\nhost = ""', "$.console.host",
+         "must not be empty"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "ops-1"]',
          "$.broker.operators[1]", "given twice"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "client-a"]',
