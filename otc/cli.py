@@ -49,7 +49,7 @@ from typing import Any, Final, Literal, NoReturn
 import msgspec
 
 from otc.config import Config, load_config
-from otc.errors import OtcError
+from otc.errors import ConfigError, OtcError
 from otc.journal import KINDS
 from otc.model import Scale, Side, decimal_text, plain, printable
 from otc.report import estimate_json, format_estimate, format_max_qty
@@ -806,12 +806,29 @@ def broker_password_from_env(environ: Mapping[str, str] | None = None) -> str | 
     return value
 
 
+def _check_live_venues(source: Path, config: Config) -> None:
+    """Raise :class:`ConfigError` for an enabled venue with no live feed: the engine would run
+    without it, the desk pricing as if it were not configured (a misspelt name)."""
+    from feeds.registry import VENUES
+
+    for i, venue in enumerate(config.venues):
+        if venue.enabled and venue.name not in VENUES:
+            raise ConfigError(
+                str(source),
+                f"$.venues[{i}].name",
+                f"{venue.name!r} has no live feed (known: {', '.join(sorted(VENUES))}); "
+                "enabled = false keeps it for backtests",
+            )
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
     _setup_logging(args.log_level)
 
     config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
+    if args.feeds == "live":
+        _check_live_venues(args.config, config)
     options: dict[str, Any] = {}
     if args.broker:
         host, port, user, password, tls = _broker_address(args.broker)

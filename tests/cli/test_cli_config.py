@@ -91,3 +91,17 @@ def test_an_empty_host_names_the_file_and_key(
     args = ["serve", "--feeds", "sim", "--duration", "1", "--config", config]
     line = refused(*args, "--journal", tmp_path / "j.sqlite")
     assert line.startswith(f"otc: error: {config}: $.{key}: must not be empty"), line
+
+
+def test_a_live_engine_refuses_a_venue_it_has_no_feed_for(tmp_path: Path) -> None:
+    # A misspelt venue was skipped without a word: the desk priced without it for good.
+    config = edited(tmp_path, 'name = "kraken"', 'name = "krakken"')
+    line = refused(
+        "serve", "--feeds", "live", "--broker", NO_BROKER, "--no-console", "--duration", "1",
+        "--config", config, "--journal", tmp_path / "j.sqlite",
+    )  # fmt: skip
+    assert line.startswith(f"otc: error: {config}: $.venues[2].name: 'krakken' has no live feed")
+    assert "enabled = false" in line  # how to keep it for backtests
+    # The synthetic market has every venue: nothing to refuse there.
+    proc = otc(*engine("serve", "--config", config, "--journal", tmp_path / "j.sqlite"))
+    assert "cannot connect" in proc.stderr, proc.stderr
