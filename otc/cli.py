@@ -1180,8 +1180,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
     if args.source == "sim":
         from feeds.sim import SimFeed, SyntheticMarket
 
+        for option, given in (
+            ("--from", args.from_files),
+            ("--url", args.url),
+            ("--rest-url", args.rest_url),
+            ("--symbols", args.symbols),
+        ):
+            if given:  # it would be left aside, the synthetic market recorded all the same
+                raise UsageError(f"{option} is for a venue, not --source sim")
         config = load_config(args.config)
-        inst = config.instrument("BTC-USDT")
+        try:
+            inst = config.instrument("BTC-USDT")
+        except KeyError:
+            raise UsageError(f"{args.config}: instrument BTC-USDT is not configured") from None
         sim = SyntheticMarket(inst.symbol, inst.scale, seed=args.seed)
         feed = SimFeed([sim], interval_s=0.0, steps=args.steps)
 

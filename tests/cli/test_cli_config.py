@@ -105,3 +105,26 @@ def test_a_live_engine_refuses_a_venue_it_has_no_feed_for(tmp_path: Path) -> Non
     # The synthetic market has every venue: nothing to refuse there.
     proc = otc(*engine("serve", "--config", config, "--journal", tmp_path / "j.sqlite"))
     assert "cannot connect" in proc.stderr, proc.stderr
+
+
+def test_record_sim_names_the_config_without_its_instrument(tmp_path: Path) -> None:
+    # It records BTC-USDT: a config without it was a KeyError traceback, status 1.
+    config = tmp_path / "otc.toml"
+    config.write_text(CONFIG.read_text().replace('"BTC-USDT"', '"XBT-USDT"'))
+    line = refused("record", "--source", "sim", "--out", tmp_path / "r.gz", "--config", config)
+    assert line == f"otc: error: {config}: instrument BTC-USDT is not configured", line
+    assert not (tmp_path / "r.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "option", [("--from", "venue.jsonl"), ("--url", "ws://127.0.0.1:1"), ("--symbols", "ETHUSDT")]
+)
+def test_record_sim_refuses_what_only_a_venue_takes(
+    tmp_path: Path, option: tuple[str, str]
+) -> None:
+    # `otc record --source sim --from binance.jsonl` recorded the synthetic market, status 0,
+    # the recording given silently left aside.
+    out = tmp_path / "r.gz"
+    line = refused("record", "--source", "sim", "--out", out, "--steps", "5", *option)
+    assert f"{option[0]} is for a venue" in line, line
+    assert not out.exists()
