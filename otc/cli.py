@@ -346,7 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     book = bench_sub.add_parser("book", help="book updates, walks, inverse query, memory")
     book.add_argument("--deltas", type=_positive_int, default=1_000_000)
-    book.add_argument("--levels", type=_positive_int, default=1_000)
+    book.add_argument(
+        "--levels", type=_int_in(10, 10**9), default=1_000, help="book depth (at least 10)"
+    )
     book.add_argument("--seed", type=int, default=7)
     book.add_argument("--json", action="store_true", help="also print the figures as JSON")
     feeds_bench = bench_sub.add_parser(
