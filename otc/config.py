@@ -56,6 +56,9 @@ __all__ = [
 
 _Decimals = Annotated[int, msgspec.Meta(ge=0, le=18)]
 _PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+#: How long RFQ ids and quotes may be remembered (a restart reads the journal that far back,
+#: in int64 ns): 365 days.
+_YEAR_MS: Final = 365 * 86_400_000
 #: Enough digits for exact remainders of any configured size by a lot.
 _EXACT = Context(prec=120)
 #: Client ids are MQTT topic levels and broker usernames: no ``/``, ``+``, ``#`` or spaces.
@@ -232,8 +235,8 @@ class QuotingConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     ladder_interval_ms: _PositiveInt = 250
     ladder_tier: str | None = None
     max_qty_depth_factor: Decimal = Decimal(10)
-    duplicate_window_ms: _PositiveInt = 600_000
-    quote_memory_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    duplicate_window_ms: Annotated[int, msgspec.Meta(gt=0, le=_YEAR_MS)] = 600_000
+    quote_memory_ms: Annotated[int, msgspec.Meta(ge=0, le=_YEAR_MS)] = 60_000
 
     def __post_init__(self) -> None:
         _check_decimal(self, "last_look_tolerance_bps")
