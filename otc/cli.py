@@ -4,25 +4,28 @@ Subcommands::
 
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
-    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH] [--record FILE]
-             [--console-port N | --no-console] [--log-level LEVEL] [--once [--dump-book PATH]]
+    otc demo [--config PATH] [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH]
+             [--record FILE] [--console-port N | --no-console] [--log-level LEVEL]
+             [--once [--seed S] [--symbol S] [--dump-book PATH]]
     otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH] [--record FILE]
-              [--console-port N | --no-console] [--log-level LEVEL]
+              [--duration S] [--console-port N | --no-console] [--log-level LEVEL]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
-            [--accept [--accept-side buy|sell]] [--json]
+            [--accept [--accept-side buy|sell]] [--json] [--timeout S] [--mqtt-version 3.1.1|5]
+    otc control --broker URL --operator OP [--timeout S] [--mqtt-version 3.1.1|5]
+                (halt|resume [--symbol S] | client C enable|disable | spread TIER BPS)
+    otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
+    otc blotter [--journal PATH] [--config PATH] [--limit N] [--client C] [--symbol S]
+                [--kind K]...
+    otc journal export [--journal PATH] [--config PATH] [--format csv|json] [--out FILE]
+                       [--client C] [--symbol S] [--kind K]... [--since-ns NS] [--until-ns NS]
     otc feeds verify --venue V FILE... [--json]
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
-    otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
-               [--from FILE...] [--steps N] [--seed S]
-    otc control --broker URL --operator OP halt|resume [--symbol S] | client C enable|disable
-                | spread TIER BPS
-    otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
-    otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
-    otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
-                       [--symbol S] [--kind K]... [--since-ns NS] [--until-ns NS]
-    otc bench book [--deltas N] [--levels N] [--json]
+    otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--rest-url URL]
+               [--duration S] [--from FILE...] [--steps N] [--seed S] [--config PATH]
+    otc bench book [--deltas N] [--levels N] [--seed S] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
     otc bench rfq [--rfqs N] [--in-flight N] [--rounds N] [--json]
+    otc bench quote [--rfqs N] [--paced-rfqs N] [--repeats N] [--json]
     otc bench backtest [--data FILE...] [--deltas N] [--repeats N] [--json]
     otc backtest --data FILE... --out DIR [--scenario PATH] [--config PATH] [--rfqs N]
                  [--seed S] [--model-check-levels N] [--no-report] [--[no-]progress]
