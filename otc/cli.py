@@ -47,7 +47,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import msgspec
 
@@ -57,6 +57,9 @@ from otc.journal import KINDS
 from otc.model import Scale, Side, decimal_text, plain, printable
 from otc.report import estimate_json, format_estimate, format_max_qty
 from otc.slippage import ImpactModel, estimate, max_qty_within
+
+if TYPE_CHECKING:
+    from feeds.loopback import Fault
 
 __all__ = ["main"]
 
@@ -584,19 +587,25 @@ async def _await(task: Awaitable[None]) -> None:
     await task
 
 
-def _parse_faults(specs: list[str]) -> dict[int, object]:
+def _parse_faults(specs: list[str]) -> dict[int, Fault]:
     from feeds.loopback import Fault
 
-    faults: dict[int, object] = {}
+    faults: dict[int, Fault] = {}
     for spec in specs:
-        index, _, kind = spec.partition(":")
+        text, _, kind = spec.partition(":")
         try:
-            faults[int(index)] = Fault(kind)
+            index, fault = int(text), Fault(kind)
         except ValueError:
             kinds = ", ".join(f.value for f in Fault)
             raise UsageError(
                 f"--fault {spec!r}: expected INDEX:KIND with KIND in {kinds}"
             ) from None
+        # Each of these would be served without a word, the fault never injected.
+        if index < 0:
+            raise UsageError(f"--fault {spec!r}: the index must be 0 or more")
+        if index in faults:
+            raise UsageError(f"--fault {spec!r}: message {index} has a fault already")
+        faults[index] = fault
     return faults
 
 
@@ -606,15 +615,22 @@ def _cmd_serve_replay(args: argparse.Namespace) -> int:
     from feeds.loopback import LoopbackExchange
 
     faults = _parse_faults(args.fault)
+    exchange = LoopbackExchange(
+        args.venue,
+        args.file,
+        faults=faults,
+        interval_s=args.interval_ms / 1e3,
+        port=args.port,
+    )
+    count = len(exchange.messages)
+    for index, fault in faults.items():
+        if index >= count:
+            raise UsageError(
+                f"--fault '{index}:{fault.value}': the recording has {count} websocket "
+                f"messages (indices 0 to {count - 1})"
+            )
 
     async def serve() -> None:
-        exchange = LoopbackExchange(
-            args.venue,
-            args.file,
-            faults=faults,  # type: ignore[arg-type]
-            interval_s=args.interval_ms / 1e3,
-            port=args.port,
-        )
         async with exchange:
             sys.stdout.write(
                 f"serving {len(exchange.messages)} {args.venue} messages on {exchange.url} "

@@ -1,6 +1,7 @@
-"""A config or argument the engine cannot run with: `otc serve`, `otc demo` and `otc record`,
-run as real processes, stop at once with one line `otc: error: ...` naming the file and the
-key (or the option), status 2; never a traceback, never a hang."""
+"""A config or argument a command cannot run with: `otc serve`, `otc demo`, `otc record` and
+`otc feeds serve-replay`, run as real processes, stop at once with one line `otc: error: ...`
+naming the file and the key (or the option), status 2; never a traceback, never a hang, never
+an argument silently left aside."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ CONFIG = Path(__file__).parents[2] / "config" / "otc.toml"
 NO_BROKER = "mqtt://127.0.0.1:1"
 
 
-def otc(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def otc(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "otc.cli", *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
 
-def refused(*args: str | Path) -> str:
+def refused(*args: str | Path, timeout: float = 60) -> str:
     """The one error line of a command that must fail with status 2, having printed nothing."""
-    proc = otc(*args)
+    proc = otc(*args, timeout=timeout)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
@@ -128,3 +129,23 @@ def test_record_sim_refuses_what_only_a_venue_takes(
     line = refused("record", "--source", "sim", "--out", out, "--steps", "5", *option)
     assert f"{option[0]} is for a venue" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("faults", "problem"),
+    [
+        (["--fault=-1:drop"], "--fault '-1:drop': the index must be 0 or more"),
+        (["--fault=550:drop"], "--fault '550:drop': the recording has 550 websocket messages"),
+        (["--fault", "5:drop", "--fault", "5:swap"], "--fault '5:swap': message 5 has a fault"),
+    ],
+)
+def test_serve_replay_refuses_a_fault_it_would_never_inject(
+    shared_data: Path, faults: list[str], problem: str
+) -> None:
+    # Each served the recording without that fault, silently (the last of two at one index
+    # replaced the first): a test of the client's recovery that tested nothing.
+    recording = shared_data / "bybit" / "bybit_v5_spot_orderbook200_2026-08-09.jsonl"
+    line = refused(
+        "feeds", "serve-replay", "--venue", "bybit", recording, *faults, timeout=20
+    )  # fmt: skip
+    assert line.startswith(f"otc: error: {problem}"), line
