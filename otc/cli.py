@@ -4,25 +4,28 @@ Subcommands::
 
     otc estimate --book PATH --side buy|sell (--qty Q | --notional N | --max-bps B) [--json]
                  [--config PATH]
-    otc demo [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH] [--record FILE]
-             [--console-port N | --no-console] [--log-level LEVEL] [--once [--dump-book PATH]]
+    otc demo [--config PATH] [--broker URL] [--mqtt-port N] [--duration S] [--journal PATH]
+             [--record FILE] [--console-port N | --no-console] [--log-level LEVEL]
+             [--once [--seed S] [--symbol S] [--dump-book PATH]]
     otc serve [--config PATH] [--feeds sim|live] [--broker URL] [--journal PATH] [--record FILE]
-              [--console-port N | --no-console] [--log-level LEVEL]
+              [--duration S] [--console-port N | --no-console] [--log-level LEVEL]
     otc rfq --broker URL --client C --symbol S --side buy|sell|two_way (--qty Q | --notional N)
-            [--accept [--accept-side buy|sell]] [--json]
+            [--accept [--accept-side buy|sell]] [--json] [--timeout S] [--mqtt-version 3.1.1|5]
+    otc control --broker URL --operator OP [--timeout S] [--mqtt-version 3.1.1|5]
+                (halt|resume [--symbol S] | client C enable|disable | spread TIER BPS)
+    otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
+    otc blotter [--journal PATH] [--config PATH] [--limit N] [--client C] [--symbol S]
+                [--kind K]...
+    otc journal export [--journal PATH] [--config PATH] [--format csv|json] [--out FILE]
+                       [--client C] [--symbol S] [--kind K]... [--since-ns NS] [--until-ns NS]
     otc feeds verify --venue V FILE... [--json]
     otc feeds serve-replay --venue V FILE [--port N] [--interval-ms MS] [--fault INDEX:KIND]...
-    otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--duration S]
-               [--from FILE...] [--steps N] [--seed S]
-    otc control --broker URL --operator OP halt|resume [--symbol S] | client C enable|disable
-                | spread TIER BPS
-    otc broker auth --out DIR [--config PATH] [--rotate USER]... [--rotate-all]
-    otc blotter [--journal PATH] [--limit N] [--client C] [--symbol S] [--kind K]...
-    otc journal export [--journal PATH] [--format csv|json] [--out FILE] [--client C]
-                       [--symbol S] [--kind K]... [--since-ns NS] [--until-ns NS]
-    otc bench book [--deltas N] [--levels N] [--json]
+    otc record --source sim|VENUE --out FILE [--symbols A,B] [--url URL] [--rest-url URL]
+               [--duration S] [--from FILE...] [--steps N] [--seed S] [--config PATH]
+    otc bench book [--deltas N] [--levels N] [--seed S] [--json]
     otc bench feeds [--venue V]... [--repeats N] [--json]
     otc bench rfq [--rfqs N] [--in-flight N] [--rounds N] [--json]
+    otc bench quote [--rfqs N] [--paced-rfqs N] [--repeats N] [--json]
     otc bench backtest [--data FILE...] [--deltas N] [--repeats N] [--json]
     otc backtest --data FILE... --out DIR [--scenario PATH] [--config PATH] [--rfqs N]
                  [--seed S] [--model-check-levels N] [--no-report] [--[no-]progress]
@@ -44,16 +47,19 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import msgspec
 
 from otc.config import Config, load_config
-from otc.errors import OtcError
+from otc.errors import ConfigError, OtcError
 from otc.journal import KINDS
 from otc.model import Scale, Side, decimal_text, plain, printable
 from otc.report import estimate_json, format_estimate, format_max_qty
 from otc.slippage import ImpactModel, estimate, max_qty_within
+
+if TYPE_CHECKING:
+    from feeds.loopback import Fault
 
 __all__ = ["main"]
 
@@ -119,6 +125,14 @@ def _duration(text: str) -> float:
     return value
 
 
+def _path(text: str) -> Path:
+    """A file or folder argument: never empty (``Path("")`` is the working folder, which no
+    one means; an unset variable, ``--journal "$JOURNAL"``, gives it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
 #: A count of things to do or show: at least 1, at most a billion.
 _positive_int = _int_in(1, 10**9)
 #: A TCP port, 0 for any free one.
@@ -151,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         help="price a block against a book file",
         description="Walk a consolidated book file and print what a block would cost.",
     )
-    est.add_argument("--book", required=True, type=Path, help="book file (JSON)")
+    est.add_argument("--book", required=True, type=_path, help="book file (JSON)")
     est.add_argument("--side", required=True, choices=["buy", "sell"], help="taker side")
     size = est.add_mutually_exclusive_group(required=True)
     size.add_argument("--qty", type=_amount, help="base quantity")
@@ -162,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument(
         "--config",
-        type=Path,
+        type=_path,
         help="engine config: enables the instrument's impact model beyond visible depth "
         "when its estimator.use_impact_model is true",
     )
@@ -176,23 +190,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--symbol", default="BTC-USDT")
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    demo.add_argument("--dump-book", type=Path, help="also write the book file used (--once)")
+    demo.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
+    demo.add_argument("--dump-book", type=_path, help="also write the book file used (--once)")
     demo.add_argument("--once", action="store_true", help="print estimates and exit")
     demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of our own")
     demo.add_argument("--mqtt-port", type=_port, default=0, help="port of our broker (0: free)")
     demo.add_argument("--duration", type=_duration, help="stop after this many seconds")
-    demo.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    demo.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
+    demo.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    demo.add_argument("--record", type=_path, metavar="FILE", help=_RECORD_HELP)
     _console_options(demo)
     _log_options(demo)
 
     serve = sub.add_parser("serve", help="run the quoting service")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     serve.add_argument("--feeds", choices=["sim", "live"], default="live")
     serve.add_argument("--broker", help="mqtt://host:port (default: the config's [broker])")
-    serve.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    serve.add_argument("--record", type=Path, metavar="FILE", help=_RECORD_HELP)
+    serve.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    serve.add_argument("--record", type=_path, metavar="FILE", help=_RECORD_HELP)
     serve.add_argument("--duration", type=_duration, help="stop after this many seconds")
     _console_options(serve)
     _log_options(serve)
@@ -222,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
         "applied, checksums checked and failed, gaps, resyncs, final top of book per symbol.",
     )
     ver.add_argument("--venue", required=True, help="binance, bitget, bybit, coinbase, kraken, okx")
-    ver.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ver.add_argument("files", nargs="+", type=_path, metavar="FILE")
     ver.add_argument("--json", action="store_true", help="print one JSON object")
 
     srv = feeds_sub.add_parser(
@@ -230,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a recording as a loopback exchange (websocket + REST) with fault injection",
     )
     srv.add_argument("--venue", required=True)
-    srv.add_argument("file", type=Path, metavar="FILE")
+    srv.add_argument("file", type=_path, metavar="FILE")
     srv.add_argument("--port", type=_port, default=0, help="TCP port on 127.0.0.1 (0: any free)")
     srv.add_argument("--interval-ms", type=_duration, default=0.0, help="pause between messages")
     srv.add_argument(
@@ -250,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
         "format (see feeds/record.py).",
     )
     rec.add_argument("--source", required=True, help="sim, or a venue name")
-    rec.add_argument("--out", required=True, type=Path, help="output file")
+    rec.add_argument("--out", required=True, type=_path, help="output file")
     rec.add_argument("--symbols", default="", help="venue symbols, comma-separated (live venue)")
     rec.add_argument("--url", help="websocket endpoint (default: the venue's public one)")
     rec.add_argument("--rest-url", help="REST base for snapshot-synced venues")
@@ -259,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
         "--from",
         dest="from_files",
         nargs="+",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="convert these derived-JSONL venue recordings instead of connecting",
     )
@@ -267,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=_positive_int, default=1_000, help="synthetic market steps (sim)"
     )
     rec.add_argument("--seed", type=int, default=7, help="synthetic market seed (sim)")
-    rec.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    rec.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
 
     ctl = sub.add_parser(
         "control",
@@ -304,8 +318,8 @@ def _parser() -> argparse.ArgumentParser:
         "get a random one, and users no longer configured are removed. Prints the new "
         "passwords once (only their hashes are stored): hand each to its user privately.",
     )
-    auth.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    auth.add_argument("--out", type=Path, required=True)
+    auth.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
+    auth.add_argument("--out", type=_path, required=True)
     auth.add_argument(
         "--rotate",
         action="append",
@@ -316,18 +330,18 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--rotate-all", action="store_true", help="give every user a new password")
 
     blot = sub.add_parser("blotter", help="recent RFQs, quotes, rejects, accepts and fills")
-    blot.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    blot.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    blot.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    blot.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     blot.add_argument("--limit", type=_positive_int, default=50)
     _journal_filters(blot)
 
     journal = sub.add_parser("journal", help="the durable event journal")
     journal_sub = journal.add_subparsers(dest="journal", required=True)
     exp = journal_sub.add_parser("export", help="write journal events as CSV or JSON")
-    exp.add_argument("--journal", type=Path, help="journal file (default: the config's)")
-    exp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    exp.add_argument("--journal", type=_path, help="journal file (default: the config's)")
+    exp.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     exp.add_argument("--format", choices=["csv", "json"], default="csv")
-    exp.add_argument("--out", type=Path, help="output file (default: stdout)")
+    exp.add_argument("--out", type=_path, help="output file (default: stdout)")
     _journal_filters(exp)
     exp.add_argument(
         "--since-ns", type=_epoch_ns, metavar="NS", help="only events with ts_ns >= NS"
@@ -338,7 +352,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     book = bench_sub.add_parser("book", help="book updates, walks, inverse query, memory")
     book.add_argument("--deltas", type=_positive_int, default=1_000_000)
-    book.add_argument("--levels", type=_positive_int, default=1_000)
+    book.add_argument(
+        "--levels", type=_int_in(10, 10**9), default=1_000, help="book depth (at least 10)"
+    )
     book.add_argument("--seed", type=int, default=7)
     book.add_argument("--json", action="store_true", help="also print the figures as JSON")
     feeds_bench = bench_sub.add_parser(
@@ -369,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
     bt_bench = bench_sub.add_parser(
         "backtest", help="backtest replay throughput next to the raw book update rate"
     )
-    bt_bench.add_argument("--data", nargs="+", type=Path, help="recordings (default: synthetic)")
+    bt_bench.add_argument("--data", nargs="+", type=_path, help="recordings (default: synthetic)")
     bt_bench.add_argument("--deltas", type=_positive_int, default=200_000, help="synthetic deltas")
     bt_bench.add_argument("--repeats", type=_positive_int, default=3)
     bt_bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -380,15 +396,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay recordings (ours or tardis CSV) through the live pricing path, "
         "with a virtual clock, and write DIR/summary.json, DIR/rfqs.csv and DIR/report.html.",
     )
-    backtest.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
-    backtest.add_argument("--scenario", type=Path, help="scenario TOML (default: built-in flow)")
-    backtest.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    backtest.add_argument("--data", nargs="+", required=True, type=_path, metavar="FILE")
+    backtest.add_argument("--scenario", type=_path, help="scenario TOML (default: built-in flow)")
+    backtest.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     backtest.add_argument("--rfqs", type=int, help="generated RFQs (overrides [flow] rfqs)")
     backtest.add_argument("--seed", type=int, help="flow seed (overrides [flow] seed)")
     backtest.add_argument(
         "--model-check-levels", type=int, help="beyond-depth model check on books cut to N levels"
     )
-    backtest.add_argument("--out", required=True, type=Path, metavar="DIR")
+    backtest.add_argument("--out", required=True, type=_path, metavar="DIR")
     backtest.add_argument("--no-report", action="store_true", help="skip report.html")
     backtest.add_argument(
         "--progress",
@@ -401,9 +417,9 @@ def _parser() -> argparse.ArgumentParser:
         "replay-journal",
         help="reproduce a run's quotes from its journal and the book events it recorded",
     )
-    replay_journal.add_argument("--journal", required=True, type=Path)
-    replay_journal.add_argument("--data", nargs="+", required=True, type=Path, metavar="FILE")
-    replay_journal.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    replay_journal.add_argument("--journal", required=True, type=_path)
+    replay_journal.add_argument("--data", nargs="+", required=True, type=_path, metavar="FILE")
+    replay_journal.add_argument("--config", type=_path, default=DEFAULT_CONFIG)
     replay_journal.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -571,19 +587,25 @@ async def _await(task: Awaitable[None]) -> None:
     await task
 
 
-def _parse_faults(specs: list[str]) -> dict[int, object]:
+def _parse_faults(specs: list[str]) -> dict[int, Fault]:
     from feeds.loopback import Fault
 
-    faults: dict[int, object] = {}
+    faults: dict[int, Fault] = {}
     for spec in specs:
-        index, _, kind = spec.partition(":")
+        text, _, kind = spec.partition(":")
         try:
-            faults[int(index)] = Fault(kind)
+            index, fault = int(text), Fault(kind)
         except ValueError:
             kinds = ", ".join(f.value for f in Fault)
             raise UsageError(
                 f"--fault {spec!r}: expected INDEX:KIND with KIND in {kinds}"
             ) from None
+        # Each of these would be served without a word, the fault never injected.
+        if index < 0:
+            raise UsageError(f"--fault {spec!r}: the index must be 0 or more")
+        if index in faults:
+            raise UsageError(f"--fault {spec!r}: message {index} has a fault already")
+        faults[index] = fault
     return faults
 
 
@@ -593,15 +615,22 @@ def _cmd_serve_replay(args: argparse.Namespace) -> int:
     from feeds.loopback import LoopbackExchange
 
     faults = _parse_faults(args.fault)
+    exchange = LoopbackExchange(
+        args.venue,
+        args.file,
+        faults=faults,
+        interval_s=args.interval_ms / 1e3,
+        port=args.port,
+    )
+    count = len(exchange.messages)
+    for index, fault in faults.items():
+        if index >= count:
+            raise UsageError(
+                f"--fault '{index}:{fault.value}': the recording has {count} websocket "
+                f"messages (indices 0 to {count - 1})"
+            )
 
     async def serve() -> None:
-        exchange = LoopbackExchange(
-            args.venue,
-            args.file,
-            faults=faults,  # type: ignore[arg-type]
-            interval_s=args.interval_ms / 1e3,
-            port=args.port,
-        )
         async with exchange:
             sys.stdout.write(
                 f"serving {len(exchange.messages)} {args.venue} messages on {exchange.url} "
@@ -798,12 +827,29 @@ def broker_password_from_env(environ: Mapping[str, str] | None = None) -> str | 
     return value
 
 
+def _check_live_venues(source: Path, config: Config) -> None:
+    """Raise :class:`ConfigError` for an enabled venue with no live feed: the engine would run
+    without it, the desk pricing as if it were not configured (a misspelt name)."""
+    from feeds.registry import VENUES
+
+    for i, venue in enumerate(config.venues):
+        if venue.enabled and venue.name not in VENUES:
+            raise ConfigError(
+                str(source),
+                f"$.venues[{i}].name",
+                f"{venue.name!r} has no live feed (known: {', '.join(sorted(VENUES))}); "
+                "enabled = false keeps it for backtests",
+            )
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from otc.app import Engine
 
     _setup_logging(args.log_level)
 
     config = _with_record(_with_journal(load_config(args.config), args.journal), args.record)
+    if args.feeds == "live":
+        _check_live_venues(args.config, config)
     options: dict[str, Any] = {}
     if args.broker:
         host, port, user, password, tls = _broker_address(args.broker)
@@ -1155,8 +1201,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
     if args.source == "sim":
         from feeds.sim import SimFeed, SyntheticMarket
 
+        for option, given in (
+            ("--from", args.from_files),
+            ("--url", args.url),
+            ("--rest-url", args.rest_url),
+            ("--symbols", args.symbols),
+        ):
+            if given:  # it would be left aside, the synthetic market recorded all the same
+                raise UsageError(f"{option} is for a venue, not --source sim")
         config = load_config(args.config)
-        inst = config.instrument("BTC-USDT")
+        try:
+            inst = config.instrument("BTC-USDT")
+        except KeyError:
+            raise UsageError(f"{args.config}: instrument BTC-USDT is not configured") from None
         sim = SyntheticMarket(inst.symbol, inst.scale, seed=args.seed)
         feed = SimFeed([sim], interval_s=0.0, steps=args.steps)
 

@@ -36,6 +36,7 @@ T = TypeVar("T")
 __all__ = [
     "CLIENT_ID",
     "RESERVED_IDS",
+    "SYMBOL",
     "BrokerConfig",
     "ClientConfig",
     "Config",
@@ -55,6 +56,9 @@ __all__ = [
 
 _Decimals = Annotated[int, msgspec.Meta(ge=0, le=18)]
 _PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+#: How long RFQ ids and quotes may be remembered (a restart reads the journal that far back,
+#: in int64 ns): 365 days.
+_YEAR_MS: Final = 365 * 86_400_000
 #: Enough digits for exact remainders of any configured size by a lot.
 _EXACT = Context(prec=120)
 #: Client ids are MQTT topic levels and broker usernames: no ``/``, ``+``, ``#`` or spaces.
@@ -64,6 +68,9 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: ``control`` would write ``otc/v1/control/rfq`` (a command of operator ``rfq``, to the
 #: engine) and read ``otc/v1/control/quotes`` (operator ``quotes``' commands).
 RESERVED_IDS: Final = frozenset({"control", "ladder", "status"})
+#: Instrument symbols and asset names: a symbol is a topic level (``otc/v1/ladder/{symbol}``),
+#: where ``#`` and ``+`` are wildcards and ``/`` a separator; assets are written beside them.
+SYMBOL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RESERVED: Final = "otc/v1/control, otc/v1/ladder and otc/v1/status are not a client's topics"
 
 
@@ -112,6 +119,14 @@ class InstrumentConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=T
     ladder_bands: list[Decimal] = []
 
     def __post_init__(self) -> None:
+        for key in ("symbol", "base", "quote"):
+            name = getattr(self, key)
+            if not SYMBOL.fullmatch(name):
+                why = ": it is a topic level, otc/v1/ladder/{symbol}" if key == "symbol" else ""
+                raise ValueError(
+                    f"{key}: {name!r} must be 1-64 letters, digits, '_', '.' or '-' (no '/', "
+                    f"'+', '#' or spaces{why})"
+                )
         for key in ("tick_size", "lot_size"):
             _check_decimal(self, key, positive=True, below=_MAX_SIZE)
         if decimals_of(str(self.tick_size)) > self.price_decimals:
@@ -167,6 +182,17 @@ class VenueConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(
                 f"name: {self.name!r} is not a lower-case name (letters, digits, '_', '-')"
             )
+        # The venue's messages are routed back to ours by its names: one name for two of our
+        # instruments would feed both books' messages into one and leave the other empty.
+        ours: dict[str, str] = {}
+        for symbol, theirs in self.symbols.items():
+            if not theirs:
+                raise ValueError(f"symbols.{symbol}: must not be empty")
+            if not theirs.isprintable() or " " in theirs:
+                raise ValueError(f"symbols.{symbol}: {theirs!r}: no spaces or control characters")
+            if theirs in ours:
+                raise ValueError(f"symbols.{symbol}: {theirs!r} is {ours[theirs]}'s name too")
+            ours[theirs] = symbol
 
     @property
     def fee(self) -> int:
@@ -209,8 +235,8 @@ class QuotingConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     ladder_interval_ms: _PositiveInt = 250
     ladder_tier: str | None = None
     max_qty_depth_factor: Decimal = Decimal(10)
-    duplicate_window_ms: _PositiveInt = 600_000
-    quote_memory_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    duplicate_window_ms: Annotated[int, msgspec.Meta(gt=0, le=_YEAR_MS)] = 600_000
+    quote_memory_ms: Annotated[int, msgspec.Meta(ge=0, le=_YEAR_MS)] = 60_000
 
     def __post_init__(self) -> None:
         _check_decimal(self, "last_look_tolerance_bps")
@@ -320,6 +346,15 @@ class BrokerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: the engine refuses commands from anyone else.
     operators: list[str] = []
 
+    def __post_init__(self) -> None:
+        # An empty client id is one the broker makes up (a second engine would no longer take
+        # the first one's session over); an empty user or password is most likely one meant
+        # to be filled in (``otc broker auth`` writes none for user "").
+        for key in ("host", "client_id", "username", "password"):
+            if getattr(self, key) == "":
+                omit = " (omit it for none)" if key in ("username", "password") else ""
+                raise ValueError(f"{key}: must not be empty{omit}")
+
 
 class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where the journal is written (SQLite); a relative path is relative to the working dir."""
@@ -328,6 +363,13 @@ class JournalConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     #: When set, the engine also records every book event it applies to this file
     #: (``otc-book-events``, see :mod:`feeds.record`), for ``otc replay-journal``.
     record_path: str | None = None
+
+    def __post_init__(self) -> None:
+        # "" is the working folder (Path("") == Path(".")), never a file meant.
+        if not self.path:
+            raise ValueError("path: must not be empty (a file, like var/journal.sqlite)")
+        if self.record_path == "":
+            raise ValueError("record_path: must not be empty (omit it to record nothing)")
 
 
 class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -347,6 +389,8 @@ class ConsoleConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     blotter_size: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 2_000
 
     def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: must not be empty (127.0.0.1: this machine only)")
         if self.token is not None and not CONSOLE_TOKEN.fullmatch(self.token):
             raise ValueError(f"token: {CONSOLE_TOKEN_RULE}")
 
@@ -388,7 +432,7 @@ _AT = re.compile(r"^(?P<problem>.*) - at `(?P<path>\$[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]*)`$")
 #: ``key: problem``, ``key[3]: problem`` or ``key.sub: problem`` from a ``__post_init__``.
 _FIELD = re.compile(
-    r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z0-9_-]+)*): (?P<problem>.*)$"
+    r"^(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z0-9_.-]+)*): (?P<problem>.*)$"
 )
 
 

@@ -723,7 +723,9 @@ class SqliteJournal:
             self._call(_resolve, started, exc)
             self._call(_resolve, self._stopped, None)
             return
-        except (OSError, sqlite3.Error) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the opener must hear of it
+            # OSError, sqlite3.Error; ValueError for a path with no file name (Path("") is
+            # "."): escaping, it ended the thread and left the opener waiting for ever.
             error = JournalError(f"cannot open journal {self.path}: {exc}")
             error.__cause__ = exc
             self._call(_resolve, started, error)

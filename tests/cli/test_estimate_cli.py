@@ -197,3 +197,13 @@ def test_demo_is_deterministic() -> None:
     assert (
         otc("demo", "--once", "--seed", "5").stdout == otc("demo", "--once", "--seed", "5").stdout
     )
+
+
+def test_bench_book_refuses_a_book_too_shallow_before_printing() -> None:
+    # The benchmark needs 10 levels: --levels 5 printed its table's header on stdout, then the
+    # error (nothing is to be half-printed).
+    proc = otc("bench", "book", "--levels", "5", "--deltas", "10")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("otc: error: bench book: argument --levels: must be in [10, "), line

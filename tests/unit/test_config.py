@@ -351,3 +351,44 @@ def test_the_mqtt_version_is_3_1_1_unless_set_to_5(tmp_path: Path) -> None:
     assert load_config(five).broker.mqtt_version == "5"
     choices = typing.get_args(typing.get_type_hints(BrokerConfig)["mqtt_version"])
     assert choices == MQTT_VERSIONS  # what the bus speaks
+
+
+@pytest.mark.parametrize("symbol", ["ETH#USDT", "ETH+USDT", "ETH/USDT", "ETH USDT", ""])
+def test_a_symbol_must_be_one_topic_level(tmp_path: Path, symbol: str) -> None:
+    """The ladder is published on otc/v1/ladder/{symbol}: a '#' or '+' there is no topic (the
+    engine lost its broker connection at every ladder, every 0.3 s, for ever), a '/' makes it
+    two levels (missed by a client reading otc/v1/ladder/+)."""
+    file = write(tmp_path, GOOD.replace('"ETH-USDT"', f'"{symbol}"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.instruments[1].symbol"
+    assert "letters, digits" in info.value.problem
+
+
+@pytest.mark.parametrize("key", ["base", "quote"])
+def test_an_asset_must_be_named(tmp_path: Path, key: str) -> None:
+    file = broken(tmp_path, f'{key} = "USDT"' if key == "quote" else 'base = "ETH"', f'{key} = ""')
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == f"$.instruments[{0 if key == 'quote' else 1}].{key}"
+    assert "letters, digits" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        # The adapter maps a venue symbol back to one of ours: binance's BTCUSDT book was fed
+        # into ETH-USDT's, and BTC-USDT's binance book never synced; nothing said so.
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "BTCUSDT" }', "'BTCUSDT' is BTC-USDT's name too"),
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "" }', "must not be empty"),
+        ('{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETH USDT" }', "no spaces"),
+    ],
+)
+def test_a_venue_names_each_instrument_its_own_way(
+    tmp_path: Path, names: str, problem: str
+) -> None:
+    file = broken(tmp_path, '{ "BTC-USDT" = "BTCUSDT", "ETH-USDT" = "ETHUSDT" }', names)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.path == "$.venues[0].symbols.ETH-USDT"
+    assert problem in info.value.problem, info.value.problem

@@ -177,6 +177,12 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
     [
         ("quote_ttl_ms = 5000", "quote_tll_ms = 5000", "$.quoting.quote_tll_ms", "unknown field"),
         ("quote_ttl_ms = 5000", "quote_ttl_ms = 0", "$.quoting.quote_ttl_ms", ">= 1"),
+        # How far back a restart reads the journal: beyond int64 ns, the engine's start-up
+        # was an OverflowError traceback out of SQLite (status 1).
+        ("quote_ttl_ms = 5000", "quote_ttl_ms = 5000\nduplicate_window_ms = 9223372036854775807",
+         "$.quoting.duplicate_window_ms", "<= 31536000000"),
+        ("quote_ttl_ms = 5000", "quote_ttl_ms = 5000\nquote_memory_ms = 31536000001",
+         "$.quoting.quote_memory_ms", "<= 31536000000"),
         ("rate_limit_per_s = 5", "rate_limit_per_s = 0", "$.quoting.rate_limit_per_s", ">= 1"),
         ('last_look_tolerance_bps = "1.5"', 'last_look_tolerance_bps = "-1"',
          "$.quoting.last_look_tolerance_bps", "non-negative"),
@@ -226,6 +232,17 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         # 0 turns MQTT pings off: a frozen engine would be "up" for as long as its socket lives
         ("port = 8883", "port = 8883\nkeepalive_s = 0", "$.broker.keepalive_s", ">= 1"),
         ("tls = true", 'tls = "yes"', "$.broker.tls", "Expected `bool`"),
+        # Empty strings: "otc: error: Invalid host." (no file, no key) for the host; a client
+        # id the broker makes up (a second engine no longer takes the first one's session
+        # over); a user "" that `otc broker auth` wrote no password for (it took otc-engine);
+        # a password "" as OTC_BROKER_PASSWORD="" is refused.
+        ('host = "mqtt.example"', 'host = ""', "$.broker.host", "must not be empty"),
+        ('client_id = "otc-1"', 'client_id = ""', "$.broker.client_id", "must not be empty"),
+        ('username = "engine"', 'username = ""', "$.broker.username", "must not be empty"),
+        ('password = "secret"', 'password = ""', "$.broker.password", "must not be empty"),
+        ('path = "/var/lib/otc/journal.sqlite"',
+         'path = "/var/lib/otc/journal.sqlite"\n[console]\nhost = ""', "$.console.host",
+         "must not be empty"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "ops-1"]',
          "$.broker.operators[1]", "given twice"),
         ('operators = ["ops-1", "ops-2"]', 'operators = ["ops-1", "client-a"]',
@@ -240,6 +257,12 @@ def test_the_shipped_config_has_the_demo_clients_and_sections() -> None:
         ('operators = ["ops-1", "ops-2"]', 'operators = [""]', "$.broker.operators[0]", "no '/'"),
         ('path = "/var/lib/otc/journal.sqlite"', 'file = "j.sqlite"', "$.journal.file",
          "unknown field"),
+        # Path("") is the working folder: the engine's journal thread died on it and the
+        # engine waited for it for ever (SIGTERM included); a recording went to "."
+        ('path = "/var/lib/otc/journal.sqlite"', 'path = ""', "$.journal.path", "empty"),
+        ('path = "/var/lib/otc/journal.sqlite"',
+         'path = "/var/lib/otc/journal.sqlite"\nrecord_path = ""', "$.journal.record_path",
+         "empty"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "1.000001", "10"]',
          "$.instruments[0].ladder_bands[1]", "not a multiple of lot_size"),
         ('ladder_bands = ["0.5", "1", "10"]', 'ladder_bands = ["0.5", "10", "1"]',
@@ -349,3 +372,23 @@ def test_otc_broker_auth_names_the_config_file(
     assert main(["broker", "auth", "--config", str(source), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"otc: error: {source}: $.broker.username: 'otc engine' is not"), err
+
+
+async def test_the_longest_memory_lets_a_restart_read_its_journal(tmp_path: Path) -> None:
+    """A year (the bound) of duplicate window and quote memory: the engine's start-up reads
+    the journal that far back without leaving SQLite's integers."""
+    from otc.clock import SystemClock
+    from otc.journal import SqliteJournal, state_rows
+    from otc.market import Market
+    from otc.quoting import QuoteEngine
+
+    year = "31536000000"
+    text = GOOD.replace("quote_ttl_ms = 5000", f"quote_ttl_ms = 3600000\nduplicate_window_ms = "
+                        f"{year}\nquote_memory_ms = {year}")  # fmt: skip
+    config = load_config(write(tmp_path, text))
+    path = tmp_path / "j.sqlite"
+    async with SqliteJournal(path) as journal:
+        clock = SystemClock()
+        engine = QuoteEngine(config, Market(config), journal, clock)
+        since = clock.now_ns() - engine.remembered_ns  # as Engine._restore reads
+        assert state_rows(path, since_ns=since, clients=engine.clients) == []

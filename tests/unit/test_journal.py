@@ -419,6 +419,16 @@ async def test_opening_an_unusable_path_raises(tmp_path: Path) -> None:
             pass
 
 
+@pytest.mark.parametrize("name", ["", "/"])
+async def test_opening_a_path_with_no_file_name_raises_rather_than_hangs(name: str) -> None:
+    # Path("") is ".": the lock file's name raised ValueError in the writer thread, which died
+    # without a word to the opener, left waiting for ever (SIGTERM included).
+    async with asyncio.timeout(30):
+        with pytest.raises(JournalError, match="cannot open journal"):
+            async with SqliteJournal(name):
+                pass
+
+
 def test_reading_a_missing_journal_raises(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="no journal at"):
         recent(tmp_path / "absent.db")
